@@ -1,0 +1,112 @@
+"""The citizen side of the SDK: talk to a gateway with a wallet.
+
+    wallet = CitizenWallet.load("me.wallet", passphrase)
+    with CitizenClient("gateway.example:7443", wallet, root_certificates=ca_pem) as client:
+        delivery = client.get_my_data(departments=["medical_insurance"])
+        for item in delivery.items: ...
+
+Every call has a deadline; every failure is a :class:`veilgate.errors.VeilgateError` subclass.
+Gateway keys: pass the keys you trust (``gateway_keys``) to pin them. Without them the client takes the
+keys the gateway publishes over the TLS channel on first use (trust on first use, bound to the server
+certificate you chose to trust).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+
+import grpc
+
+from veilgate._internal.status import error_from_rpc
+from veilgate.delivery import DataDelivery, GatewayKey
+from veilgate.errors import DeliveryInvalid
+from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
+from veilgate.wallet import CitizenWallet
+
+__all__ = ["GET_MY_DATA", "CitizenClient", "GatewayInfo"]
+
+GET_MY_DATA = "/veilgate.v1.CitizenService/GetMyData"
+_log = logging.getLogger(__name__)
+
+
+class GatewayInfo:
+    """The gateway's identity (the ``aud`` of request tokens) and its signing keys."""
+
+    def __init__(self, gateway_id: str, signing_keys: Sequence[GatewayKey]) -> None:
+        self.gateway_id = gateway_id
+        self.signing_keys = tuple(signing_keys)
+
+
+class CitizenClient:
+    """A citizen's connection to one gateway."""
+
+    def __init__(
+        self,
+        target: str,
+        wallet: CitizenWallet,
+        *,
+        root_certificates: bytes | None = None,
+        gateway_keys: Sequence[GatewayKey] | None = None,
+        timeout: float = 10.0,
+        insecure_plaintext: bool = False,
+    ) -> None:
+        if insecure_plaintext:
+            _log.warning("insecure plaintext channel to %s: for local development only", target)
+            self._channel = grpc.insecure_channel(target)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.secure_channel(target, credentials)
+        self._stub = citizen_pb2_grpc.CitizenServiceStub(self._channel)
+        self._wallet = wallet
+        self._timeout = timeout
+        self._pinned = tuple(gateway_keys) if gateway_keys is not None else None
+        self._info: GatewayInfo | None = None
+
+    def __enter__(self) -> CitizenClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def gateway_info(self) -> GatewayInfo:
+        """Fetch (once) the gateway's id and keys. Pinned keys, when given, must be among them."""
+        if self._info is None:
+            try:
+                reply = self._stub.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=self._timeout)
+            except grpc.RpcError as e:
+                raise error_from_rpc(e) from None
+            published = [GatewayKey(key_id=k.key_id, public_key=k.public_key) for k in reply.signing_keys]
+            self._info = GatewayInfo(reply.gateway_id, self._pinned if self._pinned is not None else published)
+        return self._info
+
+    def get_my_data(
+        self, *, items: Sequence[str] | None = None, departments: Sequence[str] | None = None
+    ) -> DataDelivery:
+        """Fetch, open and verify the citizen's records (all of them, or the named items/departments)."""
+        info = self.gateway_info()
+        claims: dict[str, list[str]] = {}
+        if items is not None:
+            claims["items"] = list(items)
+        if departments is not None:
+            claims["departments"] = list(departments)
+        token = self._wallet.request_token(audience=info.gateway_id, operation=GET_MY_DATA, claims=claims)
+        return self.send_get_my_data(token)
+
+    def send_get_my_data(self, request_token: str) -> DataDelivery:
+        """Send a GetMyData request token made elsewhere (e.g. on a separate signing device)."""
+        info = self.gateway_info()
+        token = request_token
+        try:
+            reply = self._stub.GetMyData(citizen_pb2.GetMyDataRequest(request_token=token), timeout=self._timeout)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+        if reply.gateway_key_id not in {k.key_id for k in info.signing_keys}:
+            raise DeliveryInvalid("delivery is signed by a key this client does not trust")
+        return self._wallet.open_delivery(reply.sealed_delivery, gateway_keys=info.signing_keys, request_token=token)

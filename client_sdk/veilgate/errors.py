@@ -1,0 +1,197 @@
+"""The one exception hierarchy of Veilgate, shared by the SDK and the gateway.
+
+Every failure that crosses the wire is a ``google.rpc.Status`` whose ``ErrorInfo`` carries
+``domain="veilgate"`` and a stable UPPER_SNAKE ``reason`` from ``veilgate.v1.ErrorReason``. The
+gateway raises these classes; its error interceptor turns them into statuses; the SDK turns statuses
+back into the same classes (:func:`error_for_reason`). So a caller catches ``TokenExpired`` whether the
+check failed locally or on the gateway.
+
+Messages are written for the caller: they say what was wrong and never echo secret or personal
+values. Cryptographic failures deliberately look alike (``TOKEN_INVALID``) so that a caller cannot
+learn which byte or which check failed; the detail goes to the server log only.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "CatalogError",
+    "CitizenAlreadyEnrolled",
+    "CitizenNotEnrolled",
+    "ConfigurationError",
+    "DeliveryInvalid",
+    "DepartmentUnknown",
+    "GatewayUnavailable",
+    "InternalError",
+    "ItemUnknown",
+    "RequestInvalid",
+    "RequestTooLarge",
+    "StorageError",
+    "TokenError",
+    "TokenExpired",
+    "TokenInvalid",
+    "TokenLifetimeTooLong",
+    "TokenNotYetValid",
+    "TokenReplayed",
+    "TokenWrongAudience",
+    "VeilgateError",
+    "WalletError",
+    "error_for_reason",
+]
+
+ERROR_DOMAIN = "veilgate"
+
+
+class VeilgateError(Exception):
+    """Root of every Veilgate error. ``reason`` is the stable ErrorInfo reason."""
+
+    reason: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InternalError(VeilgateError):
+    """An unexpected failure on the gateway; the details are only in the server log."""
+
+    reason = "INTERNAL"
+
+
+class GatewayUnavailable(VeilgateError):
+    """The gateway could not be reached, or a dependency of it was down."""
+
+    reason = "UNAVAILABLE"
+
+
+class StorageError(VeilgateError):
+    """The store could not complete an operation; nothing was changed."""
+
+    reason = "STORAGE_UNAVAILABLE"
+
+
+class ConfigurationError(VeilgateError):
+    """Operator-side configuration (files, keys, flags) is missing or wrong."""
+
+    reason = "CONFIGURATION_INVALID"
+
+
+class CatalogError(ConfigurationError):
+    """The data catalog file is malformed; the message names the file and the entry."""
+
+    reason = "CATALOG_INVALID"
+
+
+class WalletError(VeilgateError):
+    """A wallet file could not be read, decrypted or written (wrong passphrase looks the same)."""
+
+    reason = "WALLET_INVALID"
+
+
+# --- tokens ---------------------------------------------------------------------------------------
+
+
+class TokenError(VeilgateError):
+    """Family of token failures: the request's signed token was not acceptable."""
+
+    reason = "TOKEN_INVALID"
+
+
+class TokenInvalid(TokenError):
+    """Malformed, wrongly signed, or using a forbidden algorithm or header. Deliberately vague."""
+
+    reason = "TOKEN_INVALID"
+
+
+class TokenExpired(TokenError):
+    reason = "TOKEN_EXPIRED"
+
+
+class TokenNotYetValid(TokenError):
+    reason = "TOKEN_NOT_YET_VALID"
+
+
+class TokenLifetimeTooLong(TokenError):
+    """``exp - iat`` is longer than the gateway accepts for this kind of token."""
+
+    reason = "TOKEN_LIFETIME_TOO_LONG"
+
+
+class TokenWrongAudience(TokenError):
+    reason = "TOKEN_WRONG_AUDIENCE"
+
+
+class TokenReplayed(TokenError):
+    """The token's ``jti`` was already used; request tokens are single-use."""
+
+    reason = "TOKEN_REPLAYED"
+
+
+# --- citizens -------------------------------------------------------------------------------------
+
+
+class CitizenNotEnrolled(VeilgateError):
+    reason = "CITIZEN_NOT_ENROLLED"
+
+
+class CitizenAlreadyEnrolled(VeilgateError):
+    reason = "CITIZEN_ALREADY_ENROLLED"
+
+
+# --- requests -------------------------------------------------------------------------------------
+
+
+class RequestInvalid(VeilgateError):
+    """The request is well signed but asks for something malformed."""
+
+    reason = "REQUEST_INVALID"
+
+
+class RequestTooLarge(RequestInvalid):
+    reason = "REQUEST_TOO_LARGE"
+
+
+class ItemUnknown(RequestInvalid):
+    reason = "ITEM_UNKNOWN"
+
+
+class DepartmentUnknown(RequestInvalid):
+    reason = "DEPARTMENT_UNKNOWN"
+
+
+# --- replies (raised by the SDK only) ---------------------------------------------------------------
+
+
+class DeliveryInvalid(VeilgateError):
+    """A sealed delivery did not open, or its gateway signature or binding did not verify."""
+
+    reason = "DELIVERY_INVALID"
+
+
+def _all_subclasses(cls: type[VeilgateError]) -> list[type[VeilgateError]]:
+    found: list[type[VeilgateError]] = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+def _reason_table() -> dict[str, type[VeilgateError]]:
+    table: dict[str, type[VeilgateError]] = {}
+    # The most specific class wins for a reason shared by a family and its member (TOKEN_INVALID).
+    classes: list[type[VeilgateError]] = [VeilgateError, *_all_subclasses(VeilgateError)]
+    for cls in classes:
+        if cls.reason not in table or issubclass(cls, table[cls.reason]):
+            table[cls.reason] = cls
+    return table
+
+
+def error_for_reason(reason: str, message: str) -> VeilgateError:
+    """The exception a caller should see for a wire ``ErrorInfo.reason``; unknown reasons stay generic."""
+    cls = _reason_table().get(reason)
+    if cls is None:
+        err = VeilgateError(message)
+        err.reason = reason  # type: ignore[misc]  # keep the wire reason of a newer gateway visible
+        return err
+    return cls(message)

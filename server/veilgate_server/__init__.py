@@ -1,0 +1,1 @@
+"""Veilgate gateway."""

@@ -1,0 +1,305 @@
+"""``veilgate``: the operator's command line (and a citizen's, for wallets).
+
+Every command takes ``--data-dir`` (``VEILGATE_DATA_DIR``) and ``--database-url``
+(``VEILGATE_DATABASE_URL``). Errors print one line ``veilgate: error: ...`` and exit non-zero;
+a traceback is a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from veilgate.errors import ConfigurationError, VeilgateError
+
+if TYPE_CHECKING:
+    from veilgate_server.config import Settings
+
+__all__ = ["main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    # Server modules are imported inside the commands so that `veilgate` can say clearly when the
+    # server extra is missing instead of failing at import.
+    from veilgate_server.config import Settings
+
+    settings = Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
+    if getattr(args, "gateway_id", None):
+        settings = Settings(data_dir=settings.data_dir, database_url=settings.database_url, gateway_id=args.gateway_id)
+    return settings
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _passphrase(args: argparse.Namespace, *, confirm: bool) -> str:
+    if args.passphrase_file:
+        try:
+            return Path(args.passphrase_file).read_text().rstrip("\n")
+        except OSError as e:
+            raise ConfigurationError(f"cannot read passphrase file {args.passphrase_file}: {e.strerror}") from e
+    env = os.environ.get("VEILGATE_WALLET_PASSPHRASE")
+    if env:
+        return env
+    if not sys.stdin.isatty():
+        raise ConfigurationError("no passphrase: use --passphrase-file or VEILGATE_WALLET_PASSPHRASE")
+    first = getpass.getpass("wallet passphrase: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise ConfigurationError("the passphrases differ")
+    return first
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    store = _settings(args).open_store(migrate=True)
+    store.close()
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from veilgate_server.admin import seed_population
+
+    settings = _settings(args)
+    catalog = settings.load_catalog()
+    store = settings.open_store()
+    try:
+        summary = seed_population(store, catalog, citizens=args.citizens, seed=args.seed, as_of=args.as_of)
+    finally:
+        store.close()
+    print(f"seeded {summary.citizens} citizens, {summary.records} records (seed {args.seed})")
+    print("first citizen ids: " + ", ".join(summary.sample_ids))
+    return 0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from veilgate_server.admin import CitizenIdentity, enroll
+
+    if args.identity:
+        try:
+            doc = json.loads(Path(args.identity).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigurationError(f"cannot read identity file {args.identity}: {e}") from e
+        if not isinstance(doc, dict):
+            raise ConfigurationError(f"identity file {args.identity} does not hold a JSON object")
+        if args.citizen_id and doc.get("citizen_id") != args.citizen_id:
+            raise ConfigurationError("--citizen-id differs from the identity file's citizen_id")
+    elif args.citizen_id and args.signing_key and args.encryption_key:
+        doc = {
+            "citizen_id": args.citizen_id,
+            "signing_key": args.signing_key,
+            "encryption_key": args.encryption_key,
+        }
+    else:
+        raise ConfigurationError("give --identity FILE, or --citizen-id with --signing-key and --encryption-key")
+    identity = CitizenIdentity.from_json(doc)
+    store = _settings(args).open_store()
+    try:
+        keys = enroll(store, identity, rotate=args.rotate, at=_now())
+    finally:
+        store.close()
+    verb = "rotated keys of" if args.rotate else "enrolled"
+    print(f"{verb} citizen {keys.citizen_id} (key version {keys.key_version})")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    signer = settings.load_signer()
+    print(f"gateway signing key id: {signer.key_id}")
+    print(f"public keys (JWKS):     {settings.public_keys_path}")
+    return 0
+
+
+def cmd_wallet_create(args: argparse.Namespace) -> int:
+    from veilgate import CitizenWallet
+
+    wallet = CitizenWallet.generate(args.citizen_id)
+    wallet.save(args.out, _passphrase(args, confirm=True))
+    identity_path = Path(args.identity_out or f"{args.out}.identity.json")
+    identity_path.write_text(json.dumps(wallet.public_identity(), indent=2) + "\n")
+    print(f"wallet written to {args.out}")
+    print(f"public identity for enrollment: {identity_path}  (veilgate enroll --identity {identity_path})")
+    return 0
+
+
+def cmd_wallet_fetch(args: argparse.Namespace) -> int:
+    from veilgate import CitizenClient, CitizenWallet, gateway_keys_from_jwks
+
+    wallet = CitizenWallet.load(args.wallet, _passphrase(args, confirm=False))
+    try:
+        root = Path(args.ca).read_bytes() if args.ca else None
+        pinned = gateway_keys_from_jwks(Path(args.gateway_keys).read_bytes()) if args.gateway_keys else None
+    except OSError as e:
+        raise ConfigurationError(f"cannot read {e.filename}: {e.strerror}") from e
+    with CitizenClient(args.target, wallet, root_certificates=root, gateway_keys=pinned) as client:
+        delivery = client.get_my_data(items=args.items, departments=args.departments)
+    print(f"delivery {delivery.delivery_id}, watermark {delivery.watermark}, {len(delivery.items)} items")
+    for department, items in delivery.by_department().items():
+        print(f"  {department}: {len(items)} items")
+    if args.out:
+        Path(args.out).write_text(delivery.signed_jws + "\n")
+        print(f"signed delivery (JWS) written to {args.out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from veilgate_server.crypto import TlsFiles, ensure_local_tls
+    from veilgate_server.gateway import Gateway
+    from veilgate_server.rpc.server import ServerTls, build_server
+
+    settings = _settings(args)
+    tls: ServerTls | None = None
+    if not args.insecure_plaintext:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ConfigurationError("--tls-cert and --tls-key go together")
+        if args.tls_cert:
+            files = TlsFiles(Path(args.tls_cert), Path(args.tls_cert), Path(args.tls_key))
+        else:
+            files, created = ensure_local_tls(settings.tls_dir, now=_now())
+            print(f"{'created' if created else 'using'} local CA: {files.ca_certificate}  (clients trust this)")
+        chain, key = files.load()
+        tls = ServerTls(certificate_chain=chain, private_key=key)
+    gateway = Gateway(
+        gateway_id=settings.gateway_id,
+        catalog=settings.load_catalog(),
+        store=settings.open_store(),
+        signer=settings.load_signer(),
+    )
+    running = build_server(
+        gateway,
+        address=args.listen,
+        tls=tls,
+        insecure_plaintext=args.insecure_plaintext,
+        reflection_enabled=args.reflection,
+        workers=args.workers,
+    )
+    print(f"veilgate {settings.gateway_id} serving on port {running.port} ({'TLS' if tls else 'PLAINTEXT'})")
+    print(f"gateway signing key {gateway.signer.key_id}; public keys in {settings.public_keys_path}")
+    sys.stdout.flush()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    running.stop(grace=5.0)
+    gateway.store.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from veilgate_server.demo import run_demo
+
+    return run_demo(
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        database_url=args.database_url or os.environ.get("VEILGATE_DATABASE_URL"),
+        citizens=args.citizens,
+        seed=args.seed,
+    )
+
+
+# --- parser ---------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="state directory (env VEILGATE_DATA_DIR; default ./veilgate-data)")
+    common.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql://... (env VEILGATE_DATABASE_URL)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+
+    parser = argparse.ArgumentParser(prog="veilgate", description="Veilgate privacy-preserving data gateway")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("serve", cmd_serve, "serve the gateway over TLS")
+    p.add_argument("--listen", default="127.0.0.1:7443", help="host:port (default 127.0.0.1:7443)")
+    p.add_argument("--tls-cert", help="server certificate chain (PEM); default: a local CA in the data dir")
+    p.add_argument("--tls-key", help="server private key (PEM)")
+    p.add_argument("--insecure-plaintext", action="store_true", help="serve without TLS (development only)")
+    p.add_argument("--reflection", action="store_true", help="enable gRPC server reflection")
+    p.add_argument("--workers", type=int, default=8, help="RPC worker threads (default 8)")
+    p.add_argument("--gateway-id", help="the aud citizens sign for (env VEILGATE_GATEWAY_ID)")
+
+    p = add("demo", cmd_demo, "run the end-to-end demo on an embedded server")
+    p.add_argument("--citizens", type=int, default=20, help="synthetic citizens to seed (default 20)")
+    p.add_argument("--seed", type=int, default=7, help="population seed (default 7)")
+
+    p = add("seed", cmd_seed, "fill the store with a deterministic synthetic population")
+    p.add_argument("--citizens", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--as-of", type=date.fromisoformat, default=date(2026, 10, 31), help="data date (YYYY-MM-DD)")
+
+    p = add("enroll", cmd_enroll, "register (or --rotate) a citizen's public keys")
+    p.add_argument("--identity", help="public identity JSON written by `veilgate wallet create`")
+    p.add_argument("--citizen-id")
+    p.add_argument("--signing-key", help="Ed25519 public key, base64url")
+    p.add_argument("--encryption-key", help="X25519 public key, base64url")
+    p.add_argument("--rotate", action="store_true", help="replace the keys of an enrolled citizen")
+
+    add("migrate", cmd_migrate, "create or upgrade the database schema")
+    add("keys", cmd_keys, "show the gateway's signing key id (creating the key on first use)")
+
+    wallet = sub.add_parser("wallet", help="citizen wallets").add_subparsers(dest="wallet_command", required=True)
+    p = wallet.add_parser("create", parents=[common], help="create a passphrase-protected wallet")
+    p.set_defaults(func=cmd_wallet_create)
+    p.add_argument("--citizen-id", required=True)
+    p.add_argument("--out", required=True, help="wallet file to create")
+    p.add_argument("--identity-out", help="public identity file (default OUT.identity.json)")
+    p.add_argument("--passphrase-file", help="read the passphrase from this file (else env or prompt)")
+    p = wallet.add_parser("fetch", parents=[common], help="fetch and verify my records")
+    p.set_defaults(func=cmd_wallet_fetch)
+    p.add_argument("--wallet", required=True)
+    p.add_argument("--target", required=True, help="gateway host:port")
+    p.add_argument("--ca", help="CA certificate (PEM) to trust for the gateway")
+    p.add_argument("--gateway-keys", help="pinned gateway keys (JWKS file)")
+    p.add_argument("--items", nargs="+")
+    p.add_argument("--departments", nargs="+")
+    p.add_argument("--out", help="write the signed delivery (JWS) here")
+    p.add_argument("--passphrase-file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result: int = args.func(args)
+        return result
+    except VeilgateError as e:
+        print(f"veilgate: error: {e.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except ModuleNotFoundError as e:
+        print(
+            f"veilgate: error: {e.name} is missing; install the server extra: pip install 'veilgate[server]'",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

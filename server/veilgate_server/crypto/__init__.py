@@ -1,0 +1,17 @@
+"""The only part of the gateway that touches cryptographic primitives. Everyone else calls these
+recipes; the wire-format recipes themselves (JWS, sealed boxes) are shared with the SDK."""
+
+from veilgate._internal.jose import canonical_json, jwk_thumbprint
+from veilgate._internal.sealed import seal
+from veilgate_server.crypto.keys import GatewaySigner
+from veilgate_server.crypto.tls import CertificateAuthority, TlsFiles, ensure_local_tls
+
+__all__ = [
+    "CertificateAuthority",
+    "GatewaySigner",
+    "TlsFiles",
+    "canonical_json",
+    "ensure_local_tls",
+    "jwk_thumbprint",
+    "seal",
+]

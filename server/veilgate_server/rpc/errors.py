@@ -1,0 +1,52 @@
+"""The one table from Veilgate error reasons to gRPC status codes, and the Status it produces.
+
+Each reason in ``veilgate.v1.ErrorReason`` that the gateway can raise has exactly one status code here
+(a test keeps the table, the proto enum and the exception classes in step). The status carries a
+``google.rpc.ErrorInfo`` with ``domain="veilgate"`` so any gRPC client, in any language, can switch on
+the reason without parsing messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from veilgate.errors import ERROR_DOMAIN, VeilgateError
+
+__all__ = ["STATUS_OF_REASON", "to_grpc_status"]
+
+_C = grpc.StatusCode
+STATUS_OF_REASON: Mapping[str, grpc.StatusCode] = {
+    "INTERNAL": _C.INTERNAL,
+    "UNAVAILABLE": _C.UNAVAILABLE,
+    "STORAGE_UNAVAILABLE": _C.UNAVAILABLE,
+    "CONFIGURATION_INVALID": _C.FAILED_PRECONDITION,
+    "CATALOG_INVALID": _C.FAILED_PRECONDITION,
+    "TOKEN_INVALID": _C.UNAUTHENTICATED,
+    "TOKEN_EXPIRED": _C.UNAUTHENTICATED,
+    "TOKEN_NOT_YET_VALID": _C.UNAUTHENTICATED,
+    "TOKEN_LIFETIME_TOO_LONG": _C.UNAUTHENTICATED,
+    "TOKEN_WRONG_AUDIENCE": _C.UNAUTHENTICATED,
+    "TOKEN_REPLAYED": _C.ALREADY_EXISTS,
+    "CITIZEN_NOT_ENROLLED": _C.UNAUTHENTICATED,
+    "CITIZEN_ALREADY_ENROLLED": _C.ALREADY_EXISTS,
+    "REQUEST_INVALID": _C.INVALID_ARGUMENT,
+    "REQUEST_TOO_LARGE": _C.INVALID_ARGUMENT,
+    "ITEM_UNKNOWN": _C.INVALID_ARGUMENT,
+    "DEPARTMENT_UNKNOWN": _C.INVALID_ARGUMENT,
+    "RECORD_VALUE_INVALID": _C.INVALID_ARGUMENT,
+}
+
+
+def to_grpc_status(error: VeilgateError) -> grpc.Status:
+    code = STATUS_OF_REASON.get(error.reason, _C.INTERNAL)
+    reason = error.reason if error.reason in STATUS_OF_REASON else "INTERNAL"
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=[detail])
+    result: grpc.Status = rpc_status.to_status(status)
+    return result

@@ -1,0 +1,72 @@
+"""Server interceptors: behaviour every RPC gets, so that no handler can forget it.
+
+The chain is built in :func:`veilgate_server.rpc.server.build_server`. Today it holds the error
+boundary; the audit log's interceptor joins it (outermost but one) so that every call, allowed or
+denied, is recorded before its reply leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from veilgate.errors import InternalError, VeilgateError
+from veilgate_server.rpc.errors import to_grpc_status
+
+__all__ = ["ErrorBoundary"]
+
+_log = logging.getLogger("veilgate.rpc")
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+class ErrorBoundary(grpc.ServerInterceptor):
+    """Turns every outcome of a unary handler into a clean status and one access-log line.
+
+    A VeilgateError becomes its status with ErrorInfo; anything else is logged with its traceback on
+    the server and reaches the caller only as INTERNAL "internal error", so no traceback, SQL or
+    value ever leaves. The log line holds the method, status, reason and duration — never request
+    contents, citizen ids or record values.
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method: str = handler_call_details.method
+        inner: Behavior = handler.unary_unary
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                reply = inner(request, context)
+            except VeilgateError as e:
+                _log.info("%s -> %s %s (%.1f ms)", method, _code(e), e.reason, _ms(started))
+                context.abort_with_status(to_grpc_status(e))
+            except Exception:
+                _log.exception("%s -> INTERNAL (unhandled, %.1f ms)", method, _ms(started))
+                context.abort_with_status(to_grpc_status(InternalError("internal error")))
+            _log.info("%s -> OK (%.1f ms)", method, _ms(started))
+            return reply
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _code(error: VeilgateError) -> str:
+    return to_grpc_status(error).code.name
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -1,0 +1,166 @@
+"""Engines and schema management for the gateway's store.
+
+Two backends are supported and behave the same through the repositories:
+
+* **SQLite** (the embedded default): one file in the data directory, in WAL mode so that readers
+  never block the writer, ``synchronous=FULL`` so that a committed ledger row survives a power cut,
+  and ``foreign_keys=ON``. The ``sqlite3`` driver's own transaction handling is switched off and
+  SQLAlchemy emits ``BEGIN`` itself, so that every statement, reads and DDL included, runs inside a
+  real transaction. A transaction opened with the ``WRITE_TRANSACTION`` execution option starts with
+  ``BEGIN IMMEDIATE``: it takes the write lock up front, so two writers queue on ``busy_timeout``
+  instead of one of them failing with "database is locked" when it upgrades a read lock mid-way.
+* **PostgreSQL** (production, and the way to run several gateway replicas): psycopg 3, with
+  ``pool_pre_ping`` so that a connection dropped by a failover is replaced rather than handed out,
+  and a 10 s connect timeout unless the URL sets ``connect_timeout``.
+
+The schema is owned by Alembic (``migrations/``). The gateway never creates tables on its own:
+:func:`upgrade_schema` is the only path (``veilgate migrate``, or ``Store.open(migrate=True)``), and
+:func:`check_schema` refuses to serve from a database at another revision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from veilgate.errors import ConfigurationError, StorageError
+
+__all__ = [
+    "WRITE_TRANSACTION",
+    "check_schema",
+    "create_engine_for",
+    "sqlite_url",
+    "upgrade_schema",
+]
+
+#: Execution option that marks a transaction as a writer. On SQLite it makes the transaction begin
+#: with ``BEGIN IMMEDIATE``; on PostgreSQL it has no effect (row locks do the work there).
+WRITE_TRANSACTION: Final = "veilgate_write_transaction"
+
+_MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+
+# Any constant works; it only has to be the same for every gateway replica.
+_PG_MIGRATION_LOCK_KEY: Final = 0x7665696C67617465  # b"veilgate"
+
+_PG_CONNECT_TIMEOUT: Final = 10  # seconds
+
+_SQLITE_PRAGMAS: Final = (
+    # busy_timeout first: the journal_mode switch may itself have to wait for another connection.
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+)
+
+_SUPPORTED: Final = "use sqlite:///<path> or postgresql://user@host:port/database"
+
+
+def sqlite_url(data_dir: Path) -> str:
+    """The URL of the embedded store inside ``data_dir``."""
+    return f"sqlite:///{data_dir / 'veilgate.db'}"
+
+
+def create_engine_for(url: str) -> Engine:
+    """An engine for ``url`` configured for the gateway (see the module docstring).
+
+    ``postgresql://`` is read as ``postgresql+psycopg://``. Any other scheme or driver raises
+    :class:`~veilgate.errors.ConfigurationError`; the message never repeats the password.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise ConfigurationError(f"database URL is not a valid URL; {_SUPPORTED}") from e
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite" and driver in ("", "pysqlite"):
+        engine = create_engine(parsed.set(drivername="sqlite+pysqlite"), hide_parameters=True)
+        _configure_sqlite(engine)
+        return engine
+    if backend == "postgresql" and driver in ("", "psycopg"):
+        # A server that does not answer must fail the call, not hang it: bound the connect unless
+        # the URL says otherwise (libpq's own default is to wait forever).
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": _PG_CONNECT_TIMEOUT}
+        return create_engine(
+            parsed.set(drivername="postgresql+psycopg"),
+            pool_pre_ping=True,
+            hide_parameters=True,
+            connect_args=connect_args,
+        )
+    raise ConfigurationError(f"unsupported database URL scheme {parsed.drivername!r}; {_SUPPORTED}")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+        # Stop sqlite3 from issuing BEGIN (and from committing before DDL); _on_begin does it.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in _SQLITE_PRAGMAS:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(WRITE_TRANSACTION, False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _head_revision() -> str | None:
+    return ScriptDirectory(str(_MIGRATIONS_DIR)).get_current_head()
+
+
+@contextmanager
+def _wrapped(action: str) -> Iterator[None]:
+    """Turn driver and SQLAlchemy failures into StorageError without echoing SQL or values."""
+    try:
+        yield
+    except SQLAlchemyError as e:
+        raise StorageError(f"could not {action}: the database reported {type(e).__name__}") from e
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring the database to the newest schema revision; a no-op when it is already there.
+
+    Runs in one transaction. Concurrent callers are serialised (SQLite: ``BEGIN IMMEDIATE``;
+    PostgreSQL: a transaction-scoped advisory lock), so replicas may all start with ``migrate=True``.
+    """
+    with (
+        _wrapped("migrate the database schema"),
+        engine.connect().execution_options(**{WRITE_TRANSACTION: True}) as connection,
+        connection.begin(),
+    ):
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY})
+        command.upgrade(_alembic_config(connection), "head")
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise :class:`~veilgate.errors.StorageError` unless the schema is at the newest revision."""
+    expected = _head_revision()
+    with _wrapped("read the database schema revision"), engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current != expected:
+        raise StorageError(
+            f"database schema is at revision {current or '<none>'}, expected {expected}; run `veilgate migrate`"
+        )

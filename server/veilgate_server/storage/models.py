@@ -1,0 +1,128 @@
+"""The gateway's tables, as typed SQLAlchemy 2 models.
+
+These classes are the storage layer's own business: the rest of the gateway sees the frozen
+dataclasses returned by :mod:`veilgate_server.storage.repositories`. Any change here needs a new
+Alembic revision in ``migrations/versions``; the schema is never created from these classes directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Dialect,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "Citizen", "Record", "UTCDateTime", "UsedRequestToken"]
+
+KEY_LENGTH = 32
+"""Length in bytes of an Ed25519 public key and of an X25519 public key."""
+
+# Deterministic constraint names, so that migrations can refer to them on every backend.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware instant, stored in UTC, always read back as an aware UTC datetime.
+
+    PostgreSQL keeps ``timestamptz`` natively. SQLite has no timezone type: the value is stored as
+    naive UTC text and the UTC zone is attached again on the way out. A naive datetime is refused on
+    the way in, since its meaning would depend on the host's clock settings.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetimes are not stored; pass a timezone-aware datetime")
+        utc = value.astimezone(dt.UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Citizen(Base):
+    """An enrolled citizen and their current public keys (Ed25519 for requests, X25519 for sealing).
+
+    Rotation overwrites the keys and increments ``key_version``; old keys are not kept, so a token
+    signed with a rotated-out key can no longer be verified.
+    """
+
+    __tablename__ = "citizens"
+    __table_args__ = (
+        CheckConstraint(f"length(signing_key) = {KEY_LENGTH}", name="signing_key_length"),
+        CheckConstraint(f"length(encryption_key) = {KEY_LENGTH}", name="encryption_key_length"),
+        CheckConstraint("key_version >= 1", name="key_version_positive"),
+    )
+
+    citizen_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    signing_key: Mapped[bytes] = mapped_column(LargeBinary(KEY_LENGTH))
+    encryption_key: Mapped[bytes] = mapped_column(LargeBinary(KEY_LENGTH))
+    key_version: Mapped[int] = mapped_column(Integer, default=1)
+    enrolled_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    keys_updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Record(Base):
+    """One data item a department holds about a citizen, as last pushed by that department.
+
+    ``citizen_id`` is deliberately not a foreign key: departments push records before the citizen
+    enrols, and enrolment must not be a precondition for ingestion. Lookups by citizen use the
+    unique ``(citizen_id, item_id)`` index, whose leading column is ``citizen_id``.
+    """
+
+    __tablename__ = "records"
+    __table_args__ = (UniqueConstraint("citizen_id", "item_id"),)
+
+    # BIGINT on PostgreSQL; plain INTEGER on SQLite so that the column aliases the rowid.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    citizen_id: Mapped[str] = mapped_column(String(64))
+    item_id: Mapped[str] = mapped_column(String(96))
+    department: Mapped[str] = mapped_column(String(64))
+    as_of: Mapped[dt.date] = mapped_column(Date)
+    value_json: Mapped[str] = mapped_column(Text)
+    """The item's value as canonical JSON text; the storage layer never parses it."""
+
+
+class UsedRequestToken(Base):
+    """A consumed single-use request token (``jti``), kept until the token would have expired anyway."""
+
+    __tablename__ = "used_request_tokens"
+
+    citizen_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,382 @@
+"""The storage contract: every test runs on SQLite and on PostgreSQL (see tests/conftest.py).
+
+Whatever backend an operator picks, the gateway above must see the same behaviour, including under
+concurrency: a jti is consumed once, a citizen is enrolled once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from veilgate.errors import (
+    CitizenAlreadyEnrolled,
+    CitizenNotEnrolled,
+    ConfigurationError,
+    StorageError,
+    TokenReplayed,
+    VeilgateError,
+)
+from veilgate_server.storage import (
+    Store,
+    StoredRecord,
+    check_schema,
+    create_engine_for,
+    sqlite_url,
+    upgrade_schema,
+)
+from veilgate_server.storage.models import UsedRequestToken
+
+T0 = dt.datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=dt.UTC)
+CST = dt.timezone(dt.timedelta(hours=8))  # China Standard Time, the zone the operators run in
+THREADS = 8
+
+
+def _key(tag: int) -> bytes:
+    return bytes([tag]) * 32
+
+
+def _record(citizen_id: str, item_id: str, value: str = '{"v":1}', *, day: int = 1) -> StoredRecord:
+    return StoredRecord(
+        citizen_id=citizen_id,
+        item_id=item_id,
+        department="dept.housing",
+        as_of=dt.date(2025, 1, day),
+        value_json=value,
+    )
+
+
+def _race(action: Callable[[], object]) -> list[BaseException | None]:
+    """Run ``action`` on THREADS threads released together; the outcome of each (None = success)."""
+    barrier = threading.Barrier(THREADS)
+
+    def attempt() -> BaseException | None:
+        barrier.wait(timeout=30)
+        try:
+            action()
+        except VeilgateError as e:
+            return e
+        return None
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        futures = [pool.submit(attempt) for _ in range(THREADS)]
+        return [f.result(timeout=60) for f in futures]
+
+
+# --- citizens -------------------------------------------------------------------------------------
+
+
+def test_enroll_then_keys_of(store: Store) -> None:
+    enrolled = store.citizens.enroll("c-1", signing_key=_key(1), encryption_key=_key(2), at=T0)
+
+    assert enrolled.citizen_id == "c-1"
+    assert enrolled.key_version == 1
+    assert store.citizens.keys_of("c-1") == enrolled
+    assert (enrolled.signing_key, enrolled.encryption_key) == (_key(1), _key(2))
+    assert store.citizens.count() == 1
+
+
+def test_enroll_twice_is_refused_and_keeps_the_first_keys(store: Store) -> None:
+    store.citizens.enroll("c-1", signing_key=_key(1), encryption_key=_key(2), at=T0)
+
+    with pytest.raises(CitizenAlreadyEnrolled):
+        store.citizens.enroll("c-1", signing_key=_key(3), encryption_key=_key(4), at=T0)
+
+    assert store.citizens.keys_of("c-1").signing_key == _key(1)
+    assert store.citizens.count() == 1
+
+
+def test_keys_of_unknown_citizen(store: Store) -> None:
+    with pytest.raises(CitizenNotEnrolled):
+        store.citizens.keys_of("nobody")
+
+
+def test_rotate_increments_version_and_replaces_keys(store: Store) -> None:
+    store.citizens.enroll("c-1", signing_key=_key(1), encryption_key=_key(2), at=T0)
+    later = T0 + dt.timedelta(days=30)
+
+    first = store.citizens.rotate_keys("c-1", signing_key=_key(3), encryption_key=_key(4), at=later)
+    second = store.citizens.rotate_keys(
+        "c-1", signing_key=_key(5), encryption_key=_key(6), at=later + dt.timedelta(days=1)
+    )
+
+    assert (first.key_version, second.key_version) == (2, 3)
+    current = store.citizens.keys_of("c-1")
+    assert current == second
+    assert (current.signing_key, current.encryption_key) == (_key(5), _key(6))
+    assert current.keys_updated_at == later + dt.timedelta(days=1)
+    assert {current.signing_key, current.encryption_key}.isdisjoint({_key(1), _key(2), _key(3), _key(4)})
+
+
+def test_rotate_unknown_citizen(store: Store) -> None:
+    with pytest.raises(CitizenNotEnrolled):
+        store.citizens.rotate_keys("nobody", signing_key=_key(3), encryption_key=_key(4), at=T0)
+    assert store.citizens.count() == 0
+
+
+def test_datetimes_come_back_timezone_aware_utc(store: Store) -> None:
+    at_local = dt.datetime(2025, 3, 1, 17, 30, tzinfo=CST)  # 09:30 UTC
+
+    enrolled = store.citizens.enroll("c-1", signing_key=_key(1), encryption_key=_key(2), at=at_local)
+    read = store.citizens.keys_of("c-1")
+    rotated = store.citizens.rotate_keys("c-1", signing_key=_key(3), encryption_key=_key(4), at=at_local)
+
+    for keys in (enrolled, read, rotated):
+        assert keys.keys_updated_at.tzinfo is not None
+        assert keys.keys_updated_at.utcoffset() == dt.timedelta(0)
+        assert keys.keys_updated_at == at_local
+        assert keys.keys_updated_at.hour == 9
+
+
+def test_naive_datetimes_are_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.citizens.enroll("c-1", signing_key=_key(1), encryption_key=_key(2), at=T0.replace(tzinfo=None))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.requests.consume("c-1", "j", expires_at=T0.replace(tzinfo=None), now=T0)
+
+
+# --- records --------------------------------------------------------------------------------------
+
+
+def test_put_many_and_for_citizen(store: Store) -> None:
+    written = store.records.put_many(
+        [
+            _record("c-1", "tax.annual_income", '{"amount":1}'),
+            _record("c-1", "housing_fund.balance", '{"amount":2}'),
+            _record("c-1", "vehicle.count", "3"),
+            _record("c-2", "tax.annual_income", '{"amount":9}'),
+        ]
+    )
+
+    assert written == 4
+    assert store.records.count() == 4
+    everything = store.records.for_citizen("c-1")
+    assert [r.item_id for r in everything] == ["housing_fund.balance", "tax.annual_income", "vehicle.count"]
+    assert everything[1] == _record("c-1", "tax.annual_income", '{"amount":1}')
+    assert all(r.citizen_id == "c-1" for r in everything)
+
+
+def test_for_citizen_subset_ignores_unknown_items_and_other_citizens(store: Store) -> None:
+    store.records.put_many(
+        [
+            _record("c-1", "a"),
+            _record("c-1", "b"),
+            _record("c-1", "c"),
+            _record("c-2", "d"),
+        ]
+    )
+
+    assert [r.item_id for r in store.records.for_citizen("c-1", ["c", "a", "no.such.item"])] == ["a", "c"]
+    assert store.records.for_citizen("c-1", ["d"]) == []
+    assert store.records.for_citizen("c-1", []) == []
+    assert store.records.for_citizen("c-3") == []
+
+
+def test_put_many_upsert_replaces(store: Store) -> None:
+    store.records.put_many([_record("c-1", "a", '"old"', day=1), _record("c-1", "b", '"keep"')])
+
+    store.records.put_many([_record("c-1", "a", '"new"', day=20)])
+
+    assert store.records.count() == 2
+    a, b = store.records.for_citizen("c-1")
+    assert (a.value_json, a.as_of) == ('"new"', dt.date(2025, 1, 20))
+    assert b.value_json == '"keep"'
+
+
+def test_put_many_in_batches_and_duplicates_within_a_call(store: Store) -> None:
+    records = [_record(f"c-{n % 7}", f"item.{n}") for n in range(23)]
+    records.append(_record("c-0", "item.0", '"last wins"'))
+
+    assert store.records.put_many(records, batch_size=5) == 24
+    assert store.records.count() == 23
+    (item0,) = store.records.for_citizen("c-0", ["item.0"])
+    assert item0.value_json == '"last wins"'
+    assert store.records.citizen_ids(limit=3) == ["c-0", "c-1", "c-2"]
+    assert store.records.citizen_ids(limit=100) == [f"c-{n}" for n in range(7)]
+
+
+def test_records_do_not_need_an_enrolled_citizen(store: Store) -> None:
+    store.records.put_many([_record("not-yet-enrolled", "a")])
+    assert store.citizens.count() == 0
+    assert len(store.records.for_citizen("not-yet-enrolled")) == 1
+
+
+# --- request ledger -------------------------------------------------------------------------------
+
+
+def test_consume_once_then_replay(store: Store) -> None:
+    exp = T0 + dt.timedelta(minutes=5)
+    store.requests.consume("c-1", "jti-1", expires_at=exp, now=T0)
+
+    with pytest.raises(TokenReplayed, match="already used"):
+        store.requests.consume("c-1", "jti-1", expires_at=exp, now=T0 + dt.timedelta(seconds=1))
+
+
+def test_same_jti_for_another_citizen_is_independent(store: Store) -> None:
+    exp = T0 + dt.timedelta(minutes=5)
+    store.requests.consume("c-1", "jti-1", expires_at=exp, now=T0)
+    store.requests.consume("c-2", "jti-1", expires_at=exp, now=T0)
+
+    with pytest.raises(TokenReplayed):
+        store.requests.consume("c-2", "jti-1", expires_at=exp, now=T0)
+
+
+def _ledger_rows(store: Store) -> dict[str, int]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(UsedRequestToken.citizen_id, func.count()).group_by(UsedRequestToken.citizen_id))
+        return {citizen_id: count for citizen_id, count in rows}
+
+
+def test_expired_rows_of_the_citizen_are_purged(store: Store) -> None:
+    store.requests.consume("c-1", "old-1", expires_at=T0 + dt.timedelta(minutes=1), now=T0)
+    store.requests.consume("c-1", "old-2", expires_at=T0 + dt.timedelta(minutes=2), now=T0)
+    store.requests.consume("c-1", "live", expires_at=T0 + dt.timedelta(hours=1), now=T0)
+    store.requests.consume("c-2", "other", expires_at=T0 + dt.timedelta(minutes=1), now=T0)
+    assert _ledger_rows(store) == {"c-1": 3, "c-2": 1}
+
+    later = T0 + dt.timedelta(minutes=10)
+    store.requests.consume("c-1", "new", expires_at=later + dt.timedelta(minutes=5), now=later)
+
+    # c-1 keeps "live" and "new"; c-2's expired row waits for c-2's own next request.
+    assert _ledger_rows(store) == {"c-1": 2, "c-2": 1}
+    with pytest.raises(TokenReplayed):
+        store.requests.consume("c-1", "live", expires_at=T0 + dt.timedelta(hours=1), now=later)
+
+
+def test_a_stored_jti_is_refused_even_when_expired(store: Store) -> None:
+    exp = T0 + dt.timedelta(minutes=1)
+    store.requests.consume("c-1", "jti-1", expires_at=exp, now=T0)
+
+    with pytest.raises(TokenReplayed):
+        store.requests.consume("c-1", "jti-1", expires_at=exp, now=T0 + dt.timedelta(hours=1))
+
+
+# --- concurrency ----------------------------------------------------------------------------------
+
+
+def test_concurrent_consume_of_one_jti_succeeds_exactly_once(store: Store) -> None:
+    exp = T0 + dt.timedelta(minutes=5)
+
+    outcomes = _race(lambda: store.requests.consume("c-1", "jti-race", expires_at=exp, now=T0))
+
+    assert outcomes.count(None) == 1
+    failures = [o for o in outcomes if o is not None]
+    assert len(failures) == THREADS - 1
+    assert all(isinstance(o, TokenReplayed) for o in failures), failures
+
+
+def test_concurrent_enroll_of_one_citizen_succeeds_exactly_once(store: Store) -> None:
+    outcomes = _race(lambda: store.citizens.enroll("c-race", signing_key=_key(1), encryption_key=_key(2), at=T0))
+
+    assert outcomes.count(None) == 1
+    failures = [o for o in outcomes if o is not None]
+    assert all(isinstance(o, CitizenAlreadyEnrolled) for o in failures), failures
+    assert store.citizens.count() == 1
+
+
+def test_concurrent_consume_of_distinct_jtis_all_succeed(store: Store) -> None:
+    counter = iter(range(THREADS))
+    lock = threading.Lock()
+
+    def consume_next() -> None:
+        with lock:
+            n = next(counter)
+        store.requests.consume("c-1", f"jti-{n}", expires_at=T0 + dt.timedelta(minutes=5), now=T0)
+
+    assert _race(consume_next) == [None] * THREADS
+    assert _ledger_rows(store) == {"c-1": THREADS}
+
+
+# --- schema and failures --------------------------------------------------------------------------
+
+
+def test_migration_is_idempotent(store: Store) -> None:
+    store.citizens.enroll("c-1", signing_key=_key(1), encryption_key=_key(2), at=T0)
+
+    upgrade_schema(store.engine)
+    upgrade_schema(store.engine)
+
+    check_schema(store.engine)
+    assert store.citizens.keys_of("c-1").key_version == 1
+
+
+def test_schema_lives_where_the_url_points(store: Store, db_backend: str) -> None:
+    """On PostgreSQL the per-test schema from the URL's search_path holds every table, Alembic's too."""
+    if db_backend == "sqlite":
+        query = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+    else:
+        query = (
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY table_name"
+        )
+    with store.engine.connect() as conn:
+        tables = list(conn.exec_driver_sql(query).scalars())
+        if db_backend == "postgresql":
+            assert conn.exec_driver_sql("SELECT current_schema()").scalar_one().startswith("vg_test_")
+
+    assert tables == ["alembic_version", "citizens", "records", "used_request_tokens"]
+
+
+def test_check_schema_on_an_empty_database(database_url: str) -> None:
+    with pytest.raises(StorageError, match="veilgate migrate"):
+        Store.open(database_url, migrate=False)
+
+    engine = create_engine_for(database_url)
+    try:
+        with pytest.raises(StorageError, match=r"revision <none>, expected 0001"):
+            check_schema(engine)
+        upgrade_schema(engine)
+        check_schema(engine)
+    finally:
+        engine.dispose()
+    Store.open(database_url, migrate=False).close()
+
+
+def test_unreachable_database_raises_storage_error(db_backend: str, database_url: str, tmp_path: Path) -> None:
+    if db_backend == "sqlite":
+        url = sqlite_url(tmp_path / "no" / "such" / "directory")
+    else:
+        url = (
+            make_url(database_url)
+            .set(database=f"vg_missing_{secrets.token_hex(4)}")
+            .render_as_string(hide_password=False)
+        )
+
+    with pytest.raises(StorageError, match=r"^could not migrate the database schema: ") as raised:
+        Store.open(url)
+    assert "vg_missing" not in str(raised.value)
+    assert "SELECT" not in str(raised.value)
+
+
+def test_storage_error_messages_carry_no_values(store: Store, database_url: str) -> None:
+    secret_value = '{"income": 987654321}'
+    store.records.put_many([_record("c-secret", "a", secret_value)])
+    store.close()  # later use checks out fresh connections, so make the database itself go away
+
+    broken = Store(create_engine_for(database_url))
+    with broken.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE records")
+    try:
+        with pytest.raises(StorageError) as raised:
+            broken.records.put_many([_record("c-secret", "a", secret_value)])
+    finally:
+        broken.close()
+    message = str(raised.value)
+    assert "987654321" not in message
+    assert "c-secret" not in message
+    assert message.startswith("could not store records")
+
+
+def test_unsupported_url_scheme(db_backend: str) -> None:
+    with pytest.raises(ConfigurationError, match="unsupported database URL scheme 'mysql'"):
+        create_engine_for("mysql://root:hunter2@localhost/veilgate")
+    with pytest.raises(ConfigurationError) as raised:
+        create_engine_for("postgresql+psycopg2://root:hunter2@localhost/veilgate")
+    assert "hunter2" not in str(raised.value)
