@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from veilgate import CitizenWallet
 from veilgate._internal import jose
@@ -12,6 +15,7 @@ from veilgate.errors import (
     CitizenNotEnrolled,
     RequestInvalid,
     RequestTooLarge,
+    TokenError,
     TokenExpired,
     TokenInvalid,
     TokenLifetimeTooLong,
@@ -143,3 +147,23 @@ def test_list_claims_are_checked() -> None:
 def test_oversized_token() -> None:
     with pytest.raises(RequestTooLarge):
         read("x" * (16 * 1024 + 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_arbitrary_request_tokens_raise_only_token_errors(text: str) -> None:
+    with pytest.raises((TokenError, CitizenNotEnrolled, RequestTooLarge)):
+        read(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["iss", "aud", "op", "jti", "iat", "exp", "items", "nbf", "x"]),
+        st.none() | st.booleans() | st.integers() | st.text(max_size=40) | st.lists(st.text(max_size=5), max_size=3),
+    )
+)
+def test_arbitrary_signed_claims_raise_only_token_errors(claims: dict[str, Any]) -> None:
+    claims.setdefault("iss", ALICE.citizen_id)
+    with contextlib.suppress(TokenError, CitizenNotEnrolled):  # anything else fails the test
+        read(raw_token(claims))

@@ -1,0 +1,191 @@
+"""The CLI as a user runs it: real processes, real TLS, on every storage backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from veilgate._internal.jose import b64url_decode
+from veilgate_server.storage import Store, StoredRecord
+
+PASSPHRASE = "e2e passphrase, long enough"
+
+
+def veilgate(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "veilgate_server.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"veilgate {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+class ServeProcess:
+    """`veilgate serve` in a child process; stdout is read on a thread so it never blocks."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "veilgate_server.cli", "serve", "--listen", "127.0.0.1:0", "-v", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._port = threading.Event()
+        self.port = 0
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True).start()
+        if not self._port.wait(60):
+            self.stop()
+            raise AssertionError("serve did not start:\n" + "".join(self.stdout + self.stderr))
+
+    def _pump(self, stream: object, sink: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line)
+            match = re.search(r"serving on port (\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                self._port.set()
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.fixture
+def served(tmp_path: Path, database_url: str) -> Iterator[tuple[ServeProcess, Path, str]]:
+    data = tmp_path / "gw"
+    veilgate("seed", "--citizens", "5", "--seed", "3", "--data-dir", str(data), "--database-url", database_url)
+    server = ServeProcess("--data-dir", str(data), "--database-url", database_url)
+    try:
+        yield server, data, database_url
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def test_demo_runs_end_to_end(database_url: str) -> None:
+    result = veilgate("demo", "--citizens", "5", "--database-url", database_url)
+    out = result.stdout
+    assert "GetMyData: 61 items" in out
+    assert "A third party checked the signed delivery offline" in out
+    assert "TOKEN_REPLAYED" in out
+    assert "Demo finished" in out
+    assert "Traceback" not in result.stderr
+
+
+def test_citizen_journey_through_the_cli(served: tuple[ServeProcess, Path, str], tmp_path: Path) -> None:
+    server, data, database_url = served
+    db = ["--data-dir", str(data), "--database-url", database_url]
+    with Store.open(database_url) as store:
+        citizen = store.records.citizen_ids(limit=1)[0]
+        employer = store.records.for_citizen(citizen, ["social_insurance.current_employer"])[0]
+        canary = "CANARY-e2e-51d0c3"
+        store.records.put_many(
+            [StoredRecord(citizen, employer.item_id, employer.department, employer.as_of, json.dumps(canary))]
+        )
+    env = {"VEILGATE_WALLET_PASSPHRASE": PASSPHRASE}
+    wallet = tmp_path / "me.wallet"
+    veilgate("wallet", "create", "--citizen-id", citizen, "--out", str(wallet), env=env)
+    assert json.loads((tmp_path / "me.wallet.identity.json").read_text())["citizen_id"] == citizen
+    enrolled = veilgate("enroll", "--identity", str(tmp_path / "me.wallet.identity.json"), *db)
+    assert "key version 1" in enrolled.stdout
+    again = veilgate("enroll", "--identity", str(tmp_path / "me.wallet.identity.json"), *db, check=False)
+    assert again.returncode == 1
+    assert "already enrolled" in again.stderr
+
+    fetch_args = ["wallet", "fetch", "--wallet", str(wallet), "--target", f"localhost:{server.port}"]
+    fetch_args += ["--ca", str(data / "tls" / "ca.pem"), "--gateway-keys", str(data / "gateway-keys.json")]
+    fetched = veilgate(*fetch_args, "--out", str(tmp_path / "delivery.jws"), env=env)
+    assert "61 items" in fetched.stdout
+    payload = (tmp_path / "delivery.jws").read_text().strip().split(".")[1]
+    assert canary in b64url_decode(payload).decode()  # the citizen, and only the citizen, can read it
+    narrowed = veilgate(*fetch_args, "--items", "no_such.item", env=env, check=False)
+    assert narrowed.returncode == 1
+    assert "unknown data item" in narrowed.stderr
+    assert "Traceback" not in narrowed.stderr
+
+    # Rotation: the old wallet stops working, the new one works.
+    new_wallet = tmp_path / "new.wallet"
+    veilgate("wallet", "create", "--citizen-id", citizen, "--out", str(new_wallet), env=env)
+    veilgate("enroll", "--rotate", "--identity", str(tmp_path / "new.wallet.identity.json"), *db)
+    refused = veilgate(*fetch_args, env=env, check=False)
+    assert refused.returncode == 1
+    assert "not a valid Veilgate JWS" in refused.stderr
+    fetch_new = [*fetch_args]
+    fetch_new[fetch_new.index(str(wallet))] = str(new_wallet)
+    assert "61 items" in veilgate(*fetch_new, env=env).stdout
+
+    assert server.stop() == 0
+    logs = "".join(server.stdout + server.stderr)
+    assert "GetMyData -> OK" in logs
+    assert "GetMyData -> INVALID_ARGUMENT ITEM_UNKNOWN" in logs
+    assert canary not in logs
+    assert citizen not in logs
+    assert "Traceback" not in logs
+
+
+def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
+    data = tmp_path / "kept"
+    result = veilgate("demo", "--citizens", "3", "--data-dir", str(data))
+    assert f"State kept in {data}" in result.stdout
+    assert (data / "veilgate.db").exists()
+    assert (data / "citizen.wallet").exists()
+    key_id = veilgate("keys", "--data-dir", str(data)).stdout
+    assert json.loads((data / "gateway-keys.json").read_text())["keys"][0]["kid"] in key_id
+    # The demo is re-runnable on kept state (the citizen's keys are rotated to a new wallet).
+    assert "key version 2" in veilgate("demo", "--data-dir", str(data)).stdout
+    server = ServeProcess("--data-dir", str(data))
+    try:
+        fetched = veilgate(
+            "wallet",
+            "fetch",
+            "--wallet",
+            str(data / "citizen.wallet"),
+            "--target",
+            f"localhost:{server.port}",
+            "--ca",
+            str(data / "tls" / "ca.pem"),
+            "--departments",
+            "medical_insurance",
+            env={"VEILGATE_WALLET_PASSPHRASE": "correct horse battery staple"},
+        )
+        assert "medical_insurance: 6 items" in fetched.stdout
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["seed", "--citizens", "0", "--seed", "1"], "--citizens must be at least 1"),
+        (["enroll"], "give --identity FILE"),
+        (["enroll", "--identity", "/nonexistent/identity.json"], "cannot read identity file"),
+        (["enroll", "--citizen-id", "x", "--signing-key", "AAAA", "--encryption-key", "AAAA"], "32 bytes"),
+        (["migrate", "--database-url", "mysql://nobody@127.0.0.1/x"], "unsupported"),
+        (["migrate", "--database-url", "postgresql://nobody@127.0.0.1:1/x"], "could not"),
+        (["wallet", "fetch", "--wallet", "/nonexistent.wallet", "--target", "localhost:1"], "could not read wallet"),
+        (["serve", "--tls-cert", "only-cert.pem"], "--tls-cert and --tls-key go together"),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path: Path, args: list[str], message: str) -> None:
+    result = veilgate(*args, "--data-dir", str(tmp_path / "d"), env={"VEILGATE_WALLET_PASSPHRASE": "x"}, check=False)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert result.stderr.startswith("veilgate: error: ")
+    assert "Traceback" not in result.stderr
