@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 
 import grpc
@@ -31,12 +32,12 @@ GET_MY_DATA = "/veilgate.v1.CitizenService/GetMyData"
 _log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
 class GatewayInfo:
-    """The gateway's identity (the ``aud`` of request tokens) and its signing keys."""
+    """The gateway's identity (the ``aud`` of request tokens) and the signing keys this client trusts."""
 
-    def __init__(self, gateway_id: str, signing_keys: Sequence[GatewayKey]) -> None:
-        self.gateway_id = gateway_id
-        self.signing_keys = tuple(signing_keys)
+    gateway_id: str
+    signing_keys: tuple[GatewayKey, ...]
 
 
 class CitizenClient:
@@ -83,7 +84,7 @@ class CitizenClient:
             except grpc.RpcError as e:
                 raise error_from_rpc(e) from None
             published = [GatewayKey(key_id=k.key_id, public_key=k.public_key) for k in reply.signing_keys]
-            self._info = GatewayInfo(reply.gateway_id, self._pinned if self._pinned is not None else published)
+            self._info = GatewayInfo(reply.gateway_id, self._pinned if self._pinned is not None else tuple(published))
         return self._info
 
     def get_my_data(
@@ -102,11 +103,13 @@ class CitizenClient:
     def send_get_my_data(self, request_token: str) -> DataDelivery:
         """Send a GetMyData request token made elsewhere (e.g. on a separate signing device)."""
         info = self.gateway_info()
-        token = request_token
+        request = citizen_pb2.GetMyDataRequest(request_token=request_token)
         try:
-            reply = self._stub.GetMyData(citizen_pb2.GetMyDataRequest(request_token=token), timeout=self._timeout)
+            reply = self._stub.GetMyData(request, timeout=self._timeout)
         except grpc.RpcError as e:
             raise error_from_rpc(e) from None
         if reply.gateway_key_id not in {k.key_id for k in info.signing_keys}:
             raise DeliveryInvalid("delivery is signed by a key this client does not trust")
-        return self._wallet.open_delivery(reply.sealed_delivery, gateway_keys=info.signing_keys, request_token=token)
+        return self._wallet.open_delivery(
+            reply.sealed_delivery, gateway_keys=info.signing_keys, request_token=request_token
+        )

@@ -37,6 +37,7 @@ from veilgate.errors import (
     TokenNotYetValid,
     TokenWrongAudience,
 )
+from veilgate.wallet import REQUEST_TYP
 
 __all__ = [
     "LEEWAY",
@@ -50,7 +51,6 @@ __all__ = [
 
 CitizenId = NewType("CitizenId", str)
 
-REQUEST_TYP = "veilgate-request+jwt"
 MAX_LIFETIME = 300
 LEEWAY = 30
 MAX_LIST_CLAIM = 256

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from veilgate.errors import InternalError, VeilgateError
-from veilgate_server.rpc.errors import to_grpc_status
+from veilgate_server.rpc.errors import STATUS_OF_REASON, to_grpc_status
 
 __all__ = ["ErrorBoundary"]
 
@@ -65,7 +65,7 @@ class ErrorBoundary(grpc.ServerInterceptor):
 
 
 def _code(error: VeilgateError) -> str:
-    return to_grpc_status(error).code.name
+    return STATUS_OF_REASON.get(error.reason, grpc.StatusCode.INTERNAL).name
 
 
 def _ms(started: float) -> float:
