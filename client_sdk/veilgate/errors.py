@@ -18,13 +18,23 @@ from typing import ClassVar
 __all__ = [
     "CatalogError",
     "CitizenAlreadyEnrolled",
+    "CitizenBudgetExhausted",
     "CitizenNotEnrolled",
     "ConfigurationError",
+    "ConsentAlreadyRegistered",
+    "ConsentError",
+    "ConsentExhausted",
+    "ConsentRevoked",
+    "ConsentUnknown",
     "DeliveryInvalid",
     "DepartmentUnknown",
     "GatewayUnavailable",
+    "InstitutionAlreadyRegistered",
+    "InstitutionDisabled",
+    "InstitutionUnknown",
     "InternalError",
     "ItemUnknown",
+    "PeerIdentityInvalid",
     "RequestInvalid",
     "RequestTooLarge",
     "StorageError",
@@ -158,6 +168,57 @@ class ItemUnknown(RequestInvalid):
 
 class DepartmentUnknown(RequestInvalid):
     reason = "DEPARTMENT_UNKNOWN"
+
+
+# --- institutions and consents ---------------------------------------------------------------------
+
+
+class PeerIdentityInvalid(VeilgateError):
+    """The TLS client certificate does not carry exactly one acceptable SPIFFE identity."""
+
+    reason = "PEER_IDENTITY_INVALID"
+
+
+class InstitutionUnknown(VeilgateError):
+    reason = "INSTITUTION_UNKNOWN"
+
+
+class InstitutionAlreadyRegistered(VeilgateError):
+    reason = "INSTITUTION_ALREADY_REGISTERED"
+
+
+class InstitutionDisabled(VeilgateError):
+    reason = "INSTITUTION_DISABLED"
+
+
+class ConsentError(VeilgateError):
+    """Family of consent failures: the consent does not allow this evaluation."""
+
+    reason = "CONSENT_INVALID"
+
+
+class ConsentUnknown(ConsentError):
+    reason = "CONSENT_UNKNOWN"
+
+
+class ConsentAlreadyRegistered(ConsentError):
+    reason = "CONSENT_ALREADY_REGISTERED"
+
+
+class ConsentRevoked(ConsentError):
+    reason = "CONSENT_REVOKED"
+
+
+class ConsentExhausted(ConsentError):
+    """Every use the citizen granted (``max_uses``) has been spent."""
+
+    reason = "CONSENT_EXHAUSTED"
+
+
+class CitizenBudgetExhausted(VeilgateError):
+    """The citizen's daily evaluation budget, across all institutions, is spent."""
+
+    reason = "CITIZEN_BUDGET_EXHAUSTED"
 
 
 # --- replies (raised by the SDK only) ---------------------------------------------------------------

@@ -63,6 +63,30 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A named department is not in the catalog. INVALID_ARGUMENT."""
     RECORD_VALUE_INVALID: _ErrorReason.ValueType  # 34
     """A record value does not match the catalog's type for its item. INVALID_ARGUMENT."""
+    PEER_IDENTITY_INVALID: _ErrorReason.ValueType  # 50
+    """The mTLS client certificate lacks exactly one acceptable SPIFFE identity. UNAUTHENTICATED."""
+    INSTITUTION_UNKNOWN: _ErrorReason.ValueType  # 51
+    """The calling institution is not registered. PERMISSION_DENIED."""
+    INSTITUTION_ALREADY_REGISTERED: _ErrorReason.ValueType  # 52
+    """(operator) The institution id is registered already."""
+    INSTITUTION_DISABLED: _ErrorReason.ValueType  # 53
+    """The calling institution is disabled by the operator. PERMISSION_DENIED."""
+    CONSENT_INVALID: _ErrorReason.ValueType  # 60
+    """The consent does not allow this evaluation (family reason). PERMISSION_DENIED."""
+    CONSENT_UNKNOWN: _ErrorReason.ValueType  # 61
+    """No consent with this id is registered (for this citizen). NOT_FOUND."""
+    CONSENT_ALREADY_REGISTERED: _ErrorReason.ValueType  # 62
+    """A consent with this id is registered already. ALREADY_EXISTS."""
+    CONSENT_REVOKED: _ErrorReason.ValueType  # 63
+    """The citizen revoked the consent. PERMISSION_DENIED."""
+    CONSENT_EXHAUSTED: _ErrorReason.ValueType  # 64
+    """Every use the consent granted (max_uses) is spent. RESOURCE_EXHAUSTED."""
+    CITIZEN_BUDGET_EXHAUSTED: _ErrorReason.ValueType  # 65
+    """The citizen's daily evaluation budget across institutions is spent. RESOURCE_EXHAUSTED."""
+    POLICY_INVALID: _ErrorReason.ValueType  # 70
+    """A policy file or the signed policy manifest is invalid; the gateway refuses to start. FAILED_PRECONDITION."""
+    POLICY_PARAMETER_INVALID: _ErrorReason.ValueType  # 71
+    """A caller parameter is missing, unknown, or not one of the policy's enumerated values. INVALID_ARGUMENT."""
     DELIVERY_INVALID: _ErrorReason.ValueType  # 40
     """(client) A sealed delivery did not open, or its signature or request binding did not verify."""
 
@@ -114,6 +138,30 @@ DEPARTMENT_UNKNOWN: ErrorReason.ValueType  # 33
 """A named department is not in the catalog. INVALID_ARGUMENT."""
 RECORD_VALUE_INVALID: ErrorReason.ValueType  # 34
 """A record value does not match the catalog's type for its item. INVALID_ARGUMENT."""
+PEER_IDENTITY_INVALID: ErrorReason.ValueType  # 50
+"""The mTLS client certificate lacks exactly one acceptable SPIFFE identity. UNAUTHENTICATED."""
+INSTITUTION_UNKNOWN: ErrorReason.ValueType  # 51
+"""The calling institution is not registered. PERMISSION_DENIED."""
+INSTITUTION_ALREADY_REGISTERED: ErrorReason.ValueType  # 52
+"""(operator) The institution id is registered already."""
+INSTITUTION_DISABLED: ErrorReason.ValueType  # 53
+"""The calling institution is disabled by the operator. PERMISSION_DENIED."""
+CONSENT_INVALID: ErrorReason.ValueType  # 60
+"""The consent does not allow this evaluation (family reason). PERMISSION_DENIED."""
+CONSENT_UNKNOWN: ErrorReason.ValueType  # 61
+"""No consent with this id is registered (for this citizen). NOT_FOUND."""
+CONSENT_ALREADY_REGISTERED: ErrorReason.ValueType  # 62
+"""A consent with this id is registered already. ALREADY_EXISTS."""
+CONSENT_REVOKED: ErrorReason.ValueType  # 63
+"""The citizen revoked the consent. PERMISSION_DENIED."""
+CONSENT_EXHAUSTED: ErrorReason.ValueType  # 64
+"""Every use the consent granted (max_uses) is spent. RESOURCE_EXHAUSTED."""
+CITIZEN_BUDGET_EXHAUSTED: ErrorReason.ValueType  # 65
+"""The citizen's daily evaluation budget across institutions is spent. RESOURCE_EXHAUSTED."""
+POLICY_INVALID: ErrorReason.ValueType  # 70
+"""A policy file or the signed policy manifest is invalid; the gateway refuses to start. FAILED_PRECONDITION."""
+POLICY_PARAMETER_INVALID: ErrorReason.ValueType  # 71
+"""A caller parameter is missing, unknown, or not one of the policy's enumerated values. INVALID_ARGUMENT."""
 DELIVERY_INVALID: ErrorReason.ValueType  # 40
 """(client) A sealed delivery did not open, or its signature or request binding did not verify."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
