@@ -24,8 +24,14 @@ __all__ = [
     "ConsentAlreadyRegistered",
     "ConsentError",
     "ConsentExhausted",
+    "ConsentExpired",
+    "ConsentNotYetValid",
+    "ConsentPolicyChanged",
+    "ConsentPolicyNotCovered",
+    "ConsentPurposeNotAllowed",
     "ConsentRevoked",
     "ConsentUnknown",
+    "ConsentWrongInstitution",
     "DeliveryInvalid",
     "DepartmentUnknown",
     "GatewayUnavailable",
@@ -207,6 +213,38 @@ class ConsentAlreadyRegistered(ConsentError):
 
 class ConsentRevoked(ConsentError):
     reason = "CONSENT_REVOKED"
+
+
+class ConsentWrongInstitution(ConsentError):
+    """The consent is addressed (``aud``) to another institution than the caller."""
+
+    reason = "CONSENT_WRONG_INSTITUTION"
+
+
+class ConsentPurposeNotAllowed(ConsentError):
+    """The consent's purpose is not one the calling institution's kind may use."""
+
+    reason = "CONSENT_PURPOSE_NOT_ALLOWED"
+
+
+class ConsentPolicyNotCovered(ConsentError):
+    """The policy asked for is not listed in the consent."""
+
+    reason = "CONSENT_POLICY_NOT_COVERED"
+
+
+class ConsentPolicyChanged(ConsentError):
+    """The consent pins a different text (sha256) of the policy than the one loaded now."""
+
+    reason = "CONSENT_POLICY_CHANGED"
+
+
+class ConsentNotYetValid(ConsentError):
+    reason = "CONSENT_NOT_YET_VALID"
+
+
+class ConsentExpired(ConsentError):
+    reason = "CONSENT_EXPIRED"
 
 
 class ConsentExhausted(ConsentError):

@@ -35,6 +35,7 @@ import nacl.signing
 import nacl.utils
 
 from veilgate._internal import jose, sealed
+from veilgate.consent import CONSENT_TYP, PURPOSES, PolicyPin
 from veilgate.delivery import DataDelivery, GatewayKey, verify_delivery
 from veilgate.errors import DeliveryInvalid, TokenError, WalletError
 
@@ -214,6 +215,40 @@ class CitizenWallet:
             signing_key=self._signing_key,
             typ=REQUEST_TYP,
             kid=jose.jwk_thumbprint(self.signing_public_key),
+        )
+
+    def consent_token(
+        self,
+        *,
+        institution_id: str,
+        purpose: str,
+        policies: Sequence[PolicyPin],
+        max_uses: int,
+        valid_for: int,
+        not_before: int | None = None,
+        now: int | None = None,
+    ) -> str:
+        """Sign a consent for ``institution_id`` to evaluate the pinned ``policies`` for ``purpose``,
+        at most ``max_uses`` times, from ``not_before`` (default now) for ``valid_for`` seconds.
+        Register it with the gateway, then hand it to the institution."""
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {sorted(PURPOSES)}")
+        issued_at = int(time.time()) if now is None else now
+        start = issued_at if not_before is None else not_before
+        claims = {
+            "iss": self.citizen_id,
+            "sub": self.citizen_id,
+            "aud": institution_id,
+            "jti": secrets.token_urlsafe(24),
+            "iat": issued_at,
+            "nbf": start,
+            "exp": start + valid_for,
+            "purpose": purpose,
+            "policies": [pin.to_json() for pin in policies],
+            "max_uses": max_uses,
+        }
+        return jose.sign_jws(
+            claims, signing_key=self._signing_key, typ=CONSENT_TYP, kid=jose.jwk_thumbprint(self.signing_public_key)
         )
 
     def open_delivery(

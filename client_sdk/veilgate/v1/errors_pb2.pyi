@@ -79,6 +79,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A consent with this id is registered already. ALREADY_EXISTS."""
     CONSENT_REVOKED: _ErrorReason.ValueType  # 63
     """The citizen revoked the consent. PERMISSION_DENIED."""
+    CONSENT_WRONG_INSTITUTION: _ErrorReason.ValueType  # 66
+    """The consent is addressed to another institution than the caller. PERMISSION_DENIED."""
+    CONSENT_PURPOSE_NOT_ALLOWED: _ErrorReason.ValueType  # 67
+    """The consent's purpose is not allowed for the caller's kind of institution. PERMISSION_DENIED."""
+    CONSENT_POLICY_NOT_COVERED: _ErrorReason.ValueType  # 68
+    """The policy is not listed in the consent. PERMISSION_DENIED."""
+    CONSENT_POLICY_CHANGED: _ErrorReason.ValueType  # 69
+    """The consent pins another text (sha256) of the policy than the one loaded. FAILED_PRECONDITION."""
+    CONSENT_NOT_YET_VALID: _ErrorReason.ValueType  # 72
+    """The consent's nbf lies in the future. FAILED_PRECONDITION."""
+    CONSENT_EXPIRED: _ErrorReason.ValueType  # 73
+    """The consent's exp has passed. PERMISSION_DENIED."""
     CONSENT_EXHAUSTED: _ErrorReason.ValueType  # 64
     """Every use the consent granted (max_uses) is spent. RESOURCE_EXHAUSTED."""
     CITIZEN_BUDGET_EXHAUSTED: _ErrorReason.ValueType  # 65
@@ -154,6 +166,18 @@ CONSENT_ALREADY_REGISTERED: ErrorReason.ValueType  # 62
 """A consent with this id is registered already. ALREADY_EXISTS."""
 CONSENT_REVOKED: ErrorReason.ValueType  # 63
 """The citizen revoked the consent. PERMISSION_DENIED."""
+CONSENT_WRONG_INSTITUTION: ErrorReason.ValueType  # 66
+"""The consent is addressed to another institution than the caller. PERMISSION_DENIED."""
+CONSENT_PURPOSE_NOT_ALLOWED: ErrorReason.ValueType  # 67
+"""The consent's purpose is not allowed for the caller's kind of institution. PERMISSION_DENIED."""
+CONSENT_POLICY_NOT_COVERED: ErrorReason.ValueType  # 68
+"""The policy is not listed in the consent. PERMISSION_DENIED."""
+CONSENT_POLICY_CHANGED: ErrorReason.ValueType  # 69
+"""The consent pins another text (sha256) of the policy than the one loaded. FAILED_PRECONDITION."""
+CONSENT_NOT_YET_VALID: ErrorReason.ValueType  # 72
+"""The consent's nbf lies in the future. FAILED_PRECONDITION."""
+CONSENT_EXPIRED: ErrorReason.ValueType  # 73
+"""The consent's exp has passed. PERMISSION_DENIED."""
 CONSENT_EXHAUSTED: ErrorReason.ValueType  # 64
 """Every use the consent granted (max_uses) is spent. RESOURCE_EXHAUSTED."""
 CITIZEN_BUDGET_EXHAUSTED: ErrorReason.ValueType  # 65
