@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
@@ -40,11 +41,13 @@ from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 
-from veilgate import CitizenClient, CitizenWallet
+from veilgate import CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
 from veilgate_server.admin import seed_population
 from veilgate_server.config import default_policies_dir
 from veilgate_server.core.catalog import Catalog, load_catalog
+from veilgate_server.core.policy import Policy, load_policies
 from veilgate_server.crypto import CertificateAuthority, GatewaySigner
+from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.gateway import Gateway
 from veilgate_server.rpc.server import ServerTls, build_server
 from veilgate_server.storage import Store, sqlite_url
@@ -169,16 +172,25 @@ class MutableClock:
         self.now += seconds
 
 
+@dataclass(frozen=True)
+class InstitutionCredentials:
+    institution_id: str
+    certificate_pem: bytes
+    private_key_pem: bytes
+
+
 @dataclass
 class GatewayHarness:
     """A running gateway over TLS with a test CA, on a real store, seeded with a small population."""
 
     target: str
+    mtls_target: str
     ca_pem: bytes
     gateway: Gateway
     clock: MutableClock
     store: Store
     citizen_ids: tuple[str, ...]
+    institution_ca: InstitutionCA
 
     def enroll(self, citizen_id: str, wallet: CitizenWallet | None = None) -> CitizenWallet:
         wallet = wallet or CitizenWallet.generate(citizen_id)
@@ -192,6 +204,28 @@ class GatewayHarness:
 
     def client(self, wallet: CitizenWallet) -> CitizenClient:
         return CitizenClient(self.target, wallet, root_certificates=self.ca_pem)
+
+    def register_institution(self, institution_id: str, kind: str) -> InstitutionCredentials:
+        """Register an institution and issue its client certificate from the test institution CA."""
+        self.store.institutions.register(
+            institution_id, kind=kind, name=f"{institution_id} (test)", at=datetime.now(UTC)
+        )
+        cert, key, serial = self.institution_ca.issue_client_certificate(institution_id, now=datetime.now(UTC))
+        self.store.institutions.record_certificate(institution_id, serial)
+        return InstitutionCredentials(institution_id, cert, key)
+
+    def institution_client(self, credentials: InstitutionCredentials, **kw: Any) -> InstitutionClient:
+        return InstitutionClient(
+            self.mtls_target,
+            certificate_chain=credentials.certificate_pem,
+            private_key=credentials.private_key_pem,
+            root_certificates=self.ca_pem,
+            institution_id=credentials.institution_id,
+            **kw,
+        )
+
+    def pin(self, policy_id: str) -> PolicyPin:
+        return PolicyPin(policy_id, self.gateway.policies[policy_id].sha256)
 
     def channel(self) -> grpc.Channel:
         return grpc.secure_channel(self.target, grpc.ssl_channel_credentials(self.ca_pem))
@@ -207,16 +241,35 @@ def catalog() -> Catalog:
 
 
 @pytest.fixture(scope="session")
-def test_tls() -> tuple[bytes, ServerTls]:
-    """A CA made for this test session and a server certificate for localhost from it."""
+def policies(catalog: Catalog) -> dict[str, Policy]:
+    return load_policies(default_policies_dir(), catalog)
+
+
+@pytest.fixture(scope="session")
+def institution_ca() -> InstitutionCA:
+    return InstitutionCA.create(now=datetime.now(UTC))
+
+
+@pytest.fixture(scope="session")
+def test_tls(institution_ca: InstitutionCA) -> tuple[bytes, ServerTls]:
+    """A CA made for this test session, a server certificate for localhost from it, and the
+    institution CA whose client certificates the server accepts."""
     now = datetime.now(UTC)
     ca = CertificateAuthority.create("Veilgate test CA", now=now)
     chain, key = ca.issue("veilgate-test", hosts=["localhost", "127.0.0.1"], now=now)
-    return ca.certificate_pem, ServerTls(certificate_chain=chain, private_key=key)
+    return ca.certificate_pem, ServerTls(
+        certificate_chain=chain, private_key=key, client_ca=institution_ca.certificate_pem
+    )
 
 
 @pytest.fixture
-def gateway_harness(store: Store, catalog: Catalog, test_tls: tuple[bytes, ServerTls]) -> Iterator[GatewayHarness]:
+def gateway_harness(
+    store: Store,
+    catalog: Catalog,
+    policies: dict[str, Policy],
+    institution_ca: InstitutionCA,
+    test_tls: tuple[bytes, ServerTls],
+) -> Iterator[GatewayHarness]:
     summary = seed_population(store, catalog, citizens=3, seed=11)
     clock = MutableClock()
     gateway = Gateway(
@@ -224,18 +277,21 @@ def gateway_harness(store: Store, catalog: Catalog, test_tls: tuple[bytes, Serve
         catalog=catalog,
         store=store,
         signer=GatewaySigner.from_seed(secrets.token_bytes(32)),
+        policies=policies,
         clock=clock,
     )
     ca_pem, tls = test_tls
-    running = build_server(gateway, address="127.0.0.1:0", tls=tls, workers=4)
+    running = build_server(gateway, address="127.0.0.1:0", tls=tls, workers=4, mtls_address="127.0.0.1:0")
     try:
         yield GatewayHarness(
             target=f"localhost:{running.port}",
+            mtls_target=f"localhost:{running.mtls_port}",
             ca_pem=ca_pem,
             gateway=gateway,
             clock=clock,
             store=store,
             citizen_ids=summary.sample_ids,
+            institution_ca=institution_ca,
         )
     finally:
         running.stop(grace=None)

@@ -1,11 +1,14 @@
 """Veilgate SDK.
 
 Citizens: :class:`CitizenWallet` holds the keys, :class:`CitizenClient` fetches sealed, signed
-records. Anyone: :func:`verify_delivery` checks a delivery a citizen shows them, offline, with the
+records and grants, lists and revokes consents. Banks and insurers: :class:`InstitutionClient`
+evaluates policies under a consent over mutual TLS and returns verified :class:`EligibilityResult`.
+Anyone: :func:`verify_delivery` and :func:`verify_result` check signed documents offline with the
 gateway's published key. Every failure is a :class:`veilgate.errors.VeilgateError`.
 """
 
-from veilgate.citizen import CitizenClient, GatewayInfo
+from veilgate.citizen import CitizenClient, ConsentInfo, EvaluationRecord, GatewayInfo
+from veilgate.consent import PURPOSES, PolicyPin
 from veilgate.delivery import (
     DataDelivery,
     DataItem,
@@ -14,16 +17,26 @@ from veilgate.delivery import (
     verify_delivery,
 )
 from veilgate.errors import VeilgateError
+from veilgate.institution import InstitutionClient, PolicyInfo
+from veilgate.result import EligibilityResult, verify_result
 from veilgate.wallet import CitizenWallet
 
 __all__ = [
+    "PURPOSES",
     "CitizenClient",
     "CitizenWallet",
+    "ConsentInfo",
     "DataDelivery",
     "DataItem",
+    "EligibilityResult",
+    "EvaluationRecord",
     "GatewayInfo",
     "GatewayKey",
+    "InstitutionClient",
+    "PolicyInfo",
+    "PolicyPin",
     "VeilgateError",
     "gateway_keys_from_jwks",
     "verify_delivery",
+    "verify_result",
 ]

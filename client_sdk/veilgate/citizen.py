@@ -14,22 +14,27 @@ certificate you chose to trust).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, TypeVar
 
 import grpc
 
+from veilgate._internal import jose
 from veilgate._internal.status import error_from_rpc
+from veilgate.consent import CONSENT_TYP, PolicyPin
 from veilgate.delivery import DataDelivery, GatewayKey
 from veilgate.errors import DeliveryInvalid
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
 from veilgate.wallet import CitizenWallet
 
-__all__ = ["GET_MY_DATA", "CitizenClient", "GatewayInfo"]
+__all__ = ["GET_MY_DATA", "CitizenClient", "ConsentInfo", "EvaluationRecord", "GatewayInfo"]
 
-GET_MY_DATA = "/veilgate.v1.CitizenService/GetMyData"
+_SERVICE = "/veilgate.v1.CitizenService/"
+GET_MY_DATA = _SERVICE + "GetMyData"
 _log = logging.getLogger(__name__)
+_Reply = TypeVar("_Reply")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,49 @@ class GatewayInfo:
 
     gateway_id: str
     signing_keys: tuple[GatewayKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentInfo:
+    """A consent as the gateway holds it: who may ask, what, until when, and how often it was used."""
+
+    consent_id: str
+    institution_id: str
+    purpose: str
+    policies: tuple[PolicyPin, ...]
+    not_before: int
+    expires_at: int
+    max_uses: int
+    uses: int
+    revoked_at: int | None
+    registered_at: int
+
+    @classmethod
+    def from_proto(cls, c: citizen_pb2.Consent) -> ConsentInfo:
+        return cls(
+            consent_id=c.consent_id,
+            institution_id=c.institution_id,
+            purpose=c.purpose,
+            policies=tuple(PolicyPin(p.id, p.sha256) for p in c.policies),
+            not_before=c.not_before,
+            expires_at=c.expires_at,
+            max_uses=c.max_uses,
+            uses=c.uses,
+            revoked_at=c.revoked_at or None,
+            registered_at=c.registered_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationRecord:
+    """One evaluation made under the citizen's consents: who asked which policy, when, and the answer."""
+
+    institution_id: str
+    consent_id: str
+    policy_id: str
+    decision: str
+    evaluated_at: int
+    request_id: str
 
 
 class CitizenClient:
@@ -99,6 +147,63 @@ class CitizenClient:
             claims["departments"] = list(departments)
         token = self._wallet.request_token(audience=info.gateway_id, operation=GET_MY_DATA, claims=claims)
         return self.send_get_my_data(token)
+
+    def _token(self, operation: str, claims: dict[str, Any] | None = None) -> str:
+        info = self.gateway_info()
+        return self._wallet.request_token(audience=info.gateway_id, operation=_SERVICE + operation, claims=claims)
+
+    def _call(self, method: Callable[..., _Reply], request: object) -> _Reply:
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+
+    def grant_consent(
+        self,
+        *,
+        institution_id: str,
+        purpose: str,
+        policies: Sequence[PolicyPin],
+        max_uses: int = 1,
+        valid_for: int = 7 * 24 * 3600,
+    ) -> tuple[str, ConsentInfo]:
+        """Sign a consent with the wallet, register it with the gateway, and return the token to hand
+        to the institution (in real life, as a QR code) with the gateway's record of it."""
+        token = self._wallet.consent_token(
+            institution_id=institution_id, purpose=purpose, policies=policies, max_uses=max_uses, valid_for=valid_for
+        )
+        return token, self.register_consent(token)
+
+    def register_consent(self, consent_token: str) -> ConsentInfo:
+        consent_id = jose.unverified_claims(consent_token, typ=CONSENT_TYP).claims.get("jti")
+        request = citizen_pb2.RegisterConsentRequest(
+            request_token=self._token("RegisterConsent", {"consent": consent_id}), consent_token=consent_token
+        )
+        return ConsentInfo.from_proto(self._call(self._stub.RegisterConsent, request).consent)
+
+    def list_consents(self) -> list[ConsentInfo]:
+        request = citizen_pb2.ListConsentsRequest(request_token=self._token("ListConsents"))
+        return [ConsentInfo.from_proto(c) for c in self._call(self._stub.ListConsents, request).consents]
+
+    def revoke_consent(self, consent_id: str) -> ConsentInfo:
+        """Revoke at once: the next evaluation under this consent is refused."""
+        request = citizen_pb2.RevokeConsentRequest(request_token=self._token("RevokeConsent", {"consent": consent_id}))
+        return ConsentInfo.from_proto(self._call(self._stub.RevokeConsent, request).consent)
+
+    def list_evaluations(self) -> list[EvaluationRecord]:
+        """Who asked what under my consents, newest first."""
+        request = citizen_pb2.ListEvaluationsRequest(request_token=self._token("ListEvaluations"))
+        return [
+            EvaluationRecord(
+                institution_id=e.institution_id,
+                consent_id=e.consent_id,
+                policy_id=e.policy_id,
+                decision=e.decision,
+                evaluated_at=e.evaluated_at,
+                request_id=e.request_id,
+            )
+            for e in self._call(self._stub.ListEvaluations, request).evaluations
+        ]
 
     def send_get_my_data(self, request_token: str) -> DataDelivery:
         """Send a GetMyData request token made elsewhere (e.g. on a separate signing device)."""

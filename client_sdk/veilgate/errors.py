@@ -20,6 +20,7 @@ __all__ = [
     "CitizenAlreadyEnrolled",
     "CitizenBudgetExhausted",
     "CitizenNotEnrolled",
+    "ClientCertificateRequired",
     "ConfigurationError",
     "ConsentAlreadyRegistered",
     "ConsentError",
@@ -41,8 +42,13 @@ __all__ = [
     "InternalError",
     "ItemUnknown",
     "PeerIdentityInvalid",
+    "PolicyInvalid",
+    "PolicyParameterInvalid",
+    "PolicyUnknown",
+    "RequestIdReused",
     "RequestInvalid",
     "RequestTooLarge",
+    "ResultInvalid",
     "StorageError",
     "TokenError",
     "TokenExpired",
@@ -185,6 +191,12 @@ class PeerIdentityInvalid(VeilgateError):
     reason = "PEER_IDENTITY_INVALID"
 
 
+class ClientCertificateRequired(VeilgateError):
+    """Institutions call over mutual TLS; this call presented no client certificate."""
+
+    reason = "CLIENT_CERTIFICATE_REQUIRED"
+
+
 class InstitutionUnknown(VeilgateError):
     reason = "INSTITUTION_UNKNOWN"
 
@@ -259,6 +271,29 @@ class CitizenBudgetExhausted(VeilgateError):
     reason = "CITIZEN_BUDGET_EXHAUSTED"
 
 
+class PolicyInvalid(ConfigurationError):
+    """A policy file (or the signed manifest) is malformed or does not type-check; the gateway will not
+    start with it. The message names the file and line."""
+
+    reason = "POLICY_INVALID"
+
+
+class PolicyParameterInvalid(RequestInvalid):
+    """A caller parameter is missing, undeclared, or outside the policy's own list of values."""
+
+    reason = "POLICY_PARAMETER_INVALID"
+
+
+class PolicyUnknown(VeilgateError):
+    reason = "POLICY_UNKNOWN"
+
+
+class RequestIdReused(RequestInvalid):
+    """The idempotency key was used before for a different request."""
+
+    reason = "REQUEST_ID_REUSED"
+
+
 # --- replies (raised by the SDK only) ---------------------------------------------------------------
 
 
@@ -266,6 +301,12 @@ class DeliveryInvalid(VeilgateError):
     """A sealed delivery did not open, or its gateway signature or binding did not verify."""
 
     reason = "DELIVERY_INVALID"
+
+
+class ResultInvalid(VeilgateError):
+    """A signed eligibility result did not verify, or does not answer the request that was made."""
+
+    reason = "RESULT_INVALID"
 
 
 def _all_subclasses(cls: type[VeilgateError]) -> list[type[VeilgateError]]:

@@ -2,27 +2,55 @@
 
 Each operation takes already-decoded request values, runs the core rules against the store and the
 keys, and returns values for the servicer to encode. Nothing here knows about gRPC.
+
+Citizen operations share one shape: verify the request token (signature by the enrolled key, audience,
+operation, time), do the work, and only then spend the token's ``jti`` — so a refused request leaves
+nothing behind, and a replayed one is refused by the ledger's unique key.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
+from veilgate._internal.jose import b64url_decode
 from veilgate.citizen import GET_MY_DATA
 from veilgate.delivery import DELIVERY_TYP
+from veilgate.errors import (
+    ConsentRevoked,
+    ConsentUnknown,
+    InstitutionDisabled,
+    PolicyUnknown,
+    RequestIdReused,
+    RequestInvalid,
+    TokenInvalid,
+)
+from veilgate.result import RESULT_TYP, request_hash
 from veilgate_server.core.catalog import Catalog
+from veilgate_server.core.consent import ConsentClaims, check_use, read_consent_token
 from veilgate_server.core.delivery import delivery_claims, select_items
-from veilgate_server.core.tokens import CitizenId, read_request_token
+from veilgate_server.core.policy import Policy, evaluate
+from veilgate_server.core.tokens import CitizenId, RequestClaims, read_request_token
 from veilgate_server.crypto import GatewaySigner, seal
-from veilgate_server.storage import CitizenKeys, Store
+from veilgate_server.storage import CitizenKeys, ConsentRow, EvaluationRow, Institution, Store
 
-__all__ = ["Clock", "Gateway", "SealedDelivery"]
+__all__ = ["CITIZEN_OPERATIONS", "DEFAULT_DAILY_BUDGET", "Clock", "Gateway", "SealedDelivery"]
 
 Clock = Callable[[], float]
+DEFAULT_DAILY_BUDGET = 20
+_SERVICE = "/veilgate.v1.CitizenService/"
+REGISTER_CONSENT = _SERVICE + "RegisterConsent"
+LIST_CONSENTS = _SERVICE + "ListConsents"
+REVOKE_CONSENT = _SERVICE + "RevokeConsent"
+LIST_EVALUATIONS = _SERVICE + "ListEvaluations"
+CITIZEN_OPERATIONS = (GET_MY_DATA, REGISTER_CONSENT, LIST_CONSENTS, REVOKE_CONSENT, LIST_EVALUATIONS)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{8,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +58,10 @@ class SealedDelivery:
     sealed: bytes
     key_id: str
     item_count: int
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 @dataclass(slots=True)
@@ -41,36 +73,46 @@ class Gateway:
     catalog: Catalog
     store: Store
     signer: GatewaySigner
+    policies: Mapping[str, Policy] = field(default_factory=dict)
+    daily_budget: int = DEFAULT_DAILY_BUDGET
     clock: Clock = field(default=time.time)
 
-    def get_my_data(self, request_token: str) -> SealedDelivery:
-        """Verify the citizen's request, collect their records, sign, seal, and spend the token.
+    # --- citizens ---------------------------------------------------------------------------------
 
-        The token's ``jti`` is recorded only after every check has passed and the reply is ready,
-        so a refused request leaves nothing behind; the ledger's unique key makes a concurrent
-        replay of the same token fail even if both got this far.
-        """
-        now = self.clock()
+    def _public_key_of(self, citizen_id: CitizenId) -> bytes:
+        return self.store.citizens.keys_of(citizen_id).signing_key
+
+    def _authenticate_citizen(
+        self, token: str, operation: str, optional_claims: Collection[str] = (), *, now: float
+    ) -> tuple[RequestClaims, CitizenKeys]:
         enrolled: dict[CitizenId, CitizenKeys] = {}
 
         def public_key_of(citizen_id: CitizenId) -> bytes:
-            # Keep the whole enrollment so the reply is sealed to the key enrolled with the signing
-            # key that verified, even if the citizen rotates keys meanwhile.
+            # Keep the whole enrollment so that a reply is sealed to the key enrolled together with
+            # the signing key that verified, even if the citizen rotates keys meanwhile.
             enrolled[citizen_id] = self.store.citizens.keys_of(citizen_id)
             return enrolled[citizen_id].signing_key
 
         claims = read_request_token(
-            request_token,
+            token,
             public_key_of=public_key_of,
             gateway_id=self.gateway_id,
-            operation=GET_MY_DATA,
-            optional_claims=("items", "departments"),
+            operation=operation,
+            optional_claims=optional_claims,
             now=int(now),
         )
+        return claims, enrolled[claims.citizen_id]
+
+    def _spend(self, claims: RequestClaims, *, now: float) -> None:
+        self.store.requests.consume(claims.citizen_id, claims.jti, expires_at=_utc(claims.expires_at), now=_utc(now))
+
+    def get_my_data(self, request_token: str) -> SealedDelivery:
+        """The citizen's records, signed by the gateway and sealed to the citizen's X25519 key."""
+        now = self.clock()
+        claims, keys = self._authenticate_citizen(request_token, GET_MY_DATA, ("items", "departments"), now=now)
         selected = select_items(
             self.catalog, items=claims.string_list("items"), departments=claims.string_list("departments")
         )
-        keys = enrolled[claims.citizen_id]
         records = self.store.records.for_citizen(claims.citizen_id, [item.id for item in selected])
         payload = delivery_claims(
             gateway_id=self.gateway_id,
@@ -84,10 +126,172 @@ class Gateway:
         )
         signed = self.signer.sign(payload, typ=DELIVERY_TYP)
         sealed = seal(signed.encode("ascii"), recipient_public_key=keys.encryption_key)
-        self.store.requests.consume(
-            claims.citizen_id,
-            claims.jti,
-            expires_at=datetime.fromtimestamp(claims.expires_at, UTC),
-            now=datetime.fromtimestamp(now, UTC),
-        )
+        self._spend(claims, now=now)
         return SealedDelivery(sealed=sealed, key_id=self.signer.key_id, item_count=len(payload["items"]))
+
+    def register_consent(self, request_token: str, consent_token: str) -> ConsentRow:
+        """Record a consent the citizen signed. Checked now against the institution and the loaded
+        policies, so that a consent that could never be used is refused while the citizen is there."""
+        now = self.clock()
+        claims, _ = self._authenticate_citizen(request_token, REGISTER_CONSENT, ("consent",), now=now)
+        consent = read_consent_token(consent_token, public_key_of=self._public_key_of)
+        if consent.citizen_id != claims.citizen_id or claims.extra.get("consent") != consent.consent_id:
+            raise TokenInvalid("the request must name the consent it registers, signed by the same citizen")
+        institution = self.store.institutions.get(consent.institution_id)
+        for pin in consent.policies:
+            policy = self._policy(pin.id)
+            check_use(
+                consent,
+                institution_id=institution.institution_id,
+                institution_kind=institution.kind,
+                policy_id=pin.id,
+                policy_sha256=policy.sha256,
+                policy_purpose=policy.purpose,
+                now=max(int(now), consent.not_before),
+            )
+        row = self.store.consents.register(
+            consent_id=consent.consent_id,
+            citizen_id=consent.citizen_id,
+            institution_id=consent.institution_id,
+            purpose=consent.purpose,
+            policies=[(pin.id, pin.sha256) for pin in consent.policies],
+            not_before=_utc(consent.not_before),
+            expires_at=_utc(consent.expires_at),
+            max_uses=consent.max_uses,
+            token=consent_token,
+            at=_utc(now),
+        )
+        self._spend(claims, now=now)
+        return row
+
+    def list_consents(self, request_token: str) -> list[ConsentRow]:
+        now = self.clock()
+        claims, _ = self._authenticate_citizen(request_token, LIST_CONSENTS, now=now)
+        rows = self.store.consents.for_citizen(claims.citizen_id)
+        self._spend(claims, now=now)
+        return rows
+
+    def revoke_consent(self, request_token: str) -> ConsentRow:
+        now = self.clock()
+        claims, _ = self._authenticate_citizen(request_token, REVOKE_CONSENT, ("consent",), now=now)
+        consent_id = claims.extra.get("consent")
+        if not isinstance(consent_id, str):
+            raise RequestInvalid("claim 'consent' must name the consent id to revoke")
+        row = self.store.consents.revoke(consent_id, citizen_id=claims.citizen_id, at=_utc(now))
+        self._spend(claims, now=now)
+        return row
+
+    def list_evaluations(self, request_token: str) -> list[EvaluationRow]:
+        now = self.clock()
+        claims, _ = self._authenticate_citizen(request_token, LIST_EVALUATIONS, now=now)
+        rows = self.store.consents.evaluations_for_citizen(claims.citizen_id)
+        self._spend(claims, now=now)
+        return rows
+
+    # --- institutions -------------------------------------------------------------------------------
+
+    def _policy(self, policy_id: str) -> Policy:
+        policy = self.policies.get(policy_id)
+        if policy is None:
+            raise PolicyUnknown(f"no policy {policy_id!r} is loaded")
+        return policy
+
+    def authenticate_institution(self, institution_id: str) -> Institution:
+        """The registered, enabled institution behind a verified client certificate."""
+        institution = self.store.institutions.get(institution_id)
+        if not institution.enabled:
+            raise InstitutionDisabled(f"institution {institution_id} is disabled")
+        return institution
+
+    def policies_for(self, institution: Institution) -> list[Policy]:
+        return [p for p in self.policies.values() if institution.kind in p.institution_kinds]
+
+    def _registered_consent(self, consent: ConsentClaims, consent_token: str) -> ConsentRow:
+        row = self.store.consents.get(consent.consent_id)
+        if row.citizen_id != consent.citizen_id or row.token != consent_token:
+            raise ConsentUnknown("this consent is not registered; the citizen must register it first")
+        if row.revoked_at is not None:
+            raise ConsentRevoked("the citizen revoked this consent")
+        return row
+
+    def evaluate(
+        self,
+        institution: Institution,
+        *,
+        policy_id: str,
+        consent_token: str,
+        request_id: str,
+        parameters: Mapping[str, str],
+    ) -> str:
+        """Evaluate a policy under a consent; returns the gateway-signed result (JWS).
+
+        Every consent rule is enforced here, and the use is spent in the same transaction that records
+        the evaluation; a repeated ``request_id`` returns the recorded result and spends nothing.
+        """
+        now = self.clock()
+        if not _REQUEST_ID.fullmatch(request_id):
+            raise RequestInvalid("request_id must be 8-128 characters of [A-Za-z0-9_.:-]")
+        policy = self._policy(policy_id)
+        consent = read_consent_token(consent_token, public_key_of=self._public_key_of)
+        asked = request_hash(
+            consent_id=consent.consent_id, policy_id=policy_id, request_id=request_id, parameters=parameters
+        )
+        asked_hex = b64url_decode(asked).hex()  # the store keeps digests in hex
+        recorded = self.store.consents.find_evaluation(institution.institution_id, request_id)
+        if recorded is not None:
+            return self._replay(recorded, asked_hex)
+        self._registered_consent(consent, consent_token)
+        check_use(
+            consent,
+            institution_id=institution.institution_id,
+            institution_kind=institution.kind,
+            policy_id=policy.id,
+            policy_sha256=policy.sha256,
+            policy_purpose=policy.purpose,
+            now=int(now),
+        )
+        outcome = evaluate(
+            policy,
+            records=self._inputs_of(consent.citizen_id, policy),
+            params=parameters,
+            as_of=_utc(now).date(),
+        )
+        result: dict[str, Any] = {
+            "iss": self.gateway_id,
+            "aud": institution.institution_id,
+            "jti": secrets.token_urlsafe(16),
+            "iat": int(now),
+            "request_id": request_id,
+            "request": asked,
+            "consent": consent.consent_id,
+            "policy": {"id": policy.id, "version": policy.version, "sha256": policy.sha256},
+            "decision": outcome.decision,
+            "bands": dict(outcome.bands),
+            "reasons": list(outcome.reasons),
+            "data_as_of": dict(outcome.data_as_of),
+        }
+        row = self.store.consents.spend_use_and_record(
+            consent_id=consent.consent_id,
+            institution_id=institution.institution_id,
+            request_id=request_id,
+            citizen_id=consent.citizen_id,
+            policy_id=policy.id,
+            policy_sha256=policy.sha256,
+            decision=outcome.decision,
+            result_jws=self.signer.sign(result, typ=RESULT_TYP),
+            request_hash=asked_hex,
+            at=_utc(now),
+            daily_budget=self.daily_budget,
+        )
+        return self._replay(row, asked_hex)
+
+    @staticmethod
+    def _replay(row: EvaluationRow, asked: str) -> str:
+        if row.request_hash != asked:
+            raise RequestIdReused("this request_id was used for a different request; choose a new one")
+        return row.result_jws
+
+    def _inputs_of(self, citizen_id: str, policy: Policy) -> dict[str, tuple[date, object]]:
+        """Only the records the policy declares: nothing else is read or handed to CEL."""
+        records = self.store.records.for_citizen(citizen_id, [item.id for item in policy.inputs])
+        return {r.item_id: (r.as_of, json.loads(r.value_json)) for r in records}

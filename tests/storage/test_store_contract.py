@@ -321,7 +321,15 @@ def test_schema_lives_where_the_url_points(store: Store, db_backend: str) -> Non
         if db_backend == "postgresql":
             assert conn.exec_driver_sql("SELECT current_schema()").scalar_one().startswith("vg_test_")
 
-    assert tables == ["alembic_version", "citizens", "records", "used_request_tokens"]
+    assert tables == [
+        "alembic_version",
+        "citizens",
+        "consents",
+        "evaluations",
+        "institutions",
+        "records",
+        "used_request_tokens",
+    ]
 
 
 def test_check_schema_on_an_empty_database(database_url: str) -> None:
@@ -330,7 +338,7 @@ def test_check_schema_on_an_empty_database(database_url: str) -> None:
 
     engine = create_engine_for(database_url)
     try:
-        with pytest.raises(StorageError, match=r"revision <none>, expected 0001"):
+        with pytest.raises(StorageError, match=r"revision <none>, expected 0002"):
             check_schema(engine)
         upgrade_schema(engine)
         check_schema(engine)

@@ -53,7 +53,12 @@ def consent(wallet: CitizenWallet = ALICE, **kw: Any) -> ConsentClaims:
 
 def use(claims: ConsentClaims, **kw: Any) -> None:
     args: dict[str, Any] = dict(
-        institution_id="bank-a", institution_kind="bank", policy_id=PIN.id, policy_sha256=PIN.sha256, now=NOW + 10
+        institution_id="bank-a",
+        institution_kind="bank",
+        policy_id=PIN.id,
+        policy_sha256=PIN.sha256,
+        policy_purpose="credit.consumer_loan",
+        now=NOW + 10,
     )
     args.update(kw)
     check_use(claims, **args)
@@ -65,6 +70,8 @@ def test_a_valid_consent_reads_back_and_allows_its_use() -> None:
     assert claims.policies == (PIN, OTHER_PIN)
     use(claims)
     use(claims, policy_id=OTHER_PIN.id, policy_sha256=OTHER_PIN.sha256)
+    with pytest.raises(ConsentPurposeNotAllowed, match=r"serves credit\.mortgage"):
+        use(claims, policy_id=OTHER_PIN.id, policy_sha256=OTHER_PIN.sha256, policy_purpose="credit.mortgage")
 
 
 @pytest.mark.parametrize(

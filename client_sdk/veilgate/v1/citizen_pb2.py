@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from veilgate.v1 import common_pb2 as veilgate_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19veilgate/v1/citizen.proto\x12\x0bveilgate.v1\x1a\x18veilgate/v1/common.proto\"\x17\n\x15GetGatewayInfoRequest\"Z\n\x16GetGatewayInfoResponse\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12,\n\x0csigning_keys\x18\x02 \x03(\x0b\x32\x16.veilgate.v1.PublicKey\")\n\x10GetMyDataRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"D\n\x11GetMyDataResponse\x12\x17\n\x0fsealed_delivery\x18\x01 \x01(\x0c\x12\x16\n\x0egateway_key_id\x18\x02 \x01(\t2\xb7\x01\n\x0e\x43itizenService\x12Y\n\x0eGetGatewayInfo\x12\".veilgate.v1.GetGatewayInfoRequest\x1a#.veilgate.v1.GetGatewayInfoResponse\x12J\n\tGetMyData\x12\x1d.veilgate.v1.GetMyDataRequest\x1a\x1e.veilgate.v1.GetMyDataResponseB\x13\n\x0forg.veilgate.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19veilgate/v1/citizen.proto\x12\x0bveilgate.v1\x1a\x18veilgate/v1/common.proto\"\x17\n\x15GetGatewayInfoRequest\"Z\n\x16GetGatewayInfoResponse\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12,\n\x0csigning_keys\x18\x02 \x03(\x0b\x32\x16.veilgate.v1.PublicKey\")\n\x10GetMyDataRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"D\n\x11GetMyDataResponse\x12\x17\n\x0fsealed_delivery\x18\x01 \x01(\x0c\x12\x16\n\x0egateway_key_id\x18\x02 \x01(\t\"F\n\x16RegisterConsentRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\x12\x15\n\rconsent_token\x18\x02 \x01(\t\"@\n\x17RegisterConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.veilgate.v1.Consent\",\n\x13ListConsentsRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\">\n\x14ListConsentsResponse\x12&\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x14.veilgate.v1.Consent\"-\n\x14RevokeConsentRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\">\n\x15RevokeConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.veilgate.v1.Consent\"/\n\x16ListEvaluationsRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"G\n\x17ListEvaluationsResponse\x12,\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x17.veilgate.v1.Evaluation\"-\n\x0f\x43onsentedPolicy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xe9\x01\n\x07\x43onsent\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x16\n\x0einstitution_id\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12.\n\x08policies\x18\x04 \x03(\x0b\x32\x1c.veilgate.v1.ConsentedPolicy\x12\x12\n\nnot_before\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x10\n\x08max_uses\x18\x07 \x01(\x05\x12\x0c\n\x04uses\x18\x08 \x01(\x05\x12\x12\n\nrevoked_at\x18\t \x01(\x03\x12\x15\n\rregistered_at\x18\n \x01(\x03\"\x87\x01\n\nEvaluation\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12\x11\n\tpolicy_id\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x04 \x01(\t\x12\x14\n\x0c\x65valuated_at\x18\x05 \x01(\x03\x12\x12\n\nrequest_id\x18\x06 \x01(\t2\xa0\x04\n\x0e\x43itizenService\x12Y\n\x0eGetGatewayInfo\x12\".veilgate.v1.GetGatewayInfoRequest\x1a#.veilgate.v1.GetGatewayInfoResponse\x12J\n\tGetMyData\x12\x1d.veilgate.v1.GetMyDataRequest\x1a\x1e.veilgate.v1.GetMyDataResponse\x12\\\n\x0fRegisterConsent\x12#.veilgate.v1.RegisterConsentRequest\x1a$.veilgate.v1.RegisterConsentResponse\x12S\n\x0cListConsents\x12 .veilgate.v1.ListConsentsRequest\x1a!.veilgate.v1.ListConsentsResponse\x12V\n\rRevokeConsent\x12!.veilgate.v1.RevokeConsentRequest\x1a\".veilgate.v1.RevokeConsentResponse\x12\\\n\x0fListEvaluations\x12#.veilgate.v1.ListEvaluationsRequest\x1a$.veilgate.v1.ListEvaluationsResponseB\x13\n\x0forg.veilgate.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMYDATAREQUEST']._serialized_end=226
   _globals['_GETMYDATARESPONSE']._serialized_start=228
   _globals['_GETMYDATARESPONSE']._serialized_end=296
-  _globals['_CITIZENSERVICE']._serialized_start=299
-  _globals['_CITIZENSERVICE']._serialized_end=482
+  _globals['_REGISTERCONSENTREQUEST']._serialized_start=298
+  _globals['_REGISTERCONSENTREQUEST']._serialized_end=368
+  _globals['_REGISTERCONSENTRESPONSE']._serialized_start=370
+  _globals['_REGISTERCONSENTRESPONSE']._serialized_end=434
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=436
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=480
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=482
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=544
+  _globals['_REVOKECONSENTREQUEST']._serialized_start=546
+  _globals['_REVOKECONSENTREQUEST']._serialized_end=591
+  _globals['_REVOKECONSENTRESPONSE']._serialized_start=593
+  _globals['_REVOKECONSENTRESPONSE']._serialized_end=655
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=657
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=704
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=706
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=777
+  _globals['_CONSENTEDPOLICY']._serialized_start=779
+  _globals['_CONSENTEDPOLICY']._serialized_end=824
+  _globals['_CONSENT']._serialized_start=827
+  _globals['_CONSENT']._serialized_end=1060
+  _globals['_EVALUATION']._serialized_start=1063
+  _globals['_EVALUATION']._serialized_end=1198
+  _globals['_CITIZENSERVICE']._serialized_start=1201
+  _globals['_CITIZENSERVICE']._serialized_end=1745
 # @@protoc_insertion_point(module_scope)

@@ -53,6 +53,26 @@ class CitizenServiceStub:
                 request_serializer=veilgate_dot_v1_dot_citizen__pb2.GetMyDataRequest.SerializeToString,
                 response_deserializer=veilgate_dot_v1_dot_citizen__pb2.GetMyDataResponse.FromString,
                 _registered_method=True)
+        self.RegisterConsent = channel.unary_unary(
+                '/veilgate.v1.CitizenService/RegisterConsent',
+                request_serializer=veilgate_dot_v1_dot_citizen__pb2.RegisterConsentRequest.SerializeToString,
+                response_deserializer=veilgate_dot_v1_dot_citizen__pb2.RegisterConsentResponse.FromString,
+                _registered_method=True)
+        self.ListConsents = channel.unary_unary(
+                '/veilgate.v1.CitizenService/ListConsents',
+                request_serializer=veilgate_dot_v1_dot_citizen__pb2.ListConsentsRequest.SerializeToString,
+                response_deserializer=veilgate_dot_v1_dot_citizen__pb2.ListConsentsResponse.FromString,
+                _registered_method=True)
+        self.RevokeConsent = channel.unary_unary(
+                '/veilgate.v1.CitizenService/RevokeConsent',
+                request_serializer=veilgate_dot_v1_dot_citizen__pb2.RevokeConsentRequest.SerializeToString,
+                response_deserializer=veilgate_dot_v1_dot_citizen__pb2.RevokeConsentResponse.FromString,
+                _registered_method=True)
+        self.ListEvaluations = channel.unary_unary(
+                '/veilgate.v1.CitizenService/ListEvaluations',
+                request_serializer=veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsRequest.SerializeToString,
+                response_deserializer=veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsResponse.FromString,
+                _registered_method=True)
 
 
 class CitizenServiceServicer:
@@ -81,6 +101,34 @@ class CitizenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterConsent(self, request, context):
+        """Register a consent the caller signed, so that the institution it names can use it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsents(self, request, context):
+        """The caller's consents, newest first, with their uses and state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeConsent(self, request, context):
+        """Revoke one of the caller's consents; it takes effect for the next evaluation. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvaluations(self, request, context):
+        """Every evaluation made under the caller's consents: who asked what, when, and the decision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CitizenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +141,26 @@ def add_CitizenServiceServicer_to_server(servicer, server):
                     servicer.GetMyData,
                     request_deserializer=veilgate_dot_v1_dot_citizen__pb2.GetMyDataRequest.FromString,
                     response_serializer=veilgate_dot_v1_dot_citizen__pb2.GetMyDataResponse.SerializeToString,
+            ),
+            'RegisterConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterConsent,
+                    request_deserializer=veilgate_dot_v1_dot_citizen__pb2.RegisterConsentRequest.FromString,
+                    response_serializer=veilgate_dot_v1_dot_citizen__pb2.RegisterConsentResponse.SerializeToString,
+            ),
+            'ListConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsents,
+                    request_deserializer=veilgate_dot_v1_dot_citizen__pb2.ListConsentsRequest.FromString,
+                    response_serializer=veilgate_dot_v1_dot_citizen__pb2.ListConsentsResponse.SerializeToString,
+            ),
+            'RevokeConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeConsent,
+                    request_deserializer=veilgate_dot_v1_dot_citizen__pb2.RevokeConsentRequest.FromString,
+                    response_serializer=veilgate_dot_v1_dot_citizen__pb2.RevokeConsentResponse.SerializeToString,
+            ),
+            'ListEvaluations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvaluations,
+                    request_deserializer=veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsRequest.FromString,
+                    response_serializer=veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -158,6 +226,114 @@ class CitizenService:
             '/veilgate.v1.CitizenService/GetMyData',
             veilgate_dot_v1_dot_citizen__pb2.GetMyDataRequest.SerializeToString,
             veilgate_dot_v1_dot_citizen__pb2.GetMyDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/veilgate.v1.CitizenService/RegisterConsent',
+            veilgate_dot_v1_dot_citizen__pb2.RegisterConsentRequest.SerializeToString,
+            veilgate_dot_v1_dot_citizen__pb2.RegisterConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/veilgate.v1.CitizenService/ListConsents',
+            veilgate_dot_v1_dot_citizen__pb2.ListConsentsRequest.SerializeToString,
+            veilgate_dot_v1_dot_citizen__pb2.ListConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/veilgate.v1.CitizenService/RevokeConsent',
+            veilgate_dot_v1_dot_citizen__pb2.RevokeConsentRequest.SerializeToString,
+            veilgate_dot_v1_dot_citizen__pb2.RevokeConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvaluations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/veilgate.v1.CitizenService/ListEvaluations',
+            veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsRequest.SerializeToString,
+            veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

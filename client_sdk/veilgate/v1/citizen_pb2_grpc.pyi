@@ -46,6 +46,14 @@ class CitizenServiceStub:
     """The gateway's identity and current signing keys. Public; no token needed. SDKs pin the keys."""
     GetMyData: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.GetMyDataRequest, _citizen_pb2.GetMyDataResponse]
     """The caller's own records, sealed to the caller's enrolled X25519 key."""
+    RegisterConsent: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.RegisterConsentRequest, _citizen_pb2.RegisterConsentResponse]
+    """Register a consent the caller signed, so that the institution it names can use it."""
+    ListConsents: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.ListConsentsRequest, _citizen_pb2.ListConsentsResponse]
+    """The caller's consents, newest first, with their uses and state."""
+    RevokeConsent: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.RevokeConsentRequest, _citizen_pb2.RevokeConsentResponse]
+    """Revoke one of the caller's consents; it takes effect for the next evaluation. Idempotent."""
+    ListEvaluations: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.ListEvaluationsRequest, _citizen_pb2.ListEvaluationsResponse]
+    """Every evaluation made under the caller's consents: who asked what, when, and the decision."""
 
 @_typing.type_check_only
 class CitizenServiceAsyncStub(CitizenServiceStub):
@@ -65,6 +73,14 @@ class CitizenServiceAsyncStub(CitizenServiceStub):
     """The gateway's identity and current signing keys. Public; no token needed. SDKs pin the keys."""
     GetMyData: _aio.UnaryUnaryMultiCallable[_citizen_pb2.GetMyDataRequest, _citizen_pb2.GetMyDataResponse]  # type: ignore[assignment]
     """The caller's own records, sealed to the caller's enrolled X25519 key."""
+    RegisterConsent: _aio.UnaryUnaryMultiCallable[_citizen_pb2.RegisterConsentRequest, _citizen_pb2.RegisterConsentResponse]  # type: ignore[assignment]
+    """Register a consent the caller signed, so that the institution it names can use it."""
+    ListConsents: _aio.UnaryUnaryMultiCallable[_citizen_pb2.ListConsentsRequest, _citizen_pb2.ListConsentsResponse]  # type: ignore[assignment]
+    """The caller's consents, newest first, with their uses and state."""
+    RevokeConsent: _aio.UnaryUnaryMultiCallable[_citizen_pb2.RevokeConsentRequest, _citizen_pb2.RevokeConsentResponse]  # type: ignore[assignment]
+    """Revoke one of the caller's consents; it takes effect for the next evaluation. Idempotent."""
+    ListEvaluations: _aio.UnaryUnaryMultiCallable[_citizen_pb2.ListEvaluationsRequest, _citizen_pb2.ListEvaluationsResponse]  # type: ignore[assignment]
+    """Every evaluation made under the caller's consents: who asked what, when, and the decision."""
 
 class CitizenServiceServicer(metaclass=_abc_1.ABCMeta):
     """What citizens call, over TLS. Every citizen request carries a request token: a JWS compact
@@ -93,5 +109,37 @@ class CitizenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_citizen_pb2.GetMyDataResponse, _abc.Awaitable[_citizen_pb2.GetMyDataResponse]]:
         """The caller's own records, sealed to the caller's enrolled X25519 key."""
+
+    @_abc_1.abstractmethod
+    def RegisterConsent(
+        self,
+        request: _citizen_pb2.RegisterConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_citizen_pb2.RegisterConsentResponse, _abc.Awaitable[_citizen_pb2.RegisterConsentResponse]]:
+        """Register a consent the caller signed, so that the institution it names can use it."""
+
+    @_abc_1.abstractmethod
+    def ListConsents(
+        self,
+        request: _citizen_pb2.ListConsentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_citizen_pb2.ListConsentsResponse, _abc.Awaitable[_citizen_pb2.ListConsentsResponse]]:
+        """The caller's consents, newest first, with their uses and state."""
+
+    @_abc_1.abstractmethod
+    def RevokeConsent(
+        self,
+        request: _citizen_pb2.RevokeConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_citizen_pb2.RevokeConsentResponse, _abc.Awaitable[_citizen_pb2.RevokeConsentResponse]]:
+        """Revoke one of the caller's consents; it takes effect for the next evaluation. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def ListEvaluations(
+        self,
+        request: _citizen_pb2.ListEvaluationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_citizen_pb2.ListEvaluationsResponse, _abc.Awaitable[_citizen_pb2.ListEvaluationsResponse]]:
+        """Every evaluation made under the caller's consents: who asked what, when, and the decision."""
 
 def add_CitizenServiceServicer_to_server(servicer: CitizenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -99,8 +99,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A policy file or the signed policy manifest is invalid; the gateway refuses to start. FAILED_PRECONDITION."""
     POLICY_PARAMETER_INVALID: _ErrorReason.ValueType  # 71
     """A caller parameter is missing, unknown, or not one of the policy's enumerated values. INVALID_ARGUMENT."""
+    POLICY_UNKNOWN: _ErrorReason.ValueType  # 74
+    """No policy with this id is loaded. NOT_FOUND."""
+    CLIENT_CERTIFICATE_REQUIRED: _ErrorReason.ValueType  # 75
+    """The call needs a client certificate (mutual TLS) and none was presented. UNAUTHENTICATED."""
+    REQUEST_ID_REUSED: _ErrorReason.ValueType  # 76
+    """The request_id was used before for a different request. FAILED_PRECONDITION."""
     DELIVERY_INVALID: _ErrorReason.ValueType  # 40
     """(client) A sealed delivery did not open, or its signature or request binding did not verify."""
+    RESULT_INVALID: _ErrorReason.ValueType  # 41
+    """(client) A signed eligibility result did not verify, or does not answer the request made."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Every error the gateway returns is a google.rpc.Status whose details hold a google.rpc.ErrorInfo
@@ -186,6 +194,14 @@ POLICY_INVALID: ErrorReason.ValueType  # 70
 """A policy file or the signed policy manifest is invalid; the gateway refuses to start. FAILED_PRECONDITION."""
 POLICY_PARAMETER_INVALID: ErrorReason.ValueType  # 71
 """A caller parameter is missing, unknown, or not one of the policy's enumerated values. INVALID_ARGUMENT."""
+POLICY_UNKNOWN: ErrorReason.ValueType  # 74
+"""No policy with this id is loaded. NOT_FOUND."""
+CLIENT_CERTIFICATE_REQUIRED: ErrorReason.ValueType  # 75
+"""The call needs a client certificate (mutual TLS) and none was presented. UNAUTHENTICATED."""
+REQUEST_ID_REUSED: ErrorReason.ValueType  # 76
+"""The request_id was used before for a different request. FAILED_PRECONDITION."""
 DELIVERY_INVALID: ErrorReason.ValueType  # 40
 """(client) A sealed delivery did not open, or its signature or request binding did not verify."""
+RESULT_INVALID: ErrorReason.ValueType  # 41
+"""(client) A signed eligibility result did not verify, or does not answer the request made."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

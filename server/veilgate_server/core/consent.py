@@ -124,6 +124,7 @@ def check_use(
     institution_kind: str,
     policy_id: str,
     policy_sha256: str,
+    policy_purpose: str,
     now: int,
 ) -> None:
     """Raise the specific ConsentError when this consent does not allow this evaluation now."""
@@ -134,6 +135,10 @@ def check_use(
     pin = next((p for p in consent.policies if p.id == policy_id), None)
     if pin is None:
         raise ConsentPolicyNotCovered(f"the consent does not cover policy {policy_id}")
+    if policy_purpose != consent.purpose:
+        raise ConsentPurposeNotAllowed(
+            f"policy {policy_id} serves {policy_purpose}; the consent was given for {consent.purpose}"
+        )
     if pin.sha256 != policy_sha256:
         raise ConsentPolicyChanged(f"policy {policy_id} changed since the consent was given; ask for a new consent")
     if now + LEEWAY < consent.not_before:

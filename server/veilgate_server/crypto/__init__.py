@@ -4,13 +4,14 @@ recipes; the wire-format recipes themselves (JWS, sealed boxes) are shared with 
 from veilgate._internal.jose import canonical_json, jwk_thumbprint
 from veilgate._internal.sealed import seal
 from veilgate_server.crypto.keys import GatewaySigner
-from veilgate_server.crypto.tls import CertificateAuthority, TlsFiles, ensure_local_tls
+from veilgate_server.crypto.tls import CertificateAuthority, TlsFiles, certificate_uri_sans, ensure_local_tls
 
 __all__ = [
     "CertificateAuthority",
     "GatewaySigner",
     "TlsFiles",
     "canonical_json",
+    "certificate_uri_sans",
     "ensure_local_tls",
     "jwk_thumbprint",
     "seal",

@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from veilgate.errors import ConfigurationError
 from veilgate_server.crypto.keys import write_private_file
 
-__all__ = ["CertificateAuthority", "TlsFiles", "ensure_local_tls"]
+__all__ = ["CertificateAuthority", "TlsFiles", "certificate_uri_sans", "ensure_local_tls"]
 
 _DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -153,3 +153,15 @@ def ensure_local_tls(directory: Path, *, now: dt.datetime, hosts: Sequence[str] 
     except OSError as e:
         raise ConfigurationError(f"cannot create TLS files in {directory}: {e.strerror}") from e
     return files, True
+
+
+def certificate_uri_sans(certificate_pem: bytes) -> list[str]:
+    """The URI subject alternative names of a PEM certificate (already verified by the TLS layer)."""
+    try:
+        certificate = x509.load_pem_x509_certificate(certificate_pem)
+        extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    except ValueError as e:
+        raise ConfigurationError("the peer certificate could not be parsed") from e
+    return list(extension.value.get_values_for_type(x509.UniformResourceIdentifier))

@@ -6,6 +6,7 @@ import grpc
 
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, common_pb2
 from veilgate_server.gateway import Gateway
+from veilgate_server.storage import ConsentRow
 
 __all__ = ["CitizenServicer"]
 
@@ -23,8 +24,58 @@ class CitizenServicer(citizen_pb2_grpc.CitizenServiceServicer):
             signing_keys=[common_pb2.PublicKey(key_id=signer.key_id, algorithm="EdDSA", public_key=signer.public_key)],
         )
 
+    def RegisterConsent(
+        self, request: citizen_pb2.RegisterConsentRequest, context: grpc.ServicerContext
+    ) -> citizen_pb2.RegisterConsentResponse:
+        row = self._gateway.register_consent(request.request_token, request.consent_token)
+        return citizen_pb2.RegisterConsentResponse(consent=_consent(row))
+
+    def ListConsents(
+        self, request: citizen_pb2.ListConsentsRequest, context: grpc.ServicerContext
+    ) -> citizen_pb2.ListConsentsResponse:
+        rows = self._gateway.list_consents(request.request_token)
+        return citizen_pb2.ListConsentsResponse(consents=[_consent(row) for row in rows])
+
+    def RevokeConsent(
+        self, request: citizen_pb2.RevokeConsentRequest, context: grpc.ServicerContext
+    ) -> citizen_pb2.RevokeConsentResponse:
+        return citizen_pb2.RevokeConsentResponse(consent=_consent(self._gateway.revoke_consent(request.request_token)))
+
+    def ListEvaluations(
+        self, request: citizen_pb2.ListEvaluationsRequest, context: grpc.ServicerContext
+    ) -> citizen_pb2.ListEvaluationsResponse:
+        rows = self._gateway.list_evaluations(request.request_token)
+        return citizen_pb2.ListEvaluationsResponse(
+            evaluations=[
+                citizen_pb2.Evaluation(
+                    institution_id=row.institution_id,
+                    consent_id=row.consent_id,
+                    policy_id=row.policy_id,
+                    decision=row.decision,
+                    evaluated_at=int(row.created_at.timestamp()),
+                    request_id=row.request_id,
+                )
+                for row in rows
+            ]
+        )
+
     def GetMyData(
         self, request: citizen_pb2.GetMyDataRequest, context: grpc.ServicerContext
     ) -> citizen_pb2.GetMyDataResponse:
         delivery = self._gateway.get_my_data(request.request_token)
         return citizen_pb2.GetMyDataResponse(sealed_delivery=delivery.sealed, gateway_key_id=delivery.key_id)
+
+
+def _consent(row: ConsentRow) -> citizen_pb2.Consent:
+    return citizen_pb2.Consent(
+        consent_id=row.consent_id,
+        institution_id=row.institution_id,
+        purpose=row.purpose,
+        policies=[citizen_pb2.ConsentedPolicy(id=pid, sha256=digest) for pid, digest in row.policies],
+        not_before=int(row.not_before.timestamp()),
+        expires_at=int(row.expires_at.timestamp()),
+        max_uses=row.max_uses,
+        uses=row.uses,
+        revoked_at=int(row.revoked_at.timestamp()) if row.revoked_at else 0,
+        registered_at=int(row.registered_at.timestamp()),
+    )

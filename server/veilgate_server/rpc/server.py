@@ -17,9 +17,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from veilgate.errors import ConfigurationError
-from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
+from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
+from veilgate_server.crypto.institutions import TRUST_DOMAIN as DEFAULT_TRUST_DOMAIN
 from veilgate_server.gateway import Gateway
+from veilgate_server.rpc.auth import InstitutionAuthentication
 from veilgate_server.rpc.citizen import CitizenServicer
+from veilgate_server.rpc.eligibility import EligibilityServicer
 from veilgate_server.rpc.interceptors import ErrorBoundary
 
 __all__ = ["MAX_MESSAGE_BYTES", "RunningServer", "ServerTls", "build_server"]
@@ -28,13 +31,26 @@ _log = logging.getLogger("veilgate.server")
 
 # Requests are small (a token of at most 16 KiB); anything far larger is refused by gRPC itself.
 MAX_MESSAGE_BYTES = 64 * 1024
-_SERVICES = (citizen_pb2.DESCRIPTOR.services_by_name["CitizenService"].full_name,)
+_SERVICES = (
+    citizen_pb2.DESCRIPTOR.services_by_name["CitizenService"].full_name,
+    eligibility_pb2.DESCRIPTOR.services_by_name["EligibilityService"].full_name,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ServerTls:
+    """The server's certificate and key, and the CA whose client certificates identify institutions.
+
+    gRPC Python can either require and verify client certificates or not ask for them at all; it has
+    no "ask, verify if presented" mode. So the gateway listens twice with the same services: a TLS
+    port for citizens and auditors, and a mutual-TLS port (client certificate required, verified
+    against ``client_ca``) for institutions. The institution services refuse any call that arrives
+    without a verified certificate, so reaching them on the TLS port gets nothing but
+    CLIENT_CERTIFICATE_REQUIRED (see :mod:`veilgate_server.rpc.auth`)."""
+
     certificate_chain: bytes
     private_key: bytes
+    client_ca: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -42,6 +58,7 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    mtls_port: int | None = None
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.health.enter_graceful_shutdown()
@@ -56,25 +73,39 @@ def build_server(
     insecure_plaintext: bool = False,
     reflection_enabled: bool = False,
     workers: int = 8,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    mtls_address: str | None = None,
 ) -> RunningServer:
-    """Bind and start the server. ``address`` may end in ``:0`` for a free port (see ``.port``)."""
+    """Bind and start the server. Addresses may end in ``:0`` for a free port (see ``.port`` and
+    ``.mtls_port``). ``mtls_address`` (with ``tls.client_ca``) opens the institutions' port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veilgate-rpc"),
-        interceptors=[ErrorBoundary()],
+        interceptors=[ErrorBoundary(), InstitutionAuthentication(gateway, trust_domain=trust_domain)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )
     citizen_pb2_grpc.add_CitizenServiceServicer_to_server(CitizenServicer(gateway), server)
+    eligibility_pb2_grpc.add_EligibilityServiceServicer_to_server(EligibilityServicer(gateway), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection_enabled:
         reflection.enable_server_reflection((*_SERVICES, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
+    mtls_port: int | None = None
     try:
         if tls is not None:
-            credentials = grpc.ssl_server_credentials([(tls.private_key, tls.certificate_chain)])
-            port = server.add_secure_port(address, credentials)
+            key_pair = [(tls.private_key, tls.certificate_chain)]
+            port = server.add_secure_port(address, grpc.ssl_server_credentials(key_pair))
+            if mtls_address is not None:
+                if tls.client_ca is None:
+                    raise ConfigurationError("the mutual-TLS port needs the institution CA certificate")
+                mutual = grpc.ssl_server_credentials(
+                    key_pair, root_certificates=tls.client_ca, require_client_auth=True
+                )
+                mtls_port = server.add_secure_port(mtls_address, mutual)
+                if mtls_port == 0:
+                    raise ConfigurationError(f"could not listen on {mtls_address}")
         elif insecure_plaintext:
             _log.warning("serving PLAINTEXT on %s: insecure, for local development only", address)
             port = server.add_insecure_port(address)
@@ -87,4 +118,4 @@ def build_server(
     server.start()
     for service in ("", *_SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=port, health=health_servicer)
+    return RunningServer(server=server, port=port, health=health_servicer, mtls_port=mtls_port)

@@ -12,10 +12,12 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     DateTime,
     Dialect,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -26,7 +28,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Citizen", "Record", "UTCDateTime", "UsedRequestToken"]
+__all__ = [
+    "Base",
+    "Citizen",
+    "Consent",
+    "Evaluation",
+    "Record",
+    "RegisteredInstitution",
+    "UTCDateTime",
+    "UsedRequestToken",
+]
 
 KEY_LENGTH = 32
 """Length in bytes of an Ed25519 public key and of an X25519 public key."""
@@ -126,3 +137,77 @@ class UsedRequestToken(Base):
     citizen_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     jti: Mapped[str] = mapped_column(String(128), primary_key=True)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+INSTITUTION_KINDS = ("bank", "insurer")
+"""The kinds of institution the gateway serves; a kind decides which purposes it may ask for."""
+
+
+class RegisteredInstitution(Base):
+    """A bank or insurer registered by the operator; it authenticates with a client certificate.
+
+    ``certificate_serial`` is the hex serial of the last client certificate issued to it (for the
+    operator's records and revocation lists); the TLS layer, not this column, decides who is let in.
+    """
+
+    __tablename__ = "institutions"
+    __table_args__ = (CheckConstraint("kind IN ('bank', 'insurer')", name="kind_known"),)
+
+    institution_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    certificate_serial: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+
+
+class Consent(Base):
+    """A consent token a citizen registered, with its use counter.
+
+    The claims are copied out of the token (which is kept verbatim in ``token``) so that the ledger
+    can enforce the window, the revocation and ``max_uses`` without parsing JWS. ``uses`` only grows,
+    and only in the same transaction that records an evaluation under the consent.
+    """
+
+    __tablename__ = "consents"
+    __table_args__ = (
+        CheckConstraint("max_uses >= 1", name="max_uses_positive"),
+        CheckConstraint("uses >= 0 AND uses <= max_uses", name="uses_within_max"),
+    )
+
+    consent_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    citizen_id: Mapped[str] = mapped_column(String(64), index=True)
+    institution_id: Mapped[str] = mapped_column(String(64), index=True)
+    purpose: Mapped[str] = mapped_column(String(64))
+    policies_json: Mapped[str] = mapped_column(Text)
+    """Canonical JSON list of ``{"id", "sha256"}`` objects, in the order the consent lists them."""
+    not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    max_uses: Mapped[int] = mapped_column(Integer)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    token: Mapped[str] = mapped_column(Text)
+    registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True, default=None)
+
+
+class Evaluation(Base):
+    """One policy evaluation made for an institution, keyed by the institution's ``request_id``.
+
+    The key makes a retry idempotent: the stored ``result_jws`` is returned verbatim and no further
+    use of the consent is spent. ``(citizen_id, created_at)`` is indexed for the per-citizen daily
+    budget and for the citizen's own history.
+    """
+
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_citizen_id_created_at", "citizen_id", "created_at"),)
+
+    institution_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    consent_id: Mapped[str] = mapped_column(String(128), index=True)
+    citizen_id: Mapped[str] = mapped_column(String(64))
+    policy_id: Mapped[str] = mapped_column(String(128))
+    policy_sha256: Mapped[str] = mapped_column(String(64))
+    decision: Mapped[str] = mapped_column(String(16))
+    result_jws: Mapped[str] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

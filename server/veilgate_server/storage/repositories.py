@@ -8,7 +8,12 @@ invariants the rest of the gateway relies on, on SQLite and PostgreSQL alike:
 * a citizen id is enrolled at most once, even under concurrent enrolment (primary key);
 * a request token id (``jti``) is consumed at most once per citizen, even under concurrent requests
   (primary key; on SQLite writers are also serialised with ``BEGIN IMMEDIATE``);
-* a record is identified by ``(citizen_id, item_id)``; pushing it again replaces it.
+* a record is identified by ``(citizen_id, item_id)``; pushing it again replaces it;
+* an institution id and a consent id (the consent token's ``jti``) are registered at most once;
+* an evaluation is identified by ``(institution_id, request_id)``: it is recorded, and one use of its
+  consent spent, at most once, in the same transaction, and never beyond the consent's ``max_uses``
+  or the citizen's daily budget, however many gateway replicas race (see
+  :meth:`ConsentLedger.spend_use_and_record`).
 
 Database failures surface as :class:`~veilgate.errors.StorageError` whose message names the
 operation but never a record value, a key or an SQL parameter; the original exception is chained.
@@ -16,26 +21,58 @@ operation but never a record value, a key or an SQL parameter; the original exce
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
-from collections.abc import Collection, Iterable, Iterator
+import hashlib
+import json
+import re
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Self
+from typing import Any, Final, Self
 
-from sqlalchemy import Engine, Table, delete, func, select, update
+from sqlalchemy import Engine, Table, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from veilgate.errors import CitizenAlreadyEnrolled, CitizenNotEnrolled, StorageError, TokenReplayed
+from veilgate.errors import (
+    CitizenAlreadyEnrolled,
+    CitizenBudgetExhausted,
+    CitizenNotEnrolled,
+    ConsentAlreadyRegistered,
+    ConsentExhausted,
+    ConsentRevoked,
+    ConsentUnknown,
+    ConsentWrongInstitution,
+    InstitutionAlreadyRegistered,
+    InstitutionUnknown,
+    StorageError,
+    TokenReplayed,
+)
+from veilgate_server.core.identity import check_caller_id
 
 from .db import WRITE_TRANSACTION, check_schema, create_engine_for, upgrade_schema
-from .models import KEY_LENGTH, Citizen, Record, UsedRequestToken
+from .models import (
+    INSTITUTION_KINDS,
+    KEY_LENGTH,
+    Citizen,
+    Consent,
+    Evaluation,
+    Record,
+    RegisteredInstitution,
+    UsedRequestToken,
+)
 
 __all__ = [
     "CitizenKeys",
     "CitizenRegistry",
+    "ConsentLedger",
+    "ConsentRow",
+    "EvaluationRow",
+    "Institution",
+    "InstitutionRegistry",
     "RecordStore",
     "RequestLedger",
     "Store",
@@ -63,6 +100,54 @@ class StoredRecord:
     department: str
     as_of: dt.date
     value_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Institution:
+    """A registered bank or insurer. ``certificate_serial`` is the hex serial of its latest client
+    certificate, or None before one is issued."""
+
+    institution_id: str
+    kind: str
+    name: str
+    enabled: bool
+    registered_at: dt.datetime
+    certificate_serial: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRow:
+    """A registered consent. ``policies`` holds the ``(policy_id, sha256)`` pairs it pins, in the
+    consent's order; ``token`` is the compact JWS exactly as the citizen registered it."""
+
+    consent_id: str
+    citizen_id: str
+    institution_id: str
+    purpose: str
+    policies: tuple[tuple[str, str], ...]
+    not_before: dt.datetime
+    expires_at: dt.datetime
+    max_uses: int
+    uses: int
+    token: str
+    registered_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationRow:
+    """One recorded evaluation; ``result_jws`` is the signed result, returned verbatim on a retry."""
+
+    institution_id: str
+    request_id: str
+    consent_id: str
+    citizen_id: str
+    policy_id: str
+    policy_sha256: str
+    decision: str
+    result_jws: str
+    request_hash: str
+    created_at: dt.datetime
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -122,6 +207,101 @@ def _check_record(record: StoredRecord) -> dict[str, Any]:
         "as_of": record.as_of,
         "value_json": record.value_json,
     }
+
+
+_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
+_SERIAL_HEX: Final = re.compile(r"[0-9a-f]{1,64}")
+
+BUDGET_WINDOW: Final = dt.timedelta(hours=24)
+"""The window over which :meth:`ConsentLedger.spend_use_and_record` counts a citizen's evaluations."""
+
+# Namespace (first key) of the PostgreSQL advisory locks that serialise one citizen's evaluations.
+_PG_BUDGET_LOCK_NAMESPACE: Final = 0x76676231  # b"vgb1"
+
+
+def _require_sha256_hex(value: str, name: str) -> None:
+    if _SHA256_HEX.fullmatch(value) is None:
+        raise ValueError(f"{name} must be 64 lower-case hex characters")
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC)
+
+
+def _institution(row: RegisteredInstitution) -> Institution:
+    return Institution(
+        institution_id=row.institution_id,
+        kind=row.kind,
+        name=row.name,
+        enabled=row.enabled,
+        registered_at=_utc(row.registered_at),
+        certificate_serial=row.certificate_serial,
+    )
+
+
+def _policies_json(policies: Sequence[tuple[str, str]]) -> str:
+    if not policies:
+        raise ValueError("a consent must pin at least one policy")
+    seen: set[str] = set()
+    pins: list[dict[str, str]] = []
+    for policy_id, sha256 in policies:
+        _require_length(policy_id, "policy id", 128)
+        _require_sha256_hex(sha256, "policy sha256")
+        if policy_id in seen:
+            raise ValueError("a consent may pin each policy id only once")
+        seen.add(policy_id)
+        pins.append({"id": policy_id, "sha256": sha256})
+    return json.dumps(pins, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _consent(row: Consent) -> ConsentRow:
+    return ConsentRow(
+        consent_id=row.consent_id,
+        citizen_id=row.citizen_id,
+        institution_id=row.institution_id,
+        purpose=row.purpose,
+        policies=tuple((pin["id"], pin["sha256"]) for pin in json.loads(row.policies_json)),
+        not_before=_utc(row.not_before),
+        expires_at=_utc(row.expires_at),
+        max_uses=row.max_uses,
+        uses=row.uses,
+        token=row.token,
+        registered_at=_utc(row.registered_at),
+        revoked_at=None if row.revoked_at is None else _utc(row.revoked_at),
+    )
+
+
+def _evaluation(row: Evaluation) -> EvaluationRow:
+    return EvaluationRow(
+        institution_id=row.institution_id,
+        request_id=row.request_id,
+        consent_id=row.consent_id,
+        citizen_id=row.citizen_id,
+        policy_id=row.policy_id,
+        policy_sha256=row.policy_sha256,
+        decision=row.decision,
+        result_jws=row.result_jws,
+        request_hash=row.request_hash,
+        created_at=_utc(row.created_at),
+    )
+
+
+def _lock_citizen_budget(session: Session, citizen_id: str) -> None:
+    """Serialise evaluations of one citizen until the transaction ends (PostgreSQL only).
+
+    Under READ COMMITTED, two transactions spending uses of *different* consents of one citizen
+    could both count the citizen's evaluations before either inserts, and overshoot the daily
+    budget. A transaction-scoped advisory lock on the citizen closes that gap. SQLite needs nothing:
+    ``BEGIN IMMEDIATE`` already serialises every writer.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256(citizen_id.encode()).digest()
+    key = int.from_bytes(digest[:4], "big", signed=True)
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(CAST(:namespace AS integer), CAST(:key AS integer))"),
+        {"namespace": _PG_BUDGET_LOCK_NAMESPACE, "key": key},
+    )
 
 
 # --- repositories ---------------------------------------------------------------------------------
@@ -329,6 +509,319 @@ class RequestLedger:
                 raise TokenReplayed("request token was already used") from e
 
 
+class InstitutionRegistry:
+    """Banks and insurers registered by the operator, and the serial of their latest certificate."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def register(self, institution_id: str, *, kind: str, name: str, at: dt.datetime) -> Institution:
+        """Register an enabled institution; :class:`InstitutionAlreadyRegistered` if the id is taken.
+
+        ``institution_id`` must match ``[a-z0-9][a-z0-9._-]{0,63}`` (it becomes part of a SPIFFE
+        ID) and ``kind`` be ``bank`` or ``insurer``; anything else is a ValueError.
+        """
+        check_caller_id(institution_id)
+        if kind not in INSTITUTION_KINDS:
+            raise ValueError(f"institution kind must be one of {', '.join(INSTITUTION_KINDS)}")
+        _require_length(name, "name", 200)
+        _require_aware(at, "at")
+        row = RegisteredInstitution(
+            institution_id=institution_id,
+            kind=kind,
+            name=name,
+            enabled=True,
+            registered_at=at,
+            certificate_serial=None,
+        )
+        with _storage_errors("register the institution"):
+            try:
+                with _write(self._sessions) as session:
+                    session.add(row)
+                    session.flush()
+                    institution = _institution(row)
+            except IntegrityError as e:
+                raise InstitutionAlreadyRegistered("institution is already registered") from e
+        return institution
+
+    def get(self, institution_id: str) -> Institution:
+        """The institution; :class:`InstitutionUnknown` if it was never registered."""
+        with _storage_errors("read the institution"), self._sessions() as session:
+            row = session.get(RegisteredInstitution, institution_id)
+            institution = None if row is None else _institution(row)
+        if institution is None:
+            raise InstitutionUnknown("institution is not registered")
+        return institution
+
+    def set_enabled(self, institution_id: str, enabled: bool) -> Institution:
+        """Enable or disable the institution (idempotent); :class:`InstitutionUnknown` if unknown."""
+        return self._update(institution_id, "update the institution", enabled=enabled)
+
+    def record_certificate(self, institution_id: str, serial_hex: str) -> None:
+        """Remember the serial (lower-case hex) of the certificate just issued to the institution."""
+        if _SERIAL_HEX.fullmatch(serial_hex) is None:
+            raise ValueError("serial_hex must be 1 to 64 lower-case hex characters")
+        self._update(institution_id, "record the institution's certificate", certificate_serial=serial_hex)
+
+    def list(self) -> builtins.list[Institution]:
+        """Every registered institution, by id."""
+        statement = select(RegisteredInstitution).order_by(RegisteredInstitution.institution_id)
+        with _storage_errors("list institutions"), self._sessions() as session:
+            return [_institution(row) for row in session.scalars(statement)]
+
+    def _update(self, institution_id: str, action: str, **values: Any) -> Institution:
+        statement = (
+            update(RegisteredInstitution)
+            .where(RegisteredInstitution.institution_id == institution_id)
+            .values(**values)
+            .returning(RegisteredInstitution)
+        )
+        with _storage_errors(action), _write(self._sessions) as session:
+            row = session.scalars(statement).one_or_none()
+            institution = None if row is None else _institution(row)
+        if institution is None:
+            raise InstitutionUnknown("institution is not registered")
+        return institution
+
+
+class ConsentLedger:
+    """Consents registered by citizens, their use counters, and the evaluations made under them.
+
+    The ledger enforces what depends on shared state and must hold under concurrency: a consent is
+    registered once, revoked by its own citizen only, never used after revocation or beyond
+    ``max_uses``, and a citizen's evaluations stay within the daily budget. Everything that can be
+    checked from the token alone (signature, audience, purpose, pinned policies, time window) is the
+    caller's job, before it calls :meth:`spend_use_and_record`.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def register(
+        self,
+        *,
+        consent_id: str,
+        citizen_id: str,
+        institution_id: str,
+        purpose: str,
+        policies: Sequence[tuple[str, str]],
+        not_before: dt.datetime,
+        expires_at: dt.datetime,
+        max_uses: int,
+        token: str,
+        at: dt.datetime,
+    ) -> ConsentRow:
+        """Store a verified consent with no use spent; :class:`ConsentAlreadyRegistered` if its id is taken.
+
+        ``policies`` lists ``(policy_id, sha256 hex)`` pairs, each id at most once. Malformed values
+        (empty or over-long strings, a window that ends before it starts, ``max_uses < 1``, naive
+        datetimes) are a ValueError: the caller should have refused the token already.
+        """
+        _require_length(consent_id, "consent_id", 128)
+        _require_length(citizen_id, "citizen_id", 64)
+        check_caller_id(institution_id)
+        _require_length(purpose, "purpose", 64)
+        policies_json = _policies_json(policies)
+        for value, name in ((not_before, "not_before"), (expires_at, "expires_at"), (at, "at")):
+            _require_aware(value, name)
+        if expires_at <= not_before:
+            raise ValueError("expires_at must be later than not_before")
+        if max_uses < 1:
+            raise ValueError("max_uses must be at least 1")
+        if not token:
+            raise ValueError("token must not be empty")
+        row = Consent(
+            consent_id=consent_id,
+            citizen_id=citizen_id,
+            institution_id=institution_id,
+            purpose=purpose,
+            policies_json=policies_json,
+            not_before=not_before,
+            expires_at=expires_at,
+            max_uses=max_uses,
+            uses=0,
+            token=token,
+            registered_at=at,
+            revoked_at=None,
+        )
+        with _storage_errors("register the consent"):
+            try:
+                with _write(self._sessions) as session:
+                    session.add(row)
+                    session.flush()
+                    consent = _consent(row)
+            except IntegrityError as e:
+                raise ConsentAlreadyRegistered("consent is already registered") from e
+        return consent
+
+    def get(self, consent_id: str) -> ConsentRow:
+        """The consent; :class:`ConsentUnknown` if no consent has this id."""
+        with _storage_errors("read the consent"), self._sessions() as session:
+            row = session.get(Consent, consent_id)
+            consent = None if row is None else _consent(row)
+        if consent is None:
+            raise ConsentUnknown("consent is not registered")
+        return consent
+
+    def for_citizen(self, citizen_id: str) -> list[ConsentRow]:
+        """The citizen's consents, revoked ones included, newest registration first."""
+        statement = (
+            select(Consent)
+            .where(Consent.citizen_id == citizen_id)
+            .order_by(Consent.registered_at.desc(), Consent.consent_id.desc())
+        )
+        with _storage_errors("list the citizen's consents"), self._sessions() as session:
+            return [_consent(row) for row in session.scalars(statement)]
+
+    def revoke(self, consent_id: str, *, citizen_id: str, at: dt.datetime) -> ConsentRow:
+        """Revoke the citizen's consent as of ``at``; the consent as it now stands.
+
+        Revoking again is a no-op that keeps the first ``revoked_at``. A consent that does not exist
+        and one that belongs to another citizen both raise :class:`ConsentUnknown`, so a citizen
+        learns nothing about other citizens' consents.
+        """
+        _require_aware(at, "at")
+        revoke = (
+            update(Consent)
+            .where(Consent.consent_id == consent_id, Consent.citizen_id == citizen_id, Consent.revoked_at.is_(None))
+            .values(revoked_at=at)
+            .returning(Consent)
+        )
+        current = select(Consent).where(Consent.consent_id == consent_id, Consent.citizen_id == citizen_id)
+        with _storage_errors("revoke the consent"), _write(self._sessions) as session:
+            row = session.scalars(revoke).one_or_none()
+            if row is None:
+                row = session.scalars(current).one_or_none()
+            consent = None if row is None else _consent(row)
+        if consent is None:
+            raise ConsentUnknown("consent is not registered")
+        return consent
+
+    def spend_use_and_record(
+        self,
+        *,
+        consent_id: str,
+        institution_id: str,
+        request_id: str,
+        citizen_id: str,
+        policy_id: str,
+        policy_sha256: str,
+        decision: str,
+        result_jws: str,
+        request_hash: str,
+        at: dt.datetime,
+        daily_budget: int,
+    ) -> EvaluationRow:
+        """Spend one use of the consent and record the evaluation, in one transaction.
+
+        * If ``(institution_id, request_id)`` is already recorded, the stored row is returned
+          unchanged and no use is spent (an idempotent retry; the caller compares ``request_hash``
+          if it must tell a retry from a reused id).
+        * Otherwise, with the consent row locked (``SELECT ... FOR UPDATE`` on PostgreSQL, plus an
+          advisory lock per citizen; ``BEGIN IMMEDIATE`` on SQLite), the evaluation is refused with
+          :class:`ConsentUnknown` (no such consent), :class:`ConsentWrongInstitution` (addressed to
+          another institution), :class:`ConsentRevoked`, :class:`ConsentExhausted`
+          (``uses >= max_uses``) or :class:`CitizenBudgetExhausted` (the citizen already has
+          ``daily_budget`` evaluations created in the 24 hours before ``at``), in that order.
+        * Otherwise ``uses`` grows by one and the evaluation is stored with ``created_at = at``.
+
+        Concurrent calls are safe: of N racing evaluations under a consent with k uses left, exactly
+        k succeed; racing calls with the same request id record one evaluation, spend one use, and
+        all return that row.
+        """
+        _require_length(consent_id, "consent_id", 128)
+        check_caller_id(institution_id)
+        _require_length(request_id, "request_id", 128)
+        _require_length(citizen_id, "citizen_id", 64)
+        _require_length(policy_id, "policy_id", 128)
+        _require_sha256_hex(policy_sha256, "policy_sha256")
+        _require_length(decision, "decision", 16)
+        _require_sha256_hex(request_hash, "request_hash")
+        if not result_jws:
+            raise ValueError("result_jws must not be empty")
+        _require_aware(at, "at")
+        if daily_budget < 0:
+            raise ValueError("daily_budget must not be negative")
+
+        existing = self.find_evaluation(institution_id, request_id)
+        if existing is not None:
+            return existing
+        recorded = select(Evaluation).where(
+            Evaluation.institution_id == institution_id, Evaluation.request_id == request_id
+        )
+        locked_consent = select(Consent).where(Consent.consent_id == consent_id).with_for_update()
+        budget_used = (
+            select(func.count())
+            .select_from(Evaluation)
+            .where(Evaluation.citizen_id == citizen_id, Evaluation.created_at > at - BUDGET_WINDOW)
+        )
+        with _storage_errors("record the evaluation"):
+            try:
+                with _write(self._sessions) as session:
+                    _lock_citizen_budget(session, citizen_id)
+                    consent = session.scalars(locked_consent).one_or_none()
+                    # Re-read under the locks: a racing call with the same request id may have
+                    # committed while this one waited (READ COMMITTED sees it in a new statement).
+                    row = session.scalars(recorded).one_or_none()
+                    if row is not None:
+                        return _evaluation(row)
+                    if consent is None:
+                        raise ConsentUnknown("consent is not registered")
+                    if consent.institution_id != institution_id:
+                        raise ConsentWrongInstitution("consent is addressed to another institution")
+                    if consent.citizen_id != citizen_id:
+                        raise ValueError("citizen_id is not the consent's citizen")
+                    if consent.revoked_at is not None:
+                        raise ConsentRevoked("consent was revoked")
+                    if consent.uses >= consent.max_uses:
+                        raise ConsentExhausted("consent has no uses left")
+                    if (session.scalar(budget_used) or 0) >= daily_budget:
+                        raise CitizenBudgetExhausted("the citizen's daily evaluation budget is exhausted")
+                    consent.uses += 1
+                    evaluation = Evaluation(
+                        institution_id=institution_id,
+                        request_id=request_id,
+                        consent_id=consent_id,
+                        citizen_id=citizen_id,
+                        policy_id=policy_id,
+                        policy_sha256=policy_sha256,
+                        decision=decision,
+                        result_jws=result_jws,
+                        request_hash=request_hash,
+                        created_at=at,
+                    )
+                    session.add(evaluation)
+                    session.flush()
+                    stored = _evaluation(evaluation)
+            except IntegrityError as e:
+                # The same (institution_id, request_id) was recorded by a racing call under another
+                # consent (which held another row lock); this transaction, and its use, rolled back.
+                winner = self.find_evaluation(institution_id, request_id)
+                if winner is None:
+                    raise StorageError("could not record the evaluation: the database refused it") from e
+                return winner
+        return stored
+
+    def find_evaluation(self, institution_id: str, request_id: str) -> EvaluationRow | None:
+        """The evaluation recorded for the institution's ``request_id``, or None."""
+        with _storage_errors("read the evaluation"), self._sessions() as session:
+            row = session.get(Evaluation, (institution_id, request_id))
+            return None if row is None else _evaluation(row)
+
+    def evaluations_for_citizen(self, citizen_id: str, *, limit: int = 100) -> list[EvaluationRow]:
+        """Up to ``limit`` evaluations under the citizen's consents, newest first."""
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        statement = (
+            select(Evaluation)
+            .where(Evaluation.citizen_id == citizen_id)
+            .order_by(Evaluation.created_at.desc(), Evaluation.institution_id, Evaluation.request_id)
+            .limit(limit)
+        )
+        with _storage_errors("list the citizen's evaluations"), self._sessions() as session:
+            return [_evaluation(row) for row in session.scalars(statement)]
+
+
 class Store:
     """Everything the gateway keeps, reached only through its repositories."""
 
@@ -338,6 +831,8 @@ class Store:
         self.citizens = CitizenRegistry(self._sessions)
         self.records = RecordStore(self._sessions)
         self.requests = RequestLedger(self._sessions)
+        self.institutions = InstitutionRegistry(self._sessions)
+        self.consents = ConsentLedger(self._sessions)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Self:

@@ -1,0 +1,141 @@
+"""The policy manifest: the list of policy files, by SHA-256, that the governance key signed.
+
+The manifest is the text of a C2SP signed note (``policies/MANIFEST``). Its text is exactly::
+
+    veilgate policy manifest v1
+    <sha256 of policy.yaml, 64 lowercase hex>  <policy id>  <path of policy.yaml>
+    ...
+
+one line per policy version, fields separated by two spaces, lines sorted by path (byte order) with no
+duplicate, every line ending in a newline, nothing else. The path is relative to the policies
+directory, ``<domain>/<name>/v<N>/policy.yaml``, and the policy id is ``<domain>.<name>``, derived
+from the path (the loader checks that the file's ``id:`` agrees), so the id cannot be edited apart
+from the path.
+
+There is one spelling of every manifest, so the signed bytes are determined by the set of policy
+files: :func:`parse_manifest` accepts exactly what :func:`render_manifest` produces and refuses
+anything else with a message naming the line. :func:`check_policies_match` is the gate: the policy
+files on disk must be exactly the ones listed, byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Final
+
+from veilgate_server.core.policy import PolicyInvalid
+
+__all__ = [
+    "MANIFEST_HEADER",
+    "ManifestEntry",
+    "ManifestInvalid",
+    "check_policies_match",
+    "parse_manifest",
+    "policy_id_for_path",
+    "render_manifest",
+    "require_listed",
+]
+
+MANIFEST_HEADER: Final = "veilgate policy manifest v1"
+
+_PATH: Final = re.compile(r"([a-z][a-z0-9_]*)/([a-z][a-z0-9_]*)/v[1-9][0-9]*/policy\.yaml")
+_SHA256: Final = re.compile(r"[0-9a-f]{64}")
+
+
+class ManifestInvalid(PolicyInvalid):
+    """The signed policy manifest is missing, badly signed, malformed, or disagrees with the policy files.
+
+    A kind of :class:`PolicyInvalid` (reason ``POLICY_INVALID``): the policies on disk are not the
+    reviewed and signed ones, so the gateway must not serve them.
+    """
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One signed policy file: its SHA-256 (hex), its policy id, and its path under ``policies/``."""
+
+    sha256: str
+    policy_id: str
+    path: str
+
+    def __post_init__(self) -> None:
+        if not _SHA256.fullmatch(self.sha256):
+            raise ManifestInvalid(f"{self.path}: sha256 must be 64 lowercase hex digits")
+        expected = policy_id_for_path(self.path)
+        if self.policy_id != expected:
+            raise ManifestInvalid(f"{self.path}: policy id must be {expected!r}, not {self.policy_id!r}")
+
+
+def policy_id_for_path(path: str) -> str:
+    """``credit/consumer_loan/v1/policy.yaml`` -> ``credit.consumer_loan``; refuses any other layout."""
+    match = _PATH.fullmatch(path)
+    if match is None:
+        raise ManifestInvalid(f"{path!r} is not a policy file path of the form <domain>/<name>/v<N>/policy.yaml")
+    return f"{match.group(1)}.{match.group(2)}"
+
+
+def render_manifest(entries: Sequence[ManifestEntry]) -> str:
+    """The canonical manifest text for these entries (sorted by path; duplicates refused)."""
+    ordered = sorted(entries, key=lambda entry: entry.path)
+    for previous, current in pairwise(ordered):
+        if previous.path == current.path:
+            raise ManifestInvalid(f"{current.path}: listed twice")
+    lines = [MANIFEST_HEADER, *(f"{e.sha256}  {e.policy_id}  {e.path}" for e in ordered)]
+    return "".join(line + "\n" for line in lines)
+
+
+def parse_manifest(text: str) -> tuple[ManifestEntry, ...]:
+    """Parse the canonical manifest text strictly; :class:`ManifestInvalid` names the first bad line."""
+    if not text.endswith("\n"):
+        raise ManifestInvalid("manifest: the text must end with a newline")
+    lines = text[:-1].split("\n")
+    if lines[0] != MANIFEST_HEADER:
+        raise ManifestInvalid(f"manifest line 1: expected the header {MANIFEST_HEADER!r}")
+    entries: list[ManifestEntry] = []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("  ")
+        if len(fields) != 3 or any(not field or field != field.strip() for field in fields):
+            raise ManifestInvalid(f"manifest line {number}: expected '<sha256>  <policy id>  <path>'")
+        sha256, policy_id, path = fields
+        try:
+            entry = ManifestEntry(sha256=sha256, policy_id=policy_id, path=path)
+        except ManifestInvalid as e:
+            raise ManifestInvalid(f"manifest line {number}: {e.message}") from e
+        if entries and entry.path <= entries[-1].path:
+            problem = "listed twice" if entry.path == entries[-1].path else "lines must be sorted by path"
+            raise ManifestInvalid(f"manifest line {number}: {path}: {problem}")
+        entries.append(entry)
+    return tuple(entries)
+
+
+def check_policies_match(entries: Sequence[ManifestEntry], actual: Mapping[str, str]) -> None:
+    """Require the policy files found (``{relative path: sha256 hex}``) to be exactly those signed.
+
+    Raises :class:`ManifestInvalid` naming every changed, unsigned (extra) and missing file.
+    """
+    signed = {entry.path: entry.sha256 for entry in entries}
+    changed = sorted(path for path in signed.keys() & actual.keys() if signed[path] != actual[path])
+    extra = sorted(actual.keys() - signed.keys())
+    missing = sorted(signed.keys() - actual.keys())
+    problems = [
+        *(f"{path} was changed since the manifest was signed" for path in changed),
+        *(f"{path} is not in the signed manifest" for path in extra),
+        *(f"{path} is in the signed manifest but missing" for path in missing),
+    ]
+    if problems:
+        raise ManifestInvalid("policy files do not match the signed manifest: " + "; ".join(problems))
+
+
+def require_listed(entries: Sequence[ManifestEntry], *, path: str, sha256: str) -> None:
+    """Require one loaded policy file (its relative path and the SHA-256 of the bytes the loader parsed)
+    to be listed with that hash. Checking what was actually loaded closes the window between the start-up
+    check of the directory and the loader's own read of the file."""
+    for entry in entries:
+        if entry.path == path:
+            if entry.sha256 != sha256:
+                raise ManifestInvalid(f"{path} was changed since the manifest was signed")
+            return
+    raise ManifestInvalid(f"{path} is not in the signed manifest")

@@ -1,0 +1,693 @@
+"""Eligibility policies: reviewed CEL rules over catalog-typed inputs, evaluated to a closed-form result.
+
+A policy lives in ``policies/<domain>/<name>/v<N>/policy.yaml``. It is a signed, reviewed artifact:
+consents pin the SHA-256 of the file's exact bytes, so :func:`load_policy` hashes the bytes it parses.
+
+Rules of the engine (each one is a privacy or safety property, not a convenience):
+
+- **Only declared inputs reach CEL.** ``inputs`` lists the catalog items a policy reads; no other
+  record is put in the activation, so the data a policy uses is explicit and evaluation stays cheap.
+- **Types come from the catalog and are checked at load time.** Every expression is compiled with
+  Google's C++ CEL (``cel-expr-python``) against declared variables; an undeclared name, a misspelled
+  record field or ``int >= string`` fails :func:`load_policy` with the file and line of the expression.
+- **Callers never pass thresholds.** ``parameters`` are enumerated (``values``); a policy that needs
+  the caller to state a fact (a claimed admission date, a hospital code) declares a ``date`` or a
+  bounded ``string`` parameter with a written ``justification``. Anything else is refused with
+  :class:`PolicyParameterInvalid`.
+- **Every rule is evaluated**, so the reasons are complete: ``NOT_ELIGIBLE`` if a ``decline`` rule
+  fails, else ``REFER`` if a ``refer`` rule fails, else ``ELIGIBLE``; reasons are the failing rules'
+  codes ordered by ``rank`` (then file order), at most :data:`MAX_REASONS`.
+- **Never a silent pass.** A CEL error, an ``ERROR``-typed value (CEL returns those instead of raising,
+  e.g. for division by zero), a non-bool result, an exhausted iteration budget or a stored value that
+  does not match its catalog type all give ``REFER`` with ``EVALUATION_ERROR`` and no bands. A missing
+  input gives ``REFER`` with ``DATA_UNAVAILABLE_<DEPARTMENT>`` and no rule is evaluated.
+
+CEL variables (the typing scheme):
+
+=================== =======================================================================================
+input item          the item id as a qualified name, e.g. ``social_insurance.insured_status``
+``int``             ``int``
+``decimal``         ``double`` (write literals as ``3000.0``: CEL does not compare int with double)
+``string``/``enum`` ``string``
+``date``            ``int``: days since 1970-01-01, so dates compare and subtract (``as_of - 365``)
+``bool``            ``bool``
+``records``         ``list`` of a protobuf message built from the catalog's fields (types as above), so
+                    ``r.monthh`` fails at load time
+``params.<name>``   ``string`` for ``enum``/``string`` parameters, ``int`` days for ``date`` parameters
+``as_of``           ``int`` days: the evaluation date, injected by the caller (the core has no clock)
+=================== =======================================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, Literal, NoReturn
+
+import yaml
+from cel_expr_python import cel
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
+
+from veilgate.consent import PURPOSES
+from veilgate.errors import PolicyInvalid, PolicyParameterInvalid
+from veilgate_server.core.catalog import (
+    Catalog,
+    CatalogItem,
+    CatalogValueError,
+    ScalarType,
+    _Map,
+    _Seq,
+    _StrictLoader,
+    validate_value,
+)
+
+__all__ = [
+    "DATA_UNAVAILABLE_PREFIX",
+    "EPOCH",
+    "EVALUATION_ERROR",
+    "MAX_REASONS",
+    "PURPOSES",
+    "Band",
+    "Decision",
+    "Parameter",
+    "Policy",
+    "PolicyInvalid",
+    "PolicyOutcome",
+    "PolicyParameterInvalid",
+    "Rule",
+    "date_to_days",
+    "evaluate",
+    "load_policies",
+    "load_policy",
+]
+
+Decision = Literal["ELIGIBLE", "NOT_ELIGIBLE", "REFER"]
+Effect = Literal["decline", "refer"]
+ParameterType = Literal["enum", "date", "string"]
+
+MAX_REASONS: Final = 4
+EVALUATION_ERROR: Final = "EVALUATION_ERROR"
+DATA_UNAVAILABLE_PREFIX: Final = "DATA_UNAVAILABLE_"
+EPOCH: Final = date(1970, 1, 1)
+_EPOCH_ORDINAL: Final = EPOCH.toordinal()
+
+
+_REASON: Final = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
+_NAME: Final = re.compile(r"[a-z][a-z0-9_]*")
+_BAND_LABEL: Final = re.compile(r"[a-z0-9][a-z0-9_]*")
+_VERSION_DIR: Final = re.compile(r"v([1-9][0-9]*)")
+_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_MAX_STRING_PARAMETER: Final = 64
+_ROW_PACKAGE: Final = "veilgate.policy.rows"
+
+_CEL_SCALAR: Final[Mapping[str, cel.Type]] = MappingProxyType(
+    {
+        "int": cel.Type.INT,
+        "decimal": cel.Type.DOUBLE,
+        "string": cel.Type.STRING,
+        "enum": cel.Type.STRING,
+        "date": cel.Type.INT,
+        "bool": cel.Type.BOOL,
+    }
+)
+_FDP = descriptor_pb2.FieldDescriptorProto
+_PROTO_SCALAR: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "int": _FDP.TYPE_INT64,
+        "decimal": _FDP.TYPE_DOUBLE,
+        "string": _FDP.TYPE_STRING,
+        "enum": _FDP.TYPE_STRING,
+        "date": _FDP.TYPE_INT64,
+        "bool": _FDP.TYPE_BOOL,
+    }
+)
+
+
+def date_to_days(day: date) -> int:
+    """The CEL encoding of a date: days since 1970-01-01."""
+    return day.toordinal() - _EPOCH_ORDINAL
+
+
+# --- parsed policy -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    """A caller parameter: ``enum`` (``values``), or a ``date`` / bounded ``string`` the caller states."""
+
+    name: str
+    type: ParameterType
+    values: tuple[str, ...]
+    max_length: int | None
+    pattern: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    description: str
+    reason: str
+    effect: Effect
+    rank: int
+    passes: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    label: str
+    when: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """The CEL environment and programs of one policy; built at load time, immutable afterwards."""
+
+    env: cel.Env
+    rules: tuple[cel.Expression, ...]
+    bands: tuple[tuple[str, tuple[tuple[str, cel.Expression], ...]], ...]
+    row_classes: Mapping[str, type[Message]]
+
+
+@dataclass(frozen=True)
+class Policy:
+    id: str
+    version: int
+    sha256: str
+    purpose: str
+    institution_kinds: tuple[str, ...]
+    inputs: tuple[CatalogItem, ...]
+    parameters: Mapping[str, Parameter]
+    rules: tuple[Rule, ...]
+    bands: Mapping[str, tuple[Band, ...]]
+    description: str
+    reason_texts: Mapping[str, str]
+    source: Path
+    _compiled: _Compiled = field(repr=False, compare=False)
+
+    @property
+    def reason_codes(self) -> tuple[str, ...]:
+        """The distinct reason codes of the rules, by rank."""
+        seen: dict[str, None] = {}
+        for rule in sorted(self.rules, key=lambda r: r.rank):
+            seen.setdefault(rule.reason, None)
+        return tuple(seen)
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    decision: Decision
+    bands: Mapping[str, str]
+    reasons: tuple[str, ...]
+    data_as_of: Mapping[str, str]
+
+
+# --- YAML --------------------------------------------------------------------------------------------
+
+
+def load_strict_yaml(data: bytes, source: str) -> object:
+    """Parse YAML rejecting duplicate and merge keys; mappings and lists remember their lines.
+
+    Raises :class:`PolicyInvalid` naming ``source`` and the line.
+    """
+    loader: _StrictLoader | None = None
+    try:
+        text = data.decode("utf-8")
+        loader = _StrictLoader(text)
+        return loader.get_single_data()
+    except UnicodeDecodeError as e:
+        raise PolicyInvalid(f"{source}: not UTF-8 text") from e
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise PolicyInvalid(f"{where}: invalid YAML: {e.problem or e.context or 'malformed'}") from e
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as e:
+        raise PolicyInvalid(f"{source}: invalid YAML: {type(e).__name__}") from e
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+class _Check:
+    """Raises :class:`PolicyInvalid` with ``<file>:<line>: <where>: <problem>``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, line: int | None, where: str, problem: str) -> NoReturn:
+        location = f"{self.source}:{line}" if line else self.source
+        raise PolicyInvalid(f"{location}: {where}: {problem}")
+
+    def mapping(self, value: object, line: int | None, where: str) -> _Map:
+        if not isinstance(value, _Map):
+            self.fail(line, where, "must be a mapping")
+        return value
+
+    def sequence(self, value: object, line: int | None, where: str) -> _Seq:
+        if not isinstance(value, _Seq):
+            self.fail(line, where, "must be a list")
+        return value
+
+    def keys(self, entry: _Map, where: str, *, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+        allowed = set(required) | set(optional)
+        for key in entry:
+            if not isinstance(key, str) or key not in allowed:
+                self.fail(entry.key_lines[key], where, f"unknown key {key!r}")
+        for key in required:
+            if key not in entry:
+                self.fail(entry.line, where, f"missing required key {key!r}")
+
+    def text(self, entry: _Map, key: str, where: str, pattern: re.Pattern[str] | None = None) -> str:
+        value = entry[key]
+        if not isinstance(value, str) or not value.strip():
+            self.fail(entry.key_lines[key], where, f"{key!r} must be a non-empty string")
+        if pattern is not None and pattern.fullmatch(value) is None:
+            self.fail(entry.key_lines[key], where, f"{key!r} value {value!r} does not match {pattern.pattern}")
+        return value
+
+    def integer(self, entry: _Map, key: str, where: str) -> int:
+        value = entry[key]
+        if type(value) is not int:
+            self.fail(entry.key_lines[key], where, f"{key!r} must be an integer")
+        return value
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+_TOP_REQUIRED: Final = ("id", "version", "description", "purpose", "institution_kinds", "inputs", "rules")
+_TOP_OPTIONAL: Final = ("parameters", "bands", "reason_texts")
+
+
+def load_policy(directory: Path, catalog: Catalog) -> Policy:
+    """Load, check and compile ``<domain>/<name>/v<N>/policy.yaml``; raise :class:`PolicyInvalid`."""
+    path = directory / "policy.yaml"
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PolicyInvalid(f"{source}: cannot read: {e.strerror}") from e
+    check = _Check(source)
+    root = check.mapping(load_strict_yaml(raw, source), 1, "document")
+    check.keys(root, "document", required=_TOP_REQUIRED, optional=_TOP_OPTIONAL)
+
+    policy_id = check.text(root, "id", "document", re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*"))
+    expected_id = f"{directory.parent.parent.name}.{directory.parent.name}"
+    if policy_id != expected_id:
+        check.fail(root.key_lines["id"], "document", f"'id' must be {expected_id!r} to match its directory")
+    version = check.integer(root, "version", "document")
+    version_dir = _VERSION_DIR.fullmatch(directory.name)
+    if version_dir is None or int(version_dir.group(1)) != version:
+        check.fail(
+            root.key_lines["version"], "document", f"'version' {version} does not match directory {directory.name!r}"
+        )
+    description = check.text(root, "description", "document")
+    purpose = check.text(root, "purpose", "document")
+    if purpose not in PURPOSES:
+        check.fail(root.key_lines["purpose"], "document", f"'purpose' must be one of {', '.join(PURPOSES)}")
+    kinds = _institution_kinds(check, root, purpose)
+    inputs = _inputs(check, root, catalog)
+    parameters = _parameters(check, root)
+    rules = _rules(check, root, raw)
+    bands = _bands(check, root, raw)
+    reason_texts = _reason_texts(check, root, {rule.reason for rule in rules})
+    compiled = _compile(check, inputs, parameters, rules, bands)
+    return Policy(
+        id=policy_id,
+        version=version,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        purpose=purpose,
+        institution_kinds=kinds,
+        inputs=inputs,
+        parameters=MappingProxyType(parameters),
+        rules=rules,
+        bands=MappingProxyType(bands),
+        description=description,
+        reason_texts=MappingProxyType(reason_texts),
+        source=path,
+        _compiled=compiled,
+    )
+
+
+def load_policies(policies_dir: Path, catalog: Catalog) -> dict[str, Policy]:
+    """Load every ``<domain>/<name>/v<N>/policy.yaml``; the result maps each id to its latest version."""
+    latest: dict[str, Policy] = {}
+    for path in sorted(policies_dir.glob("*/*/v*/policy.yaml")):
+        policy = load_policy(path.parent, catalog)
+        current = latest.get(policy.id)
+        if current is None or policy.version > current.version:
+            latest[policy.id] = policy
+    return latest
+
+
+def _institution_kinds(check: _Check, root: _Map, purpose: str) -> tuple[str, ...]:
+    line = root.key_lines["institution_kinds"]
+    kinds = check.sequence(root["institution_kinds"], line, "'institution_kinds'")
+    if list(kinds) != [PURPOSES[purpose]]:
+        check.fail(line, "'institution_kinds'", f"purpose {purpose!r} is for [{PURPOSES[purpose]}] only")
+    return (PURPOSES[purpose],)
+
+
+def _inputs(check: _Check, root: _Map, catalog: Catalog) -> tuple[CatalogItem, ...]:
+    line = root.key_lines["inputs"]
+    raw = check.sequence(root["inputs"], line, "'inputs'")
+    if not raw:
+        check.fail(line, "'inputs'", "must list at least one catalog item")
+    items: list[CatalogItem] = []
+    for index, item_id in enumerate(raw):
+        item_line = raw.item_lines[index]
+        if not isinstance(item_id, str) or item_id not in catalog.items:
+            check.fail(item_line, f"inputs[{index}]", f"unknown catalog item {item_id!r}")
+        if any(existing.id == item_id for existing in items):
+            check.fail(item_line, f"inputs[{index}]", f"duplicate input {item_id!r}")
+        items.append(catalog.item(item_id))
+    return tuple(items)
+
+
+def _parameters(check: _Check, root: _Map) -> dict[str, Parameter]:
+    if "parameters" not in root:
+        return {}
+    raw = check.mapping(root["parameters"], root.key_lines["parameters"], "'parameters'")
+    parameters: dict[str, Parameter] = {}
+    for name, spec_raw in raw.items():
+        line = raw.key_lines[name]
+        if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+            check.fail(line, "'parameters'", f"parameter name {name!r} must be lower snake case")
+        where = f"parameter {name!r}"
+        spec = check.mapping(spec_raw, line, where)
+        kind = spec.get("type", "enum")
+        if kind == "enum":
+            check.keys(spec, where, required=("values",), optional=("type", "description"))
+            values_raw = check.sequence(spec["values"], spec.key_lines["values"], where)
+            values = tuple(str(v) for v in values_raw)
+            if not values or any(not isinstance(v, str) or _BAND_LABEL.fullmatch(v) is None for v in values_raw):
+                check.fail(spec.key_lines["values"], where, "'values' must list lower snake case strings")
+            if len(set(values)) != len(values):
+                check.fail(spec.key_lines["values"], where, "'values' has duplicates")
+            parameters[name] = Parameter(name, "enum", values, None, None)
+        elif kind == "date":
+            check.keys(spec, where, required=("type", "justification"), optional=("description",))
+            check.text(spec, "justification", where)
+            parameters[name] = Parameter(name, "date", (), None, None)
+        elif kind == "string":
+            check.keys(
+                spec, where, required=("type", "max_length", "pattern", "justification"), optional=("description",)
+            )
+            check.text(spec, "justification", where)
+            max_length = check.integer(spec, "max_length", where)
+            if not 1 <= max_length <= _MAX_STRING_PARAMETER:
+                check.fail(spec.key_lines["max_length"], where, f"'max_length' must be 1 to {_MAX_STRING_PARAMETER}")
+            pattern = check.text(spec, "pattern", where)
+            try:
+                re.compile(pattern)
+            except re.error:
+                check.fail(spec.key_lines["pattern"], where, "'pattern' is not a valid regular expression")
+            parameters[name] = Parameter(name, "string", (), max_length, pattern)
+        else:
+            check.fail(spec.key_lines.get("type", line), where, "'type' must be enum (default), date or string")
+    return parameters
+
+
+def _expression_line(raw: bytes, key_line: int) -> int:
+    """The line where a ``key: expression`` value starts (the next line for ``|`` and ``>`` blocks)."""
+    lines = raw.split(b"\n")
+    if key_line - 1 < len(lines):
+        after = lines[key_line - 1].split(b":", 1)[-1].strip()
+        if after[:1] in (b"|", b">"):
+            return key_line + 1
+    return key_line
+
+
+def _rules(check: _Check, root: _Map, raw_bytes: bytes) -> tuple[Rule, ...]:
+    line = root.key_lines["rules"]
+    raw = check.sequence(root["rules"], line, "'rules'")
+    if not raw:
+        check.fail(line, "'rules'", "must list at least one rule")
+    rules: list[Rule] = []
+    for index, entry_raw in enumerate(raw):
+        entry = check.mapping(entry_raw, raw.item_lines[index], f"rules[{index}]")
+        where = f"rules[{index}]"
+        check.keys(entry, where, required=("id", "description", "reason", "effect", "rank", "passes"))
+        rule_id = check.text(entry, "id", where, _NAME)
+        where = f"rule {rule_id!r}"
+        if any(r.id == rule_id for r in rules):
+            check.fail(entry.key_lines["id"], where, "duplicate rule id")
+        reason = check.text(entry, "reason", where, _REASON)
+        if reason == EVALUATION_ERROR or reason.startswith(DATA_UNAVAILABLE_PREFIX):
+            check.fail(entry.key_lines["reason"], where, f"reason {reason!r} is reserved for the engine")
+        effect = entry["effect"]
+        if effect not in ("decline", "refer"):
+            check.fail(entry.key_lines["effect"], where, "'effect' must be decline or refer")
+        rules.append(
+            Rule(
+                id=rule_id,
+                description=check.text(entry, "description", where),
+                reason=reason,
+                effect="decline" if effect == "decline" else "refer",
+                rank=check.integer(entry, "rank", where),
+                passes=check.text(entry, "passes", where),
+                line=_expression_line(raw_bytes, entry.key_lines["passes"]),
+            )
+        )
+    return tuple(rules)
+
+
+def _bands(check: _Check, root: _Map, raw_bytes: bytes) -> dict[str, tuple[Band, ...]]:
+    if "bands" not in root:
+        return {}
+    raw = check.mapping(root["bands"], root.key_lines["bands"], "'bands'")
+    bands: dict[str, tuple[Band, ...]] = {}
+    for name, entries_raw in raw.items():
+        line = raw.key_lines[name]
+        if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+            check.fail(line, "'bands'", f"band name {name!r} must be lower snake case")
+        where = f"band {name!r}"
+        entries = check.sequence(entries_raw, line, where)
+        if not entries:
+            check.fail(line, where, "must list at least one entry")
+        parsed: list[Band] = []
+        for index, entry_raw in enumerate(entries):
+            entry = check.mapping(entry_raw, entries.item_lines[index], f"{where}[{index}]")
+            check.keys(entry, f"{where}[{index}]", required=("band", "when"))
+            label = check.text(entry, "band", where, _BAND_LABEL)
+            if any(b.label == label for b in parsed):
+                check.fail(entry.key_lines["band"], where, f"duplicate band label {label!r}")
+            when = check.text(entry, "when", where)
+            parsed.append(Band(label, when, _expression_line(raw_bytes, entry.key_lines["when"])))
+        if parsed[-1].when.strip() != "true":
+            check.fail(parsed[-1].line, where, 'the last entry must be the unconditional default (when: "true")')
+        bands[name] = tuple(parsed)
+    return bands
+
+
+def _reason_texts(check: _Check, root: _Map, reasons: set[str]) -> dict[str, str]:
+    if "reason_texts" not in root:
+        return {}
+    raw = check.mapping(root["reason_texts"], root.key_lines["reason_texts"], "'reason_texts'")
+    texts: dict[str, str] = {}
+    for code in raw:
+        if code not in reasons and code != EVALUATION_ERROR and not str(code).startswith(DATA_UNAVAILABLE_PREFIX):
+            check.fail(raw.key_lines[code], "'reason_texts'", f"{code!r} is not a reason of any rule")
+        texts[str(code)] = check.text(raw, str(code), "'reason_texts'")
+    return texts
+
+
+# --- compiling ---------------------------------------------------------------------------------------
+
+
+def _row_message_name(item: CatalogItem) -> str:
+    return "".join(part.capitalize() for part in re.split(r"[._]", item.id)) + "Row"
+
+
+def _compile(
+    check: _Check,
+    inputs: tuple[CatalogItem, ...],
+    parameters: Mapping[str, Parameter],
+    rules: tuple[Rule, ...],
+    bands: Mapping[str, tuple[Band, ...]],
+) -> _Compiled:
+    """Declare the typed variables and compile every expression, requiring a bool result."""
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="veilgate_policy_rows.proto", package=_ROW_PACKAGE, syntax="proto3"
+    )
+    for item in inputs:
+        if item.type == "records":
+            message = file_proto.message_type.add(name=_row_message_name(item))
+            for number, spec in enumerate(item.fields, start=1):
+                message.field.add(
+                    name=spec.name, number=number, type=_PROTO_SCALAR[spec.type], label=_FDP.LABEL_OPTIONAL
+                )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file_proto)
+    variables: dict[str, cel.Type] = {"as_of": cel.Type.INT}
+    row_classes: dict[str, type[Message]] = {}
+    for item in inputs:
+        if item.type == "records":
+            full_name = f"{_ROW_PACKAGE}.{_row_message_name(item)}"
+            row_classes[item.id] = message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
+            variables[item.id] = cel.Type.List(cel.Type(full_name))
+        else:
+            variables[item.id] = _CEL_SCALAR[item.type]
+    for parameter in parameters.values():
+        variables[f"params.{parameter.name}"] = cel.Type.INT if parameter.type == "date" else cel.Type.STRING
+    env = cel.NewEnv(pool, variables=variables)
+
+    def compile_bool(expression: str, line: int, where: str) -> cel.Expression:
+        try:
+            program = env.compile(expression)
+        except RuntimeError as e:
+            check.fail(line, where, f"CEL does not compile: {_cel_message(e)}")
+        if program.return_type() != cel.Type.BOOL:
+            check.fail(line, where, f"expression must be bool, not {program.return_type()!r}")
+        return program
+
+    compiled_rules = tuple(compile_bool(r.passes, r.line, f"rule {r.id!r}: 'passes'") for r in rules)
+    compiled_bands = tuple(
+        (name, tuple((b.label, compile_bool(b.when, b.line, f"band {name!r} {b.label!r}: 'when'")) for b in entries))
+        for name, entries in bands.items()
+    )
+    return _Compiled(env, compiled_rules, compiled_bands, MappingProxyType(row_classes))
+
+
+def _cel_message(error: RuntimeError) -> str:
+    text = str(error).strip()
+    return text.removeprefix("INVALID_ARGUMENT: ").removesuffix("[INVALID_ARGUMENT]").strip()
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+
+class _EvaluationFailed(Exception):
+    """Internal: an expression errored, returned ERROR or a non-bool; becomes EVALUATION_ERROR."""
+
+
+def evaluate(
+    policy: Policy, *, records: Mapping[str, tuple[date, object]], params: Mapping[str, str], as_of: date
+) -> PolicyOutcome:
+    """Evaluate ``policy`` over the citizen's records of its declared inputs; pure and deterministic.
+
+    ``records`` maps item id to (department data date, JSON wire value); items other than the
+    policy's inputs are ignored and never reach CEL. Raises :class:`PolicyParameterInvalid` for bad
+    caller parameters; every data or evaluation problem is a ``REFER`` outcome instead.
+    """
+    variables: dict[str, Any] = _parameter_values(policy, params)
+    variables["as_of"] = date_to_days(as_of)
+
+    data_as_of: dict[str, date] = {}
+    missing: list[str] = []
+    for item in policy.inputs:
+        found = records.get(item.id)
+        if found is None:
+            reason = DATA_UNAVAILABLE_PREFIX + item.department.upper()
+            if reason not in missing:
+                missing.append(reason)
+            continue
+        day = found[0]
+        previous = data_as_of.get(item.department)
+        data_as_of[item.department] = day if previous is None else min(previous, day)
+    dates = MappingProxyType({dept: day.isoformat() for dept, day in data_as_of.items()})
+    if missing:
+        return PolicyOutcome("REFER", MappingProxyType({}), tuple(missing[:MAX_REASONS]), dates)
+
+    compiled = policy._compiled
+    try:
+        for item in policy.inputs:
+            variables[item.id] = _cel_value(item, records[item.id][1], compiled.row_classes.get(item.id))
+        activation = compiled.env.Activation(variables)
+        passed = [_run(program, activation) for program in compiled.rules]
+        bands = {name: _first_band(entries, activation) for name, entries in compiled.bands}
+    except (_EvaluationFailed, CatalogValueError, ValueError, TypeError, RuntimeError):
+        return PolicyOutcome("REFER", MappingProxyType({}), (EVALUATION_ERROR,), dates)
+
+    failing = sorted(
+        (rule for rule, ok in zip(policy.rules, passed, strict=True) if not ok),
+        key=lambda rule: rule.rank,
+    )
+    decision: Decision = "ELIGIBLE"
+    if any(rule.effect == "decline" for rule in failing):
+        decision = "NOT_ELIGIBLE"
+    elif failing:
+        decision = "REFER"
+    reasons: list[str] = []
+    for rule in failing:
+        if rule.reason not in reasons:
+            reasons.append(rule.reason)
+    return PolicyOutcome(decision, MappingProxyType(bands), tuple(reasons[:MAX_REASONS]), dates)
+
+
+def _run(program: cel.Expression, activation: cel.Activation) -> bool:
+    result = program.eval(activation)
+    if result.type() != cel.Type.BOOL:  # ERROR-typed values do not raise
+        raise _EvaluationFailed
+    value = result.value()
+    if type(value) is not bool:
+        raise _EvaluationFailed
+    return value
+
+
+def _first_band(entries: tuple[tuple[str, cel.Expression], ...], activation: cel.Activation) -> str:
+    for label, program in entries:
+        if _run(program, activation):
+            return label
+    raise _EvaluationFailed  # unreachable: the last entry is "true"
+
+
+def _parameter_values(policy: Policy, params: Mapping[str, str]) -> dict[str, Any]:
+    unknown = sorted(set(params) - set(policy.parameters))
+    if unknown:
+        raise PolicyParameterInvalid(f"policy {policy.id!r} has no parameter {unknown[0]!r}")
+    values: dict[str, Any] = {}
+    for name, parameter in policy.parameters.items():
+        if name not in params:
+            raise PolicyParameterInvalid(f"policy {policy.id!r} needs parameter {name!r}")
+        value = params[name]
+        if not isinstance(value, str):
+            raise PolicyParameterInvalid(f"parameter {name!r} must be a string")
+        if parameter.type == "enum":
+            if value not in parameter.values:
+                raise PolicyParameterInvalid(f"parameter {name!r} must be one of {', '.join(parameter.values)}")
+            values[f"params.{name}"] = value
+        elif parameter.type == "date":
+            values[f"params.{name}"] = date_to_days(_parse_date(value, f"parameter {name!r}"))
+        else:
+            assert parameter.max_length is not None
+            assert parameter.pattern is not None
+            if len(value) > parameter.max_length or re.fullmatch(parameter.pattern, value) is None:
+                raise PolicyParameterInvalid(f"parameter {name!r} is not of the declared form")
+            values[f"params.{name}"] = value
+    return values
+
+
+def _parse_date(text: str, where: str) -> date:
+    if _DATE.fullmatch(text) is None:
+        raise PolicyParameterInvalid(f"{where} must be a date YYYY-MM-DD")
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise PolicyParameterInvalid(f"{where} is not a calendar date") from None
+
+
+def _scalar(kind: ScalarType, value: object) -> object:
+    if kind == "decimal":
+        assert isinstance(value, str)
+        return float(value)
+    if kind == "date":
+        assert isinstance(value, str)
+        return date_to_days(date.fromisoformat(value))
+    return value
+
+
+def _cel_value(item: CatalogItem, value: object, row_class: type[Message] | None) -> object:
+    """JSON wire value -> CEL value, after checking it against the catalog (a bad value never passes)."""
+    validate_value(item, value)
+    if item.type != "records":
+        return _scalar(item.type, value)
+    assert row_class is not None
+    assert isinstance(value, list)
+    return [row_class(**{spec.name: _scalar(spec.type, row[spec.name]) for spec in item.fields}) for row in value]

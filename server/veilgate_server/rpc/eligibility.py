@@ -1,0 +1,54 @@
+"""EligibilityService: proto in, gateway operation, proto out. The caller comes from the interceptor."""
+
+from __future__ import annotations
+
+import grpc
+
+from veilgate.v1 import eligibility_pb2, eligibility_pb2_grpc
+from veilgate_server.core.policy import Policy
+from veilgate_server.gateway import Gateway
+from veilgate_server.rpc.auth import current_institution
+
+__all__ = ["EligibilityServicer", "policy_summary"]
+
+
+def policy_summary(policy: Policy) -> eligibility_pb2.PolicySummary:
+    return eligibility_pb2.PolicySummary(
+        id=policy.id,
+        version=policy.version,
+        sha256=policy.sha256,
+        purpose=policy.purpose,
+        description=policy.description,
+        parameters=[
+            eligibility_pb2.PolicyParameter(name=p.name, type=p.type, values=list(p.values))
+            for p in policy.parameters.values()
+        ],
+        reason_codes=list(policy.reason_codes),
+        bands={
+            name: eligibility_pb2.BandLabels(labels=[band.label for band in bands])
+            for name, bands in policy.bands.items()
+        },
+    )
+
+
+class EligibilityServicer(eligibility_pb2_grpc.EligibilityServiceServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def ListPolicies(
+        self, request: eligibility_pb2.ListPoliciesRequest, context: grpc.ServicerContext
+    ) -> eligibility_pb2.ListPoliciesResponse:
+        policies = self._gateway.policies_for(current_institution())
+        return eligibility_pb2.ListPoliciesResponse(policies=[policy_summary(p) for p in policies])
+
+    def Evaluate(
+        self, request: eligibility_pb2.EvaluateRequest, context: grpc.ServicerContext
+    ) -> eligibility_pb2.EvaluateResponse:
+        signed = self._gateway.evaluate(
+            current_institution(),
+            policy_id=request.policy_id,
+            consent_token=request.consent_token,
+            request_id=request.request_id,
+            parameters=dict(request.parameters),
+        )
+        return eligibility_pb2.EvaluateResponse(signed_result=signed, gateway_key_id=self._gateway.signer.key_id)

@@ -1,0 +1,407 @@
+"""EligibilityService over real mutual TLS, on every storage backend: consents, results, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import pytest
+from conftest import GatewayHarness, InstitutionCredentials
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from veilgate import CitizenWallet, GatewayKey, PolicyPin, verify_result
+from veilgate._internal import jose
+from veilgate.errors import (
+    CitizenBudgetExhausted,
+    ClientCertificateRequired,
+    ConsentExhausted,
+    ConsentExpired,
+    ConsentNotYetValid,
+    ConsentPolicyChanged,
+    ConsentPolicyNotCovered,
+    ConsentPurposeNotAllowed,
+    ConsentRevoked,
+    ConsentUnknown,
+    ConsentWrongInstitution,
+    GatewayUnavailable,
+    InstitutionDisabled,
+    InstitutionUnknown,
+    PolicyParameterInvalid,
+    PolicyUnknown,
+    RequestIdReused,
+    ResultInvalid,
+    TokenInvalid,
+)
+from veilgate.v1 import eligibility_pb2, eligibility_pb2_grpc
+from veilgate_server.crypto.institutions import InstitutionCA
+from veilgate_server.storage import StoredRecord
+
+LOAN = "credit.consumer_loan"
+LOAN_PARAMS = {"requested_amount_band": "up_to_50k"}
+
+
+@dataclasses.dataclass
+class Scene:
+    """A citizen with a wallet, a bank and an insurer, on a running gateway."""
+
+    gw: GatewayHarness
+    citizen: str
+    wallet: CitizenWallet
+    bank: InstitutionCredentials
+    insurer: InstitutionCredentials
+
+    def consent(self, policies: list[str] | None = None, **kw: Any) -> str:
+        args: dict[str, Any] = dict(institution_id="bank-a", purpose="credit.consumer_loan", max_uses=5, valid_for=3600)
+        args.update(kw)
+        pins = [self.gw.pin(p) for p in policies or [LOAN]]
+        with self.gw.client(self.wallet) as client:
+            token, _ = client.grant_consent(policies=pins, **args)
+        return token
+
+
+@pytest.fixture
+def scene(gateway_harness: GatewayHarness) -> Scene:
+    citizen = gateway_harness.citizen_ids[0]
+    wallet = gateway_harness.enroll(citizen)
+    return Scene(
+        gw=gateway_harness,
+        citizen=citizen,
+        wallet=wallet,
+        bank=gateway_harness.register_institution("bank-a", "bank"),
+        insurer=gateway_harness.register_institution("insurer-a", "insurer"),
+    )
+
+
+def _reason(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return error.code(), info.reason  # type: ignore[attr-defined]
+
+
+def test_bank_gets_a_signed_verifiable_result_and_never_a_record_value(scene: Scene) -> None:
+    token = scene.consent()
+    with scene.gw.institution_client(scene.bank) as bank:
+        policies = {p.id: p for p in bank.list_policies()}
+        result = bank.evaluate(LOAN, token, LOAN_PARAMS)
+        keys = bank.gateway_keys()
+    assert set(policies) == {"credit.consumer_loan", "credit.sme_loan", "credit.mortgage_prequal"}
+    assert policies[LOAN].sha256 == scene.gw.gateway.policies[LOAN].sha256
+    assert result.decision in {"ELIGIBLE", "NOT_ELIGIBLE", "REFER"}
+    assert set(result.bands) == {"credit_limit"}
+    assert len(result.reasons) <= 4
+    assert result.institution_id == "bank-a"
+    assert result.policy_sha256 == scene.gw.gateway.policies[LOAN].sha256
+    assert set(result.data_as_of) <= {"social_insurance", "taxation", "court_enforcement"}
+    # Offline: anyone with the gateway key can check it; a changed byte fails.
+    assert verify_result(result.signed_result, gateway_keys=keys).decision == result.decision
+    header, payload, signature = result.signed_result.split(".")
+    forged = jose.b64url_encode(
+        json.dumps({**json.loads(jose.b64url_decode(payload)), "decision": "ELIGIBLE"}).encode()
+    )
+    with pytest.raises(ResultInvalid):
+        verify_result(f"{header}.{forged}.{signature}", gateway_keys=keys)
+    with pytest.raises(ResultInvalid):
+        verify_result(result.signed_result, gateway_keys=keys, institution_id="bank-b")
+
+
+def test_insurer_sees_only_insurance_policies_and_checks_a_claim(scene: Scene) -> None:
+    stays = scene.gw.store.records.for_citizen(scene.citizen, ["medical_insurance.inpatient_stays"])[0]
+    stay = {
+        "admission_date": "2026-03-02",
+        "discharge_date": "2026-03-09",
+        "hospital_code": "H37010200101",
+        "hospital_name": "Jinan Central Hospital",
+        "diagnosis_category": json.loads(stays.value_json)[0]["diagnosis_category"]
+        if json.loads(stays.value_json)
+        else "respiratory",
+        "total_amount": "23000.00",
+        "fund_paid_amount": "15000.00",
+        "self_paid_amount": "8000.00",
+    }
+    row = {k: stay[k] for k in stay}
+    scene.gw.store.records.put_many(
+        [StoredRecord(scene.citizen, stays.item_id, stays.department, stays.as_of, json.dumps([row]))]
+    )
+    token = scene.consent(["insurance.inpatient_claim"], institution_id="insurer-a", purpose="insurance.claim")
+    claim = {
+        "claimed_admission_date": "2026-03-02",
+        "claimed_discharge_date": "2026-03-09",
+        "hospital_code": "H37010200101",
+    }
+    with scene.gw.institution_client(scene.insurer) as insurer:
+        assert {p.id for p in insurer.list_policies()} == {"insurance.inpatient_claim", "insurance.health_underwriting"}
+        matched = insurer.evaluate("insurance.inpatient_claim", token, claim)
+        unmatched = insurer.evaluate("insurance.inpatient_claim", token, {**claim, "hospital_code": "H99999999999"})
+    assert matched.decision == "ELIGIBLE"
+    assert matched.bands == {"self_paid": "5k_to_20k"}
+    assert unmatched.decision == "NOT_ELIGIBLE"
+    assert unmatched.reasons == ("NO_MATCHING_STAY",)
+    for result in (matched, unmatched):
+        payload = jose.b64url_decode(result.signed_result.split(".")[1]).decode()
+        assert "8000" not in payload
+        assert "Jinan Central" not in payload
+
+
+def test_mtls_identity_is_required_and_checked(scene: Scene, tmp_path: Any) -> None:
+    # No client certificate at all.
+    with scene.gw.channel() as channel:
+        stub = eligibility_pb2_grpc.EligibilityServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListPolicies(eligibility_pb2.ListPoliciesRequest(), timeout=5)
+    assert _reason(info.value) == (grpc.StatusCode.UNAUTHENTICATED, "CLIENT_CERTIFICATE_REQUIRED")
+    # A certificate from the right CA for an institution that is not registered.
+    cert, key, _ = scene.gw.institution_ca.issue_client_certificate("bank-ghost", now=datetime.now(UTC))
+    ghost = InstitutionCredentials("bank-ghost", cert, key)
+    with scene.gw.institution_client(ghost) as client, pytest.raises(InstitutionUnknown):
+        client.list_policies()
+    # A disabled institution.
+    scene.gw.store.institutions.set_enabled("bank-a", False)
+    with scene.gw.institution_client(scene.bank) as bank, pytest.raises(InstitutionDisabled):
+        bank.list_policies()
+    scene.gw.store.institutions.set_enabled("bank-a", True)
+    # A certificate from another CA never gets past the TLS handshake.
+    rogue = InstitutionCA.create(now=datetime.now(UTC))
+    cert, key, _ = rogue.issue_client_certificate("bank-a", now=datetime.now(UTC))
+    impostor = InstitutionCredentials("bank-a", cert, key)
+    with scene.gw.institution_client(impostor, timeout=3) as client, pytest.raises(GatewayUnavailable):
+        client.list_policies()
+    with scene.gw.institution_client(scene.bank) as bank:
+        assert bank.list_policies()
+    assert ClientCertificateRequired.reason == "CLIENT_CERTIFICATE_REQUIRED"
+
+
+def test_one_institution_cannot_use_anothers_consent(scene: Scene) -> None:
+    token = scene.consent()
+    other = scene.gw.register_institution("bank-b", "bank")
+    with scene.gw.institution_client(other) as bank_b, pytest.raises(ConsentWrongInstitution):
+        bank_b.evaluate(LOAN, token, LOAN_PARAMS)
+
+
+def test_consent_rules_each_with_their_own_reason(scene: Scene) -> None:
+    gw = scene.gw
+    token = scene.consent()
+    with gw.institution_client(scene.bank) as bank:
+        with pytest.raises(ConsentPolicyNotCovered):
+            bank.evaluate("credit.sme_loan", token, {"requested_amount_band": "up_to_300k"})
+        with pytest.raises(PolicyUnknown):
+            bank.evaluate("credit.no_such_policy", token, LOAN_PARAMS)
+        with pytest.raises(PolicyParameterInvalid):
+            bank.evaluate(LOAN, token, {"requested_amount_band": "1000000"})
+        with pytest.raises(PolicyParameterInvalid):
+            bank.evaluate(LOAN, token, {})
+        # A consent that was never registered.
+        unregistered = scene.wallet.consent_token(
+            institution_id="bank-a", purpose="credit.consumer_loan", policies=[gw.pin(LOAN)], max_uses=1, valid_for=60
+        )
+        with pytest.raises(ConsentUnknown):
+            bank.evaluate(LOAN, unregistered, LOAN_PARAMS)
+        # Not yet valid, then expired (the clock is moved, never slept on).
+        later = scene.consent(valid_for=600)
+        gw.clock.advance(-1000)
+        with pytest.raises(ConsentNotYetValid):
+            bank.evaluate(LOAN, later, LOAN_PARAMS)
+        gw.clock.advance(1000 + 601 + 30)
+        with pytest.raises(ConsentExpired):
+            bank.evaluate(LOAN, later, LOAN_PARAMS)
+        gw.clock.advance(-(601 + 30))
+        # The policy text changed since the citizen consented.
+        original = gw.gateway.policies
+        gw.gateway.policies = {**original, LOAN: dataclasses.replace(original[LOAN], sha256="0" * 64)}
+        try:
+            with pytest.raises(ConsentPolicyChanged):
+                bank.evaluate(LOAN, token, LOAN_PARAMS)
+        finally:
+            gw.gateway.policies = original
+        # The citizen rotated keys: consents signed with the old key stop working.
+        bank.evaluate(LOAN, token, LOAN_PARAMS)
+        new = scene.wallet.with_new_keys()
+        gw.store.citizens.rotate_keys(
+            scene.citizen,
+            signing_key=new.signing_public_key,
+            encryption_key=new.encryption_public_key,
+            at=datetime.now(UTC),
+        )
+        with pytest.raises(TokenInvalid):
+            bank.evaluate(LOAN, token, LOAN_PARAMS)
+
+
+def test_purpose_must_fit_the_institution_kind(scene: Scene) -> None:
+    # The gateway refuses to register a consent that could never be used ...
+    with pytest.raises(ConsentPurposeNotAllowed):
+        scene.consent(institution_id="insurer-a", purpose="credit.consumer_loan")
+    # ... and refuses it at evaluation too, should one be in the store.
+    token = scene.wallet.consent_token(
+        institution_id="insurer-a",
+        purpose="credit.consumer_loan",
+        policies=[scene.gw.pin(LOAN)],
+        max_uses=1,
+        valid_for=60,
+    )
+    claims = jose.unverified_claims(token, typ="veilgate-consent+jwt").claims
+    scene.gw.store.consents.register(
+        consent_id=claims["jti"],
+        citizen_id=scene.citizen,
+        institution_id="insurer-a",
+        purpose=claims["purpose"],
+        policies=[(LOAN, scene.gw.pin(LOAN).sha256)],
+        not_before=datetime.fromtimestamp(claims["nbf"], UTC),
+        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        max_uses=1,
+        token=token,
+        at=datetime.now(UTC),
+    )
+    with scene.gw.institution_client(scene.insurer) as insurer, pytest.raises(ConsentPurposeNotAllowed):
+        insurer.evaluate(LOAN, token, LOAN_PARAMS)
+
+
+def test_revocation_takes_effect_on_the_next_call(scene: Scene) -> None:
+    token = scene.consent()
+    with scene.gw.institution_client(scene.bank) as bank:
+        bank.evaluate(LOAN, token, LOAN_PARAMS)
+        with scene.gw.client(scene.wallet) as citizen:
+            consent_id = citizen.list_consents()[0].consent_id
+            revoked = citizen.revoke_consent(consent_id)
+            assert revoked.revoked_at is not None
+            assert citizen.revoke_consent(consent_id).revoked_at == revoked.revoked_at  # idempotent
+        with pytest.raises(ConsentRevoked):
+            bank.evaluate(LOAN, token, LOAN_PARAMS)
+
+
+def test_idempotent_retry_spends_one_use(scene: Scene) -> None:
+    token = scene.consent(max_uses=2)
+    with scene.gw.institution_client(scene.bank) as bank:
+        first = bank.evaluate(LOAN, token, LOAN_PARAMS, request_id="loan-application-0001")
+        again = bank.evaluate(LOAN, token, LOAN_PARAMS, request_id="loan-application-0001")
+        assert again.signed_result == first.signed_result
+        with pytest.raises(RequestIdReused):
+            bank.evaluate(LOAN, token, {"requested_amount_band": "200k_to_500k"}, request_id="loan-application-0001")
+        bank.evaluate(LOAN, token, LOAN_PARAMS, request_id="loan-application-0002")
+        with pytest.raises(ConsentExhausted) as info:
+            bank.evaluate(LOAN, token, LOAN_PARAMS, request_id="loan-application-0003")
+    assert "uses" in info.value.message
+    with scene.gw.client(scene.wallet) as citizen:
+        [consent] = citizen.list_consents()
+        history = citizen.list_evaluations()
+    assert (consent.uses, consent.max_uses) == (2, 2)
+    assert [(e.institution_id, e.policy_id) for e in history] == [("bank-a", LOAN)] * 2
+
+
+def test_concurrent_callers_get_exactly_max_uses(scene: Scene) -> None:
+    token = scene.consent(max_uses=3)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def call(n: int) -> None:
+        with scene.gw.institution_client(scene.bank) as bank:
+            try:
+                bank.evaluate(LOAN, token, LOAN_PARAMS, request_id=f"concurrent-{n:04d}")
+                outcome = "ok"
+            except ConsentExhausted:
+                outcome = "exhausted"
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["exhausted"] * 5 + ["ok"] * 3
+
+
+def test_daily_budget_bounds_what_repeated_queries_reveal(scene: Scene) -> None:
+    scene.gw.gateway.daily_budget = 2
+    token = scene.consent(max_uses=10, valid_for=3 * 24 * 3600)
+    with scene.gw.institution_client(scene.bank) as bank:
+        bank.evaluate(LOAN, token, LOAN_PARAMS)
+        bank.evaluate(LOAN, token, LOAN_PARAMS)
+        with pytest.raises(CitizenBudgetExhausted):
+            bank.evaluate(LOAN, token, LOAN_PARAMS)
+    scene.gw.clock.advance(24 * 3600 + 1)
+    with scene.gw.institution_client(scene.bank) as bank:
+        bank.evaluate(LOAN, token, LOAN_PARAMS)
+
+
+def _income_history(rows: int, amount: str, as_of: datetime) -> str:
+    months = []
+    year, month = as_of.year, as_of.month
+    for _ in range(rows):
+        month -= 1
+        if month == 0:
+            year, month = year - 1, 12
+        months.append({"month": f"{year:04d}-{month:02d}-01", "gross_income": amount, "tax_withheld": "100.00"})
+    return json.dumps(months)
+
+
+def test_privacy_canary_income_never_reaches_the_institution(scene: Scene) -> None:
+    """For a citizen with a unique canary income, run every bank policy with every allowed parameter
+    under a valid consent: the canary appears in no byte the bank receives, and two incomes in the
+    same band give the same answers."""
+    gw = scene.gw
+    canary, twin = "87654.3219", "61234.5678"  # both far above every income threshold
+    [income] = gw.store.records.for_citizen(scene.citizen, ["taxation.monthly_income_history"])
+    now = datetime.fromtimestamp(gw.clock.now, UTC)
+    bank_policies = [p for p in gw.gateway.policies.values() if "bank" in p.institution_kinds]
+
+    def answers(amount: str) -> tuple[list[tuple[Any, ...]], bytes]:
+        gw.store.records.put_many(
+            [
+                StoredRecord(
+                    scene.citizen, income.item_id, income.department, income.as_of, _income_history(14, amount, now)
+                )
+            ]
+        )
+        token = scene.wallet.consent_token(
+            institution_id="bank-a", purpose="credit.consumer_loan", policies=[gw.pin(LOAN)], max_uses=50, valid_for=600
+        )
+        with gw.client(scene.wallet) as citizen:
+            citizen.register_consent(token)
+        seen = bytearray()
+        out = []
+        with gw.institution_client(scene.bank) as bank:
+            seen += b"".join(p.description.encode() + p.sha256.encode() for p in bank.list_policies())
+            for policy in bank_policies:
+                if policy.id != LOAN:
+                    continue
+                for band in policy.parameters["requested_amount_band"].values:
+                    result = bank.evaluate(policy.id, token, {"requested_amount_band": band})
+                    seen += result.signed_result.encode() + jose.b64url_decode(result.signed_result.split(".")[1])
+                    out.append((policy.id, band, result.decision, dict(result.bands), result.reasons))
+        return out, bytes(seen)
+
+    first, seen_first = answers(canary)
+    second, _ = answers(twin)
+    assert canary.encode() not in seen_first
+    assert canary.replace(".", "").encode() not in seen_first
+    assert first == second
+    assert len(first) == 3
+
+
+def test_results_from_the_raw_rpc_carry_error_info(scene: Scene) -> None:
+    token = scene.consent()
+    bank = scene.bank
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=scene.gw.ca_pem, private_key=bank.private_key_pem, certificate_chain=bank.certificate_pem
+    )
+    with grpc.secure_channel(scene.gw.mtls_target, credentials) as channel:
+        stub = eligibility_pb2_grpc.EligibilityServiceStub(channel)
+        request = eligibility_pb2.EvaluateRequest(policy_id=LOAN, consent_token=token, request_id="short")
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Evaluate(request, timeout=5)
+        assert _reason(info.value) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_INVALID")
+        reply = stub.Evaluate(
+            eligibility_pb2.EvaluateRequest(
+                policy_id=LOAN, consent_token=token, request_id="raw-request-01", parameters=LOAN_PARAMS
+            ),
+            timeout=5,
+        )
+    key = GatewayKey(scene.gw.gateway.signer.key_id, scene.gw.gateway.signer.public_key)
+    assert verify_result(reply.signed_result, gateway_keys=[key]).request_id == "raw-request-01"
+    assert PolicyPin(LOAN, "x" * 64).id == LOAN

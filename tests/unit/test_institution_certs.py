@@ -1,0 +1,229 @@
+"""Institution client certificates: issued by the institution CA, for clientAuth, bound to exactly
+one SPIFFE URI SAN chosen by the operator, whatever a CSR asks for."""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from veilgate.errors import ConfigurationError
+from veilgate_server.core.identity import CallerIdentity, identity_from_uri_sans
+from veilgate_server.crypto.institutions import (
+    CA_CERTIFICATE_FILE,
+    CA_KEY_FILE,
+    TRUST_DOMAIN,
+    InstitutionCA,
+    institution_spiffe_id,
+)
+from veilgate_server.crypto.tls import CertificateAuthority
+
+NOW = dt.datetime(2025, 3, 1, 9, 30, tzinfo=dt.UTC)
+BANK = "bank.qilu"
+
+
+@pytest.fixture(scope="module")
+def ca() -> InstitutionCA:
+    return InstitutionCA.create(now=NOW)
+
+
+def _uris(cert: x509.Certificate) -> list[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def _path_validate(cert: x509.Certificate, ca: InstitutionCA) -> list[str]:
+    """RFC 5280 path validation as a TLS server does it for a client (clientAuth EKU); the URI SANs."""
+    verifier = PolicyBuilder().store(Store([ca.certificate])).time(NOW).build_client_verifier()
+    verified = verifier.verify(cert, [])
+    assert verified.subjects is not None
+    return [name.value for name in verified.subjects if isinstance(name, x509.UniformResourceIdentifier)]
+
+
+def _check_client_certificate(cert: x509.Certificate, ca: InstitutionCA, *, trust_domain: str = TRUST_DOMAIN) -> None:
+    cert.verify_directly_issued_by(ca.certificate)  # raises on a bad signature or issuer mismatch
+    assert _path_validate(cert, ca) == [institution_spiffe_id(trust_domain, BANK)]
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert len(list(san)) == 1  # no DNS, IP or e-mail names: only the SPIFFE URI
+    assert _uris(cert) == [institution_spiffe_id(trust_domain, BANK)]
+    assert identity_from_uri_sans(_uris(cert), trust_domain=trust_domain) == CallerIdentity("institution", BANK)
+    assert cert.not_valid_before_utc <= NOW < cert.not_valid_after_utc
+
+
+def _csr(
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ed448.Ed448PrivateKey,
+) -> bytes:
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bank.other")]))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.UniformResourceIdentifier("spiffe://veilgate.local/institution/bank.other"),
+                    x509.UniformResourceIdentifier("spiffe://veilgate.local/department/tax"),
+                    x509.DNSName("gateway.veilgate.local"),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, algorithm)
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def test_spiffe_id() -> None:
+    assert institution_spiffe_id("veilgate.local", BANK) == "spiffe://veilgate.local/institution/bank.qilu"
+    with pytest.raises(ValueError, match="id must match"):
+        institution_spiffe_id("veilgate.local", "Bank Qilu")
+
+
+def test_issued_certificate_verifies_against_the_ca(ca: InstitutionCA) -> None:
+    cert_pem, key_pem, serial_hex = ca.issue_client_certificate(BANK, trust_domain=TRUST_DOMAIN, now=NOW)
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    _check_client_certificate(cert, ca)
+    assert serial_hex == f"{cert.serial_number:x}"
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert isinstance(key.curve, ec.SECP256R1)
+    assert key.public_key() == cert.public_key()
+    assert cert.not_valid_after_utc == NOW + dt.timedelta(days=397)
+
+
+def test_serials_differ(ca: InstitutionCA) -> None:
+    serials = {ca.issue_client_certificate(BANK, now=NOW)[2] for _ in range(5)}
+    assert len(serials) == 5
+
+
+def test_certificate_from_another_ca_does_not_verify(ca: InstitutionCA) -> None:
+    other = InstitutionCA.create(now=NOW)
+    cert = x509.load_pem_x509_certificate(other.issue_client_certificate(BANK, now=NOW)[0])
+    with pytest.raises(InvalidSignature):
+        cert.verify_directly_issued_by(ca.certificate)
+    with pytest.raises(VerificationError):
+        _path_validate(cert, ca)
+
+
+def test_custom_trust_domain(ca: InstitutionCA) -> None:
+    cert_pem, _, _ = ca.issue_client_certificate(BANK, trust_domain="gov.jinan", now=NOW)
+    _check_client_certificate(x509.load_pem_x509_certificate(cert_pem), ca, trust_domain="gov.jinan")
+
+
+def test_validity_never_exceeds_the_ca(ca: InstitutionCA) -> None:
+    cert_pem, _, _ = ca.issue_client_certificate(BANK, now=NOW, days=100_000)
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    assert cert.not_valid_after_utc == ca.certificate.not_valid_after_utc
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ec.generate_private_key(ec.SECP256R1()),
+        ed25519.Ed25519PrivateKey.generate(),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    ],
+    ids=["p256", "ed25519", "rsa2048"],
+)
+def test_sign_csr_ignores_requested_names_and_extensions(
+    ca: InstitutionCA, key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+) -> None:
+    cert_pem, serial_hex = ca.sign_csr(_csr(key), BANK, trust_domain=TRUST_DOMAIN, now=NOW)
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    _check_client_certificate(cert, ca)
+    assert cert.public_key() == key.public_key()
+    assert serial_hex == f"{cert.serial_number:x}"
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == BANK
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (ec.generate_private_key(ec.SECP384R1()), "only P-256"),
+        (rsa.generate_private_key(public_exponent=65537, key_size=1024), "at least 2048"),  # noqa: S505 (refused)
+        (ed448.Ed448PrivateKey.generate(), "not accepted"),
+    ],
+    ids=["p384", "rsa1024", "ed448"],
+)
+def test_sign_csr_refuses_weak_or_unexpected_keys(
+    ca: InstitutionCA,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed448.Ed448PrivateKey,
+    message: str,
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ca.sign_csr(_csr(key), BANK, now=NOW)
+
+
+def test_sign_csr_refuses_a_bad_signature(ca: InstitutionCA) -> None:
+    pem = _csr(ec.generate_private_key(ec.SECP256R1()))
+    der = bytearray(x509.load_pem_x509_csr(pem).public_bytes(serialization.Encoding.DER))
+    der[-1] ^= 0x01  # last byte of the signature
+    tampered = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(ConfigurationError, match="signature"):
+        ca.sign_csr(tampered, BANK, now=NOW)
+
+
+def test_sign_csr_refuses_garbage(ca: InstitutionCA) -> None:
+    with pytest.raises(ConfigurationError, match="not a valid PEM"):
+        ca.sign_csr(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", BANK, now=NOW)
+
+
+def test_sign_csr_checks_the_institution_id(ca: InstitutionCA) -> None:
+    with pytest.raises(ValueError, match="id must match"):
+        ca.sign_csr(_csr(ec.generate_private_key(ec.SECP256R1())), "bank/../x", now=NOW)
+
+
+def test_load_or_create_persists_the_ca(tmp_path: Path) -> None:
+    directory = tmp_path / "pki"
+    created = InstitutionCA.load_or_create(directory, now=NOW)
+
+    key_path = directory / CA_KEY_FILE
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    assert (directory / CA_CERTIFICATE_FILE).read_bytes() == created.certificate_pem
+
+    loaded = InstitutionCA.load_or_create(directory, now=NOW + dt.timedelta(days=1))
+    assert loaded.certificate_pem == created.certificate_pem
+    cert = x509.load_pem_x509_certificate(loaded.issue_client_certificate(BANK, now=NOW)[0])
+    _check_client_certificate(cert, created)
+
+
+def test_institution_ca_is_not_the_server_ca(tmp_path: Path) -> None:
+    ca = InstitutionCA.load_or_create(tmp_path, now=NOW)
+    assert not (tmp_path / "ca.pem").exists()
+    assert ca.certificate.subject.rfc4514_string() == "CN=Veilgate institution CA"
+
+
+def test_load_refuses_a_half_present_ca(tmp_path: Path) -> None:
+    InstitutionCA.load_or_create(tmp_path, now=NOW)
+    (tmp_path / CA_KEY_FILE).unlink()
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        InstitutionCA.load_or_create(tmp_path, now=NOW)
+    assert not (tmp_path / CA_KEY_FILE).exists()
+
+
+def test_load_refuses_a_mismatched_key(tmp_path: Path) -> None:
+    InstitutionCA.load_or_create(tmp_path, now=NOW)
+    other = CertificateAuthority.create("other", now=NOW)
+    (tmp_path / CA_CERTIFICATE_FILE).write_bytes(other.certificate_pem)
+    with pytest.raises(ConfigurationError, match="does not match"):
+        InstitutionCA.load_or_create(tmp_path, now=NOW)
+
+
+def test_load_refuses_garbage(tmp_path: Path) -> None:
+    (tmp_path / CA_CERTIFICATE_FILE).write_bytes(b"not a certificate")
+    (tmp_path / CA_KEY_FILE).write_bytes(b"not a key")
+    with pytest.raises(ConfigurationError, match="not valid PEM"):
+        InstitutionCA.load_or_create(tmp_path, now=NOW)
