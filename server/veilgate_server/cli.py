@@ -25,6 +25,8 @@ from veilgate.errors import ConfigurationError, VeilgateError
 if TYPE_CHECKING:
     from veilgate_server.config import Settings
 
+TRUST_DOMAIN = "veilgate.local"  # the default SPIFFE trust domain (veilgate_server.crypto.institutions)
+
 __all__ = ["main"]
 
 EXIT_ERROR = 1
@@ -36,10 +38,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     # server extra is missing instead of failing at import.
     from veilgate_server.config import Settings
 
-    settings = Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
-    if getattr(args, "gateway_id", None):
-        settings = Settings(data_dir=settings.data_dir, database_url=settings.database_url, gateway_id=args.gateway_id)
-    return settings
+    return Settings.from_env(
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        policies_dir=args.policies_dir,
+        governance_key=getattr(args, "governance_key", None),
+        gateway_id=getattr(args, "gateway_id", None),
+    )
 
 
 def _now() -> datetime:
@@ -159,28 +164,140 @@ def cmd_wallet_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_institution_add(args: argparse.Namespace) -> int:
+    from veilgate_server.crypto import ensure_local_tls
+    from veilgate_server.crypto.institutions import InstitutionCA
+    from veilgate_server.crypto.keys import write_private_file
+
+    settings = _settings(args)
+    csr = None
+    if args.csr:
+        try:
+            csr = Path(args.csr).read_bytes()
+        except OSError as e:
+            raise ConfigurationError(f"cannot read CSR {args.csr}: {e.strerror}") from e
+    ca = InstitutionCA.load_or_create(settings.tls_dir, now=_now())
+    gateway_ca = ensure_local_tls(settings.tls_dir, now=_now())[0].ca_certificate
+    out = Path(args.out_dir) if args.out_dir else settings.institutions_dir / args.id
+    store = settings.open_store()
+    try:
+        # Issue first: a refused CSR must not leave a registered institution without a certificate.
+        key_pem: bytes | None = None
+        if csr is not None:
+            cert_pem, serial = ca.sign_csr(csr, args.id, trust_domain=args.trust_domain, now=_now())
+        else:
+            cert_pem, key_pem, serial = ca.issue_client_certificate(args.id, trust_domain=args.trust_domain, now=_now())
+        institution = store.institutions.register(args.id, kind=args.kind, name=args.name, at=_now())
+        store.institutions.record_certificate(args.id, serial)
+    finally:
+        store.close()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "client.pem").write_bytes(cert_pem)
+        if key_pem is not None:
+            (out / "client.key").unlink(missing_ok=True)
+            write_private_file(out / "client.key", key_pem)
+        (out / "gateway-ca.pem").write_bytes(gateway_ca.read_bytes())
+    except OSError as e:
+        raise ConfigurationError(f"registered, but cannot write the certificate to {out}: {e.strerror}") from e
+    print(f"registered {institution.kind} {institution.institution_id} ({institution.name})")
+    print(f"client certificate: {out / 'client.pem'} (serial {serial})")
+    if key_pem is not None:
+        print(f"private key:        {out / 'client.key'}  (hand over securely; mode 0600)")
+    print(f"trust for the gateway: {out / 'gateway-ca.pem'}")
+    return 0
+
+
+def cmd_institution_list(args: argparse.Namespace) -> int:
+    store = _settings(args).open_store()
+    try:
+        institutions = store.institutions.list()
+    finally:
+        store.close()
+    for i in institutions:
+        state = "enabled" if i.enabled else "DISABLED"
+        print(f"{i.institution_id:<24} {i.kind:<8} {state:<9} {i.name}")
+    if not institutions:
+        print("no institutions registered")
+    return 0
+
+
+def cmd_institution_enable(args: argparse.Namespace) -> int:
+    store = _settings(args).open_store()
+    try:
+        institution = store.institutions.set_enabled(args.id, args.enable)
+    finally:
+        store.close()
+    print(f"institution {institution.institution_id} is now {'enabled' if institution.enabled else 'disabled'}")
+    return 0
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from veilgate_server.policy_tests import run_policy_tests
+
+    settings = _settings(args)
+    report = run_policy_tests(settings.policies_path, settings.load_catalog())
+    print(report.format_report())
+    return 0 if report.ok else EXIT_ERROR
+
+
+def cmd_policy_list(args: argparse.Namespace) -> int:
+    from veilgate_server.core.policy import load_policies
+
+    settings = _settings(args)
+    for policy in load_policies(settings.policies_path, settings.load_catalog()).values():
+        print(f"{policy.id:<32} v{policy.version}  {policy.purpose:<24} sha256 {policy.sha256}")
+    return 0
+
+
+def cmd_policy_keygen(args: argparse.Namespace) -> int:
+    from veilgate_server.governance import create_governance_key
+
+    signer = create_governance_key(Path(args.out), name=args.name)
+    print(f"governance signing key written to {args.out} (mode 0600; keep it offline)")
+    print(f"verifier key (give it to gateways with --governance-key): {signer.verifier_key_string()}")
+    return 0
+
+
+def cmd_policy_sign(args: argparse.Namespace) -> int:
+    from veilgate_server.core.policy import load_policies
+    from veilgate_server.governance import load_governance_key, sign_manifest
+
+    settings = _settings(args)
+    load_policies(settings.policies_path, settings.load_catalog())  # never sign a policy that does not load
+    path = sign_manifest(settings.policies_path, load_governance_key(Path(args.key)))
+    print(f"signed manifest written to {path}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from veilgate_server.crypto import TlsFiles, ensure_local_tls
+    from veilgate_server.crypto.institutions import InstitutionCA
     from veilgate_server.gateway import Gateway
     from veilgate_server.rpc.server import ServerTls, build_server
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigurationError("--tls-cert and --tls-key go together")
     settings = _settings(args)
+    catalog = settings.load_catalog()
+    policies = settings.load_reviewed_policies(catalog)  # refuses to start on a bad or missing manifest
     tls: ServerTls | None = None
     if not args.insecure_plaintext:
-        if bool(args.tls_cert) != bool(args.tls_key):
-            raise ConfigurationError("--tls-cert and --tls-key go together")
         if args.tls_cert:
             files = TlsFiles(Path(args.tls_cert), Path(args.tls_cert), Path(args.tls_key))
         else:
             files, created = ensure_local_tls(settings.tls_dir, now=_now())
             print(f"{'created' if created else 'using'} local CA: {files.ca_certificate}  (clients trust this)")
         chain, key = files.load()
-        tls = ServerTls(certificate_chain=chain, private_key=key)
+        institution_ca = InstitutionCA.load_or_create(settings.tls_dir, now=_now())
+        tls = ServerTls(certificate_chain=chain, private_key=key, client_ca=institution_ca.certificate_pem)
     gateway = Gateway(
         gateway_id=settings.gateway_id,
-        catalog=settings.load_catalog(),
+        catalog=catalog,
         store=settings.open_store(),
         signer=settings.load_signer(),
+        policies=policies,
+        daily_budget=args.daily_budget,
     )
     running = build_server(
         gateway,
@@ -189,8 +306,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         insecure_plaintext=args.insecure_plaintext,
         reflection_enabled=args.reflection,
         workers=args.workers,
+        trust_domain=args.trust_domain,
+        mtls_address=args.listen_mtls if tls else None,
     )
     print(f"veilgate {settings.gateway_id} serving on port {running.port} ({'TLS' if tls else 'PLAINTEXT'})")
+    if running.mtls_port:
+        print(f"institutions (mutual TLS) on port {running.mtls_port}")
+    print(f"{len(policies)} reviewed policies: {', '.join(sorted(policies))}")
     print(f"gateway signing key {gateway.signer.key_id}; public keys in {settings.public_keys_path}")
     sys.stdout.flush()
     stop = threading.Event()
@@ -220,6 +342,7 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", help="state directory (env VEILGATE_DATA_DIR; default ./veilgate-data)")
     common.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql://... (env VEILGATE_DATABASE_URL)")
+    common.add_argument("--policies-dir", help="catalog and policies (env VEILGATE_POLICIES_DIR; default: packaged)")
     common.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
 
     parser = argparse.ArgumentParser(prog="veilgate", description="Veilgate privacy-preserving data gateway")
@@ -238,6 +361,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reflection", action="store_true", help="enable gRPC server reflection")
     p.add_argument("--workers", type=int, default=8, help="RPC worker threads (default 8)")
     p.add_argument("--gateway-id", help="the aud citizens sign for (env VEILGATE_GATEWAY_ID)")
+    p.add_argument("--listen-mtls", default="127.0.0.1:7444", help="institutions' mutual-TLS host:port (default 7444)")
+    p.add_argument("--governance-key", help="trusted policy governance verifier key (env VEILGATE_GOVERNANCE_KEY)")
+    p.add_argument("--trust-domain", default=TRUST_DOMAIN, help=f"SPIFFE trust domain (default {TRUST_DOMAIN})")
+    p.add_argument("--daily-budget", type=int, default=20, help="evaluations per citizen per 24 h (default 20)")
 
     p = add("demo", cmd_demo, "run the end-to-end demo on an embedded server")
     p.add_argument("--citizens", type=int, default=20, help="synthetic citizens to seed (default 20)")
@@ -257,6 +384,39 @@ def _parser() -> argparse.ArgumentParser:
 
     add("migrate", cmd_migrate, "create or upgrade the database schema")
     add("keys", cmd_keys, "show the gateway's signing key id (creating the key on first use)")
+
+    institution = sub.add_parser("institution", help="banks and insurers").add_subparsers(
+        dest="institution_command", required=True
+    )
+    p = institution.add_parser("add", parents=[common], help="register an institution and issue its certificate")
+    p.set_defaults(func=cmd_institution_add)
+    p.add_argument("--id", required=True, help="institution id, [a-z0-9][a-z0-9._-]{0,63}")
+    p.add_argument("--kind", required=True, choices=["bank", "insurer"])
+    p.add_argument("--name", required=True)
+    p.add_argument("--csr", help="sign this CSR (PEM) instead of generating a key")
+    p.add_argument("--out-dir", help="where to write the certificate (default DATA_DIR/institutions/ID)")
+    p.add_argument("--trust-domain", default=TRUST_DOMAIN)
+    p = institution.add_parser("list", parents=[common], help="list institutions")
+    p.set_defaults(func=cmd_institution_list)
+    for name, enable in (("enable", True), ("disable", False)):
+        p = institution.add_parser(name, parents=[common], help=f"{name} an institution")
+        p.set_defaults(func=cmd_institution_enable, enable=enable)
+        p.add_argument("--id", required=True)
+
+    policy = sub.add_parser("policy", help="policies and their signed manifest").add_subparsers(
+        dest="policy_command", required=True
+    )
+    p = policy.add_parser("test", parents=[common], help="run every policy's tests.yaml")
+    p.set_defaults(func=cmd_policy_test)
+    p = policy.add_parser("list", parents=[common], help="list policies with their sha256")
+    p.set_defaults(func=cmd_policy_list)
+    p = policy.add_parser("keygen", parents=[common], help="create a governance signing key")
+    p.set_defaults(func=cmd_policy_keygen)
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", default="veilgate-governance")
+    p = policy.add_parser("sign", parents=[common], help="sign MANIFEST over every policy")
+    p.set_defaults(func=cmd_policy_sign)
+    p.add_argument("--key", required=True, help="governance key file from `veilgate policy keygen`")
 
     wallet = sub.add_parser("wallet", help="citizen wallets").add_subparsers(dest="wallet_command", required=True)
     p = wallet.add_parser("create", parents=[common], help="create a passphrase-protected wallet")
@@ -293,11 +453,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except (OSError, ValueError) as e:  # an environment problem the commands did not anticipate
+        print(f"veilgate: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except ModuleNotFoundError as e:
         print(
             f"veilgate: error: {e.name} is missing; install the server extra: pip install 'veilgate[server]'",
             file=sys.stderr,
         )
+        return EXIT_ERROR
+    except Exception as e:  # a bug: say so in one line; the traceback only with --verbose
+        logging.getLogger("veilgate.cli").debug("unexpected failure", exc_info=True)
+        print(f"veilgate: internal error ({type(e).__name__}); run again with -v for details", file=sys.stderr)
         return EXIT_ERROR
 
 

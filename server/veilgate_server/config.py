@@ -7,6 +7,13 @@ Everything lives under one data directory (``--data-dir`` / ``VEILGATE_DATA_DIR`
     keys/gateway-signing.key  the gateway's Ed25519 signing key (PKCS#8 PEM, 0600)
     gateway-keys.json         the public signing keys, for clients to pin (JWKS, RFC 7517/8037)
     tls/                      local CA and server certificate, made on first ``serve`` if none given
+    tls/institution-ca.*      the CA that issues institutions' client certificates
+    institutions/<id>/        client certificates issued by ``veilgate institution add``
+    governance.vkey           verifier key(s) of the policy governance key, one per line
+
+Policies come from ``--policies-dir`` (``VEILGATE_POLICIES_DIR``; default: the packaged ones) and are
+served only when ``MANIFEST`` there is signed by a governance key the gateway trusts
+(``--governance-key`` / ``VEILGATE_GOVERNANCE_KEY``, or ``governance.vkey``). There is no unsigned mode.
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ from pathlib import Path
 from veilgate._internal.jose import b64url_encode
 from veilgate.errors import ConfigurationError
 from veilgate_server.core.catalog import Catalog, load_catalog
+from veilgate_server.core.manifest import require_listed
+from veilgate_server.core.policy import Policy, load_policies
 from veilgate_server.crypto import GatewaySigner
+from veilgate_server.governance import verify_manifest
 from veilgate_server.storage import Store, sqlite_url
 
 __all__ = ["DEFAULT_GATEWAY_ID", "Settings", "default_policies_dir"]
@@ -42,14 +52,65 @@ class Settings:
     database_url: str | None = None
     policies_dir: Path | None = None
     gateway_id: str = DEFAULT_GATEWAY_ID
+    governance_keys: tuple[str, ...] = ()
 
     @classmethod
-    def from_env(cls, *, data_dir: str | None = None, database_url: str | None = None) -> Settings:
+    def from_env(
+        cls,
+        *,
+        data_dir: str | None = None,
+        database_url: str | None = None,
+        policies_dir: str | None = None,
+        governance_key: str | None = None,
+        gateway_id: str | None = None,
+    ) -> Settings:
+        policies = policies_dir or os.environ.get("VEILGATE_POLICIES_DIR")
+        governance = governance_key or os.environ.get("VEILGATE_GOVERNANCE_KEY")
         return cls(
             data_dir=Path(data_dir or os.environ.get("VEILGATE_DATA_DIR") or "veilgate-data"),
             database_url=database_url or os.environ.get("VEILGATE_DATABASE_URL") or None,
-            gateway_id=os.environ.get("VEILGATE_GATEWAY_ID") or DEFAULT_GATEWAY_ID,
+            policies_dir=Path(policies) if policies else None,
+            gateway_id=gateway_id or os.environ.get("VEILGATE_GATEWAY_ID") or DEFAULT_GATEWAY_ID,
+            governance_keys=(governance,) if governance else (),
         )
+
+    @property
+    def policies_path(self) -> Path:
+        return self.policies_dir or default_policies_dir()
+
+    @property
+    def governance_keys_path(self) -> Path:
+        return self.data_dir / "governance.vkey"
+
+    @property
+    def institutions_dir(self) -> Path:
+        return self.data_dir / "institutions"
+
+    def trusted_governance_keys(self) -> tuple[str, ...]:
+        if self.governance_keys:
+            return self.governance_keys
+        try:
+            lines = self.governance_keys_path.read_text().split()
+        except FileNotFoundError:
+            lines = []
+        except OSError as e:
+            raise ConfigurationError(f"cannot read {self.governance_keys_path}: {e.strerror}") from e
+        if not lines:
+            raise ConfigurationError(
+                "no trusted policy governance key: pass --governance-key VKEY or write it to "
+                f"{self.governance_keys_path} (see `veilgate policy keygen`)"
+            )
+        return tuple(lines)
+
+    def load_reviewed_policies(self, catalog: Catalog) -> dict[str, Policy]:
+        """The policies, only if the signed manifest lists every one with the exact bytes loaded."""
+        directory = self.policies_path
+        entries = verify_manifest(directory, self.trusted_governance_keys())
+        policies = load_policies(directory, catalog)
+        for policy in policies.values():
+            path = policy.source.resolve().relative_to(directory.resolve()).as_posix()
+            require_listed(entries, path=path, sha256=policy.sha256)
+        return policies
 
     @property
     def store_url(self) -> str:
@@ -74,7 +135,7 @@ class Settings:
             raise ConfigurationError(f"cannot create data directory {self.data_dir}: {e.strerror}") from e
 
     def load_catalog(self) -> Catalog:
-        return load_catalog((self.policies_dir or default_policies_dir()) / "catalog.yaml")
+        return load_catalog(self.policies_path / "catalog.yaml")
 
     def open_store(self, *, migrate: bool = True) -> Store:
         self.ensure_data_dir()

@@ -1,30 +1,52 @@
 """``veilgate demo``: the whole product on one machine, told as a story.
 
-An embedded gateway (real TLS, real SQLite or PostgreSQL, real keys) on a free port; a synthetic
-population; a citizen who creates a passphrase-protected wallet, is enrolled, fetches and verifies
-their records; a third party who checks the signed delivery offline; a replayed request refused.
+An embedded gateway (real TLS and mutual TLS, real SQLite or PostgreSQL, real keys) on free ports; a
+synthetic population; policies signed by a throwaway governance key; a citizen who creates a wallet,
+is enrolled, fetches and verifies their records and grants consents; a bank that evaluates a consumer
+loan and a mortgage pre-qualification; an insurer that verifies a claim; a revocation that stops the
+next evaluation; and the citizen's view of who asked what.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from veilgate import CitizenClient, CitizenWallet, gateway_keys_from_jwks, verify_delivery
+from veilgate import (
+    CitizenClient,
+    CitizenWallet,
+    EligibilityResult,
+    InstitutionClient,
+    PolicyPin,
+    gateway_keys_from_jwks,
+    verify_delivery,
+)
 from veilgate.citizen import GET_MY_DATA
-from veilgate.errors import CitizenAlreadyEnrolled, TokenReplayed
+from veilgate.errors import (
+    CitizenAlreadyEnrolled,
+    ConsentRevoked,
+    InstitutionAlreadyRegistered,
+    InternalError,
+    TokenReplayed,
+)
 from veilgate_server.admin import CitizenIdentity, enroll, seed_population
-from veilgate_server.config import Settings
+from veilgate_server.config import Settings, default_policies_dir
 from veilgate_server.crypto import canonical_json, ensure_local_tls
+from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.gateway import Gateway
+from veilgate_server.governance import create_governance_key, sign_manifest
 from veilgate_server.rpc.server import ServerTls, build_server
+from veilgate_server.storage import Store
 
 __all__ = ["run_demo"]
 
 DEMO_PASSPHRASE = "correct horse battery staple"  # noqa: S105  (a throwaway demo wallet)
+BANK, INSURER = "bank-of-jinan", "qilu-insurance"
 
 
 def _say(text: str = "") -> None:
@@ -35,7 +57,7 @@ def run_demo(*, data_dir: Path | None, database_url: str | None, citizens: int, 
     keep = data_dir is not None
     root = data_dir if data_dir is not None else Path(tempfile.mkdtemp(prefix="veilgate-demo-"))
     try:
-        _run(Settings(data_dir=root, database_url=database_url), citizens=citizens, seed=seed)
+        _run(root, database_url=database_url, citizens=citizens, seed=seed)
     finally:
         if keep:
             _say(f"\nState kept in {root} (point other commands at it with --data-dir {root}).")
@@ -44,13 +66,55 @@ def run_demo(*, data_dir: Path | None, database_url: str | None, citizens: int, 
     return 0
 
 
-def _run(settings: Settings, *, citizens: int, seed: int) -> None:
+def _reviewed_policies(root: Path) -> tuple[Path, str]:
+    """A copy of the packaged policies, signed by a throwaway governance key (the demo's reviewer)."""
+    policies = root / "policies"
+    if not (policies / "MANIFEST").exists():
+        shutil.rmtree(policies, ignore_errors=True)
+        shutil.copytree(default_policies_dir(), policies, ignore=shutil.ignore_patterns("MANIFEST"))
+        key_path = root / "governance.key"
+        key_path.unlink(missing_ok=True)
+        signer = create_governance_key(key_path)
+        sign_manifest(policies, signer)
+        (root / "governance.vkey").write_text(signer.verifier_key_string() + "\n")
+    return policies, (root / "governance.vkey").read_text().strip()
+
+
+def _demo_citizen(store: Store) -> tuple[str, dict[str, str]]:
+    """A seeded citizen with an inpatient stay, and that stay as an insurer's claim would state it."""
+    for citizen_id in store.records.citizen_ids(limit=10_000):
+        records = store.records.for_citizen(citizen_id, ["medical_insurance.inpatient_stays"])
+        rows = json.loads(records[0].value_json) if records else []
+        if rows:
+            stay = rows[0]
+            return citizen_id, {
+                "claimed_admission_date": stay["admission_date"],
+                "claimed_discharge_date": stay["discharge_date"],
+                "hospital_code": stay["hospital_code"],
+            }
+    raise InternalError("no seeded citizen has an inpatient stay; seed more citizens")
+
+
+def _show(result: EligibilityResult) -> str:
+    bands = ", ".join(f"{k}={v}" for k, v in result.bands.items()) or "-"
+    reasons = ", ".join(result.reasons) or "-"
+    return f"{result.decision:<12} bands: {bands:<34} reasons: {reasons}"
+
+
+def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> None:
     started = time.perf_counter()
     _say("Veilgate demo\n=============")
+    policies_dir, governance_key = _reviewed_policies(root)
+    settings = Settings(
+        data_dir=root, database_url=database_url, policies_dir=policies_dir, governance_keys=(governance_key,)
+    )
     catalog = settings.load_catalog()
+    policies = settings.load_reviewed_policies(catalog)
     store = settings.open_store()
-    backend = store.engine.dialect.name
-    _say(f"1. Store: {backend}; catalog: {len(catalog.items)} data items from {len(catalog.departments)} departments.")
+    _say(
+        f"1. Store: {store.engine.dialect.name}; catalog: {len(catalog.items)} data items from "
+        f"{len(catalog.departments)} departments; {len(policies)} policies, signed by the governance key."
+    )
     if store.records.count() == 0:
         t0 = time.perf_counter()
         summary = seed_population(store, catalog, citizens=citizens, seed=seed)
@@ -58,17 +122,24 @@ def _run(settings: Settings, *, citizens: int, seed: int) -> None:
             f"   Seeded {summary.citizens} synthetic citizens, {summary.records} records "
             f"in {time.perf_counter() - t0:.2f} s (seed {seed})."
         )
-    citizen_id = store.records.citizen_ids(limit=1)[0]
+    citizen_id, claim = _demo_citizen(store)
 
     signer = settings.load_signer()
-    tls_files, _ = ensure_local_tls(settings.tls_dir, now=datetime.now(UTC))
+    now = datetime.now(UTC)
+    tls_files, _ = ensure_local_tls(settings.tls_dir, now=now)
+    institution_ca = InstitutionCA.load_or_create(settings.tls_dir, now=now)
     chain, key = tls_files.load()
-    gateway = Gateway(gateway_id=settings.gateway_id, catalog=catalog, store=store, signer=signer)
-    running = build_server(gateway, address="127.0.0.1:0", tls=ServerTls(chain, key))
-    target = f"localhost:{running.port}"
+    gateway = Gateway(gateway_id=settings.gateway_id, catalog=catalog, store=store, signer=signer, policies=policies)
+    running = build_server(
+        gateway,
+        address="127.0.0.1:0",
+        tls=ServerTls(chain, key, client_ca=institution_ca.certificate_pem),
+        mtls_address="127.0.0.1:0",
+    )
+    target, mtls_target = f"localhost:{running.port}", f"localhost:{running.mtls_port}"
     _say(
-        f"2. Gateway {settings.gateway_id} listening on {target} over TLS (local CA {tls_files.ca_certificate.name}); "
-        f"signing key {signer.key_id[:16]}..."
+        f"2. Gateway {settings.gateway_id}: citizens on {target} (TLS), institutions on {mtls_target} "
+        f"(mutual TLS); signing key {signer.key_id[:16]}..."
     )
     try:
         wallet_path = settings.data_dir / "citizen.wallet"
@@ -85,9 +156,9 @@ def _run(settings: Settings, *, citizens: int, seed: int) -> None:
 
         pinned = gateway_keys_from_jwks(settings.public_keys_path.read_bytes())
         root_ca = tls_files.ca_certificate.read_bytes()
-        with CitizenClient(target, wallet, root_certificates=root_ca, gateway_keys=pinned) as client:
+        with CitizenClient(target, wallet, root_certificates=root_ca, gateway_keys=pinned) as citizen:
             t0 = time.perf_counter()
-            delivery = client.get_my_data()
+            delivery = citizen.get_my_data()
             elapsed = (time.perf_counter() - t0) * 1000
             _say(
                 f"4. GetMyData: {len(delivery.items)} items, sealed to the citizen's key, signed by the gateway, "
@@ -103,25 +174,106 @@ def _run(settings: Settings, *, citizens: int, seed: int) -> None:
                 levels = ",".join(str(level) for level in sorted({i.sensitivity for i in items}))
                 name = catalog.department(department).name_zh
                 _say(f"   {department:<24} {len(items):>5} {size:>7}  {levels:<11}  {name}")
-
-            medical = client.get_my_data(departments=["medical_insurance"])
-            _say(f"5. Narrow request (medical insurance only): {len(medical.items)} items.")
-
             third_party = verify_delivery(delivery.signed_jws, gateway_keys=pinned)
             _say(
-                f"6. A third party checked the signed delivery offline with the published key: "
-                f"{len(third_party.items)} items about the same citizen, issued at {third_party.issued_at}."
+                f"   A third party checked the signed delivery offline with the published key: "
+                f"{len(third_party.items)} items, issued at {third_party.issued_at}."
+            )
+            token = wallet.request_token(audience=settings.gateway_id, operation=GET_MY_DATA)
+            citizen.send_get_my_data(token)
+            try:
+                citizen.send_get_my_data(token)
+            except TokenReplayed as e:
+                _say(f"   Replaying a spent request token is refused: {e.reason}.")
+            else:
+                raise InternalError("a replayed request token was accepted")
+
+            bank_files = _register(store, institution_ca, BANK, "bank", "Bank of Jinan")
+            insurer_files = _register(store, institution_ca, INSURER, "insurer", "Qilu Health Insurance")
+            _say(f"5. The operator registered {BANK} (bank) and {INSURER} (insurer) with client certificates.")
+
+            loan_token, loan = citizen.grant_consent(
+                institution_id=BANK,
+                purpose="credit.consumer_loan",
+                policies=_pins(gateway, "credit.consumer_loan"),
+                max_uses=3,
+                valid_for=7 * 86400,
+            )
+            mortgage_token, _ = citizen.grant_consent(
+                institution_id=BANK,
+                purpose="credit.mortgage",
+                policies=_pins(gateway, "credit.mortgage_prequal"),
+                max_uses=1,
+                valid_for=7 * 86400,
+            )
+            claim_token, _ = citizen.grant_consent(
+                institution_id=INSURER,
+                purpose="insurance.claim",
+                policies=_pins(gateway, "insurance.inpatient_claim"),
+                max_uses=1,
+                valid_for=7 * 86400,
+            )
+            _say("6. The citizen signed and registered three consents (shown to institutions as QR codes):")
+            for consent in citizen.list_consents()[::-1]:
+                _say(
+                    f"   {consent.consent_id[:10]}...  {consent.institution_id:<15} {consent.purpose:<22} "
+                    f"up to {consent.max_uses} use(s), policies {', '.join(p.id for p in consent.policies)}"
+                )
+
+            with _institution(mtls_target, root_ca, bank_files, BANK) as bank:
+                loan_result = bank.evaluate(
+                    "credit.consumer_loan", loan_token, {"requested_amount_band": "50k_to_200k"}
+                )
+                mortgage_result = bank.evaluate("credit.mortgage_prequal", mortgage_token, {"home_type": "first_home"})
+            _say("7. The bank asked; it got signed answers, never records:")
+            _say(f"   consumer loan (50k-200k):  {_show(loan_result)}")
+            _say(f"   mortgage pre-qual (first): {_show(mortgage_result)}")
+            _say(
+                f"   data as of: {', '.join(f'{k} {v}' for k, v in loan_result.data_as_of.items())}; "
+                f"result signed with key {loan_result.key_id[:16]}..., verified offline by the SDK."
+            )
+            with _institution(mtls_target, root_ca, insurer_files, INSURER) as insurer:
+                claim_result = insurer.evaluate("insurance.inpatient_claim", claim_token, claim)
+            _say(
+                f"8. The insurer checked a claim ({claim['claimed_admission_date']} to "
+                f"{claim['claimed_discharge_date']}, hospital {claim['hospital_code']}) against the "
+                f"medical-insurance records without seeing them:\n   inpatient claim:           {_show(claim_result)}"
             )
 
-            token = wallet.request_token(audience=settings.gateway_id, operation=GET_MY_DATA)
-            client.send_get_my_data(token)
-            try:
-                client.send_get_my_data(token)
-            except TokenReplayed as e:
-                _say(f"7. Replaying a spent request token is refused: {e.reason} ({e.message}).")
-            else:
-                raise RuntimeError("a replayed request token was accepted")
+            citizen.revoke_consent(loan.consent_id)
+            with _institution(mtls_target, root_ca, bank_files, BANK) as bank:
+                try:
+                    bank.evaluate("credit.consumer_loan", loan_token, {"requested_amount_band": "up_to_50k"})
+                except ConsentRevoked as e:
+                    _say(f"9. The citizen revoked the loan consent; the bank's next evaluation is refused: {e.reason}.")
+                else:
+                    raise InternalError("an evaluation under a revoked consent was answered")
+
+            _say("10. The citizen lists who asked what under their consents:")
+            for evaluation in citizen.list_evaluations():
+                when = datetime.fromtimestamp(evaluation.evaluated_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                _say(f"   {when}  {evaluation.institution_id:<15} {evaluation.policy_id:<30} {evaluation.decision}")
     finally:
         running.stop(grace=1.0)
         store.close()
     _say(f"\nDemo finished in {time.perf_counter() - started:.2f} s.")
+
+
+def _pins(gateway: Gateway, policy_id: str) -> list[PolicyPin]:
+    return [PolicyPin(policy_id, gateway.policies[policy_id].sha256)]
+
+
+def _register(store: Store, ca: InstitutionCA, institution_id: str, kind: str, name: str) -> tuple[bytes, bytes]:
+    now = datetime.now(UTC)
+    with contextlib.suppress(InstitutionAlreadyRegistered):  # a kept --data-dir from an earlier run
+        store.institutions.register(institution_id, kind=kind, name=name, at=now)
+    cert, key, serial = ca.issue_client_certificate(institution_id, now=now)
+    store.institutions.record_certificate(institution_id, serial)
+    return cert, key
+
+
+def _institution(target: str, root_ca: bytes, files: tuple[bytes, bytes], institution_id: str) -> InstitutionClient:
+    cert, key = files
+    return InstitutionClient(
+        target, certificate_chain=cert, private_key=key, root_certificates=root_ca, institution_id=institution_id
+    )

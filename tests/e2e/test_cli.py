@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from veilgate import CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
 from veilgate._internal.jose import b64url_decode
+from veilgate.errors import InstitutionDisabled
+from veilgate_server.config import default_policies_dir
 from veilgate_server.storage import Store, StoredRecord
 
 PASSPHRASE = "e2e passphrase, long enough"
@@ -39,7 +43,18 @@ class ServeProcess:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "veilgate_server.cli", "serve", "--listen", "127.0.0.1:0", "-v", *args],
+            [
+                sys.executable,
+                "-m",
+                "veilgate_server.cli",
+                "serve",
+                "-v",
+                "--listen",
+                "127.0.0.1:0",
+                "--listen-mtls",
+                "127.0.0.1:0",
+                *args,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -48,6 +63,7 @@ class ServeProcess:
         self.stderr: list[str] = []
         self._port = threading.Event()
         self.port = 0
+        self.mtls_port = 0
         threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True).start()
         if not self._port.wait(60):
@@ -57,6 +73,9 @@ class ServeProcess:
     def _pump(self, stream: object, sink: list[str]) -> None:
         for line in stream:  # type: ignore[attr-defined]
             sink.append(line)
+            mtls = re.search(r"mutual TLS\) on port (\d+)", line)
+            if mtls:
+                self.mtls_port = int(mtls.group(1))
             match = re.search(r"serving on port (\d+)", line)
             if match:
                 self.port = int(match.group(1))
@@ -67,11 +86,24 @@ class ServeProcess:
         return self.proc.wait(30)
 
 
+def signed_policies(tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the shipped policies with a MANIFEST signed by a fresh governance key."""
+    policies = tmp_path / "policies"
+    shutil.copytree(default_policies_dir(), policies, ignore=shutil.ignore_patterns("MANIFEST"))
+    keygen = veilgate("policy", "keygen", "--out", str(tmp_path / "governance.key"))
+    vkey = keygen.stdout.strip().splitlines()[-1].split(": ")[-1]
+    veilgate("policy", "sign", "--key", str(tmp_path / "governance.key"), "--policies-dir", str(policies))
+    return policies, vkey
+
+
 @pytest.fixture
 def served(tmp_path: Path, database_url: str) -> Iterator[tuple[ServeProcess, Path, str]]:
     data = tmp_path / "gw"
+    policies, vkey = signed_policies(tmp_path)
+    (data).mkdir()
+    (data / "governance.vkey").write_text(vkey + "\n")
     veilgate("seed", "--citizens", "5", "--seed", "3", "--data-dir", str(data), "--database-url", database_url)
-    server = ServeProcess("--data-dir", str(data), "--database-url", database_url)
+    server = ServeProcess("--data-dir", str(data), "--database-url", database_url, "--policies-dir", str(policies))
     try:
         yield server, data, database_url
     finally:
@@ -85,6 +117,11 @@ def test_demo_runs_end_to_end(database_url: str) -> None:
     assert "GetMyData: 61 items" in out
     assert "A third party checked the signed delivery offline" in out
     assert "TOKEN_REPLAYED" in out
+    assert "signed and registered three consents" in out
+    assert re.search(r"consumer loan \(50k-200k\):\s+(ELIGIBLE|NOT_ELIGIBLE|REFER)", out)
+    assert re.search(r"inpatient claim:\s+ELIGIBLE\s+bands: self_paid=", out)
+    assert "next evaluation is refused: CONSENT_REVOKED" in out
+    assert len(re.findall(r"(bank-of-jinan|qilu-insurance)\s+\S+\s+(ELIGIBLE|NOT_ELIGIBLE|REFER)", out)) == 3
     assert "Demo finished" in out
     assert "Traceback" not in result.stderr
 
@@ -150,7 +187,7 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
     assert json.loads((data / "gateway-keys.json").read_text())["keys"][0]["kid"] in key_id
     # The demo is re-runnable on kept state (the citizen's keys are rotated to a new wallet).
     assert "key version 2" in veilgate("demo", "--data-dir", str(data)).stdout
-    server = ServeProcess("--data-dir", str(data))
+    server = ServeProcess("--data-dir", str(data), "--policies-dir", str(data / "policies"))
     try:
         fetched = veilgate(
             "wallet",
@@ -189,3 +226,76 @@ def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path: Path, args
     assert message in result.stderr
     assert result.stderr.startswith("veilgate: error: ")
     assert "Traceback" not in result.stderr
+
+
+def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, Path, str], tmp_path: Path) -> None:
+    """The operator registers a bank with the CLI; the bank's engineer uses the files it wrote."""
+    server, data, database_url = served
+    db = ["--data-dir", str(data), "--database-url", database_url]
+    added = veilgate("institution", "add", "--id", "bank-e2e", "--kind", "bank", "--name", "E2E Bank", *db)
+    assert "registered bank bank-e2e" in added.stdout
+    creds = data / "institutions" / "bank-e2e"
+    assert (creds / "client.key").stat().st_mode & 0o077 == 0
+    with Store.open(database_url) as store:
+        citizen = store.records.citizen_ids(limit=1)[0]
+    wallet = CitizenWallet.generate(citizen)
+    (tmp_path / "id.json").write_text(json.dumps(wallet.public_identity()))
+    veilgate("enroll", "--identity", str(tmp_path / "id.json"), *db)
+    ca = (creds / "gateway-ca.pem").read_bytes()
+    policies = {p.id: p for p in []}
+    with InstitutionClient(
+        f"localhost:{server.mtls_port}",
+        certificate_chain=(creds / "client.pem").read_bytes(),
+        private_key=(creds / "client.key").read_bytes(),
+        root_certificates=ca,
+        institution_id="bank-e2e",
+    ) as bank:
+        policies = {p.id: p for p in bank.list_policies()}
+        with CitizenClient(f"localhost:{server.port}", wallet, root_certificates=ca) as citizen_client:
+            token, _ = citizen_client.grant_consent(
+                institution_id="bank-e2e",
+                purpose="credit.mortgage",
+                policies=[PolicyPin("credit.mortgage_prequal", policies["credit.mortgage_prequal"].sha256)],
+            )
+        result = bank.evaluate("credit.mortgage_prequal", token, {"home_type": "first_home"})
+        assert result.decision in {"ELIGIBLE", "NOT_ELIGIBLE", "REFER"}
+        veilgate("institution", "disable", "--id", "bank-e2e", *db)
+        with pytest.raises(InstitutionDisabled):
+            bank.list_policies()
+    assert set(policies) == {"credit.consumer_loan", "credit.sme_loan", "credit.mortgage_prequal"}
+    assert server.stop() == 0
+    logs = "".join(server.stdout + server.stderr)
+    assert "EligibilityService/Evaluate -> OK" in logs
+    assert "INSTITUTION_DISABLED" in logs
+    assert citizen not in logs
+
+
+def test_policy_test_command(tmp_path: Path) -> None:
+    passed = veilgate("policy", "test")
+    assert re.search(r"5 policies, \d+ cases passed, 0 failed", passed.stdout)
+    policies = tmp_path / "policies"
+    shutil.copytree(default_policies_dir(), policies, ignore=shutil.ignore_patterns("MANIFEST"))
+    tests = policies / "credit" / "consumer_loan" / "v1" / "tests.yaml"
+    tests.write_text(tests.read_text().replace("decision: ELIGIBLE", "decision: REFER", 1))
+    failed = veilgate("policy", "test", "--policies-dir", str(policies), check=False)
+    assert failed.returncode == 1
+    assert "consumer_loan" in failed.stdout + failed.stderr
+
+
+def test_server_refuses_to_start_without_a_valid_signed_manifest(tmp_path: Path) -> None:
+    policies, vkey = signed_policies(tmp_path)
+    data = ["--data-dir", str(tmp_path / "d"), "--policies-dir", str(policies)]
+    no_key = veilgate("serve", *data, check=False)
+    assert no_key.returncode == 1
+    assert "no trusted policy governance key" in no_key.stderr
+    policy = policies / "credit" / "sme_loan" / "v1" / "policy.yaml"
+    policy.write_text(policy.read_text().replace("up_to_300k", "up_to_301k"))
+    changed = veilgate("serve", *data, "--governance-key", vkey, check=False)
+    assert changed.returncode == 1
+    assert "credit/sme_loan/v1/policy.yaml was changed since the manifest was signed" in changed.stderr
+    (policies / "MANIFEST").unlink()
+    missing = veilgate("serve", *data, "--governance-key", vkey, check=False)
+    assert missing.returncode == 1
+    assert "veilgate policy sign" in missing.stderr
+    for result in (no_key, changed, missing):
+        assert "Traceback" not in result.stderr

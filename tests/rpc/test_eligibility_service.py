@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import threading
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from veilgate.errors import (
     TokenInvalid,
 )
 from veilgate.v1 import eligibility_pb2, eligibility_pb2_grpc
+from veilgate_server.core.policy import Policy
 from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.storage import StoredRecord
 
@@ -340,48 +342,77 @@ def _income_history(rows: int, amount: str, as_of: datetime) -> str:
     return json.dumps(months)
 
 
+def _parameter_sets(policy: Policy, claim: dict[str, str]) -> list[dict[str, str]]:
+    """Every combination of a policy's enumerated parameters; for stated claim facts, a matching
+    and a non-matching claim."""
+    enums = {name: p.values for name, p in policy.parameters.items() if p.type == "enum"}
+    stated = [name for name, p in policy.parameters.items() if p.type != "enum"]
+    combos = [dict(zip(enums, values, strict=True)) for values in itertools.product(*enums.values())]
+    if not stated:
+        return combos
+    other = {**claim, "hospital_code": "H99999999999"}
+    return [{**combo, **{n: c[n] for n in stated}} for combo in combos for c in (claim, other)]
+
+
 def test_privacy_canary_income_never_reaches_the_institution(scene: Scene) -> None:
-    """For a citizen with a unique canary income, run every bank policy with every allowed parameter
-    under a valid consent: the canary appears in no byte the bank receives, and two incomes in the
-    same band give the same answers."""
+    """For a citizen with a unique canary income, run every policy with every allowed parameter under a
+    valid consent: the canary appears in no byte an institution receives, and two incomes in the same
+    band give the same answers."""
     gw = scene.gw
+    gw.gateway.daily_budget = 1000
     canary, twin = "87654.3219", "61234.5678"  # both far above every income threshold
     [income] = gw.store.records.for_citizen(scene.citizen, ["taxation.monthly_income_history"])
+    [stays] = gw.store.records.for_citizen(scene.citizen, ["medical_insurance.inpatient_stays"])
+    stay = {
+        "admission_date": "2026-03-02",
+        "discharge_date": "2026-03-09",
+        "hospital_code": "H37010200101",
+        "hospital_name": "Canary Hospital",
+        "diagnosis_category": "respiratory",
+        "total_amount": "23456.78",
+        "fund_paid_amount": "11111.11",
+        "self_paid_amount": "12345.67",
+    }
+    gw.store.records.put_many(
+        [StoredRecord(scene.citizen, stays.item_id, stays.department, stays.as_of, json.dumps([stay]))]
+    )
+    claim = {
+        "claimed_admission_date": "2026-03-02",
+        "claimed_discharge_date": "2026-03-09",
+        "hospital_code": "H37010200101",
+    }
     now = datetime.fromtimestamp(gw.clock.now, UTC)
-    bank_policies = [p for p in gw.gateway.policies.values() if "bank" in p.institution_kinds]
 
     def answers(amount: str) -> tuple[list[tuple[Any, ...]], bytes]:
+        history = _income_history(14, amount, now)
         gw.store.records.put_many(
-            [
-                StoredRecord(
-                    scene.citizen, income.item_id, income.department, income.as_of, _income_history(14, amount, now)
-                )
-            ]
+            [StoredRecord(scene.citizen, income.item_id, income.department, income.as_of, history)]
         )
-        token = scene.wallet.consent_token(
-            institution_id="bank-a", purpose="credit.consumer_loan", policies=[gw.pin(LOAN)], max_uses=50, valid_for=600
-        )
-        with gw.client(scene.wallet) as citizen:
-            citizen.register_consent(token)
         seen = bytearray()
         out = []
-        with gw.institution_client(scene.bank) as bank:
-            seen += b"".join(p.description.encode() + p.sha256.encode() for p in bank.list_policies())
-            for policy in bank_policies:
-                if policy.id != LOAN:
-                    continue
-                for band in policy.parameters["requested_amount_band"].values:
-                    result = bank.evaluate(policy.id, token, {"requested_amount_band": band})
+        for policy in gw.gateway.policies.values():
+            credentials = scene.bank if "bank" in policy.institution_kinds else scene.insurer
+            token = scene.consent(
+                [policy.id], institution_id=credentials.institution_id, purpose=policy.purpose, max_uses=100
+            )
+            seen += token.encode()
+            with gw.institution_client(credentials) as institution:
+                for listed in institution.list_policies():
+                    seen += f"{listed}".encode()
+                for params in _parameter_sets(policy, claim):
+                    result = institution.evaluate(policy.id, token, params)
                     seen += result.signed_result.encode() + jose.b64url_decode(result.signed_result.split(".")[1])
-                    out.append((policy.id, band, result.decision, dict(result.bands), result.reasons))
+                    out.append((policy.id, sorted(params.items()), result.decision, dict(result.bands), result.reasons))
         return out, bytes(seen)
 
-    first, seen_first = answers(canary)
+    first, seen = answers(canary)
     second, _ = answers(twin)
-    assert canary.encode() not in seen_first
-    assert canary.replace(".", "").encode() not in seen_first
+    for secret in (canary, canary.replace(".", ""), "12345.67", "Canary Hospital", "23456.78"):
+        assert secret.encode() not in seen, secret
     assert first == second
-    assert len(first) == 3
+    covered = {policy_id for policy_id, *_ in first}
+    assert covered == set(gw.gateway.policies)
+    assert len(first) == sum(len(_parameter_sets(p, claim)) for p in gw.gateway.policies.values())
 
 
 def test_results_from_the_raw_rpc_carry_error_info(scene: Scene) -> None:
