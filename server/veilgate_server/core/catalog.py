@@ -40,7 +40,7 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from veilgate.errors import CatalogError, DepartmentUnknown, ItemUnknown, RequestInvalid
+from veilgate.errors import CatalogError, ConfigurationError, DepartmentUnknown, ItemUnknown, RequestInvalid
 
 __all__ = [
     "CATALOG_VERSION",
@@ -311,14 +311,16 @@ def _node_id(node: Node) -> str | None:
 
 
 class _Checker:
-    """Raises :class:`CatalogError` with ``<source>:<line>: <entry>: <key>: <problem>``."""
+    """Checks strict YAML (catalog, policies) and raises ``error`` (default :class:`CatalogError`)
+    with ``<source>:<line>: <entry>: <key>: <problem>``: one message per failure."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, error: type[ConfigurationError] = CatalogError) -> None:
         self.source = source
+        self.error = error
 
     def fail(self, line: int | None, where: str, problem: str) -> NoReturn:
         location = f"{self.source}:{line}" if line else self.source
-        raise CatalogError(f"{location}: {where}: {problem}")
+        raise self.error(f"{location}: {where}: {problem}")
 
     def mapping(self, value: object, line: int | None, where: str) -> _Map:
         if not isinstance(value, _Map):
@@ -330,7 +332,7 @@ class _Checker:
             self.fail(line, where, "must be a list")
         return value
 
-    def keys(self, entry: _Map, where: str, *, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    def keys(self, entry: _Map, where: str, *, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
         allowed = set(required) | set(optional)
         for key in entry:
             if not isinstance(key, str):
@@ -341,10 +343,18 @@ class _Checker:
             if key not in entry:
                 self.fail(entry.line, where, f"missing required key {key!r}")
 
-    def text(self, entry: _Map, key: str, where: str) -> str:
+    def text(self, entry: _Map, key: str, where: str, pattern: re.Pattern[str] | None = None) -> str:
         value = entry[key]
         if not isinstance(value, str) or not value.strip():
             self.fail(entry.key_lines[key], where, f"{key!r} must be a non-empty string")
+        if pattern is not None and pattern.fullmatch(value) is None:
+            self.fail(entry.key_lines[key], where, f"{key!r} value {value!r} does not match {pattern.pattern}")
+        return value
+
+    def integer(self, entry: _Map, key: str, where: str) -> int:
+        value = entry[key]
+        if type(value) is not int:
+            self.fail(entry.key_lines[key], where, f"{key!r} must be an integer")
         return value
 
     def identifier(self, entry: _Map, key: str, where: str, pattern: re.Pattern[str], shape: str) -> str:

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal, NoReturn
+from typing import Any, Final, Literal
 
 import yaml
 from cel_expr_python import cel
@@ -61,8 +61,8 @@ from veilgate_server.core.catalog import (
     CatalogItem,
     CatalogValueError,
     ScalarType,
+    _Checker,
     _Map,
-    _Seq,
     _StrictLoader,
     validate_value,
 )
@@ -235,50 +235,6 @@ def load_strict_yaml(data: bytes, source: str) -> object:
             loader.dispose()
 
 
-class _Check:
-    """Raises :class:`PolicyInvalid` with ``<file>:<line>: <where>: <problem>``."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, line: int | None, where: str, problem: str) -> NoReturn:
-        location = f"{self.source}:{line}" if line else self.source
-        raise PolicyInvalid(f"{location}: {where}: {problem}")
-
-    def mapping(self, value: object, line: int | None, where: str) -> _Map:
-        if not isinstance(value, _Map):
-            self.fail(line, where, "must be a mapping")
-        return value
-
-    def sequence(self, value: object, line: int | None, where: str) -> _Seq:
-        if not isinstance(value, _Seq):
-            self.fail(line, where, "must be a list")
-        return value
-
-    def keys(self, entry: _Map, where: str, *, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
-        allowed = set(required) | set(optional)
-        for key in entry:
-            if not isinstance(key, str) or key not in allowed:
-                self.fail(entry.key_lines[key], where, f"unknown key {key!r}")
-        for key in required:
-            if key not in entry:
-                self.fail(entry.line, where, f"missing required key {key!r}")
-
-    def text(self, entry: _Map, key: str, where: str, pattern: re.Pattern[str] | None = None) -> str:
-        value = entry[key]
-        if not isinstance(value, str) or not value.strip():
-            self.fail(entry.key_lines[key], where, f"{key!r} must be a non-empty string")
-        if pattern is not None and pattern.fullmatch(value) is None:
-            self.fail(entry.key_lines[key], where, f"{key!r} value {value!r} does not match {pattern.pattern}")
-        return value
-
-    def integer(self, entry: _Map, key: str, where: str) -> int:
-        value = entry[key]
-        if type(value) is not int:
-            self.fail(entry.key_lines[key], where, f"{key!r} must be an integer")
-        return value
-
-
 # --- loading -----------------------------------------------------------------------------------------
 
 _TOP_REQUIRED: Final = ("id", "version", "description", "purpose", "institution_kinds", "inputs", "rules")
@@ -293,7 +249,7 @@ def load_policy(directory: Path, catalog: Catalog) -> Policy:
         raw = path.read_bytes()
     except OSError as e:
         raise PolicyInvalid(f"{source}: cannot read: {e.strerror}") from e
-    check = _Check(source)
+    check = _Checker(source, PolicyInvalid)
     root = check.mapping(load_strict_yaml(raw, source), 1, "document")
     check.keys(root, "document", required=_TOP_REQUIRED, optional=_TOP_OPTIONAL)
 
@@ -346,7 +302,7 @@ def load_policies(policies_dir: Path, catalog: Catalog) -> dict[str, Policy]:
     return latest
 
 
-def _institution_kinds(check: _Check, root: _Map, purpose: str) -> tuple[str, ...]:
+def _institution_kinds(check: _Checker, root: _Map, purpose: str) -> tuple[str, ...]:
     line = root.key_lines["institution_kinds"]
     kinds = check.sequence(root["institution_kinds"], line, "'institution_kinds'")
     if list(kinds) != [PURPOSES[purpose]]:
@@ -354,7 +310,7 @@ def _institution_kinds(check: _Check, root: _Map, purpose: str) -> tuple[str, ..
     return (PURPOSES[purpose],)
 
 
-def _inputs(check: _Check, root: _Map, catalog: Catalog) -> tuple[CatalogItem, ...]:
+def _inputs(check: _Checker, root: _Map, catalog: Catalog) -> tuple[CatalogItem, ...]:
     line = root.key_lines["inputs"]
     raw = check.sequence(root["inputs"], line, "'inputs'")
     if not raw:
@@ -370,7 +326,7 @@ def _inputs(check: _Check, root: _Map, catalog: Catalog) -> tuple[CatalogItem, .
     return tuple(items)
 
 
-def _parameters(check: _Check, root: _Map) -> dict[str, Parameter]:
+def _parameters(check: _Checker, root: _Map) -> dict[str, Parameter]:
     if "parameters" not in root:
         return {}
     raw = check.mapping(root["parameters"], root.key_lines["parameters"], "'parameters'")
@@ -424,7 +380,7 @@ def _expression_line(raw: bytes, key_line: int) -> int:
     return key_line
 
 
-def _rules(check: _Check, root: _Map, raw_bytes: bytes) -> tuple[Rule, ...]:
+def _rules(check: _Checker, root: _Map, raw_bytes: bytes) -> tuple[Rule, ...]:
     line = root.key_lines["rules"]
     raw = check.sequence(root["rules"], line, "'rules'")
     if not raw:
@@ -458,7 +414,7 @@ def _rules(check: _Check, root: _Map, raw_bytes: bytes) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def _bands(check: _Check, root: _Map, raw_bytes: bytes) -> dict[str, tuple[Band, ...]]:
+def _bands(check: _Checker, root: _Map, raw_bytes: bytes) -> dict[str, tuple[Band, ...]]:
     if "bands" not in root:
         return {}
     raw = check.mapping(root["bands"], root.key_lines["bands"], "'bands'")
@@ -486,7 +442,7 @@ def _bands(check: _Check, root: _Map, raw_bytes: bytes) -> dict[str, tuple[Band,
     return bands
 
 
-def _reason_texts(check: _Check, root: _Map, reasons: set[str]) -> dict[str, str]:
+def _reason_texts(check: _Checker, root: _Map, reasons: set[str]) -> dict[str, str]:
     if "reason_texts" not in root:
         return {}
     raw = check.mapping(root["reason_texts"], root.key_lines["reason_texts"], "'reason_texts'")
@@ -506,7 +462,7 @@ def _row_message_name(item: CatalogItem) -> str:
 
 
 def _compile(
-    check: _Check,
+    check: _Checker,
     inputs: tuple[CatalogItem, ...],
     parameters: Mapping[str, Parameter],
     rules: tuple[Rule, ...],
