@@ -41,13 +41,14 @@ from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 
-from veilgate import CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
+from veilgate import AuditClient, CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
 from veilgate_server.admin import seed_population
 from veilgate_server.config import default_policies_dir
 from veilgate_server.core.catalog import Catalog, load_catalog
 from veilgate_server.core.policy import Policy, load_policies
 from veilgate_server.crypto import CertificateAuthority, GatewaySigner
 from veilgate_server.crypto.institutions import InstitutionCA
+from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.gateway import Gateway
 from veilgate_server.rpc.server import ServerTls, build_server
 from veilgate_server.storage import Store, sqlite_url
@@ -224,6 +225,11 @@ class GatewayHarness:
             **kw,
         )
 
+    def audit(self) -> AuditClient:
+        return AuditClient.connect(
+            self.target, root_certificates=self.ca_pem, log_verifier_key=self.gateway.log_signer.verifier_key_string()
+        )
+
     def pin(self, policy_id: str) -> PolicyPin:
         return PolicyPin(policy_id, self.gateway.policies[policy_id].sha256)
 
@@ -277,6 +283,7 @@ def gateway_harness(
         catalog=catalog,
         store=store,
         signer=GatewaySigner.from_seed(secrets.token_bytes(32)),
+        log_signer=NoteSigner.generate("veilgate.test/log"),
         policies=policies,
         clock=clock,
     )

@@ -7,6 +7,8 @@ Anyone: :func:`verify_delivery` and :func:`verify_result` check signed documents
 gateway's published key. Every failure is a :class:`veilgate.errors.VeilgateError`.
 """
 
+from veilgate.audit import AuditEntry, Checkpoint, LogVerifier
+from veilgate.audit_client import AuditClient
 from veilgate.citizen import CitizenClient, ConsentInfo, EvaluationRecord, GatewayInfo
 from veilgate.consent import PURPOSES, PolicyPin
 from veilgate.delivery import (
@@ -23,6 +25,9 @@ from veilgate.wallet import CitizenWallet
 
 __all__ = [
     "PURPOSES",
+    "AuditClient",
+    "AuditEntry",
+    "Checkpoint",
     "CitizenClient",
     "CitizenWallet",
     "ConsentInfo",
@@ -33,6 +38,7 @@ __all__ = [
     "GatewayInfo",
     "GatewayKey",
     "InstitutionClient",
+    "LogVerifier",
     "PolicyInfo",
     "PolicyPin",
     "VeilgateError",

@@ -13,6 +13,7 @@ certificate you chose to trust).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ import grpc
 
 from veilgate._internal import jose
 from veilgate._internal.status import error_from_rpc
+from veilgate.audit import AuditEntry, LogVerifier, parse_entry
 from veilgate.consent import CONSENT_TYP, PolicyPin
 from veilgate.delivery import DataDelivery, GatewayKey
-from veilgate.errors import DeliveryInvalid
+from veilgate.errors import DeliveryInvalid, ProofInvalid
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
 from veilgate.wallet import CitizenWallet
 
@@ -43,6 +45,7 @@ class GatewayInfo:
 
     gateway_id: str
     signing_keys: tuple[GatewayKey, ...]
+    log_verifier_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ class CitizenClient:
         gateway_keys: Sequence[GatewayKey] | None = None,
         timeout: float = 10.0,
         insecure_plaintext: bool = False,
+        log_verifier_key: str | None = None,
     ) -> None:
         if insecure_plaintext:
             _log.warning("insecure plaintext channel to %s: for local development only", target)
@@ -111,6 +115,7 @@ class CitizenClient:
         self._wallet = wallet
         self._timeout = timeout
         self._pinned = tuple(gateway_keys) if gateway_keys is not None else None
+        self._log_key = log_verifier_key
         self._info: GatewayInfo | None = None
 
     def __enter__(self) -> CitizenClient:
@@ -132,7 +137,8 @@ class CitizenClient:
             except grpc.RpcError as e:
                 raise error_from_rpc(e) from None
             published = [GatewayKey(key_id=k.key_id, public_key=k.public_key) for k in reply.signing_keys]
-            self._info = GatewayInfo(reply.gateway_id, self._pinned if self._pinned is not None else tuple(published))
+            keys = self._pinned if self._pinned is not None else tuple(published)
+            self._info = GatewayInfo(reply.gateway_id, keys, reply.log_verifier_key)
         return self._info
 
     def get_my_data(
@@ -215,6 +221,26 @@ class CitizenClient:
             raise error_from_rpc(e) from None
         if reply.gateway_key_id not in {k.key_id for k in info.signing_keys}:
             raise DeliveryInvalid("delivery is signed by a key this client does not trust")
-        return self._wallet.open_delivery(
+        delivery = self._wallet.open_delivery(
             reply.sealed_delivery, gateway_keys=info.signing_keys, request_token=request_token
         )
+        return dataclasses.replace(delivery, log_index=reply.log_index, sealed=reply.sealed_delivery)
+
+    def access_history(self) -> list[tuple[int, AuditEntry]]:
+        """Every entry about me in the audit log (newest first), each proven included in a checkpoint
+        signed by the log key and recognised as mine with my log key."""
+        info = self.gateway_info()
+        request = citizen_pb2.ListMyAccessHistoryRequest(request_token=self._token("ListMyAccessHistory"))
+        reply = self._call(self._stub.ListMyAccessHistory, request)
+        if not reply.entries:
+            return []
+        verifier = LogVerifier(self._log_key or info.log_verifier_key)
+        checkpoint = verifier.checkpoint(reply.checkpoint)
+        history = []
+        for item in reply.entries:
+            verifier.inclusion(item.entry, index=item.index, proof=list(item.inclusion_proof), checkpoint=checkpoint)
+            entry = parse_entry(item.entry)
+            if not entry.is_about(reply.log_key):
+                raise ProofInvalid("the gateway returned an entry that is not about this citizen")
+            history.append((item.index, entry))
+        return history

@@ -76,6 +76,10 @@ class DataDelivery:
     key_id: str
     items: tuple[DataItem, ...]
     signed_jws: str
+    log_index: int | None = None
+    """Receipt: this delivery's entry in the audit log (see ``AuditClient.verify_receipt``)."""
+    sealed: bytes | None = None
+    """The sealed bytes as received; the log entry commits to their SHA-256."""
 
     def by_department(self) -> dict[str, list[DataItem]]:
         grouped: dict[str, list[DataItem]] = {}

@@ -45,6 +45,7 @@ __all__ = [
     "PolicyInvalid",
     "PolicyParameterInvalid",
     "PolicyUnknown",
+    "ProofInvalid",
     "RequestIdReused",
     "RequestInvalid",
     "RequestTooLarge",
@@ -307,6 +308,12 @@ class ResultInvalid(VeilgateError):
     """A signed eligibility result did not verify, or does not answer the request that was made."""
 
     reason = "RESULT_INVALID"
+
+
+class ProofInvalid(VeilgateError):
+    """A log checkpoint, entry, inclusion or consistency proof did not verify."""
+
+    reason = "PROOF_INVALID"
 
 
 def _all_subclasses(cls: type[VeilgateError]) -> list[type[VeilgateError]]:

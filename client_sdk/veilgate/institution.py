@@ -13,6 +13,7 @@ in a request can claim another identity. ``evaluate`` is safe to retry: it sends
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -147,9 +148,10 @@ class InstitutionClient:
         expected = request_hash(
             consent_id=str(consent_id), policy_id=policy_id, request_id=request_id, parameters=params
         )
-        return verify_result(
+        result = verify_result(
             reply.signed_result,
             gateway_keys=self.gateway_keys(),
             institution_id=self._institution_id,
             expected_request=expected,
         )
+        return dataclasses.replace(result, log_index=reply.log_index)

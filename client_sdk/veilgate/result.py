@@ -71,6 +71,8 @@ class EligibilityResult:
     issued_at: int
     key_id: str
     signed_result: str
+    log_index: int | None = None
+    """Receipt: this evaluation's entry in the audit log (see ``AuditClient.verify_receipt``)."""
 
 
 def _str_map(value: object, name: str) -> dict[str, str]:

@@ -270,6 +270,45 @@ def cmd_policy_sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from veilgate_server.audit import Checkpointer
+    from veilgate_server.audit_tools import export_log
+
+    settings = _settings(args)
+    store = settings.open_store()
+    try:
+        summary = export_log(store, Checkpointer(store, settings.load_log_signer()), Path(args.out))
+    finally:
+        store.close()
+    print(f"exported {summary.entries} entries (tree size {summary.tree_size}) to {summary.directory}")
+    print("files: entries.jsonl, checkpoint, log.vkey")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from veilgate.audit import LogVerifier
+    from veilgate_server.audit_tools import verify_log
+
+    settings = _settings(args)
+    if args.log_key:
+        vkey = args.log_key
+    else:
+        try:
+            vkey = settings.log_vkey_path.read_text().strip()
+        except OSError as e:
+            raise ConfigurationError(f"no log verifier key: pass --log-key or keep {settings.log_vkey_path}") from e
+    store = settings.open_store(migrate=False)
+    try:
+        summary = verify_log(store, LogVerifier(vkey))
+    finally:
+        store.close()
+    print(
+        f"log verified: {summary.entries} entries, {summary.subtrees} stored subtree hashes, "
+        f"{summary.checkpoints} signed checkpoints consistent with the entries"
+    )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from veilgate_server.crypto import TlsFiles, ensure_local_tls
     from veilgate_server.crypto.institutions import InstitutionCA
@@ -296,6 +335,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         catalog=catalog,
         store=settings.open_store(),
         signer=settings.load_signer(),
+        log_signer=settings.load_log_signer(),
         policies=policies,
         daily_budget=args.daily_budget,
     )
@@ -417,6 +457,14 @@ def _parser() -> argparse.ArgumentParser:
     p = policy.add_parser("sign", parents=[common], help="sign MANIFEST over every policy")
     p.set_defaults(func=cmd_policy_sign)
     p.add_argument("--key", required=True, help="governance key file from `veilgate policy keygen`")
+
+    audit = sub.add_parser("audit", help="the tamper-evident log").add_subparsers(dest="audit_command", required=True)
+    p = audit.add_parser("export", parents=[common], help="write entries, checkpoint and key for offline checks")
+    p.set_defaults(func=cmd_audit_export)
+    p.add_argument("--out", required=True, help="directory to write entries.jsonl, checkpoint and log.vkey to")
+    p = audit.add_parser("verify", parents=[common], help="recompute the log and check every stored hash")
+    p.set_defaults(func=cmd_audit_verify)
+    p.add_argument("--log-key", help="the log verifier key to trust (default DATA_DIR/log.vkey)")
 
     wallet = sub.add_parser("wallet", help="citizen wallets").add_subparsers(dest="wallet_command", required=True)
     p = wallet.add_parser("create", parents=[common], help="create a passphrase-protected wallet")

@@ -10,6 +10,8 @@ Everything lives under one data directory (``--data-dir`` / ``VEILGATE_DATA_DIR`
     tls/institution-ca.*      the CA that issues institutions' client certificates
     institutions/<id>/        client certificates issued by ``veilgate institution add``
     governance.vkey           verifier key(s) of the policy governance key, one per line
+    keys/log-signing.key      the audit log's checkpoint key (Go sumdb/note private key string, 0600)
+    log.vkey                  its verifier key, for auditors to pin
 
 Policies come from ``--policies-dir`` (``VEILGATE_POLICIES_DIR``; default: the packaged ones) and are
 served only when ``MANIFEST`` there is signed by a governance key the gateway trusts
@@ -18,6 +20,7 @@ served only when ``MANIFEST`` there is signed by a governance key the gateway tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -29,6 +32,8 @@ from veilgate_server.core.catalog import Catalog, load_catalog
 from veilgate_server.core.manifest import require_listed
 from veilgate_server.core.policy import Policy, load_policies
 from veilgate_server.crypto import GatewaySigner
+from veilgate_server.crypto.keys import write_private_file
+from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.governance import verify_manifest
 from veilgate_server.storage import Store, sqlite_url
 
@@ -140,6 +145,30 @@ class Settings:
     def open_store(self, *, migrate: bool = True) -> Store:
         self.ensure_data_dir()
         return Store.open(self.store_url, migrate=migrate)
+
+    @property
+    def log_key_path(self) -> Path:
+        return self.data_dir / "keys" / "log-signing.key"
+
+    @property
+    def log_vkey_path(self) -> Path:
+        return self.data_dir / "log.vkey"
+
+    def load_log_signer(self) -> NoteSigner:
+        """The audit log's checkpoint key (created on first use), named ``<gateway id>/log``: that name
+        is the checkpoints' origin line. Its verifier key is written to ``log.vkey``."""
+        self.ensure_data_dir()
+        path = self.log_key_path
+        try:
+            if not path.exists():
+                signer = NoteSigner.generate(f"{self.gateway_id}/log")
+                with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
+                    write_private_file(path, signer.private_key_string().encode() + b"\n")
+            signer = NoteSigner.from_private_key_string(path.read_text().strip())
+            self.log_vkey_path.write_text(signer.verifier_key_string() + "\n")
+        except OSError as e:
+            raise ConfigurationError(f"cannot read or create the log key {path}: {e.strerror}") from e
+        return signer
 
     def load_signer(self) -> GatewaySigner:
         """The gateway key (created on first use) and its published JWKS next to it."""

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from veilgate import (
+    AuditClient,
     CitizenClient,
     CitizenWallet,
     EligibilityResult,
@@ -129,7 +130,14 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
     tls_files, _ = ensure_local_tls(settings.tls_dir, now=now)
     institution_ca = InstitutionCA.load_or_create(settings.tls_dir, now=now)
     chain, key = tls_files.load()
-    gateway = Gateway(gateway_id=settings.gateway_id, catalog=catalog, store=store, signer=signer, policies=policies)
+    gateway = Gateway(
+        gateway_id=settings.gateway_id,
+        catalog=catalog,
+        store=store,
+        signer=signer,
+        log_signer=settings.load_log_signer(),
+        policies=policies,
+    )
     running = build_server(
         gateway,
         address="127.0.0.1:0",
@@ -156,7 +164,10 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
 
         pinned = gateway_keys_from_jwks(settings.public_keys_path.read_bytes())
         root_ca = tls_files.ca_certificate.read_bytes()
-        with CitizenClient(target, wallet, root_certificates=root_ca, gateway_keys=pinned) as citizen:
+        log_key = settings.log_vkey_path.read_text().strip()
+        with CitizenClient(
+            target, wallet, root_certificates=root_ca, gateway_keys=pinned, log_verifier_key=log_key
+        ) as citizen:
             t0 = time.perf_counter()
             delivery = citizen.get_my_data()
             elapsed = (time.perf_counter() - t0) * 1000
@@ -174,6 +185,8 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
                 levels = ",".join(str(level) for level in sorted({i.sensitivity for i in items}))
                 name = catalog.department(department).name_zh
                 _say(f"   {department:<24} {len(items):>5} {size:>7}  {levels:<11}  {name}")
+            with AuditClient.connect(target, root_certificates=root_ca, log_verifier_key=log_key) as audit:
+                early = audit.checkpoint(min_tree_size=(delivery.log_index or 0) + 1)
             third_party = verify_delivery(delivery.signed_jws, gateway_keys=pinned)
             _say(
                 f"   A third party checked the signed delivery offline with the published key: "
@@ -253,6 +266,27 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
             for evaluation in citizen.list_evaluations():
                 when = datetime.fromtimestamp(evaluation.evaluated_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
                 _say(f"   {when}  {evaluation.institution_id:<15} {evaluation.policy_id:<30} {evaluation.decision}")
+
+            history = citizen.access_history()
+            callers = sorted({entry.caller_id or entry.caller_kind for _, entry in history})
+            _say(
+                f"11. The citizen's trail in the audit log: {len(history)} entries about them (callers: "
+                f"{', '.join(callers)}), each proven included under a checkpoint signed by the log key."
+            )
+
+        with AuditClient.connect(target, root_certificates=root_ca, log_verifier_key=log_key) as audit:
+            if delivery.log_index is None or delivery.sealed is None:
+                raise InternalError("the delivery carried no receipt")
+            entry, latest = audit.verify_receipt(delivery.log_index, delivery.sealed)
+            _say(
+                f"12. Receipt: the delivery is entry {delivery.log_index} of the log (watermark {entry.watermark}), "
+                f"proven under the latest checkpoint of {latest.tree_size} entries."
+            )
+            audit.prove_consistency(early, latest)
+            _say(
+                f"    An auditor holding only the log key checked that the log at {latest.tree_size} entries extends "
+                f"the one signed at {early.tree_size}: nothing was rewritten. Entries hold no names and no values."
+            )
     finally:
         running.stop(grace=1.0)
         store.close()

@@ -32,12 +32,15 @@ from veilgate.errors import (
     TokenInvalid,
 )
 from veilgate.result import RESULT_TYP, request_hash
+from veilgate_server.audit import CallRecord, Checkpointer
 from veilgate_server.core.catalog import Catalog
 from veilgate_server.core.consent import ConsentClaims, check_use, read_consent_token
 from veilgate_server.core.delivery import delivery_claims, select_items
+from veilgate_server.core.merkle import inclusion_proof
 from veilgate_server.core.policy import Policy, evaluate
 from veilgate_server.core.tokens import CitizenId, RequestClaims, read_request_token
 from veilgate_server.crypto import GatewaySigner, seal
+from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.storage import CitizenKeys, ConsentRow, EvaluationRow, Institution, Store
 
 __all__ = ["CITIZEN_OPERATIONS", "DEFAULT_DAILY_BUDGET", "Clock", "Gateway", "SealedDelivery"]
@@ -49,8 +52,28 @@ REGISTER_CONSENT = _SERVICE + "RegisterConsent"
 LIST_CONSENTS = _SERVICE + "ListConsents"
 REVOKE_CONSENT = _SERVICE + "RevokeConsent"
 LIST_EVALUATIONS = _SERVICE + "ListEvaluations"
-CITIZEN_OPERATIONS = (GET_MY_DATA, REGISTER_CONSENT, LIST_CONSENTS, REVOKE_CONSENT, LIST_EVALUATIONS)
+LIST_MY_ACCESS_HISTORY = _SERVICE + "ListMyAccessHistory"
+CITIZEN_OPERATIONS = (
+    GET_MY_DATA,
+    REGISTER_CONSENT,
+    LIST_CONSENTS,
+    REVOKE_CONSENT,
+    LIST_EVALUATIONS,
+    LIST_MY_ACCESS_HISTORY,
+)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{8,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessHistory:
+    checkpoint: str
+    log_key: bytes
+    entries: list[tuple[int, bytes, list[bytes]]]
+
+
+def _unrecorded(method: str) -> CallRecord:
+    """A record for calls made outside the RPC layer (tests, tools); nothing commits it."""
+    return CallRecord(method=method, request_hash="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +96,7 @@ class Gateway:
     catalog: Catalog
     store: Store
     signer: GatewaySigner
+    log_signer: NoteSigner
     policies: Mapping[str, Policy] = field(default_factory=dict)
     daily_budget: int = DEFAULT_DAILY_BUDGET
     clock: Clock = field(default=time.time)
@@ -83,7 +107,7 @@ class Gateway:
         return self.store.citizens.keys_of(citizen_id).signing_key
 
     def _authenticate_citizen(
-        self, token: str, operation: str, optional_claims: Collection[str] = (), *, now: float
+        self, token: str, operation: str, optional_claims: Collection[str] = (), *, now: float, call: CallRecord
     ) -> tuple[RequestClaims, CitizenKeys]:
         enrolled: dict[CitizenId, CitizenKeys] = {}
 
@@ -101,19 +125,24 @@ class Gateway:
             optional_claims=optional_claims,
             now=int(now),
         )
+        call.about_citizen(claims.citizen_id, as_caller=True)
         return claims, enrolled[claims.citizen_id]
 
     def _spend(self, claims: RequestClaims, *, now: float) -> None:
         self.store.requests.consume(claims.citizen_id, claims.jti, expires_at=_utc(claims.expires_at), now=_utc(now))
 
-    def get_my_data(self, request_token: str) -> SealedDelivery:
+    def get_my_data(self, request_token: str, *, call: CallRecord | None = None) -> SealedDelivery:
         """The citizen's records, signed by the gateway and sealed to the citizen's X25519 key."""
+        call = call or _unrecorded(GET_MY_DATA)
         now = self.clock()
-        claims, keys = self._authenticate_citizen(request_token, GET_MY_DATA, ("items", "departments"), now=now)
+        claims, keys = self._authenticate_citizen(
+            request_token, GET_MY_DATA, ("items", "departments"), now=now, call=call
+        )
         selected = select_items(
             self.catalog, items=claims.string_list("items"), departments=claims.string_list("departments")
         )
         records = self.store.records.for_citizen(claims.citizen_id, [item.id for item in selected])
+        call.watermark = f"wm_{secrets.token_hex(12)}"
         payload = delivery_claims(
             gateway_id=self.gateway_id,
             citizen_id=claims.citizen_id,
@@ -121,20 +150,23 @@ class Gateway:
             records=records,
             request_token=request_token,
             delivery_id=secrets.token_urlsafe(16),
-            watermark=f"wm_{secrets.token_hex(12)}",
+            watermark=call.watermark,
             issued_at=int(now),
         )
         signed = self.signer.sign(payload, typ=DELIVERY_TYP)
         sealed = seal(signed.encode("ascii"), recipient_public_key=keys.encryption_key)
         self._spend(claims, now=now)
+        call.result(sealed)
         return SealedDelivery(sealed=sealed, key_id=self.signer.key_id, item_count=len(payload["items"]))
 
-    def register_consent(self, request_token: str, consent_token: str) -> ConsentRow:
+    def register_consent(self, request_token: str, consent_token: str, *, call: CallRecord | None = None) -> ConsentRow:
         """Record a consent the citizen signed. Checked now against the institution and the loaded
         policies, so that a consent that could never be used is refused while the citizen is there."""
+        call = call or _unrecorded(REGISTER_CONSENT)
         now = self.clock()
-        claims, _ = self._authenticate_citizen(request_token, REGISTER_CONSENT, ("consent",), now=now)
+        claims, _ = self._authenticate_citizen(request_token, REGISTER_CONSENT, ("consent",), now=now, call=call)
         consent = read_consent_token(consent_token, public_key_of=self._public_key_of)
+        call.consent = consent.consent_id
         if consent.citizen_id != claims.citizen_id or claims.extra.get("consent") != consent.consent_id:
             raise TokenInvalid("the request must name the consent it registers, signed by the same citizen")
         institution = self.store.institutions.get(consent.institution_id)
@@ -164,29 +196,58 @@ class Gateway:
         self._spend(claims, now=now)
         return row
 
-    def list_consents(self, request_token: str) -> list[ConsentRow]:
+    def list_consents(self, request_token: str, *, call: CallRecord | None = None) -> list[ConsentRow]:
         now = self.clock()
-        claims, _ = self._authenticate_citizen(request_token, LIST_CONSENTS, now=now)
+        claims, _ = self._authenticate_citizen(
+            request_token, LIST_CONSENTS, now=now, call=call or _unrecorded(LIST_CONSENTS)
+        )
         rows = self.store.consents.for_citizen(claims.citizen_id)
         self._spend(claims, now=now)
         return rows
 
-    def revoke_consent(self, request_token: str) -> ConsentRow:
+    def revoke_consent(self, request_token: str, *, call: CallRecord | None = None) -> ConsentRow:
+        call = call or _unrecorded(REVOKE_CONSENT)
         now = self.clock()
-        claims, _ = self._authenticate_citizen(request_token, REVOKE_CONSENT, ("consent",), now=now)
+        claims, _ = self._authenticate_citizen(request_token, REVOKE_CONSENT, ("consent",), now=now, call=call)
         consent_id = claims.extra.get("consent")
         if not isinstance(consent_id, str):
             raise RequestInvalid("claim 'consent' must name the consent id to revoke")
+        call.consent = consent_id
         row = self.store.consents.revoke(consent_id, citizen_id=claims.citizen_id, at=_utc(now))
         self._spend(claims, now=now)
         return row
 
-    def list_evaluations(self, request_token: str) -> list[EvaluationRow]:
+    def list_evaluations(self, request_token: str, *, call: CallRecord | None = None) -> list[EvaluationRow]:
         now = self.clock()
-        claims, _ = self._authenticate_citizen(request_token, LIST_EVALUATIONS, now=now)
+        claims, _ = self._authenticate_citizen(
+            request_token, LIST_EVALUATIONS, now=now, call=call or _unrecorded(LIST_EVALUATIONS)
+        )
         rows = self.store.consents.evaluations_for_citizen(claims.citizen_id)
         self._spend(claims, now=now)
         return rows
+
+    def access_history(
+        self, request_token: str, *, checkpointer: Checkpointer, call: CallRecord | None = None, limit: int = 256
+    ) -> AccessHistory:
+        """The citizen's entries in the audit log, each with an inclusion proof against one signed
+        checkpoint, and the citizen's log key to recognise them with."""
+        now = self.clock()
+        claims, _ = self._authenticate_citizen(
+            request_token, LIST_MY_ACCESS_HISTORY, now=now, call=call or _unrecorded(LIST_MY_ACCESS_HISTORY)
+        )
+        log = self.store.log
+        key = log.pseudonym_key(claims.citizen_id, create=True)
+        assert key is not None
+        indices = log.indices_for_citizen(claims.citizen_id, limit=limit)
+        checkpoint = checkpointer.covering(max(indices, default=-1) + 1)
+        entries: list[tuple[int, bytes, list[bytes]]] = []
+        if checkpoint is not None:
+            for index in indices:
+                if index < checkpoint.tree_size:
+                    [entry] = log.entries(index, 1)
+                    entries.append((index, entry.entry, inclusion_proof(index, checkpoint.tree_size, log)))
+        self._spend(claims, now=now)
+        return AccessHistory(checkpoint=checkpoint.note if checkpoint else "", log_key=key, entries=entries)
 
     # --- institutions -------------------------------------------------------------------------------
 
@@ -222,24 +283,29 @@ class Gateway:
         consent_token: str,
         request_id: str,
         parameters: Mapping[str, str],
+        call: CallRecord | None = None,
     ) -> str:
         """Evaluate a policy under a consent; returns the gateway-signed result (JWS).
 
         Every consent rule is enforced here, and the use is spent in the same transaction that records
         the evaluation; a repeated ``request_id`` returns the recorded result and spends nothing.
         """
+        call = call or _unrecorded("Evaluate")
         now = self.clock()
         if not _REQUEST_ID.fullmatch(request_id):
             raise RequestInvalid("request_id must be 8-128 characters of [A-Za-z0-9_.:-]")
         policy = self._policy(policy_id)
+        call.policy_id, call.policy_sha256 = policy.id, policy.sha256
         consent = read_consent_token(consent_token, public_key_of=self._public_key_of)
+        call.about_citizen(consent.citizen_id, as_caller=False)
+        call.consent = consent.consent_id
         asked = request_hash(
             consent_id=consent.consent_id, policy_id=policy_id, request_id=request_id, parameters=parameters
         )
         asked_hex = b64url_decode(asked).hex()  # the store keeps digests in hex
         recorded = self.store.consents.find_evaluation(institution.institution_id, request_id)
         if recorded is not None:
-            return self._replay(recorded, asked_hex)
+            return self._replay(recorded, asked_hex, call)
         self._registered_consent(consent, consent_token)
         check_use(
             consent,
@@ -283,12 +349,14 @@ class Gateway:
             at=_utc(now),
             daily_budget=self.daily_budget,
         )
-        return self._replay(row, asked_hex)
+        return self._replay(row, asked_hex, call)
 
     @staticmethod
-    def _replay(row: EvaluationRow, asked: str) -> str:
+    def _replay(row: EvaluationRow, asked: str, call: CallRecord) -> str:
         if row.request_hash != asked:
             raise RequestIdReused("this request_id was used for a different request; choose a new one")
+        call.decision = row.decision
+        call.result(row.result_jws.encode("ascii"))
         return row.result_jws
 
     def _inputs_of(self, citizen_id: str, policy: Policy) -> dict[str, tuple[date, object]]:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -299,3 +300,21 @@ def test_server_refuses_to_start_without_a_valid_signed_manifest(tmp_path: Path)
     assert "veilgate policy sign" in missing.stderr
     for result in (no_key, changed, missing):
         assert "Traceback" not in result.stderr
+
+
+def test_audit_verify_and_export_after_the_demo(tmp_path: Path) -> None:
+    data = tmp_path / "kept"
+    veilgate("demo", "--citizens", "3", "--data-dir", str(data))
+    verified = veilgate("audit", "verify", "--data-dir", str(data))
+    assert re.search(
+        r"log verified: \d+ entries, \d+ stored subtree hashes, [1-9]\d* signed checkpoints", verified.stdout
+    )
+    exported = veilgate("audit", "export", "--data-dir", str(data), "--out", str(tmp_path / "export"))
+    assert "exported" in exported.stdout
+    assert {p.name for p in (tmp_path / "export").iterdir()} == {"entries.jsonl", "checkpoint", "log.vkey"}
+    with sqlite3.connect(data / "veilgate.db") as db:
+        db.execute("UPDATE log_entries SET entry = ? WHERE idx = 3", (b'{"forged":true}',))
+    tampered = veilgate("audit", "verify", "--data-dir", str(data), check=False)
+    assert tampered.returncode == 1
+    assert "entry 3 was changed" in tampered.stderr
+    assert "Traceback" not in tampered.stderr

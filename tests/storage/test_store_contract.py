@@ -323,10 +323,16 @@ def test_schema_lives_where_the_url_points(store: Store, db_backend: str) -> Non
 
     assert tables == [
         "alembic_version",
+        "citizen_log_keys",
         "citizens",
         "consents",
         "evaluations",
         "institutions",
+        "log_checkpoints",
+        "log_entries",
+        "log_head",
+        "log_subjects",
+        "log_subtrees",
         "records",
         "used_request_tokens",
     ]
@@ -338,7 +344,7 @@ def test_check_schema_on_an_empty_database(database_url: str) -> None:
 
     engine = create_engine_for(database_url)
     try:
-        with pytest.raises(StorageError, match=r"revision <none>, expected 0002"):
+        with pytest.raises(StorageError, match=r"revision <none>, expected 0003"):
             check_schema(engine)
         upgrade_schema(engine)
         check_schema(engine)

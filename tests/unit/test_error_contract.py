@@ -9,7 +9,7 @@ import veilgate_server.core.catalog  # noqa: F401  (defines the RECORD_VALUE_INV
 from veilgate.v1 import errors_pb2
 from veilgate_server.rpc.errors import STATUS_OF_REASON, to_grpc_status
 
-CLIENT_ONLY = {"WALLET_INVALID", "DELIVERY_INVALID", "RESULT_INVALID"}
+CLIENT_ONLY = {"WALLET_INVALID", "DELIVERY_INVALID", "RESULT_INVALID", "PROOF_INVALID"}
 WIRE = set(errors_pb2.ErrorReason.keys()) - {"ERROR_REASON_UNSPECIFIED"}
 
 

@@ -40,8 +40,11 @@ class GetGatewayInfoResponse(_message.Message):
 
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
     SIGNING_KEYS_FIELD_NUMBER: _builtins.int
+    LOG_VERIFIER_KEY_FIELD_NUMBER: _builtins.int
     gateway_id: _builtins.str
     """The value citizens put in the aud claim of request tokens."""
+    log_verifier_key: _builtins.str
+    """The audit log's verifier key (Go sumdb/note format); its name is the checkpoints' origin."""
     @_builtins.property
     def signing_keys(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PublicKey]:
         """Keys that sign deliveries; the first is the current one."""
@@ -51,10 +54,11 @@ class GetGatewayInfoResponse(_message.Message):
         *,
         gateway_id: _builtins.str = ...,
         signing_keys: _abc.Iterable[_common_pb2.PublicKey] | None = ...,
+        log_verifier_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id", "signing_keys", b"signing_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id", "log_verifier_key", b"log_verifier_key", "signing_keys", b"signing_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -90,6 +94,7 @@ class GetMyDataResponse(_message.Message):
 
     SEALED_DELIVERY_FIELD_NUMBER: _builtins.int
     GATEWAY_KEY_ID_FIELD_NUMBER: _builtins.int
+    LOG_INDEX_FIELD_NUMBER: _builtins.int
     sealed_delivery: _builtins.bytes
     """libsodium crypto_box_seal (X25519, XSalsa20-Poly1305) to the citizen's enrolled encryption key
     of the ASCII bytes of a JWS compact serialization, alg EdDSA, typ "veilgate-delivery+jwt", kid a
@@ -104,15 +109,20 @@ class GetMyDataResponse(_message.Message):
     """
     gateway_key_id: _builtins.str
     """The kid of the signing key, so a client can fetch a key it has not pinned before opening."""
+    log_index: _builtins.int
+    """Receipt: the index of this call's entry in the audit log. The entry's "result" member is
+    base64url(SHA-256(sealed_delivery)); prove its inclusion with AuditService.
+    """
     def __init__(
         self,
         *,
         sealed_delivery: _builtins.bytes = ...,
         gateway_key_id: _builtins.str = ...,
+        log_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_key_id", b"gateway_key_id", "sealed_delivery", b"sealed_delivery"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_key_id", b"gateway_key_id", "log_index", b"log_index", "sealed_delivery", b"sealed_delivery"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -385,3 +395,78 @@ class Evaluation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Evaluation: _TypeAlias = Evaluation  # noqa: Y015
+
+@_typing.final
+class ListMyAccessHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_TOKEN_FIELD_NUMBER: _builtins.int
+    request_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_token", b"request_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyAccessHistoryRequest: _TypeAlias = ListMyAccessHistoryRequest  # noqa: Y015
+
+@_typing.final
+class AccessHistoryEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    entry: _builtins.bytes
+    @_builtins.property
+    def inclusion_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Inclusion proof of this entry in the tree of the response's checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        entry: _builtins.bytes = ...,
+        inclusion_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "inclusion_proof", b"inclusion_proof", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessHistoryEntry: _TypeAlias = AccessHistoryEntry  # noqa: Y015
+
+@_typing.final
+class ListMyAccessHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    LOG_KEY_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.str
+    """The signed checkpoint every proof is against."""
+    log_key: _builtins.bytes
+    """The caller's log key (32 bytes)."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessHistoryEntry]: ...
+    def __init__(
+        self,
+        *,
+        checkpoint: _builtins.str = ...,
+        log_key: _builtins.bytes = ...,
+        entries: _abc.Iterable[Global___AccessHistoryEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entries", b"entries", "log_key", b"log_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyAccessHistoryResponse: _TypeAlias = ListMyAccessHistoryResponse  # noqa: Y015

@@ -73,6 +73,11 @@ class CitizenServiceStub:
                 request_serializer=veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsRequest.SerializeToString,
                 response_deserializer=veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsResponse.FromString,
                 _registered_method=True)
+        self.ListMyAccessHistory = channel.unary_unary(
+                '/veilgate.v1.CitizenService/ListMyAccessHistory',
+                request_serializer=veilgate_dot_v1_dot_citizen__pb2.ListMyAccessHistoryRequest.SerializeToString,
+                response_deserializer=veilgate_dot_v1_dot_citizen__pb2.ListMyAccessHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class CitizenServiceServicer:
@@ -129,6 +134,15 @@ class CitizenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMyAccessHistory(self, request, context):
+        """The caller's trail in the audit log: every entry about them (newest first, at most 256), each
+        with an inclusion proof against the returned signed checkpoint, and the caller's log key, with
+        which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CitizenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +175,11 @@ def add_CitizenServiceServicer_to_server(servicer, server):
                     servicer.ListEvaluations,
                     request_deserializer=veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsRequest.FromString,
                     response_serializer=veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsResponse.SerializeToString,
+            ),
+            'ListMyAccessHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyAccessHistory,
+                    request_deserializer=veilgate_dot_v1_dot_citizen__pb2.ListMyAccessHistoryRequest.FromString,
+                    response_serializer=veilgate_dot_v1_dot_citizen__pb2.ListMyAccessHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -334,6 +353,33 @@ class CitizenService:
             '/veilgate.v1.CitizenService/ListEvaluations',
             veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsRequest.SerializeToString,
             veilgate_dot_v1_dot_citizen__pb2.ListEvaluationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyAccessHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/veilgate.v1.CitizenService/ListMyAccessHistory',
+            veilgate_dot_v1_dot_citizen__pb2.ListMyAccessHistoryRequest.SerializeToString,
+            veilgate_dot_v1_dot_citizen__pb2.ListMyAccessHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

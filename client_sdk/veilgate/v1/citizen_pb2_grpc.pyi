@@ -54,6 +54,11 @@ class CitizenServiceStub:
     """Revoke one of the caller's consents; it takes effect for the next evaluation. Idempotent."""
     ListEvaluations: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.ListEvaluationsRequest, _citizen_pb2.ListEvaluationsResponse]
     """Every evaluation made under the caller's consents: who asked what, when, and the decision."""
+    ListMyAccessHistory: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.ListMyAccessHistoryRequest, _citizen_pb2.ListMyAccessHistoryResponse]
+    """The caller's trail in the audit log: every entry about them (newest first, at most 256), each
+    with an inclusion proof against the returned signed checkpoint, and the caller's log key, with
+    which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag).
+    """
 
 @_typing.type_check_only
 class CitizenServiceAsyncStub(CitizenServiceStub):
@@ -81,6 +86,11 @@ class CitizenServiceAsyncStub(CitizenServiceStub):
     """Revoke one of the caller's consents; it takes effect for the next evaluation. Idempotent."""
     ListEvaluations: _aio.UnaryUnaryMultiCallable[_citizen_pb2.ListEvaluationsRequest, _citizen_pb2.ListEvaluationsResponse]  # type: ignore[assignment]
     """Every evaluation made under the caller's consents: who asked what, when, and the decision."""
+    ListMyAccessHistory: _aio.UnaryUnaryMultiCallable[_citizen_pb2.ListMyAccessHistoryRequest, _citizen_pb2.ListMyAccessHistoryResponse]  # type: ignore[assignment]
+    """The caller's trail in the audit log: every entry about them (newest first, at most 256), each
+    with an inclusion proof against the returned signed checkpoint, and the caller's log key, with
+    which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag).
+    """
 
 class CitizenServiceServicer(metaclass=_abc_1.ABCMeta):
     """What citizens call, over TLS. Every citizen request carries a request token: a JWS compact
@@ -141,5 +151,16 @@ class CitizenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_citizen_pb2.ListEvaluationsResponse, _abc.Awaitable[_citizen_pb2.ListEvaluationsResponse]]:
         """Every evaluation made under the caller's consents: who asked what, when, and the decision."""
+
+    @_abc_1.abstractmethod
+    def ListMyAccessHistory(
+        self,
+        request: _citizen_pb2.ListMyAccessHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_citizen_pb2.ListMyAccessHistoryResponse, _abc.Awaitable[_citizen_pb2.ListMyAccessHistoryResponse]]:
+        """The caller's trail in the audit log: every entry about them (newest first, at most 256), each
+        with an inclusion proof against the returned signed checkpoint, and the caller's log key, with
+        which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag).
+        """
 
 def add_CitizenServiceServicer_to_server(servicer: CitizenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -235,6 +235,7 @@ class EvaluateResponse(_message.Message):
 
     SIGNED_RESULT_FIELD_NUMBER: _builtins.int
     GATEWAY_KEY_ID_FIELD_NUMBER: _builtins.int
+    LOG_INDEX_FIELD_NUMBER: _builtins.int
     signed_result: _builtins.str
     """JWS compact serialization, alg EdDSA, typ "veilgate-result+jwt", kid a gateway key id. Payload:
       iss        gateway id             aud  institution id
@@ -250,15 +251,20 @@ class EvaluateResponse(_message.Message):
       data_as_of {department id: "YYYY-MM-DD"} for the sources the policy read
     """
     gateway_key_id: _builtins.str
+    log_index: _builtins.int
+    """Receipt: the index of this call's entry in the audit log. The entry's "result" member is
+    base64url(SHA-256(ASCII signed_result)); prove its inclusion with AuditService.
+    """
     def __init__(
         self,
         *,
         signed_result: _builtins.str = ...,
         gateway_key_id: _builtins.str = ...,
+        log_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_key_id", b"gateway_key_id", "signed_result", b"signed_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_key_id", b"gateway_key_id", "log_index", b"log_index", "signed_result", b"signed_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

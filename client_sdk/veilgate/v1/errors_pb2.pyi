@@ -109,6 +109,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """(client) A sealed delivery did not open, or its signature or request binding did not verify."""
     RESULT_INVALID: _ErrorReason.ValueType  # 41
     """(client) A signed eligibility result did not verify, or does not answer the request made."""
+    PROOF_INVALID: _ErrorReason.ValueType  # 42
+    """(client) A log checkpoint, entry, inclusion or consistency proof did not verify."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Every error the gateway returns is a google.rpc.Status whose details hold a google.rpc.ErrorInfo
@@ -204,4 +206,6 @@ DELIVERY_INVALID: ErrorReason.ValueType  # 40
 """(client) A sealed delivery did not open, or its signature or request binding did not verify."""
 RESULT_INVALID: ErrorReason.ValueType  # 41
 """(client) A signed eligibility result did not verify, or does not answer the request made."""
+PROOF_INVALID: ErrorReason.ValueType  # 42
+"""(client) A log checkpoint, entry, inclusion or consistency proof did not verify."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -15,9 +15,10 @@ from typing import Any, cast
 import grpc
 
 from veilgate.errors import ClientCertificateRequired, InternalError, PeerIdentityInvalid
-from veilgate_server.core.identity import identity_from_uri_sans
+from veilgate_server.core.identity import CallerIdentity, identity_from_uri_sans
 from veilgate_server.crypto import certificate_uri_sans
 from veilgate_server.gateway import Gateway
+from veilgate_server.rpc.audit import current_call
 from veilgate_server.storage import Institution
 
 __all__ = ["INSTITUTION_SERVICES", "InstitutionAuthentication", "current_institution"]
@@ -34,15 +35,13 @@ def current_institution() -> Institution:
     return institution
 
 
-def institution_of(context: grpc.ServicerContext, gateway: Gateway, *, trust_domain: str) -> Institution:
+def identity_of(context: grpc.ServicerContext, *, trust_domain: str) -> CallerIdentity:
+    """The caller named by the verified client certificate of this call."""
     # grpc returns {property: [values]}; the stubs type the values as bytes.
     certificates = cast("list[bytes]", context.auth_context().get("x509_pem_cert") or [])
     if not certificates:
         raise ClientCertificateRequired("institutions call over mutual TLS with their client certificate")
-    identity = identity_from_uri_sans(certificate_uri_sans(certificates[0]), trust_domain=trust_domain)
-    if identity.kind != "institution":
-        raise PeerIdentityInvalid("this service is for institutions; the certificate names another kind of caller")
-    return gateway.authenticate_institution(identity.id)
+    return identity_from_uri_sans(certificate_uri_sans(certificates[0]), trust_domain=trust_domain)
 
 
 class InstitutionAuthentication(grpc.ServerInterceptor):
@@ -64,7 +63,14 @@ class InstitutionAuthentication(grpc.ServerInterceptor):
         inner = handler.unary_unary
 
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
-            institution = institution_of(context, self._gateway, trust_domain=self._trust_domain)
+            call = current_call()
+            identity = identity_of(context, trust_domain=self._trust_domain)
+            call.caller_kind, call.caller_id = identity.kind, identity.id  # logged even if refused below
+            if identity.kind != "institution":
+                raise PeerIdentityInvalid(
+                    "this service is for institutions; the certificate names another kind of caller"
+                )
+            institution = self._gateway.authenticate_institution(identity.id)
             token = _CALLER.set(institution)
             try:
                 return inner(request, context)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import grpc
 
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, common_pb2
+from veilgate_server.audit import Auditor, Checkpointer
 from veilgate_server.gateway import Gateway
+from veilgate_server.rpc.audit import current_call
 from veilgate_server.storage import ConsentRow
 
 __all__ = ["CitizenServicer"]
 
 
 class CitizenServicer(citizen_pb2_grpc.CitizenServiceServicer):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, auditor: Auditor, checkpointer: Checkpointer) -> None:
         self._gateway = gateway
+        self._auditor = auditor
+        self._checkpointer = checkpointer
 
     def GetGatewayInfo(
         self, request: citizen_pb2.GetGatewayInfoRequest, context: grpc.ServicerContext
@@ -22,29 +26,32 @@ class CitizenServicer(citizen_pb2_grpc.CitizenServiceServicer):
         return citizen_pb2.GetGatewayInfoResponse(
             gateway_id=self._gateway.gateway_id,
             signing_keys=[common_pb2.PublicKey(key_id=signer.key_id, algorithm="EdDSA", public_key=signer.public_key)],
+            log_verifier_key=self._checkpointer.verifier_key,
         )
 
     def RegisterConsent(
         self, request: citizen_pb2.RegisterConsentRequest, context: grpc.ServicerContext
     ) -> citizen_pb2.RegisterConsentResponse:
-        row = self._gateway.register_consent(request.request_token, request.consent_token)
+        row = self._gateway.register_consent(request.request_token, request.consent_token, call=current_call())
         return citizen_pb2.RegisterConsentResponse(consent=_consent(row))
 
     def ListConsents(
         self, request: citizen_pb2.ListConsentsRequest, context: grpc.ServicerContext
     ) -> citizen_pb2.ListConsentsResponse:
-        rows = self._gateway.list_consents(request.request_token)
+        rows = self._gateway.list_consents(request.request_token, call=current_call())
         return citizen_pb2.ListConsentsResponse(consents=[_consent(row) for row in rows])
 
     def RevokeConsent(
         self, request: citizen_pb2.RevokeConsentRequest, context: grpc.ServicerContext
     ) -> citizen_pb2.RevokeConsentResponse:
-        return citizen_pb2.RevokeConsentResponse(consent=_consent(self._gateway.revoke_consent(request.request_token)))
+        return citizen_pb2.RevokeConsentResponse(
+            consent=_consent(self._gateway.revoke_consent(request.request_token, call=current_call()))
+        )
 
     def ListEvaluations(
         self, request: citizen_pb2.ListEvaluationsRequest, context: grpc.ServicerContext
     ) -> citizen_pb2.ListEvaluationsResponse:
-        rows = self._gateway.list_evaluations(request.request_token)
+        rows = self._gateway.list_evaluations(request.request_token, call=current_call())
         return citizen_pb2.ListEvaluationsResponse(
             evaluations=[
                 citizen_pb2.Evaluation(
@@ -62,8 +69,27 @@ class CitizenServicer(citizen_pb2_grpc.CitizenServiceServicer):
     def GetMyData(
         self, request: citizen_pb2.GetMyDataRequest, context: grpc.ServicerContext
     ) -> citizen_pb2.GetMyDataResponse:
-        delivery = self._gateway.get_my_data(request.request_token)
-        return citizen_pb2.GetMyDataResponse(sealed_delivery=delivery.sealed, gateway_key_id=delivery.key_id)
+        call = current_call()
+        delivery = self._gateway.get_my_data(request.request_token, call=call)
+        receipt = self._auditor.commit(call)  # durable before the reply leaves; its index is the receipt
+        return citizen_pb2.GetMyDataResponse(
+            sealed_delivery=delivery.sealed, gateway_key_id=delivery.key_id, log_index=receipt
+        )
+
+    def ListMyAccessHistory(
+        self, request: citizen_pb2.ListMyAccessHistoryRequest, context: grpc.ServicerContext
+    ) -> citizen_pb2.ListMyAccessHistoryResponse:
+        history = self._gateway.access_history(
+            request.request_token, checkpointer=self._checkpointer, call=current_call()
+        )
+        return citizen_pb2.ListMyAccessHistoryResponse(
+            checkpoint=history.checkpoint,
+            log_key=history.log_key,
+            entries=[
+                citizen_pb2.AccessHistoryEntry(index=index, entry=entry, inclusion_proof=proof)
+                for index, entry, proof in history.entries
+            ],
+        )
 
 
 def _consent(row: ConsentRow) -> citizen_pb2.Consent:

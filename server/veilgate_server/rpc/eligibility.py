@@ -5,8 +5,10 @@ from __future__ import annotations
 import grpc
 
 from veilgate.v1 import eligibility_pb2, eligibility_pb2_grpc
+from veilgate_server.audit import Auditor
 from veilgate_server.core.policy import Policy
 from veilgate_server.gateway import Gateway
+from veilgate_server.rpc.audit import current_call
 from veilgate_server.rpc.auth import current_institution
 
 __all__ = ["EligibilityServicer", "policy_summary"]
@@ -32,8 +34,9 @@ def policy_summary(policy: Policy) -> eligibility_pb2.PolicySummary:
 
 
 class EligibilityServicer(eligibility_pb2_grpc.EligibilityServiceServicer):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, auditor: Auditor) -> None:
         self._gateway = gateway
+        self._auditor = auditor
 
     def ListPolicies(
         self, request: eligibility_pb2.ListPoliciesRequest, context: grpc.ServicerContext
@@ -44,11 +47,16 @@ class EligibilityServicer(eligibility_pb2_grpc.EligibilityServiceServicer):
     def Evaluate(
         self, request: eligibility_pb2.EvaluateRequest, context: grpc.ServicerContext
     ) -> eligibility_pb2.EvaluateResponse:
+        call = current_call()
         signed = self._gateway.evaluate(
             current_institution(),
             policy_id=request.policy_id,
             consent_token=request.consent_token,
             request_id=request.request_id,
             parameters=dict(request.parameters),
+            call=call,
         )
-        return eligibility_pb2.EvaluateResponse(signed_result=signed, gateway_key_id=self._gateway.signer.key_id)
+        receipt = self._auditor.commit(call)  # durable before the reply leaves; its index is the receipt
+        return eligibility_pb2.EvaluateResponse(
+            signed_result=signed, gateway_key_id=self._gateway.signer.key_id, log_index=receipt
+        )

@@ -17,13 +17,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from veilgate.errors import ConfigurationError
-from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
+from veilgate.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    citizen_pb2,
+    citizen_pb2_grpc,
+    eligibility_pb2,
+    eligibility_pb2_grpc,
+)
+from veilgate_server.audit import Auditor, Checkpointer
 from veilgate_server.crypto.institutions import TRUST_DOMAIN as DEFAULT_TRUST_DOMAIN
 from veilgate_server.gateway import Gateway
+from veilgate_server.rpc.audit import AuditTrail
+from veilgate_server.rpc.audit_service import AuditServicer
 from veilgate_server.rpc.auth import InstitutionAuthentication
 from veilgate_server.rpc.citizen import CitizenServicer
 from veilgate_server.rpc.eligibility import EligibilityServicer
 from veilgate_server.rpc.interceptors import ErrorBoundary
+from veilgate_server.storage.log import LogWriter
 
 __all__ = ["MAX_MESSAGE_BYTES", "RunningServer", "ServerTls", "build_server"]
 
@@ -34,6 +45,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 _SERVICES = (
     citizen_pb2.DESCRIPTOR.services_by_name["CitizenService"].full_name,
     eligibility_pb2.DESCRIPTOR.services_by_name["EligibilityService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -58,11 +70,15 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    writer: LogWriter
+    checkpointer: Checkpointer
     mtls_port: int | None = None
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.writer.close()
+        self.checkpointer.close()  # signs a final checkpoint over every appended entry
 
 
 def build_server(
@@ -75,19 +91,30 @@ def build_server(
     workers: int = 8,
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     mtls_address: str | None = None,
+    checkpoint_interval: float = 1.0,
 ) -> RunningServer:
     """Bind and start the server. Addresses may end in ``:0`` for a free port (see ``.port`` and
     ``.mtls_port``). ``mtls_address`` (with ``tls.client_ca``) opens the institutions' port."""
+    writer = LogWriter(gateway.store.log)
+    auditor = Auditor(gateway.store, writer, clock=gateway.clock)
+    checkpointer = Checkpointer(gateway.store, gateway.log_signer, interval=checkpoint_interval)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veilgate-rpc"),
-        interceptors=[ErrorBoundary(), InstitutionAuthentication(gateway, trust_domain=trust_domain)],
+        # Outermost first: errors become statuses; every call is logged (denials included, so the
+        # audit trail sits outside authentication); then institutions are authenticated.
+        interceptors=[
+            ErrorBoundary(),
+            AuditTrail(auditor),
+            InstitutionAuthentication(gateway, trust_domain=trust_domain),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )
-    citizen_pb2_grpc.add_CitizenServiceServicer_to_server(CitizenServicer(gateway), server)
-    eligibility_pb2_grpc.add_EligibilityServiceServicer_to_server(EligibilityServicer(gateway), server)
+    citizen_pb2_grpc.add_CitizenServiceServicer_to_server(CitizenServicer(gateway, auditor, checkpointer), server)
+    eligibility_pb2_grpc.add_EligibilityServiceServicer_to_server(EligibilityServicer(gateway, auditor), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(gateway.store, checkpointer), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection_enabled:
@@ -115,7 +142,11 @@ def build_server(
         raise ConfigurationError(f"could not listen on {address}: {e}") from e
     if port == 0:
         raise ConfigurationError(f"could not listen on {address}")
+    writer.start()
+    checkpointer.start()
     server.start()
     for service in ("", *_SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=port, health=health_servicer, mtls_port=mtls_port)
+    return RunningServer(
+        server=server, port=port, health=health_servicer, writer=writer, checkpointer=checkpointer, mtls_port=mtls_port
+    )

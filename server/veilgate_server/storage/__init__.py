@@ -1,11 +1,21 @@
 """The gateway's store: SQLite (embedded default) or PostgreSQL, behind a few repositories.
 
 Open it with :meth:`Store.open`; reach the data only through ``store.citizens``,
-``store.records``, ``store.requests``, ``store.institutions`` and ``store.consents``. The schema is
+``store.records``, ``store.requests``, ``store.institutions``, ``store.consents`` and ``store.log``
+(the audit log; :class:`LogWriter` puts group commit in front of it). The schema is
 managed by Alembic revisions shipped in ``migrations/`` (:func:`upgrade_schema`, :func:`check_schema`).
 """
 
 from .db import check_schema, create_engine_for, sqlite_url, upgrade_schema
+from .log import (
+    AppendRequest,
+    AuditLog,
+    CheckpointConflict,
+    LogEntry,
+    LogWriter,
+    StoredCheckpoint,
+    WriterStats,
+)
 from .repositories import (
     CitizenKeys,
     CitizenRegistry,
@@ -21,6 +31,9 @@ from .repositories import (
 )
 
 __all__ = [
+    "AppendRequest",
+    "AuditLog",
+    "CheckpointConflict",
     "CitizenKeys",
     "CitizenRegistry",
     "ConsentLedger",
@@ -28,10 +41,14 @@ __all__ = [
     "EvaluationRow",
     "Institution",
     "InstitutionRegistry",
+    "LogEntry",
+    "LogWriter",
     "RecordStore",
     "RequestLedger",
     "Store",
+    "StoredCheckpoint",
     "StoredRecord",
+    "WriterStats",
     "check_schema",
     "create_engine_for",
     "sqlite_url",

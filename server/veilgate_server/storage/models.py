@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     TypeDecorator,
@@ -29,8 +30,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AuditLogCheckpoint",
+    "AuditLogEntry",
+    "AuditLogHead",
+    "AuditLogSubject",
+    "AuditLogSubtree",
     "Base",
     "Citizen",
+    "CitizenLogKey",
     "Consent",
     "Evaluation",
     "Record",
@@ -210,4 +217,113 @@ class Evaluation(Base):
     decision: Mapped[str] = mapped_column(String(16))
     result_jws: Mapped[str] = mapped_column(Text)
     request_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+# --- the audit log --------------------------------------------------------------------------------
+
+HASH_LENGTH = 32
+"""Length in bytes of a SHA-256 digest: every leaf, node and root hash of the audit log."""
+
+# The log's indices: BIGINT on PostgreSQL; plain INTEGER on SQLite, where a single-column INTEGER
+# primary key aliases the rowid (SQLite integers are 64-bit either way).
+_LOG_INDEX = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class AuditLogHead(Base):
+    """The log's one head row: its size, i.e. the index the next entry will get.
+
+    Every append first moves it by the batch's size (``UPDATE ... RETURNING``); on PostgreSQL that
+    row lock, held until the commit, makes gateway replicas sharing one database assign dense
+    indices one transaction after the other (SQLite's ``BEGIN IMMEDIATE`` already serialises
+    writers). The migration inserts the row with ``tree_size = 0``.
+    """
+
+    __tablename__ = "log_head"
+    __table_args__ = (
+        CheckConstraint("id = 1", name="single_row"),
+        CheckConstraint("tree_size >= 0", name="tree_size_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditLogEntry(Base):
+    """One log entry: its 0-based index (dense, no gaps), its canonical bytes and its leaf hash.
+
+    ``entry`` is opaque to the store; ``leaf_hash`` is SHA-256(0x00 || entry) per RFC 9162 and is
+    also the tree's level-0 subtree hash (which :class:`AuditLogSubtree` therefore does not repeat).
+    """
+
+    __tablename__ = "log_entries"
+    __table_args__ = (
+        CheckConstraint("idx >= 0", name="idx_not_negative"),
+        CheckConstraint(f"length(leaf_hash) = {HASH_LENGTH}", name="leaf_hash_length"),
+    )
+
+    idx: Mapped[int] = mapped_column(_LOG_INDEX, primary_key=True, autoincrement=False)
+    entry: Mapped[bytes] = mapped_column(LargeBinary)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_LENGTH))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class AuditLogSubtree(Base):
+    """The hash of a complete aligned subtree: leaves ``[idx * 2**level, (idx + 1) * 2**level)``.
+
+    Only levels 1 and up are stored; level 0 is the leaf hash in :class:`AuditLogEntry`. With every
+    complete subtree at hand, any root, inclusion or consistency proof takes O(log n) reads.
+    """
+
+    __tablename__ = "log_subtrees"
+    __table_args__ = (
+        CheckConstraint("level >= 1 AND level <= 63", name="level_range"),
+        CheckConstraint("idx >= 0", name="idx_not_negative"),
+        CheckConstraint(f"length(hash) = {HASH_LENGTH}", name="hash_length"),
+    )
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_LENGTH))
+
+
+class AuditLogCheckpoint(Base):
+    """A signed checkpoint of the log, kept verbatim; at most one (hence one root) per tree size."""
+
+    __tablename__ = "log_checkpoints"
+    __table_args__ = (
+        CheckConstraint("tree_size >= 0", name="tree_size_not_negative"),
+        CheckConstraint(f"length(root_hash) = {HASH_LENGTH}", name="root_hash_length"),
+    )
+
+    tree_size: Mapped[int] = mapped_column(_LOG_INDEX, primary_key=True, autoincrement=False)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_LENGTH))
+    note: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class AuditLogSubject(Base):
+    """A private index from a citizen to the log entries about them.
+
+    Never published (the entries carry only a keyed pseudonym), and deleted when the citizen is
+    erased; the primary key's leading column serves the citizen's history.
+    """
+
+    __tablename__ = "log_subjects"
+
+    citizen_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class CitizenLogKey(Base):
+    """The random key from which the citizen's pseudonym in log entries is derived.
+
+    Deleting it unlinks the citizen from their entries, which stay in the log unchanged.
+    """
+
+    __tablename__ = "citizen_log_keys"
+    __table_args__ = (CheckConstraint(f"length(key) = {KEY_LENGTH}", name="key_length"),)
+
+    citizen_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[bytes] = mapped_column(LargeBinary(KEY_LENGTH))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -54,6 +54,7 @@ from veilgate.errors import (
 from veilgate_server.core.identity import check_caller_id
 
 from .db import WRITE_TRANSACTION, check_schema, create_engine_for, upgrade_schema
+from .log import AuditLog
 from .models import (
     INSTITUTION_KINDS,
     KEY_LENGTH,
@@ -833,6 +834,7 @@ class Store:
         self.requests = RequestLedger(self._sessions)
         self.institutions = InstitutionRegistry(self._sessions)
         self.consents = ConsentLedger(self._sessions)
+        self.log = AuditLog(self._sessions)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Self:

@@ -1,0 +1,81 @@
+"""Every call leaves an entry in the audit log before its reply leaves — enforced here, in an
+interceptor, so that no handler can skip it.
+
+The interceptor opens a :class:`CallRecord` for the call, lets the handler (and the gateway
+operations) fill it in, and commits it as one log entry whatever the outcome: OK, a Veilgate error
+with its reason, or INTERNAL. A handler that needs its receipt (the log index in its reply) commits
+the record itself through :meth:`Auditor.commit`; the interceptor then does not append again. If
+the entry cannot be made durable the call fails UNAVAILABLE instead (fail closed).
+
+AuditService reads, health checks and reflection are not logged: they are public, hold no personal
+data, and logging reads of the log would make the log grow by being read.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from veilgate.audit import sha256_b64
+from veilgate.errors import InternalError, VeilgateError
+from veilgate_server.audit import Auditor, CallRecord
+from veilgate_server.rpc.errors import STATUS_OF_REASON
+
+__all__ = ["UNLOGGED_PREFIXES", "AuditTrail", "current_call"]
+
+UNLOGGED_PREFIXES = ("/veilgate.v1.AuditService/", "/grpc.health.v1.Health/", "/grpc.reflection.")
+_CALL: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar("veilgate_call", default=None)
+
+
+def current_call() -> CallRecord:
+    """The audit record of the current call (opened by :class:`AuditTrail`)."""
+    record = _CALL.get()
+    if record is None:
+        raise InternalError("handler ran outside the audit trail")
+    return record
+
+
+class AuditTrail(grpc.ServerInterceptor):
+    def __init__(self, auditor: Auditor) -> None:
+        self._auditor = auditor
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(UNLOGGED_PREFIXES):
+            return handler
+        if handler.unary_unary is None:  # every Veilgate RPC is unary; anything else must not slip by
+            raise InternalError(f"{method} is not unary and cannot be audited")
+        inner = handler.unary_unary
+        auditor = self._auditor
+
+        def audited(request: Any, context: grpc.ServicerContext) -> Any:
+            record = CallRecord(method=method, request_hash=sha256_b64(request.SerializeToString(deterministic=True)))
+            token = _CALL.set(record)
+            try:
+                reply = inner(request, context)
+            except VeilgateError as e:
+                code = STATUS_OF_REASON.get(e.reason, grpc.StatusCode.INTERNAL).name
+                auditor.commit(record, code=code, reason=e.reason)  # raises StorageError if not durable
+                raise
+            except Exception:
+                auditor.commit(record, code="INTERNAL", reason="INTERNAL")
+                raise
+            finally:
+                _CALL.reset(token)
+            if record.log_index is None:
+                auditor.commit(record)
+            return reply
+
+        return grpc.unary_unary_rpc_method_handler(
+            audited,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

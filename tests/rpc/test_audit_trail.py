@@ -1,0 +1,248 @@
+"""The audit trail over real TLS and mTLS, on every storage backend: every call is logged before its
+reply leaves, receipts verify, citizens see their trail, and nothing personal reaches the log."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import grpc
+import pytest
+from conftest import GatewayHarness
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from sqlalchemy import text
+
+from veilgate import AuditClient, CitizenWallet, PolicyPin
+from veilgate.audit import parse_entry, sha256_b64, subject_tag
+from veilgate.citizen import GET_MY_DATA
+from veilgate.errors import ProofInvalid, StorageError
+from veilgate.v1 import audit_pb2, audit_pb2_grpc, citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
+from veilgate_server.storage import StoredRecord
+
+LOAN = "credit.consumer_loan"
+
+
+def _all_entries(gw: GatewayHarness, audit: AuditClient) -> list[tuple[int, bytes]]:
+    """Every entry appended so far, under a signed checkpoint that covers them all."""
+    size = audit.checkpoint(min_tree_size=gw.store.log.tree_size()).tree_size
+    out: list[tuple[int, bytes]] = []
+    while len(out) < size:
+        out += audit.entries(len(out), min(256, size - len(out)))
+    return out
+
+
+def test_every_call_allowed_or_denied_is_logged_with_its_outcome(gateway_harness: GatewayHarness) -> None:
+    gw = gateway_harness
+    wallet = gw.enroll(gw.citizen_ids[0])
+    with gw.client(wallet) as citizen:
+        citizen.get_my_data(items=[])
+    with gw.channel() as channel:
+        stub = citizen_pb2_grpc.CitizenServiceStub(channel)
+        with pytest.raises(grpc.RpcError):
+            stub.GetMyData(citizen_pb2.GetMyDataRequest(request_token="forged"), timeout=5)
+        # An institution service reached without a client certificate: refused, and logged.
+        with pytest.raises(grpc.RpcError):
+            eligibility_pb2_grpc.EligibilityServiceStub(channel).ListPolicies(
+                eligibility_pb2.ListPoliciesRequest(), timeout=5
+            )
+        # Audit reads are not logged (see the proto): the log does not grow by being read.
+        audit_stub = audit_pb2_grpc.AuditServiceStub(channel)
+        audit_stub.GetCheckpoint(audit_pb2.GetCheckpointRequest(), timeout=5)
+    with gw.audit() as audit:
+        entries = [parse_entry(raw) for _, raw in _all_entries(gw, audit)]
+    summary = [(e.method.rsplit("/", 1)[-1], e.code, e.reason, e.caller_kind) for e in entries]
+    assert summary == [
+        ("GetGatewayInfo", "OK", "", "public"),
+        ("GetMyData", "OK", "", "citizen"),
+        ("GetMyData", "UNAUTHENTICATED", "TOKEN_INVALID", "public"),
+        ("ListPolicies", "UNAUTHENTICATED", "CLIENT_CERTIFICATE_REQUIRED", "public"),
+    ]
+    delivery_entry = entries[1]
+    assert delivery_entry.watermark is not None
+    assert delivery_entry.watermark.startswith("wm_")
+    assert delivery_entry.subject_tag is not None
+    assert entries[2].subject_tag is None  # an unverified claim names nobody
+
+
+def test_receipts_prove_a_reply_was_logged(gateway_harness: GatewayHarness) -> None:
+    gw = gateway_harness
+    citizen_id = gw.citizen_ids[0]
+    wallet = gw.enroll(citizen_id)
+    bank = gw.register_institution("bank-a", "bank")
+    with gw.client(wallet) as citizen:
+        delivery = citizen.get_my_data()
+        token, _ = citizen.grant_consent(
+            institution_id="bank-a", purpose="credit.consumer_loan", policies=[gw.pin(LOAN)], max_uses=2
+        )
+    with gw.institution_client(bank) as institution:
+        result = institution.evaluate(LOAN, token, {"requested_amount_band": "up_to_50k"})
+    assert delivery.log_index is not None
+    assert delivery.sealed is not None
+    assert result.log_index is not None
+    with gw.audit() as audit:
+        entry, checkpoint = audit.verify_receipt(delivery.log_index, delivery.sealed)
+        assert entry.watermark == delivery.watermark
+        evaluated, _ = audit.verify_receipt(result.log_index, result.signed_result.encode())
+        assert (evaluated.caller_kind, evaluated.caller_id) == ("institution", "bank-a")
+        assert (evaluated.policy_id, evaluated.consent, evaluated.decision) == (
+            LOAN,
+            result.consent_id,
+            result.decision,
+        )
+        # A receipt for another reply does not verify.
+        with pytest.raises(ProofInvalid):
+            audit.verify_receipt(delivery.log_index, result.signed_result.encode())
+        # Later checkpoints extend earlier ones.
+        with gw.client(wallet) as citizen:
+            citizen.list_consents()
+        newer = audit.checkpoint(min_tree_size=checkpoint.tree_size + 1)
+        audit.prove_consistency(checkpoint, newer)
+        assert newer.origin == "veilgate.test/log"
+
+
+def test_citizens_see_their_trail_and_nobody_elses(gateway_harness: GatewayHarness) -> None:
+    gw = gateway_harness
+    alice, bob = gw.enroll(gw.citizen_ids[0]), gw.enroll(gw.citizen_ids[1])
+    bank = gw.register_institution("bank-a", "bank")
+    with gw.client(alice) as a:
+        a.get_my_data(items=[])
+        token, _ = a.grant_consent(institution_id="bank-a", purpose="credit.consumer_loan", policies=[gw.pin(LOAN)])
+    with gw.client(bob) as b:
+        b.get_my_data(items=[])
+    with gw.institution_client(bank) as institution:
+        institution.evaluate(LOAN, token, {"requested_amount_band": "up_to_50k"})
+    with gw.client(alice) as a:
+        history = a.access_history()
+    methods = [entry.method.rsplit("/", 1)[-1] for _, entry in history]
+    assert methods == ["Evaluate", "RegisterConsent", "GetMyData"]
+    evaluate = history[0][1]
+    assert (evaluate.caller_kind, evaluate.caller_id) == ("institution", "bank-a")
+    with gw.client(bob) as b:
+        assert [e.method.rsplit("/", 1)[-1] for _, e in b.access_history()] == ["GetMyData"]
+        # The history call itself is logged too, and shows up the next time.
+        assert [e.method.rsplit("/", 1)[-1] for _, e in b.access_history()] == ["ListMyAccessHistory", "GetMyData"]
+
+
+def test_subject_tags_are_unlinkable_without_the_key(gateway_harness: GatewayHarness) -> None:
+    gw = gateway_harness
+    citizen_id = gw.citizen_ids[0]
+    wallet = gw.enroll(citizen_id)
+    with gw.client(wallet) as citizen:
+        citizen.get_my_data(items=[])
+        citizen.get_my_data(items=[])
+    with gw.audit() as audit:
+        entries = [parse_entry(raw) for _, raw in _all_entries(gw, audit)]
+    tags = [e.subject_tag for e in entries if e.subject_tag]
+    assert len(tags) == len(set(tags)) == 2  # two calls by one citizen: two unrelated tags
+    key = gw.store.log.pseudonym_key(citizen_id, create=False)
+    assert key is not None
+    assert all(e.is_about(key) for e in entries if e.subject_tag)
+    assert not any(e.is_about(b"\0" * 32) for e in entries)
+    gw.store.log.erase_citizen(citizen_id)
+    assert gw.store.log.pseudonym_key(citizen_id, create=False) is None
+    assert gw.store.log.indices_for_citizen(citizen_id) == []
+    assert subject_tag(key, entries[1].subject_nonce or b"") == entries[1].subject_tag  # the log still verifies
+
+
+def test_no_citizen_id_or_record_value_reaches_the_log(gateway_harness: GatewayHarness) -> None:
+    gw = gateway_harness
+    citizen_id = gw.citizen_ids[0]
+    canary = "CANARY-log-4f1e2d"
+    [employer] = gw.store.records.for_citizen(citizen_id, ["social_insurance.current_employer"])
+    gw.store.records.put_many(
+        [StoredRecord(citizen_id, employer.item_id, employer.department, employer.as_of, json.dumps(canary))]
+    )
+    wallet = gw.enroll(citizen_id)
+    bank = gw.register_institution("bank-a", "bank")
+    with gw.client(wallet) as citizen:
+        assert any(i.value == canary for i in citizen.get_my_data().items)
+        token, _ = citizen.grant_consent(
+            institution_id="bank-a", purpose="credit.consumer_loan", policies=[gw.pin(LOAN)]
+        )
+    with gw.institution_client(bank) as institution:
+        institution.evaluate(LOAN, token, {"requested_amount_band": "up_to_50k"})
+    with gw.audit() as audit:
+        log_bytes = b"".join(raw for _, raw in _all_entries(gw, audit))
+    assert canary.encode() not in log_bytes
+    assert citizen_id.encode() not in log_bytes
+    assert token.encode() not in log_bytes
+
+
+def test_a_call_whose_entry_cannot_be_made_durable_fails_unavailable(gateway_harness: GatewayHarness) -> None:
+    gw = gateway_harness
+    wallet = gw.enroll(gw.citizen_ids[0])
+    with gw.store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE log_entries"))
+    token = wallet.request_token(audience="veilgate.test", operation=GET_MY_DATA)
+    with gw.channel() as channel:
+        stub = citizen_pb2_grpc.CitizenServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetMyData(citizen_pb2.GetMyDataRequest(request_token=token), timeout=10)
+        # A denied call whose denial cannot be logged fails the same way.
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.GetMyData(citizen_pb2.GetMyDataRequest(request_token="forged"), timeout=10)
+    for error in (info.value, denied.value):
+        assert error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        assert status is not None
+        detail = error_details_pb2.ErrorInfo()
+        status.details[0].Unpack(detail)
+        assert detail.reason == "STORAGE_UNAVAILABLE"
+    assert not info.value.trailing_metadata() or all(  # type: ignore[attr-defined]
+        k != "sealed"
+        for k, _ in info.value.trailing_metadata()  # type: ignore[attr-defined]
+    )
+    with gw.client(wallet) as citizen, pytest.raises(StorageError):
+        citizen.get_my_data()
+
+
+def test_parallel_callers_get_dense_unique_receipts(gateway_harness: GatewayHarness) -> None:
+    gw = gateway_harness
+    wallets = [gw.enroll(cid) for cid in gw.citizen_ids]
+    receipts: list[tuple[int, bytes]] = []
+    lock = threading.Lock()
+
+    def fetch(wallet: CitizenWallet) -> None:
+        with gw.client(wallet) as citizen:
+            citizen.gateway_info()
+            for _ in range(10):
+                delivery = citizen.get_my_data(items=[])
+                assert delivery.log_index is not None
+                assert delivery.sealed is not None
+                with lock:
+                    receipts.append((delivery.log_index, delivery.sealed))
+
+    threads = [threading.Thread(target=fetch, args=(w,)) for w in wallets * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(receipts) == 10 * len(threads)
+    indices = [i for i, _ in receipts]
+    assert len(set(indices)) == len(indices)
+    with gw.audit() as audit:
+        entries = dict(_all_entries(gw, audit))
+    assert sorted(entries) == list(range(len(entries)))  # dense: no gap, no duplicate
+    for index, sealed in receipts:  # every acknowledged call is present with its reply's hash
+        assert parse_entry(entries[index]).result == sha256_b64(sealed)
+
+
+def test_audit_service_refuses_out_of_range_requests(gateway_harness: GatewayHarness) -> None:
+    gw = gateway_harness
+    with gw.channel() as channel:
+        citizen_pb2_grpc.CitizenServiceStub(channel).GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=5)
+        stub = audit_pb2_grpc.AuditServiceStub(channel)
+        bad: list[tuple[Any, Any]] = [
+            (stub.GetInclusionProof, audit_pb2.GetInclusionProofRequest(index=5, tree_size=1)),
+            (stub.GetConsistencyProof, audit_pb2.GetConsistencyProofRequest(first=0, second=1)),
+            (stub.GetEntries, audit_pb2.GetEntriesRequest(start=0, count=1000)),
+            (stub.GetEntries, audit_pb2.GetEntriesRequest(start=99, count=1)),
+            (stub.GetCheckpoint, audit_pb2.GetCheckpointRequest(min_tree_size=99)),
+        ]
+        for method, request in bad:
+            with pytest.raises(grpc.RpcError) as info:
+                method(request, timeout=5)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert PolicyPin(LOAN, "0" * 64).id == LOAN
