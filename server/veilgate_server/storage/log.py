@@ -35,8 +35,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Self
 
@@ -53,7 +52,6 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Executable
 
@@ -61,7 +59,7 @@ from veilgate.errors import InternalError, StorageError
 from veilgate.merkle import HASH_SIZE, leaf_hash
 from veilgate_server.core.merkle import Frontier, SubtreeKey, root_of
 
-from .db import WRITE_TRANSACTION
+from ._session import storage_errors, write_session
 from .models import (
     KEY_LENGTH,
     AuditLogCheckpoint,
@@ -138,24 +136,6 @@ class WriterStats:
 
 
 # --- helpers --------------------------------------------------------------------------------------
-# The same two helpers as in repositories.py (which imports this module, hence not shared).
-
-
-@contextmanager
-def _storage_errors(action: str) -> Iterator[None]:
-    """Wrap SQLAlchemy/driver failures; the message names the action only, never values."""
-    try:
-        yield
-    except SQLAlchemyError as e:
-        raise StorageError(f"could not {action}: the database reported {type(e).__name__}") from e
-
-
-@contextmanager
-def _write(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """A session in a write transaction, committed on success and rolled back on any exception."""
-    with sessions.begin() as session:
-        session.connection(execution_options={WRITE_TRANSACTION: True})
-        yield session
 
 
 def _utc_now() -> dt.datetime:
@@ -320,7 +300,7 @@ class AuditLog:
             return []
         now = self._clock()
         _require_aware(now, "the log clock's time")
-        with _storage_errors("append to the audit log"), _write(self._sessions) as session:
+        with storage_errors("append to the audit log"), write_session(self._sessions) as session:
             connection = session.connection()
             sql = _append_sql(connection.dialect)
             new_size = connection.exec_driver_sql(sql.claim, (len(requests),)).scalar_one_or_none()
@@ -369,7 +349,7 @@ class AuditLog:
     def tree_size(self) -> int:
         """The number of committed entries."""
         statement = select(AuditLogHead.tree_size).where(AuditLogHead.id == _HEAD_ID)
-        with _storage_errors("read the audit log's size"), self._sessions() as session:
+        with storage_errors("read the audit log's size"), self._sessions() as session:
             size = session.scalar(statement)
         if size is None:
             raise StorageError("could not read the audit log's size: its head row is missing")
@@ -380,7 +360,7 @@ class AuditLog:
 
         Keys with no stored subtree (not complete yet, or beyond the log) are absent from the result.
         """
-        with _storage_errors("read the audit log's subtree hashes"), self._sessions() as session:
+        with storage_errors("read the audit log's subtree hashes"), self._sessions() as session:
             return _read_subtrees(session.connection(), keys)
 
     def entries(self, start: int, count: int) -> list[LogEntry]:
@@ -391,7 +371,7 @@ class AuditLog:
             .where(AuditLogEntry.idx >= start, AuditLogEntry.idx < start + count)
             .order_by(AuditLogEntry.idx)
         )
-        with _storage_errors("read audit log entries"), self._sessions() as session:
+        with storage_errors("read audit log entries"), self._sessions() as session:
             return [
                 LogEntry(
                     index=row.idx,
@@ -410,7 +390,7 @@ class AuditLog:
             .where(AuditLogEntry.idx >= start, AuditLogEntry.idx < start + count)
             .order_by(AuditLogEntry.idx)
         )
-        with _storage_errors("read audit log leaf hashes"), self._sessions() as session:
+        with storage_errors("read audit log leaf hashes"), self._sessions() as session:
             return [bytes(value) for value in session.scalars(statement)]
 
     # -- the private side: subjects and pseudonym keys ----------------------------------------------
@@ -426,7 +406,7 @@ class AuditLog:
             .order_by(AuditLogSubject.idx.desc())
             .limit(limit)
         )
-        with _storage_errors("read the citizen's log entries"), self._sessions() as session:
+        with storage_errors("read the citizen's log entries"), self._sessions() as session:
             return [int(index) for index in session.scalars(statement)]
 
     def pseudonym_key(self, citizen_id: str, *, create: bool) -> bytes | None:
@@ -437,12 +417,12 @@ class AuditLog:
         """
         _require_citizen_id(citizen_id)
         statement = select(CitizenLogKey.key).where(CitizenLogKey.citizen_id == citizen_id)
-        with _storage_errors("read the citizen's pseudonym key"), self._sessions() as session:
+        with storage_errors("read the citizen's pseudonym key"), self._sessions() as session:
             key = session.scalar(statement)
         if key is not None or not create:
             return None if key is None else bytes(key)
         row = {"citizen_id": citizen_id, "key": secrets.token_bytes(KEY_LENGTH), "created_at": self._clock()}
-        with _storage_errors("create the citizen's pseudonym key"), _write(self._sessions) as session:
+        with storage_errors("create the citizen's pseudonym key"), write_session(self._sessions) as session:
             connection = session.connection()
             connection.execute(self._insert_key_if_absent(connection), [row])
             key = connection.execute(statement).scalar_one()
@@ -461,7 +441,7 @@ class AuditLog:
         """Delete the citizen's pseudonym key and subject index (idempotent); the entries stay, so the
         log stays verifiable, but nothing links them to the citizen any more."""
         _require_citizen_id(citizen_id)
-        with _storage_errors("erase the citizen from the audit log index"), _write(self._sessions) as session:
+        with storage_errors("erase the citizen from the audit log index"), write_session(self._sessions) as session:
             connection = session.connection()
             connection.execute(delete(CitizenLogKey).where(CitizenLogKey.citizen_id == citizen_id))
             connection.execute(delete(AuditLogSubject).where(AuditLogSubject.citizen_id == citizen_id))
@@ -488,7 +468,7 @@ class AuditLog:
         if not note:
             raise ValueError("note must not be empty")
         _require_aware(at, "at")
-        with _storage_errors("store the checkpoint"), _write(self._sessions) as session:
+        with storage_errors("store the checkpoint"), write_session(self._sessions) as session:
             connection = session.connection()
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_CHECKPOINT_LOCK_KEY})
@@ -519,14 +499,14 @@ class AuditLog:
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         """The stored checkpoint of the largest tree size, or None."""
         statement = select(AuditLogCheckpoint).order_by(AuditLogCheckpoint.tree_size.desc()).limit(1)
-        with _storage_errors("read the latest checkpoint"), self._sessions() as session:
+        with storage_errors("read the latest checkpoint"), self._sessions() as session:
             row = session.scalars(statement).one_or_none()
             return None if row is None else _checkpoint(row)
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         """Every stored checkpoint, by tree size."""
         statement = select(AuditLogCheckpoint).order_by(AuditLogCheckpoint.tree_size)
-        with _storage_errors("read the checkpoints"), self._sessions() as session:
+        with storage_errors("read the checkpoints"), self._sessions() as session:
             return [_checkpoint(row) for row in session.scalars(statement)]
 
 

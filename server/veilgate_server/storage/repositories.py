@@ -26,15 +26,14 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Final, Self
 
 from sqlalchemy import Engine, Table, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilgate.errors import (
@@ -53,7 +52,8 @@ from veilgate.errors import (
 )
 from veilgate_server.core.identity import check_caller_id
 
-from .db import WRITE_TRANSACTION, check_schema, create_engine_for, upgrade_schema
+from ._session import insert_unique, storage_errors, write_session
+from .db import check_schema, create_engine_for, upgrade_schema
 from .log import AuditLog
 from .models import (
     INSTITUTION_KINDS,
@@ -152,24 +152,6 @@ class EvaluationRow:
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _storage_errors(action: str) -> Iterator[None]:
-    """Wrap SQLAlchemy/driver failures; the message names the action only, never values."""
-    try:
-        yield
-    except SQLAlchemyError as e:
-        raise StorageError(f"could not {action}: the database reported {type(e).__name__}") from e
-
-
-@contextmanager
-def _write(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """A session in a write transaction, committed on success and rolled back on any exception."""
-    with sessions.begin() as session:
-        # Procure the connection now, so the transaction starts as a writer (BEGIN IMMEDIATE on SQLite).
-        session.connection(execution_options={WRITE_TRANSACTION: True})
-        yield session
 
 
 def _require_aware(value: dt.datetime, name: str) -> None:
@@ -328,17 +310,13 @@ class CitizenRegistry:
             enrolled_at=at,
             keys_updated_at=at,
         )
-        with _storage_errors("enroll the citizen"):
-            try:
-                with _write(self._sessions) as session:
-                    session.add(row)
-                    session.flush()
-                    keys = _keys(row)
-            except IntegrityError as e:
-                # The inputs were checked above, so the only constraint left to violate is the
-                # primary key: a concurrent or earlier enrolment of the same id won.
-                raise CitizenAlreadyEnrolled("citizen is already enrolled") from e
-        return keys
+        return insert_unique(
+            self._sessions,
+            row,
+            _keys,
+            action="enroll the citizen",
+            exists=CitizenAlreadyEnrolled("citizen is already enrolled"),
+        )
 
     def rotate_keys(
         self, citizen_id: str, *, signing_key: bytes, encryption_key: bytes, at: dt.datetime
@@ -359,7 +337,7 @@ class CitizenRegistry:
             )
             .returning(Citizen)
         )
-        with _storage_errors("rotate the citizen's keys"), _write(self._sessions) as session:
+        with storage_errors("rotate the citizen's keys"), write_session(self._sessions) as session:
             row = session.scalars(statement).one_or_none()
             keys = None if row is None else _keys(row)
         if keys is None:
@@ -368,7 +346,7 @@ class CitizenRegistry:
 
     def keys_of(self, citizen_id: str) -> CitizenKeys:
         """The citizen's current keys; :class:`CitizenNotEnrolled` if the id is unknown."""
-        with _storage_errors("read the citizen's keys"), self._sessions() as session:
+        with storage_errors("read the citizen's keys"), self._sessions() as session:
             row = session.get(Citizen, citizen_id)
             keys = None if row is None else _keys(row)
         if keys is None:
@@ -376,7 +354,7 @@ class CitizenRegistry:
         return keys
 
     def count(self) -> int:
-        with _storage_errors("count citizens"), self._sessions() as session:
+        with storage_errors("count citizens"), self._sessions() as session:
             return session.scalar(select(func.count()).select_from(Citizen)) or 0
 
 
@@ -406,7 +384,7 @@ class RecordStore:
             rows: dict[tuple[str, str], dict[str, Any]] = {}
             for record in batch:
                 rows[(record.citizen_id, record.item_id)] = _check_record(record)
-            with _storage_errors("store records"), _write(self._sessions) as session:
+            with storage_errors("store records"), write_session(self._sessions) as session:
                 session.connection().execute(self._upsert(session), list(rows.values()))
             written += len(batch)
         return written
@@ -448,7 +426,7 @@ class RecordStore:
             if not item_ids:
                 return []
             statement = statement.where(Record.item_id.in_(sorted(set(item_ids))))
-        with _storage_errors("read records"), self._sessions() as session:
+        with storage_errors("read records"), self._sessions() as session:
             return [
                 StoredRecord(
                     citizen_id=row.citizen_id,
@@ -461,7 +439,7 @@ class RecordStore:
             ]
 
     def count(self) -> int:
-        with _storage_errors("count records"), self._sessions() as session:
+        with storage_errors("count records"), self._sessions() as session:
             return session.scalar(select(func.count()).select_from(Record)) or 0
 
     def citizen_ids(self, *, limit: int) -> list[str]:
@@ -469,7 +447,7 @@ class RecordStore:
         if limit < 0:
             raise ValueError("limit must not be negative")
         statement = select(Record.citizen_id).distinct().order_by(Record.citizen_id).limit(limit)
-        with _storage_errors("list citizens with records"), self._sessions() as session:
+        with storage_errors("list citizens with records"), self._sessions() as session:
             return list(session.scalars(statement))
 
 
@@ -500,9 +478,9 @@ class RequestLedger:
             UsedRequestToken.expires_at < now,
             UsedRequestToken.jti != jti,
         )
-        with _storage_errors("record the request token"):
+        with storage_errors("record the request token"):
             try:
-                with _write(self._sessions) as session:
+                with write_session(self._sessions) as session:
                     session.add(UsedRequestToken(citizen_id=citizen_id, jti=jti, expires_at=expires_at))
                     session.flush()
                     session.execute(purge, execution_options={"synchronize_session": False})
@@ -535,19 +513,17 @@ class InstitutionRegistry:
             registered_at=at,
             certificate_serial=None,
         )
-        with _storage_errors("register the institution"):
-            try:
-                with _write(self._sessions) as session:
-                    session.add(row)
-                    session.flush()
-                    institution = _institution(row)
-            except IntegrityError as e:
-                raise InstitutionAlreadyRegistered("institution is already registered") from e
-        return institution
+        return insert_unique(
+            self._sessions,
+            row,
+            _institution,
+            action="register the institution",
+            exists=InstitutionAlreadyRegistered("institution is already registered"),
+        )
 
     def get(self, institution_id: str) -> Institution:
         """The institution; :class:`InstitutionUnknown` if it was never registered."""
-        with _storage_errors("read the institution"), self._sessions() as session:
+        with storage_errors("read the institution"), self._sessions() as session:
             row = session.get(RegisteredInstitution, institution_id)
             institution = None if row is None else _institution(row)
         if institution is None:
@@ -567,7 +543,7 @@ class InstitutionRegistry:
     def list(self) -> builtins.list[Institution]:
         """Every registered institution, by id."""
         statement = select(RegisteredInstitution).order_by(RegisteredInstitution.institution_id)
-        with _storage_errors("list institutions"), self._sessions() as session:
+        with storage_errors("list institutions"), self._sessions() as session:
             return [_institution(row) for row in session.scalars(statement)]
 
     def _update(self, institution_id: str, action: str, **values: Any) -> Institution:
@@ -577,7 +553,7 @@ class InstitutionRegistry:
             .values(**values)
             .returning(RegisteredInstitution)
         )
-        with _storage_errors(action), _write(self._sessions) as session:
+        with storage_errors(action), write_session(self._sessions) as session:
             row = session.scalars(statement).one_or_none()
             institution = None if row is None else _institution(row)
         if institution is None:
@@ -645,19 +621,17 @@ class ConsentLedger:
             registered_at=at,
             revoked_at=None,
         )
-        with _storage_errors("register the consent"):
-            try:
-                with _write(self._sessions) as session:
-                    session.add(row)
-                    session.flush()
-                    consent = _consent(row)
-            except IntegrityError as e:
-                raise ConsentAlreadyRegistered("consent is already registered") from e
-        return consent
+        return insert_unique(
+            self._sessions,
+            row,
+            _consent,
+            action="register the consent",
+            exists=ConsentAlreadyRegistered("consent is already registered"),
+        )
 
     def get(self, consent_id: str) -> ConsentRow:
         """The consent; :class:`ConsentUnknown` if no consent has this id."""
-        with _storage_errors("read the consent"), self._sessions() as session:
+        with storage_errors("read the consent"), self._sessions() as session:
             row = session.get(Consent, consent_id)
             consent = None if row is None else _consent(row)
         if consent is None:
@@ -671,7 +645,7 @@ class ConsentLedger:
             .where(Consent.citizen_id == citizen_id)
             .order_by(Consent.registered_at.desc(), Consent.consent_id.desc())
         )
-        with _storage_errors("list the citizen's consents"), self._sessions() as session:
+        with storage_errors("list the citizen's consents"), self._sessions() as session:
             return [_consent(row) for row in session.scalars(statement)]
 
     def revoke(self, consent_id: str, *, citizen_id: str, at: dt.datetime) -> ConsentRow:
@@ -689,7 +663,7 @@ class ConsentLedger:
             .returning(Consent)
         )
         current = select(Consent).where(Consent.consent_id == consent_id, Consent.citizen_id == citizen_id)
-        with _storage_errors("revoke the consent"), _write(self._sessions) as session:
+        with storage_errors("revoke the consent"), write_session(self._sessions) as session:
             row = session.scalars(revoke).one_or_none()
             if row is None:
                 row = session.scalars(current).one_or_none()
@@ -756,9 +730,9 @@ class ConsentLedger:
             .select_from(Evaluation)
             .where(Evaluation.citizen_id == citizen_id, Evaluation.created_at > at - BUDGET_WINDOW)
         )
-        with _storage_errors("record the evaluation"):
+        with storage_errors("record the evaluation"):
             try:
-                with _write(self._sessions) as session:
+                with write_session(self._sessions) as session:
                     _lock_citizen_budget(session, citizen_id)
                     consent = session.scalars(locked_consent).one_or_none()
                     # Re-read under the locks: a racing call with the same request id may have
@@ -805,7 +779,7 @@ class ConsentLedger:
 
     def find_evaluation(self, institution_id: str, request_id: str) -> EvaluationRow | None:
         """The evaluation recorded for the institution's ``request_id``, or None."""
-        with _storage_errors("read the evaluation"), self._sessions() as session:
+        with storage_errors("read the evaluation"), self._sessions() as session:
             row = session.get(Evaluation, (institution_id, request_id))
             return None if row is None else _evaluation(row)
 
@@ -819,7 +793,7 @@ class ConsentLedger:
             .order_by(Evaluation.created_at.desc(), Evaluation.institution_id, Evaluation.request_id)
             .limit(limit)
         )
-        with _storage_errors("list the citizen's evaluations"), self._sessions() as session:
+        with storage_errors("list the citizen's evaluations"), self._sessions() as session:
             return [_evaluation(row) for row in session.scalars(statement)]
 
 

@@ -1,0 +1,59 @@
+"""Transaction helpers shared by every repository."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from veilgate.errors import StorageError, VeilgateError
+
+from .db import WRITE_TRANSACTION
+
+__all__ = ["insert_unique", "storage_errors", "write_session"]
+
+_Row = TypeVar("_Row", bound=DeclarativeBase)
+_Out = TypeVar("_Out")
+
+
+@contextmanager
+def storage_errors(action: str) -> Iterator[None]:
+    """Wrap SQLAlchemy/driver failures; the message names the action only, never values."""
+    try:
+        yield
+    except SQLAlchemyError as e:
+        raise StorageError(f"could not {action}: the database reported {type(e).__name__}") from e
+
+
+@contextmanager
+def write_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session in a write transaction, committed on success and rolled back on any exception."""
+    with sessions.begin() as session:
+        # Procure the connection now, so the transaction starts as a writer (BEGIN IMMEDIATE on SQLite).
+        session.connection(execution_options={WRITE_TRANSACTION: True})
+        yield session
+
+
+def insert_unique(
+    sessions: sessionmaker[Session],
+    row: _Row,
+    convert: Callable[[_Row], _Out],
+    *,
+    action: str,
+    exists: VeilgateError,
+) -> _Out:
+    """Insert ``row`` and return ``convert(row)``; raise ``exists`` if its key is taken.
+
+    Callers check every input first, so the only constraint left to violate is the primary key: a
+    concurrent or earlier insert of the same key won, and the database is the arbiter of that race."""
+    with storage_errors(action):
+        try:
+            with write_session(sessions) as session:
+                session.add(row)
+                session.flush()
+                return convert(row)
+        except IntegrityError as e:
+            raise exists from e
