@@ -16,7 +16,6 @@ stops matching.
 from __future__ import annotations
 
 import base64
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from veilgate.merkle import leaf_hash
 from veilgate_server.audit import Checkpointer
 from veilgate_server.core.merkle import Frontier, SubtreeKey
 from veilgate_server.storage import Store
-from veilgate_server.storage.log import LogEntry
 
 __all__ = ["ExportSummary", "VerifySummary", "export_log", "verify_log"]
 
@@ -49,14 +47,15 @@ class VerifySummary:
     subtrees: int
 
 
-def _pages(store: Store, size: int) -> Iterator[list[LogEntry]]:
+def _pages(store: Store, size: int) -> Iterator[list[tuple[int, bytes, bytes]]]:
+    """``(index, entry, leaf_hash)`` rows of the first ``size`` entries, a page at a time."""
     start = 0
     while start < size:
-        page = store.log.entries(start, min(PAGE, size - start))
+        page = store.log.hashed_entries(start, min(PAGE, size - start))
         if not page:
             raise ProofInvalid(f"entry {start} is missing")
         yield page
-        start = page[-1].index + 1
+        start = page[-1][0] + 1
 
 
 def export_log(store: Store, checkpointer: Checkpointer, out: Path) -> ExportSummary:
@@ -70,8 +69,8 @@ def export_log(store: Store, checkpointer: Checkpointer, out: Path) -> ExportSum
         count = 0
         with tmp.open("w", encoding="ascii") as f:
             for page in _pages(store, checkpoint.tree_size):
-                for entry in page:
-                    f.write(json.dumps({"index": entry.index, "leaf": base64.b64encode(entry.entry).decode()}) + "\n")
+                for index, entry, _ in page:
+                    f.write(f'{{"index": {index}, "leaf": "{base64.b64encode(entry).decode()}"}}\n')
                     count += 1
             f.flush()
             os.fsync(f.fileno())
@@ -100,12 +99,12 @@ def verify_log(store: Store, verifier: LogVerifier) -> VerifySummary:
     for page in _pages(store, size):
         completed: dict[SubtreeKey, tuple[bytes, int]] = {}
         unmatched_checkpoint: int | None = None
-        for entry in page:
-            if entry.index != frontier.size:
+        for index, entry, stored_leaf in page:
+            if index != frontier.size:
                 raise ProofInvalid(f"entry {frontier.size} is missing")
-            recomputed = leaf_hash(entry.entry)
-            if recomputed != entry.leaf_hash:
-                raise ProofInvalid(f"entry {entry.index} was changed: it no longer matches its leaf hash")
+            recomputed = leaf_hash(entry)
+            if recomputed != stored_leaf:
+                raise ProofInvalid(f"entry {index} was changed: it no longer matches its leaf hash")
             for subtree in frontier.append(recomputed)[1:]:
                 first_leaf = subtree.index << subtree.level
                 completed[(subtree.level, subtree.index)] = (subtree.hash, first_leaf)

@@ -309,6 +309,36 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from veilgate_server.bench.report import render_json, render_table
+    from veilgate_server.bench.run import run_bench
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    run = run_bench(
+        quick=args.quick,
+        only=[args.scenario] if args.scenario else None,
+        postgres_url=args.postgres_url,
+        progress=progress,
+    )
+    if args.json == "-":
+        print(render_json(run.machine, run.baseline, run.scenarios))
+    else:
+        if args.json:
+            Path(args.json).write_text(render_json(run.machine, run.baseline, run.scenarios) + "\n")
+            progress(f"results written to {args.json}")
+        print(render_table(run.machine, run.baseline, run.scenarios))
+    if args.plot:
+        from veilgate_server.bench.report import write_plot
+        from veilgate_server.bench.rpc_scenarios import latency_sweep
+
+        progress("latency sweep for the plot ...")
+        write_plot(latency_sweep(quick=args.quick), Path(args.plot))
+        progress(f"plot written to {args.plot}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from veilgate_server.crypto import TlsFiles, ensure_local_tls
     from veilgate_server.crypto.institutions import InstitutionCA
@@ -421,6 +451,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--signing-key", help="Ed25519 public key, base64url")
     p.add_argument("--encryption-key", help="X25519 public key, base64url")
     p.add_argument("--rotate", action="store_true", help="replace the keys of an enrolled citizen")
+
+    p = add("bench", cmd_bench, "measure every hot path against bare grpcio in the same run")
+    p.add_argument("--quick", action="store_true", help="the short set (under 3 minutes on 2 cores)")
+    p.add_argument("--scenario", help="run one scenario (evaluate, get_my_data, log_append, proofs, ...)")
+    p.add_argument("--json", help="write machine-readable results to FILE, or - for stdout")
+    p.add_argument("--plot", help="also write a latency-versus-concurrency PNG to FILE")
+    p.add_argument("--postgres-url", help="PostgreSQL for log_append (default: the local test server, if up)")
 
     add("migrate", cmd_migrate, "create or upgrade the database schema")
     add("keys", cmd_keys, "show the gateway's signing key id (creating the key on first use)")

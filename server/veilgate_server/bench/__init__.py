@@ -1,0 +1,1 @@
+"""``veilgate bench``: every hot path measured against a baseline taken in the same run."""

@@ -1,0 +1,469 @@
+"""The load generator and the bare-grpcio baseline it is compared with.
+
+One harness drives every RPC measurement, baseline and gateway alike, so a ratio between two runs
+compares servers and nothing else:
+
+* the server (a :class:`BareServer`, or the gateway) runs in **this** process; the load runs in a
+  **separate process** started with ``spawn`` (on two cores, client and server must not share one
+  interpreter and its GIL);
+* the load generator opens **one** channel and keeps a fixed number of blocking unary calls in flight
+  (``concurrency`` threads, each calling in a loop), discards a warm-up, then records the latency of
+  every call that completes in the measured window;
+* the child reports when the measured window opens and closes over a pipe; the parent samples its own
+  CPU time (user + system, all threads: ``time.process_time``) at those two moments, so
+  ``cpu_us_per_call`` is the server's CPU over the window divided by the calls completed in it.
+
+Requests are built in the child, where a real client would build them: a GetMyData caller signs a
+fresh single-use request token per call with the citizen's wallet; an Evaluate caller sends a unique
+``request_id`` per call and rotates through consents issued beforehand so that none is used more
+often than it allows. A :class:`Workload` says how; it is pickled into the child.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import grpc
+
+from veilgate import CitizenWallet, verify_result
+from veilgate.citizen import GET_MY_DATA
+from veilgate.delivery import GatewayKey
+from veilgate.errors import InternalError
+from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
+from veilgate_server.bench.results import LatencyStats
+
+__all__ = [
+    "BARE_METHOD",
+    "BareServer",
+    "ClientTls",
+    "EvaluateWorkload",
+    "GetMyDataWorkload",
+    "LoadResult",
+    "LoadSpec",
+    "NoopWorkload",
+    "Workload",
+    "latency_stats",
+    "percentile",
+    "run_load",
+]
+
+BARE_METHOD = "/veilgate.bench.Bare/Noop"
+SERVER_WORKERS = 8  # the gateway's default pool (rpc.server.build_server); the baseline uses the same
+CallFn = Callable[[int], None]
+
+
+# --- statistics -----------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile (0 < q <= 100) of ``values``: the smallest value with at
+    least ``q`` % of the values at or below it. Nearest rank never interpolates, so a reported p99 is
+    a latency some call really had."""
+    if not values:
+        raise ValueError("no values")
+    if not 0 < q <= 100:
+        raise ValueError("q must be in (0, 100]")
+    ordered = sorted(values)
+    rank = math.ceil(q / 100 * len(ordered))
+    return ordered[max(rank, 1) - 1]
+
+
+def latency_stats(latencies_s: Sequence[float], *, seconds: float, errors: int = 0) -> LatencyStats:
+    """Calls, window length and p50/p99 (in ms) of the latencies (in seconds) measured in a window."""
+    if not latencies_s:
+        return LatencyStats(calls=0, seconds=seconds, p50_ms=0.0, p99_ms=0.0, errors=errors)
+    ordered = sorted(latencies_s)
+    return LatencyStats(
+        calls=len(ordered),
+        seconds=seconds,
+        p50_ms=percentile(ordered, 50) * 1000,
+        p99_ms=percentile(ordered, 99) * 1000,
+        errors=errors,
+    )
+
+
+# --- the baseline server --------------------------------------------------------------------------
+
+
+def _noop(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return b""
+
+
+class BareServer:
+    """A bare grpcio unary no-op: the same sync ``grpc.server``, pool size, options and certificates
+    as the gateway, with a generic handler taking and returning raw bytes (no protobuf, no
+    interceptors). Listens twice like the gateway: TLS, and mutual TLS requiring a client certificate
+    from ``client_ca``."""
+
+    def __init__(
+        self, *, certificate_chain: bytes, private_key: bytes, client_ca: bytes, workers: int = SERVER_WORKERS
+    ) -> None:
+        # Imported here so the load generator's process does not load the whole gateway.
+        from veilgate_server.rpc.server import MAX_MESSAGE_BYTES
+
+        handler = grpc.method_handlers_generic_handler(
+            BARE_METHOD.split("/")[1], {BARE_METHOD.split("/")[2]: grpc.unary_unary_rpc_method_handler(_noop)}
+        )
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-bare"),
+            handlers=[handler],
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
+        )
+        pair = [(private_key, certificate_chain)]
+        self.port = self._server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(pair))
+        self.mtls_port = self._server.add_secure_port(
+            "127.0.0.1:0", grpc.ssl_server_credentials(pair, root_certificates=client_ca, require_client_auth=True)
+        )
+        if not (self.port and self.mtls_port):
+            raise InternalError("the bare baseline server could not listen on 127.0.0.1")
+        self._server.start()
+
+    @property
+    def target(self) -> str:
+        return f"localhost:{self.port}"
+
+    @property
+    def mtls_target(self) -> str:
+        return f"localhost:{self.mtls_port}"
+
+    def stop(self) -> None:
+        self._server.stop(None).wait()
+
+    def __enter__(self) -> BareServer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# --- workloads: how the child builds and sends one call --------------------------------------------
+
+
+class Workload(Protocol):
+    """What one call is. Instances are pickled into the load generator and opened there."""
+
+    @property
+    def name(self) -> str: ...
+
+    def open(self, channel: grpc.Channel) -> CallFn:
+        """A function making call number ``n`` (0, 1, ...): raises on any failure, returns nothing."""
+        ...
+
+    def probe(self, channel: grpc.Channel, n: int) -> dict[str, Any]:
+        """One fully checked call made before the load (reply opened or verified); facts for the report."""
+        ...
+
+
+class CallFailed(Exception):
+    """A call that returned but not what it should (or could not be built)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoopWorkload:
+    """The bare server's no-op: empty bytes in, empty bytes out."""
+
+    name: str = "noop"
+
+    def open(self, channel: grpc.Channel) -> CallFn:
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(BARE_METHOD)  # bytes in and out
+
+        def noop(n: int) -> None:
+            call(b"", timeout=10.0)
+
+        return noop
+
+    def probe(self, channel: grpc.Channel, n: int) -> dict[str, Any]:
+        self.open(channel)(n)
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateWorkload:
+    """An institution's Evaluate calls: a unique ``request_id`` per call, consents used round-robin.
+
+    Call ``n`` uses consent ``n % len(consent_tokens)``, so no consent sees more than ``max_uses``
+    calls until ``len(consent_tokens) * max_uses`` calls were made; after that the caller fails
+    rather than spend a consent twice over (the gateway would refuse it anyway)."""
+
+    policy_id: str
+    parameters: Mapping[str, str]
+    consent_tokens: tuple[str, ...]
+    max_uses: int
+    institution_id: str
+    gateway_keys: tuple[GatewayKey, ...]  # for the probe's offline verification
+    run_tag: str = "bench"
+    name: str = "evaluate"
+
+    def _request(self, n: int) -> eligibility_pb2.EvaluateRequest:
+        if n >= len(self.consent_tokens) * self.max_uses:
+            raise CallFailed(f"ran out of consents after {n} calls: issue more before the run")
+        return eligibility_pb2.EvaluateRequest(
+            policy_id=self.policy_id,
+            consent_token=self.consent_tokens[n % len(self.consent_tokens)],
+            request_id=f"{self.run_tag}-{n:010d}",
+            parameters=dict(self.parameters),
+        )
+
+    def open(self, channel: grpc.Channel) -> CallFn:
+        stub = eligibility_pb2_grpc.EligibilityServiceStub(channel)
+
+        def evaluate(n: int) -> None:
+            if not stub.Evaluate(self._request(n), timeout=10.0).signed_result:
+                raise CallFailed("Evaluate returned no signed result")
+
+        return evaluate
+
+    def probe(self, channel: grpc.Channel, n: int) -> dict[str, Any]:
+        reply = eligibility_pb2_grpc.EligibilityServiceStub(channel).Evaluate(self._request(n), timeout=10.0)
+        result = verify_result(reply.signed_result, gateway_keys=self.gateway_keys, institution_id=self.institution_id)
+        return {"decision": result.decision, "bands": dict(result.bands), "result_bytes": len(reply.signed_result)}
+
+
+@dataclass(frozen=True, slots=True)
+class GetMyDataWorkload:
+    """A citizen's GetMyData calls, each with a fresh single-use request token signed in the child by
+    the citizen's wallet (loaded from its passphrase-protected file, as a wallet app would)."""
+
+    wallet_path: str
+    passphrase: str
+    gateway_id: str
+    gateway_keys: tuple[GatewayKey, ...]
+    name: str = "get_my_data"
+
+    def _wallet(self) -> CitizenWallet:
+        return CitizenWallet.load(Path(self.wallet_path), self.passphrase)
+
+    def open(self, channel: grpc.Channel) -> CallFn:
+        stub = citizen_pb2_grpc.CitizenServiceStub(channel)
+        wallet = self._wallet()
+
+        def get_my_data(n: int) -> None:
+            token = wallet.request_token(audience=self.gateway_id, operation=GET_MY_DATA)
+            if not stub.GetMyData(citizen_pb2.GetMyDataRequest(request_token=token), timeout=10.0).sealed_delivery:
+                raise CallFailed("GetMyData returned no sealed delivery")
+
+        return get_my_data
+
+    def probe(self, channel: grpc.Channel, n: int) -> dict[str, Any]:
+        wallet = self._wallet()
+        token = wallet.request_token(audience=self.gateway_id, operation=GET_MY_DATA)
+        reply = citizen_pb2_grpc.CitizenServiceStub(channel).GetMyData(
+            citizen_pb2.GetMyDataRequest(request_token=token), timeout=10.0
+        )
+        delivery = wallet.open_delivery(reply.sealed_delivery, gateway_keys=self.gateway_keys, request_token=token)
+        return {"items": len(delivery.items), "sealed_bytes": len(reply.sealed_delivery)}
+
+
+# --- the load generator ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """What the load generator trusts, and (for mutual TLS) the client certificate it presents."""
+
+    root_certificates: bytes
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """One run of the load generator (picklable: it crosses into the child process)."""
+
+    target: str
+    tls: ClientTls
+    workload: Workload
+    concurrency: int = 16
+    warmup_seconds: float = 1.0
+    measured_seconds: float = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class _ChildReport:
+    latencies_s: list[float]
+    seconds: float
+    window_errors: int
+    total_calls: int
+    total_errors: int
+    first_error: str | None
+    probe: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """The measured window as the client saw it, and the server's CPU over the same window."""
+
+    stats: LatencyStats
+    cpu_us_per_call: float | None
+    total_calls: int
+    total_errors: int
+    first_error: str | None
+    probe: dict[str, Any] = field(default_factory=dict)
+
+    def figures(self) -> dict[str, Any]:
+        """JSON-ready figures (the shape of each half of the ``baseline`` section)."""
+        return {
+            "qps": round(self.stats.qps, 1),
+            "p50_ms": round(self.stats.p50_ms, 3),
+            "p99_ms": round(self.stats.p99_ms, 3),
+            "calls": self.stats.calls,
+            "seconds": round(self.stats.seconds, 3),
+            "errors": self.total_errors,
+            "cpu_us_per_call": None if self.cpu_us_per_call is None else round(self.cpu_us_per_call, 1),
+            **({"first_error": self.first_error} if self.first_error else {}),
+        }
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call):
+        return f"{error.code().name}: {error.details()}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _generate_load(spec: LoadSpec, pipe: Connection) -> _ChildReport:
+    tls = spec.tls
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.root_certificates, private_key=tls.private_key, certificate_chain=tls.certificate_chain
+    )
+    with grpc.secure_channel(spec.target, credentials) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=15)
+        except grpc.FutureTimeoutError:
+            raise InternalError(f"the load generator could not connect to {spec.target}") from None
+        counter = itertools.count()  # next() on it is atomic under the GIL: every call gets its own n
+        probe = spec.workload.probe(channel, next(counter))
+        call = spec.workload.open(channel)
+        stop = threading.Event()
+        lock = threading.Lock()
+        done: list[list[tuple[float, float]]] = []  # per thread: (completed at, latency)
+        failed: list[tuple[float, str]] = []
+
+        def worker(samples: list[tuple[float, float]]) -> None:
+            while not stop.is_set():
+                n = next(counter)
+                started = time.perf_counter()
+                try:
+                    call(n)
+                except Exception as e:  # counted and reported; the load goes on
+                    with lock:
+                        failed.append((time.perf_counter(), _describe(e)))
+                    time.sleep(0.001)  # a failing server must not turn the client into a busy loop
+                    continue
+                finished = time.perf_counter()
+                samples.append((finished, finished - started))
+
+        threads = []
+        for i in range(spec.concurrency):
+            samples: list[tuple[float, float]] = []
+            done.append(samples)
+            threads.append(threading.Thread(target=worker, args=(samples,), name=f"load-{i}", daemon=True))
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(spec.warmup_seconds)
+            window_start = time.perf_counter()
+            pipe.send(("window-start", None))
+            time.sleep(spec.measured_seconds)
+            window_end = time.perf_counter()
+            pipe.send(("window-end", None))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+    latencies = [lat for samples in done for at, lat in samples if window_start <= at < window_end]
+    return _ChildReport(
+        latencies_s=latencies,
+        seconds=window_end - window_start,
+        window_errors=sum(1 for at, _ in failed if window_start <= at < window_end),
+        total_calls=sum(len(samples) for samples in done) + len(failed) + 1,
+        total_errors=len(failed),
+        first_error=min(failed)[1] if failed else None,
+        probe=probe,
+    )
+
+
+def _child_main(spec: LoadSpec, pipe: Connection) -> None:
+    """Entry point of the load generator's process: report the result or one line saying why not."""
+    try:
+        report = _generate_load(spec, pipe)
+    except Exception as e:  # everything goes back to the parent as text: no traceback in the child
+        pipe.send(("failed", _describe(e)))
+    else:
+        pipe.send(("result", report))
+    finally:
+        pipe.close()
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU time, user + system, all threads (``os.times`` only ticks every 10 ms)."""
+    return time.process_time()
+
+
+def run_load(spec: LoadSpec, *, start_timeout: float = 60.0) -> LoadResult:
+    """Run ``spec`` in a separate process against a server in this process; sample this process's CPU
+    over the child's measured window. Raises :class:`InternalError` when the child cannot run at all;
+    calls that fail are counted in the result instead."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_child_main, args=(spec, sender), name="veilgate-bench-load", daemon=True)
+    child.start()
+    sender.close()
+    cpu_start: float | None = None
+    cpu_end: float | None = None
+    deadline = time.monotonic() + start_timeout + spec.warmup_seconds + spec.measured_seconds
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise InternalError("the load generator did not finish in time")
+            if not receiver.poll(min(remaining, 0.5)):
+                if not child.is_alive() and not receiver.poll(0):
+                    raise InternalError(f"the load generator exited unexpectedly (exit code {child.exitcode})")
+                continue
+            try:
+                kind, value = receiver.recv()
+            except EOFError:
+                raise InternalError(f"the load generator exited unexpectedly (exit code {child.exitcode})") from None
+            if kind == "window-start":
+                cpu_start = _cpu_seconds()
+            elif kind == "window-end":
+                cpu_end = _cpu_seconds()
+            elif kind == "failed":
+                raise InternalError(f"the load generator failed: {value}")
+            else:
+                report: _ChildReport = value
+                break
+    finally:
+        receiver.close()
+        child.join(10)
+        if child.is_alive():
+            child.terminate()
+            child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    stats = latency_stats(report.latencies_s, seconds=report.seconds, errors=report.window_errors)
+    cpu = None
+    if cpu_start is not None and cpu_end is not None and stats.calls:
+        cpu = (cpu_end - cpu_start) / stats.calls * 1e6
+    return LoadResult(
+        stats=stats,
+        cpu_us_per_call=cpu,
+        total_calls=report.total_calls,
+        total_errors=report.total_errors,
+        first_error=report.first_error,
+        probe=report.probe,
+    )

@@ -1,0 +1,124 @@
+"""The benchmark's output: machine facts, the baseline, the scenarios; as JSON, a table, or a plot.
+
+JSON schema (stable; other tools read it)::
+
+    {"machine": {"cpu", "cores", "python", "grpcio", "sqlite", "postgres"},
+     "baseline": {...},
+     "scenarios": [{"name", "qps" | "rate", "p50_ms", "p99_ms", "baseline_qps", "ratio",
+                    "target", "meets", "skipped"?, "details"}]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from veilgate_server.bench.results import ScenarioResult
+
+__all__ = ["machine_facts", "render_json", "render_table", "write_plot"]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _postgres_version(url: str | None) -> str | None:
+    if not url:
+        return None
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from veilgate.errors import VeilgateError
+    from veilgate_server.storage.db import create_engine_for
+
+    try:
+        engine = create_engine_for(url)
+        try:
+            with engine.connect() as conn:
+                return str(conn.exec_driver_sql("SHOW server_version").scalar_one())
+        finally:
+            engine.dispose()
+    except (VeilgateError, SQLAlchemyError):  # unreachable: the report shows n/a
+        return None
+
+
+def machine_facts(postgres_url: str | None) -> dict[str, Any]:
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "postgres": _postgres_version(postgres_url),
+    }
+
+
+def render_json(machine: dict[str, Any], baseline: dict[str, Any], scenarios: Sequence[ScenarioResult]) -> str:
+    return json.dumps(
+        {"machine": machine, "baseline": baseline, "scenarios": [s.to_json() for s in scenarios]},
+        indent=2,
+        sort_keys=False,
+        default=str,
+    )
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: Sequence[ScenarioResult]) -> str:
+    lines = [
+        f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
+        f"grpcio {machine['grpcio']}, SQLite {machine['sqlite']}, PostgreSQL {machine['postgres'] or 'n/a'}",
+        "",
+        f"{'scenario':<16} {'qps/rate':>12} {'p50 ms':>8} {'p99 ms':>8} {'baseline':>10} {'ratio':>7}  "
+        f"{'meets':<6} target",
+    ]
+    for s in scenarios:
+        value = s.qps if s.qps is not None else s.rate
+        meets = "skip" if s.skipped else {True: "yes", False: "NO", None: "-"}[s.meets]
+        lines.append(
+            f"{s.name:<16} {_fmt(value, ',.0f'):>12} {_fmt(s.p50_ms, '.2f'):>8} {_fmt(s.p99_ms, '.2f'):>8} "
+            f"{_fmt(s.baseline_qps, ',.0f'):>10} {_fmt(s.ratio, '.2f'):>7}  {meets:<6} "
+            f"{s.skipped or s.target}"
+        )
+    return "\n".join(lines)
+
+
+def write_plot(series: dict[str, list[tuple[int, float, float]]], path: Path) -> None:
+    """Latency versus concurrency: ``series`` maps a label to (calls in flight, p50 ms, p99 ms)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        from veilgate.errors import ConfigurationError
+
+        raise ConfigurationError("--plot needs matplotlib: pip install 'veilgate[bench]'") from e
+    figure, axis = plt.subplots(figsize=(8, 5), dpi=110)
+    for label, points in series.items():
+        xs = [p[0] for p in points]
+        line = axis.plot(xs, [p[1] for p in points], marker="o", label=f"{label} p50")[0]
+        axis.plot(xs, [p[2] for p in points], marker="x", linestyle="--", color=line.get_color(), label=f"{label} p99")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("calls in flight")
+    axis.set_ylabel("latency (ms)")
+    axis.set_title("Veilgate latency versus concurrency (same machine, same run)")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

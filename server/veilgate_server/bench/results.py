@@ -1,0 +1,77 @@
+"""What a benchmark run produces: one :class:`ScenarioResult` per scenario, each judged against its
+target by :meth:`ScenarioResult.judge` — ``meets`` is always computed, never written by hand.
+
+Machines here are shared and noisy, so RPC scenarios are reported as a ratio to a bare-grpcio
+baseline measured in the same run, with the same certificates, threading model and load generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = ["LatencyStats", "ScenarioResult", "Target"]
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyStats:
+    """Calls completed in a measured window, and their latency percentiles."""
+
+    calls: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+
+    @property
+    def qps(self) -> float:
+        return self.calls / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A target: ``metric`` (a key of the result's figures) compared with ``op`` to ``value``."""
+
+    metric: str
+    op: Literal[">=", "<="]
+    value: float
+    text: str
+
+    def holds(self, figures: dict[str, float | None]) -> bool | None:
+        actual = figures.get(self.metric)
+        if actual is None:
+            return None
+        return actual >= self.value if self.op == ">=" else actual <= self.value
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    qps: float | None = None
+    rate: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    baseline_qps: float | None = None
+    ratio: float | None = None
+    target: str = ""
+    meets: bool | None = None
+    skipped: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def judge(self, *targets: Target, extra: dict[str, float | None] | None = None) -> ScenarioResult:
+        """Set ``target`` (text) and ``meets`` (all targets hold) from the measured figures."""
+        figures: dict[str, float | None] = {
+            "qps": self.qps,
+            "rate": self.rate,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "ratio": self.ratio,
+            **(extra or {}),
+        }
+        verdicts = [t.holds(figures) for t in targets]
+        self.target = "; ".join(t.text for t in targets)
+        self.meets = None if any(v is None for v in verdicts) else all(verdicts)
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None or k in ("meets",)}

@@ -1,0 +1,542 @@
+"""The RPC scenarios: the bare-grpcio baseline, ``evaluate`` and ``get_my_data``.
+
+Each gateway scenario assembles a real gateway in a temporary directory, as ``veilgate serve`` would:
+policies copied from the packaged ones and signed by a throwaway governance key (the gateway refuses
+unsigned policies), an SQLite (WAL) store seeded with synthetic citizens, the production
+``build_server`` with its interceptor chain (errors, durable audit append, institution
+authentication) on TLS and mutual-TLS ports. Certificates are made once per process and shared with
+the baseline, so both sides do the same handshakes and the same record-layer work.
+
+What is and is not changed for the benchmark (every scenario records it in ``details``):
+
+* the per-citizen daily query budget is raised to 10**9: it bounds what one institution may learn
+  about one citizen per day and would otherwise stop the run after 20 evaluations; the budget is
+  still counted, in the same transaction as every other consent use;
+* consent-use accounting, request-token replay protection, signatures and the durable audit append
+  stay on;
+* ``get_my_data`` needs 188 items (the Quancheng-chain figure); the shipped catalog has fewer, so the
+  benchmark's catalog adds a ``bench_padding`` department whose items are copies of the shipped items
+  (same types, fields and sensitivity, so the same value sizes) and the seeded citizens get records
+  for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from veilgate import CitizenWallet, GatewayKey, PolicyPin
+from veilgate._internal import jose
+from veilgate.consent import CONSENT_TYP
+from veilgate.errors import InternalError, VeilgateError
+from veilgate_server.admin import seed_population
+from veilgate_server.bench.harness import (
+    BareServer,
+    ClientTls,
+    EvaluateWorkload,
+    GetMyDataWorkload,
+    LoadResult,
+    LoadSpec,
+    NoopWorkload,
+    Workload,
+    run_load,
+)
+from veilgate_server.bench.results import ScenarioResult, Target
+from veilgate_server.config import Settings, default_policies_dir
+from veilgate_server.crypto import CertificateAuthority
+from veilgate_server.crypto.institutions import InstitutionCA
+from veilgate_server.gateway import Gateway
+from veilgate_server.governance import create_governance_key, sign_manifest
+from veilgate_server.rpc.server import RunningServer, ServerTls, build_server
+from veilgate_server.storage import Store
+
+__all__ = [
+    "BENCH_DAILY_BUDGET",
+    "CONCURRENCY",
+    "DELIVERY_ITEMS",
+    "EVALUATE_TARGETS",
+    "GET_MY_DATA_TARGETS",
+    "SWEEP_LEVELS",
+    "bench_baseline",
+    "bench_evaluate",
+    "bench_get_my_data",
+    "latency_sweep",
+]
+
+CONCURRENCY = 16
+BENCH_DAILY_BUDGET = 10**9
+DELIVERY_ITEMS = 188
+GATEWAY_ID = "veilgate.bench"
+BANK = "bench-bank"
+LOAN = "credit.consumer_loan"
+LOAN_PARAMETERS = {"requested_amount_band": "50k_to_200k"}
+MAX_USES = 100  # the most uses a consent may allow
+BENCH_CITIZENS = 8
+PADDING_DEPARTMENT = "bench_padding"
+_REGISTER_CONSENT = "/veilgate.v1.CitizenService/RegisterConsent"
+
+EVALUATE_TARGETS = (
+    Target("ratio", ">=", 0.33, "evaluate ≥ 33 % of bare grpcio mTLS QPS"),
+    Target("p99_ratio", "<=", 3.0, "p99 ≤ 3 × bare mTLS p99"),
+    Target("errors", "<=", 0, "no failed calls"),
+)
+GET_MY_DATA_TARGETS = (
+    Target("ratio", ">=", 0.30, "get_my_data (188 items) ≥ 30 % of bare grpcio TLS QPS"),
+    Target("errors", "<=", 0, "no failed calls"),
+    Target("items_delivered", ">=", DELIVERY_ITEMS, "all 188 items delivered"),
+)
+
+
+Seconds = tuple[float, float]
+"""(warm-up, measured) seconds of one load run."""
+
+
+def _durations(quick: bool, seconds: Seconds | None = None) -> Seconds:
+    """(warm-up, measured) seconds of one load run: quick 1 + 4, full 3 + 15, unless given."""
+    if seconds is not None:
+        return seconds
+    return (1.0, 4.0) if quick else (3.0, 15.0)
+
+
+# --- certificates shared by the baseline and the gateway -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Certificates:
+    root_certificates: bytes
+    server: ServerTls
+    institution_ca: InstitutionCA
+    baseline_client: ClientTls  # mutual TLS to the bare server: a client certificate from the same CA
+
+
+@functools.cache
+def _certificates() -> _Certificates:
+    """One CA, server certificate and institution CA per process: the baseline and every gateway
+    scenario present and check the very same certificates."""
+    now = datetime.now(UTC)
+    ca = CertificateAuthority.create("Veilgate bench CA", now=now)
+    chain, key = ca.issue("veilgate-bench", hosts=["localhost", "127.0.0.1"], now=now)
+    institution_ca = InstitutionCA.create(now=now)
+    client_cert, client_key, _ = institution_ca.issue_client_certificate("bench-baseline", now=now)
+    return _Certificates(
+        root_certificates=ca.certificate_pem,
+        server=ServerTls(certificate_chain=chain, private_key=key, client_ca=institution_ca.certificate_pem),
+        institution_ca=institution_ca,
+        baseline_client=ClientTls(ca.certificate_pem, certificate_chain=client_cert, private_key=client_key),
+    )
+
+
+def _spec(target: str, tls: ClientTls, workload: Workload, *, seconds: Seconds, concurrency: int) -> LoadSpec:
+    warmup, measured = seconds
+    return LoadSpec(
+        target=target,
+        tls=tls,
+        workload=workload,
+        concurrency=concurrency,
+        warmup_seconds=warmup,
+        measured_seconds=measured,
+    )
+
+
+# --- baseline -------------------------------------------------------------------------------------
+
+
+def bench_baseline(quick: bool, *, concurrency: int = CONCURRENCY, seconds: Seconds | None = None) -> dict[str, Any]:
+    """The bare grpcio no-op over TLS and over mutual TLS; the JSON ``baseline`` section::
+
+        {"server": str, "concurrency": int, "warmup_s": float, "measured_s": float,
+         "tls":  {"qps", "p50_ms", "p99_ms", "calls", "seconds", "errors", "cpu_us_per_call"},
+         "mtls": {... the same ...}}
+
+    Raises :class:`InternalError` when the baseline cannot be measured (nothing else can be judged)."""
+    certs = _certificates()
+    warmup, measured = _durations(quick, seconds)
+    section: dict[str, Any] = {
+        "server": "sync grpc.server, ThreadPoolExecutor(8), generic handler, bytes no-op",
+        "concurrency": concurrency,
+        "warmup_s": warmup,
+        "measured_s": measured,
+    }
+    with BareServer(
+        certificate_chain=certs.server.certificate_chain,
+        private_key=certs.server.private_key,
+        client_ca=certs.institution_ca.certificate_pem,
+    ) as bare:
+        runs = {
+            "tls": (bare.target, ClientTls(certs.root_certificates)),
+            "mtls": (bare.mtls_target, certs.baseline_client),
+        }
+        for name, (target, tls) in runs.items():
+            result = run_load(_spec(target, tls, NoopWorkload(), seconds=(warmup, measured), concurrency=concurrency))
+            if result.stats.calls == 0:
+                raise InternalError(f"the bare {name} baseline completed no call: {result.first_error}")
+            section[name] = result.figures()
+    return section
+
+
+# --- the gateway under test -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _BenchGateway:
+    gateway: Gateway
+    store: Store
+    running: RunningServer
+    root: Path
+    citizen_ids: tuple[str, ...]
+    catalog_items: int
+
+    @property
+    def target(self) -> str:
+        return f"localhost:{self.running.port}"
+
+    @property
+    def mtls_target(self) -> str:
+        return f"localhost:{self.running.mtls_port}"
+
+    @property
+    def keys(self) -> tuple[GatewayKey, ...]:
+        signer = self.gateway.signer
+        return (GatewayKey(key_id=signer.key_id, public_key=signer.public_key),)
+
+    def enroll(self, citizen_id: str) -> CitizenWallet:
+        wallet = CitizenWallet.generate(citizen_id)
+        self.store.citizens.enroll(
+            citizen_id,
+            signing_key=wallet.signing_public_key,
+            encryption_key=wallet.encryption_public_key,
+            at=datetime.now(UTC),
+        )
+        return wallet
+
+
+def _padded_catalog(shipped: Path, total: int) -> str:
+    """The shipped catalog plus a ``bench_padding`` department holding copies of the shipped items
+    (same type, fields, values, unit, sensitivity) up to ``total`` items in all."""
+    doc = yaml.safe_load(shipped.read_text(encoding="utf-8"))
+    items: list[dict[str, Any]] = doc["items"]
+    missing = total - len(items)
+    if missing <= 0:
+        return shipped.read_text(encoding="utf-8")
+    doc["departments"].append(
+        {
+            "id": PADDING_DEPARTMENT,
+            "name_en": "Benchmark padding (copies of catalog items)",
+            "name_zh": "基准测试填充数据",
+        }
+    )
+    padding = []
+    for n in range(missing):
+        original = items[n % len(items)]
+        copy = dict(original)
+        copy["id"] = f"{PADDING_DEPARTMENT}.{original['id'].split('.', 1)[1]}_p{n // len(items) + 1}"
+        copy["department"] = PADDING_DEPARTMENT
+        copy["name_en"] = f"{original['name_en']} (benchmark copy)"
+        padding.append(copy)
+    doc["items"] = [*items, *padding]
+    return str(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=200))
+
+
+def _reviewed_policies(root: Path, *, pad_to: int | None) -> tuple[Path, str]:
+    """A copy of the packaged policies signed by a throwaway governance key, with the catalog
+    padded to ``pad_to`` items when asked."""
+    policies = root / "policies"
+    shutil.copytree(default_policies_dir(), policies, ignore=shutil.ignore_patterns("MANIFEST"))
+    if pad_to is not None:
+        catalog = policies / "catalog.yaml"
+        catalog.write_text(_padded_catalog(default_policies_dir() / "catalog.yaml", pad_to), encoding="utf-8")
+    signer = create_governance_key(root / "governance.key")
+    sign_manifest(policies, signer)
+    return policies, signer.verifier_key_string()
+
+
+@contextlib.contextmanager
+def _bench_gateway(*, pad_to: int | None = None) -> Iterator[_BenchGateway]:
+    """A running gateway on SQLite in a temporary directory; everything is removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="veilgate-bench-"))
+    try:
+        policies_dir, governance_key = _reviewed_policies(root, pad_to=pad_to)
+        settings = Settings(
+            data_dir=root, policies_dir=policies_dir, gateway_id=GATEWAY_ID, governance_keys=(governance_key,)
+        )
+        catalog = settings.load_catalog()
+        policies = settings.load_reviewed_policies(catalog)
+        store = settings.open_store()
+        try:
+            seed_population(store, catalog, citizens=BENCH_CITIZENS, seed=7)
+            gateway = Gateway(
+                gateway_id=GATEWAY_ID,
+                catalog=catalog,
+                store=store,
+                signer=settings.load_signer(),
+                log_signer=settings.load_log_signer(),
+                policies=policies,
+                daily_budget=BENCH_DAILY_BUDGET,
+            )
+            running = build_server(
+                gateway,
+                address="127.0.0.1:0",
+                tls=_certificates().server,
+                mtls_address="127.0.0.1:0",
+            )
+            try:
+                yield _BenchGateway(
+                    gateway=gateway,
+                    store=store,
+                    running=running,
+                    root=root,
+                    citizen_ids=tuple(store.records.citizen_ids(limit=BENCH_CITIZENS)),
+                    catalog_items=len(catalog.items),
+                )
+            finally:
+                running.stop(grace=None)
+        finally:
+            store.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _common_details(seconds: Seconds, concurrency: int) -> dict[str, Any]:
+    warmup, measured = seconds
+    return {
+        "concurrency": concurrency,
+        "warmup_s": warmup,
+        "measured_s": measured,
+        "store": "SQLite (WAL) in a temporary directory",
+        "server": "build_server: sync grpc.server, 8 workers, full interceptor chain",
+        "daily_budget": f"{BENCH_DAILY_BUDGET} (raised so the run is not stopped; still counted per use)",
+        "unchanged": "consent-use accounting, token replay protection, signatures, durable audit append",
+    }
+
+
+def _judged(
+    name: str,
+    result: LoadResult,
+    *,
+    baseline: Mapping[str, Any],
+    transport: str,
+    details: dict[str, Any],
+    targets: tuple[Target, ...],
+    extra: Mapping[str, float | None] | None = None,
+) -> ScenarioResult:
+    bare = baseline[transport]
+    stats = result.stats
+    bare_qps, bare_p99 = float(bare["qps"]), float(bare["p99_ms"])
+    p99_ratio = stats.p99_ms / bare_p99 if bare_p99 > 0 and stats.calls else None
+    details.update(
+        calls=stats.calls,
+        errors=result.total_errors,
+        cpu_us_per_call=None if result.cpu_us_per_call is None else round(result.cpu_us_per_call, 1),
+        baseline_transport=transport,
+        baseline_p99_ms=bare_p99,
+        baseline_cpu_us_per_call=bare.get("cpu_us_per_call"),
+        p99_ratio=None if p99_ratio is None else round(p99_ratio, 2),
+        probe=result.probe,
+    )
+    if result.first_error:
+        details["first_error"] = result.first_error
+    scenario = ScenarioResult(
+        name=name,
+        qps=round(stats.qps, 1),
+        p50_ms=round(stats.p50_ms, 3),
+        p99_ms=round(stats.p99_ms, 3),
+        baseline_qps=bare_qps,
+        ratio=round(stats.qps / bare_qps, 3) if bare_qps > 0 else None,
+        details=details,
+    )
+    figures = {"p99_ratio": p99_ratio, "errors": float(result.total_errors), **(extra or {})}
+    return scenario.judge(*targets, extra=figures)
+
+
+def _not_measured(name: str, targets: tuple[Target, ...], message: str, details: dict[str, Any]) -> ScenarioResult:
+    """A scenario that could not run: no figures, the reason in ``details``; it does not meet its target."""
+    scenario = ScenarioResult(name=name, details={**details, "error": message}).judge(*targets)
+    scenario.meets = False  # no figure can hold: a run that did not happen meets nothing
+    return scenario
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+
+def _issue_consents(bench: _BenchGateway, wallets: list[CitizenWallet], count: int) -> tuple[str, ...]:
+    """``count`` consents for the bench bank, spread over the wallets, each registered through the
+    gateway's own RegisterConsent operation (in process: the checks and the store are the real ones)."""
+    pins = [PolicyPin(LOAN, bench.gateway.policies[LOAN].sha256)]
+    tokens = []
+    for n in range(count):
+        wallet = wallets[n % len(wallets)]
+        token = wallet.consent_token(
+            institution_id=BANK, purpose=LOAN, policies=pins, max_uses=MAX_USES, valid_for=3600
+        )
+        consent_id = jose.unverified_claims(token, typ=CONSENT_TYP).claims["jti"]
+        request = wallet.request_token(audience=GATEWAY_ID, operation=_REGISTER_CONSENT, claims={"consent": consent_id})
+        bench.gateway.register_consent(request, token)
+        tokens.append(token)
+    return tuple(tokens)
+
+
+def _register_bank(bench: _BenchGateway) -> ClientTls:
+    """Register the bench bank and issue its client certificate; the mutual-TLS client it makes."""
+    now = datetime.now(UTC)
+    bench.store.institutions.register(BANK, kind="bank", name="Benchmark bank", at=now)
+    cert, key, serial = _certificates().institution_ca.issue_client_certificate(BANK, now=now)
+    bench.store.institutions.record_certificate(BANK, serial)
+    return ClientTls(_certificates().root_certificates, certificate_chain=cert, private_key=key)
+
+
+def _evaluate_workload(bench: _BenchGateway, consents: tuple[str, ...]) -> EvaluateWorkload:
+    return EvaluateWorkload(
+        policy_id=LOAN,
+        parameters=LOAN_PARAMETERS,
+        consent_tokens=consents,
+        max_uses=MAX_USES,
+        institution_id=BANK,
+        gateway_keys=bench.keys,
+        run_tag=f"bench-{secrets.token_hex(4)}",
+    )
+
+
+def bench_evaluate(
+    baseline: Mapping[str, Any], quick: bool, *, concurrency: int = CONCURRENCY, seconds: Seconds | None = None
+) -> ScenarioResult:
+    """An institution over mutual TLS calls Evaluate(credit.consumer_loan) under valid consents:
+    consent JWS verify, consent-use accounting, CEL policy, signed result, durable audit append.
+    Judged against the bare mTLS baseline (``baseline`` is what :func:`bench_baseline` returned)."""
+    warmup, measured = _durations(quick, seconds)
+    details = _common_details((warmup, measured), concurrency)
+    try:
+        with _bench_gateway() as bench:
+            wallets = [bench.enroll(citizen_id) for citizen_id in bench.citizen_ids]
+            tls = _register_bank(bench)
+            # The gateway cannot beat the bare server: its QPS bounds the calls one run can make.
+            expected = float(baseline["mtls"]["qps"]) * (warmup + measured) * 1.25 + 1
+            started = time.perf_counter()
+            consents = _issue_consents(bench, wallets, math.ceil(expected / MAX_USES) + 4)
+            details["consent_setup_s"] = round(time.perf_counter() - started, 2)
+            details.update(
+                policy=LOAN,
+                parameters=LOAN_PARAMETERS,
+                citizens=len(wallets),
+                consents=len(consents),
+                consent_max_uses=MAX_USES,
+                consent_rotation="call n uses consent n mod consents (never more than max_uses each)",
+            )
+            workload = _evaluate_workload(bench, consents)
+            result = run_load(
+                _spec(bench.mtls_target, tls, workload, seconds=(warmup, measured), concurrency=concurrency)
+            )
+    except VeilgateError as e:
+        return _not_measured("evaluate", EVALUATE_TARGETS, e.message, details)
+    return _judged("evaluate", result, baseline=baseline, transport="mtls", details=details, targets=EVALUATE_TARGETS)
+
+
+# --- get_my_data ----------------------------------------------------------------------------------
+
+
+def _citizen_workload(bench: _BenchGateway) -> GetMyDataWorkload:
+    """Enroll the first seeded citizen with a new wallet, saved (passphrase-protected) for the client."""
+    wallet = bench.enroll(bench.citizen_ids[0])
+    passphrase = secrets.token_urlsafe(16)
+    wallet_path = bench.root / f"bench-citizen-{secrets.token_hex(4)}.wallet"
+    wallet.save(wallet_path, passphrase, kdf="interactive")
+    return GetMyDataWorkload(
+        wallet_path=str(wallet_path), passphrase=passphrase, gateway_id=GATEWAY_ID, gateway_keys=bench.keys
+    )
+
+
+def bench_get_my_data(
+    baseline: Mapping[str, Any], quick: bool, *, concurrency: int = CONCURRENCY, seconds: Seconds | None = None
+) -> ScenarioResult:
+    """A citizen over TLS fetches all their records (188 items): request-token verify and spend,
+    records decrypted, gateway-signed delivery sealed to the citizen's key, durable audit append.
+    Judged against the bare TLS baseline."""
+    durations = _durations(quick, seconds)
+    details = _common_details(durations, concurrency)
+    try:
+        with _bench_gateway(pad_to=DELIVERY_ITEMS) as bench:
+            workload = _citizen_workload(bench)
+            details.update(
+                catalog_items=bench.catalog_items,
+                padding=(
+                    f"catalog padded to {DELIVERY_ITEMS} items with a '{PADDING_DEPARTMENT}' department of "
+                    "copies of the shipped items (same types and sensitivity); records seeded for them"
+                ),
+                request_tokens="a fresh single-use token per call, signed in the client process",
+            )
+            tls = ClientTls(_certificates().root_certificates)
+            result = run_load(_spec(bench.target, tls, workload, seconds=durations, concurrency=concurrency))
+    except VeilgateError as e:
+        return _not_measured("get_my_data", GET_MY_DATA_TARGETS, e.message, details)
+    delivered = result.probe.get("items")
+    details["items_delivered"] = delivered
+    return _judged(
+        "get_my_data",
+        result,
+        baseline=baseline,
+        transport="tls",
+        details=details,
+        targets=GET_MY_DATA_TARGETS,
+        extra={"items_delivered": float(delivered) if isinstance(delivered, int) else None},
+    )
+
+
+# --- latency versus concurrency (for the plot) -----------------------------------------------------
+
+SWEEP_LEVELS = (1, 4, 16, 64)
+
+
+def latency_sweep(*, quick: bool, levels: tuple[int, ...] = SWEEP_LEVELS) -> dict[str, list[tuple[int, float, float]]]:
+    """Latency versus calls in flight, for ``report.write_plot``: ``{label: [(in flight, p50 ms,
+    p99 ms), ...]}`` for the bare server (TLS, mTLS), ``evaluate`` and ``get_my_data``. One bare server
+    and one gateway (catalog padded to 188 items) serve every level; each level is a fresh load
+    generator. Quick: 0.5 s warm-up + 2 s per point; full: 1 + 5. Raises :class:`InternalError` when
+    a run cannot be made."""
+    seconds: Seconds = (0.5, 2.0) if quick else (1.0, 5.0)
+    certs = _certificates()
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    bare_qps: dict[int, float] = {}
+
+    def point(label: str, n: int, result: LoadResult) -> None:
+        if result.total_errors:
+            raise InternalError(f"{label} at {n} in flight: {result.total_errors} failed calls: {result.first_error}")
+        series.setdefault(label, []).append((n, result.stats.p50_ms, result.stats.p99_ms))
+
+    with BareServer(
+        certificate_chain=certs.server.certificate_chain,
+        private_key=certs.server.private_key,
+        client_ca=certs.institution_ca.certificate_pem,
+    ) as bare:
+        for n in levels:
+            tls = _spec(bare.target, ClientTls(certs.root_certificates), NoopWorkload(), seconds=seconds, concurrency=n)
+            point("bare TLS", n, run_load(tls))
+            mtls = run_load(
+                _spec(bare.mtls_target, certs.baseline_client, NoopWorkload(), seconds=seconds, concurrency=n)
+            )
+            point("bare mTLS", n, mtls)
+            bare_qps[n] = mtls.stats.qps
+    with _bench_gateway(pad_to=DELIVERY_ITEMS) as bench:
+        wallets = [bench.enroll(citizen_id) for citizen_id in bench.citizen_ids[1:]]  # [0] is the data citizen
+        bank = _register_bank(bench)
+        citizen = _citizen_workload(bench)
+        for n in levels:
+            expected = bare_qps[n] * sum(seconds) * 1.25 + 1
+            consents = _issue_consents(bench, wallets, math.ceil(expected / MAX_USES) + 2)
+            evaluate = _spec(
+                bench.mtls_target, bank, _evaluate_workload(bench, consents), seconds=seconds, concurrency=n
+            )
+            point("evaluate", n, run_load(evaluate))
+            fetch = _spec(bench.target, ClientTls(certs.root_certificates), citizen, seconds=seconds, concurrency=n)
+            point("get_my_data", n, run_load(fetch))
+    return series

@@ -1,0 +1,77 @@
+"""Run the benchmark: the bare baseline first, then each scenario, with a progress line per step."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from veilgate.errors import ConfigurationError
+from veilgate_server.bench.results import ScenarioResult
+
+__all__ = ["RPC_SCENARIOS", "SCENARIOS", "BenchRun", "run_bench"]
+
+RPC_SCENARIOS = ("evaluate", "get_my_data")
+STORE_SCENARIOS = ("log_append", "proofs", "audit_verify", "audit_export", "ingest", "rss")
+SCENARIOS = RPC_SCENARIOS + STORE_SCENARIOS
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BenchRun:
+    machine: dict[str, Any]
+    baseline: dict[str, Any]
+    scenarios: list[ScenarioResult]
+
+
+def _scenario(name: str, quick: bool, baseline: dict[str, Any], postgres_url: str | None) -> ScenarioResult:
+    from veilgate_server.bench import rpc_scenarios, store_scenarios
+
+    match name:
+        case "evaluate":
+            return rpc_scenarios.bench_evaluate(baseline, quick=quick)
+        case "get_my_data":
+            return rpc_scenarios.bench_get_my_data(baseline, quick=quick)
+        case "log_append":
+            return store_scenarios.bench_log_append(quick=quick, postgres_url=postgres_url)
+        case "proofs":
+            return store_scenarios.bench_proofs(quick=quick)
+        case "audit_verify":
+            return store_scenarios.bench_audit_verify(quick=quick)
+        case "audit_export":
+            return store_scenarios.bench_audit_export(quick=quick)
+        case "ingest":
+            return store_scenarios.bench_ingest()
+        case "rss":
+            return store_scenarios.bench_rss(quick=quick)
+    raise ConfigurationError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+
+
+def run_bench(*, quick: bool, only: Sequence[str] | None, postgres_url: str | None, progress: Progress) -> BenchRun:
+    from veilgate_server.bench import rpc_scenarios
+    from veilgate_server.bench.report import machine_facts
+
+    names = list(only) if only else list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise ConfigurationError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+    url: str | None = postgres_url or os.environ.get("VEILGATE_BENCH_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+    machine = machine_facts(url)
+    if machine["postgres"] is None:
+        url = None
+    baseline: dict[str, Any] = {}
+    if any(n in RPC_SCENARIOS for n in names):
+        progress("baseline: bare grpcio over TLS and mTLS ...")
+        baseline = rpc_scenarios.bench_baseline(quick=quick)
+    results = []
+    for index, name in enumerate(names, 1):
+        progress(f"[{index}/{len(names)}] {name} ...")
+        started = time.perf_counter()
+        result = _scenario(name, quick, baseline, url)
+        result.details.setdefault("wall_seconds", round(time.perf_counter() - started, 1))
+        results.append(result)
+    return BenchRun(machine=machine, baseline=baseline, scenarios=results)

@@ -1,0 +1,91 @@
+"""The RPC benchmark harness: percentiles, and a short real run of the baseline and both RPC scenarios.
+
+The smoke run checks the shape of what is reported and that every call succeeded, never how fast it
+was: timing is not a test on a shared machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from veilgate_server.bench.harness import latency_stats, percentile
+from veilgate_server.bench.results import ScenarioResult
+from veilgate_server.bench.rpc_scenarios import DELIVERY_ITEMS, bench_baseline, bench_evaluate, bench_get_my_data
+
+SMOKE_SECONDS = (0.2, 0.4)  # warm-up, measured
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1 .. 100
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0  # unsorted input
+    assert percentile([1.0, 2.0], 50) == 1.0  # never interpolated
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match="q must be"):
+        percentile([1.0], 0)
+
+
+def test_latency_stats_in_milliseconds_and_qps() -> None:
+    stats = latency_stats([0.001] * 99 + [0.5], seconds=2.0, errors=1)
+    assert (stats.calls, stats.errors) == (100, 1)
+    assert stats.p50_ms == pytest.approx(1.0)
+    assert stats.p99_ms == pytest.approx(1.0)
+    assert stats.qps == pytest.approx(50.0)
+    empty = latency_stats([], seconds=1.0)
+    assert (empty.calls, empty.qps, empty.p99_ms) == (0, 0.0, 0.0)
+
+
+def _check_figures(figures: dict[str, object]) -> None:
+    assert figures["errors"] == 0, figures.get("first_error")
+    calls, p50, p99 = figures["calls"], figures["p50_ms"], figures["p99_ms"]
+    assert isinstance(calls, int)
+    assert calls > 0
+    for key in ("qps", "p50_ms", "p99_ms", "cpu_us_per_call"):
+        value = figures[key]
+        assert isinstance(value, float), key
+        assert value > 0, key
+    assert isinstance(p50, float)
+    assert isinstance(p99, float)
+    assert p50 <= p99
+
+
+def _check_scenario(result: ScenarioResult, name: str, baseline_qps: float) -> None:
+    assert result.name == name
+    assert result.skipped is None
+    assert "error" not in result.details, result.details["error"]
+    assert result.details["errors"] == 0, result.details.get("first_error")
+    assert result.details["calls"] > 0
+    assert result.qps is not None
+    assert result.qps > 0
+    assert result.p50_ms is not None
+    assert result.p99_ms is not None
+    assert 0 < result.p50_ms <= result.p99_ms
+    assert result.baseline_qps == baseline_qps
+    assert result.ratio == pytest.approx(result.qps / baseline_qps, abs=1e-3)
+    assert result.details["cpu_us_per_call"] > 0
+    assert result.details["p99_ratio"] > 0
+    assert isinstance(result.meets, bool)
+    assert result.target
+    document = result.to_json()
+    assert {"name", "qps", "p50_ms", "p99_ms", "baseline_qps", "ratio", "target", "meets"} <= set(document)
+
+
+def test_rpc_scenarios_run_and_report_every_figure() -> None:
+    baseline = bench_baseline(True, seconds=SMOKE_SECONDS)
+    assert baseline["concurrency"] == 16
+    assert (baseline["warmup_s"], baseline["measured_s"]) == SMOKE_SECONDS
+    _check_figures(baseline["tls"])
+    _check_figures(baseline["mtls"])
+
+    evaluate = bench_evaluate(baseline, True, seconds=SMOKE_SECONDS)
+    _check_scenario(evaluate, "evaluate", baseline["mtls"]["qps"])
+    assert evaluate.details["probe"]["decision"] in {"ELIGIBLE", "NOT_ELIGIBLE", "REFER"}
+    assert evaluate.details["consents"] * evaluate.details["consent_max_uses"] > evaluate.details["calls"]
+
+    get_my_data = bench_get_my_data(baseline, True, seconds=SMOKE_SECONDS)
+    _check_scenario(get_my_data, "get_my_data", baseline["tls"]["qps"])
+    assert get_my_data.details["items_delivered"] == DELIVERY_ITEMS
+    assert get_my_data.details["catalog_items"] == DELIVERY_ITEMS
