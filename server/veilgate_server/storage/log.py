@@ -43,6 +43,7 @@ from sqlalchemy import (
     Connection,
     Dialect,
     SmallInteger,
+    bindparam,
     delete,
     func,
     literal_column,
@@ -58,7 +59,7 @@ from veilgate.errors import InternalError, StorageError
 from veilgate.merkle import HASH_SIZE, leaf_hash
 from veilgate_server.core.merkle import Frontier, SubtreeKey, root_of
 
-from ._session import storage_errors, write_session
+from ._session import read_rows, storage_errors, write_session
 from .models import (
     KEY_LENGTH,
     AuditLogCheckpoint,
@@ -135,6 +136,8 @@ class WriterStats:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+_KEY_OF_CITIZEN = select(CitizenLogKey.key).where(CitizenLogKey.citizen_id == bindparam("citizen_id"))
 
 
 def _utc_now() -> dt.datetime:
@@ -427,16 +430,16 @@ class AuditLog:
         Without ``create``, None when the citizen has no key (never logged, or erased).
         """
         _require_citizen_id(citizen_id)
-        statement = select(CitizenLogKey.key).where(CitizenLogKey.citizen_id == citizen_id)
-        with storage_errors("read the citizen's pseudonym key"), self._sessions() as session:
-            key = session.scalar(statement)
-        if key is not None or not create:
-            return None if key is None else bytes(key)
+        params = {"citizen_id": citizen_id}
+        with storage_errors("read the citizen's pseudonym key"):
+            rows = read_rows(self._sessions, _KEY_OF_CITIZEN, params)
+        if rows or not create:
+            return bytes(rows[0][0]) if rows else None
         row = {"citizen_id": citizen_id, "key": secrets.token_bytes(KEY_LENGTH), "created_at": self._clock()}
         with storage_errors("create the citizen's pseudonym key"), write_session(self._sessions) as session:
             connection = session.connection()
             connection.execute(self._insert_key_if_absent(connection), [row])
-            key = connection.execute(statement).scalar_one()
+            key = connection.execute(_KEY_OF_CITIZEN, params).scalar_one()
         return bytes(key)
 
     @staticmethod

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Final, Self
 
-from sqlalchemy import Engine, Table, delete, func, select, text, update
+from sqlalchemy import Engine, Row, Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,7 +52,7 @@ from veilgate.errors import (
 )
 from veilgate_server.core.identity import check_caller_id
 
-from ._session import insert_unique, storage_errors, write_session
+from ._session import insert_unique, read_rows, storage_errors, write_session
 from .db import check_schema, create_engine_for, upgrade_schema
 from .log import AuditLog
 from .models import (
@@ -151,6 +151,47 @@ class EvaluationRow:
     created_at: dt.datetime
 
 
+# --- hot-path reads, built once (see _session.read_rows) ------------------------------------------
+
+_CITIZEN_BY_ID = select(Citizen.__table__).where(Citizen.__table__.c.citizen_id == bindparam("citizen_id"))
+_INSTITUTION_BY_ID = select(RegisteredInstitution.__table__).where(
+    RegisteredInstitution.__table__.c.institution_id == bindparam("institution_id")
+)
+_CONSENT_BY_ID = select(Consent.__table__).where(Consent.__table__.c.consent_id == bindparam("consent_id"))
+_EVALUATION_BY_KEY = select(Evaluation.__table__).where(
+    Evaluation.__table__.c.institution_id == bindparam("institution_id"),
+    Evaluation.__table__.c.request_id == bindparam("request_id"),
+)
+_CONSENT_FOR_UPDATE = (
+    select(Consent.__table__).where(Consent.__table__.c.consent_id == bindparam("consent_id")).with_for_update()
+)
+_BUDGET_USED = (
+    select(func.count())
+    .select_from(Evaluation.__table__)
+    .where(
+        Evaluation.__table__.c.citizen_id == bindparam("citizen_id"),
+        Evaluation.__table__.c.created_at > bindparam("since"),
+    )
+)
+_SPEND_USE = update(Consent).where(Consent.consent_id == bindparam("spent_consent_id")).values(uses=Consent.uses + 1)
+_INSERT_EVALUATION = insert(Evaluation)
+_RECORD_COLUMNS = Record.__table__.c
+_RECORDS_OF_CITIZEN = (
+    select(
+        _RECORD_COLUMNS.citizen_id,
+        _RECORD_COLUMNS.item_id,
+        _RECORD_COLUMNS.department,
+        _RECORD_COLUMNS.as_of,
+        _RECORD_COLUMNS.value_json,
+    )
+    .where(_RECORD_COLUMNS.citizen_id == bindparam("citizen_id"))
+    .order_by(_RECORD_COLUMNS.item_id)
+)
+_RECORDS_OF_CITIZEN_AMONG = _RECORDS_OF_CITIZEN.where(
+    _RECORD_COLUMNS.item_id.in_(bindparam("item_ids", expanding=True))
+)
+
+
 # --- helpers --------------------------------------------------------------------------------------
 
 
@@ -169,7 +210,7 @@ def _require_key(value: bytes, name: str) -> None:
         raise ValueError(f"{name} must be {KEY_LENGTH} bytes long")
 
 
-def _keys(row: Citizen) -> CitizenKeys:
+def _keys(row: Citizen | Row[Any]) -> CitizenKeys:
     return CitizenKeys(
         citizen_id=row.citizen_id,
         signing_key=bytes(row.signing_key),
@@ -211,7 +252,7 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
-def _institution(row: RegisteredInstitution) -> Institution:
+def _institution(row: RegisteredInstitution | Row[Any]) -> Institution:
     return Institution(
         institution_id=row.institution_id,
         kind=row.kind,
@@ -237,7 +278,7 @@ def _policies_json(policies: Sequence[tuple[str, str]]) -> str:
     return json.dumps(pins, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _consent(row: Consent) -> ConsentRow:
+def _consent(row: Consent | Row[Any]) -> ConsentRow:
     return ConsentRow(
         consent_id=row.consent_id,
         citizen_id=row.citizen_id,
@@ -254,7 +295,7 @@ def _consent(row: Consent) -> ConsentRow:
     )
 
 
-def _evaluation(row: Evaluation) -> EvaluationRow:
+def _evaluation(row: Evaluation | Row[Any]) -> EvaluationRow:
     return EvaluationRow(
         institution_id=row.institution_id,
         request_id=row.request_id,
@@ -346,12 +387,11 @@ class CitizenRegistry:
 
     def keys_of(self, citizen_id: str) -> CitizenKeys:
         """The citizen's current keys; :class:`CitizenNotEnrolled` if the id is unknown."""
-        with storage_errors("read the citizen's keys"), self._sessions() as session:
-            row = session.get(Citizen, citizen_id)
-            keys = None if row is None else _keys(row)
-        if keys is None:
+        with storage_errors("read the citizen's keys"):
+            rows = read_rows(self._sessions, _CITIZEN_BY_ID, {"citizen_id": citizen_id})
+        if not rows:
             raise CitizenNotEnrolled("citizen is not enrolled")
-        return keys
+        return _keys(rows[0])
 
     def count(self) -> int:
         with storage_errors("count citizens"), self._sessions() as session:
@@ -421,21 +461,16 @@ class RecordStore:
 
         Item ids with no stored record are simply absent from the result.
         """
-        statement = select(Record).where(Record.citizen_id == citizen_id).order_by(Record.item_id)
+        params: dict[str, Any] = {"citizen_id": citizen_id}
+        statement = _RECORDS_OF_CITIZEN
         if item_ids is not None:
             if not item_ids:
                 return []
-            statement = statement.where(Record.item_id.in_(sorted(set(item_ids))))
-        with storage_errors("read records"), self._sessions() as session:
+            statement, params["item_ids"] = _RECORDS_OF_CITIZEN_AMONG, sorted(set(item_ids))
+        with storage_errors("read records"):
             return [
-                StoredRecord(
-                    citizen_id=row.citizen_id,
-                    item_id=row.item_id,
-                    department=row.department,
-                    as_of=row.as_of,
-                    value_json=row.value_json,
-                )
-                for row in session.scalars(statement)
+                StoredRecord(citizen_id=c, item_id=i, department=d, as_of=a, value_json=v)
+                for c, i, d, a, v in read_rows(self._sessions, statement, params)
             ]
 
     def count(self) -> int:
@@ -523,12 +558,11 @@ class InstitutionRegistry:
 
     def get(self, institution_id: str) -> Institution:
         """The institution; :class:`InstitutionUnknown` if it was never registered."""
-        with storage_errors("read the institution"), self._sessions() as session:
-            row = session.get(RegisteredInstitution, institution_id)
-            institution = None if row is None else _institution(row)
-        if institution is None:
+        with storage_errors("read the institution"):
+            rows = read_rows(self._sessions, _INSTITUTION_BY_ID, {"institution_id": institution_id})
+        if not rows:
             raise InstitutionUnknown("institution is not registered")
-        return institution
+        return _institution(rows[0])
 
     def set_enabled(self, institution_id: str, enabled: bool) -> Institution:
         """Enable or disable the institution (idempotent); :class:`InstitutionUnknown` if unknown."""
@@ -631,12 +665,11 @@ class ConsentLedger:
 
     def get(self, consent_id: str) -> ConsentRow:
         """The consent; :class:`ConsentUnknown` if no consent has this id."""
-        with storage_errors("read the consent"), self._sessions() as session:
-            row = session.get(Consent, consent_id)
-            consent = None if row is None else _consent(row)
-        if consent is None:
+        with storage_errors("read the consent"):
+            rows = read_rows(self._sessions, _CONSENT_BY_ID, {"consent_id": consent_id})
+        if not rows:
             raise ConsentUnknown("consent is not registered")
-        return consent
+        return _consent(rows[0])
 
     def for_citizen(self, citizen_id: str) -> list[ConsentRow]:
         """The citizen's consents, revoked ones included, newest registration first."""
@@ -718,26 +751,29 @@ class ConsentLedger:
         if daily_budget < 0:
             raise ValueError("daily_budget must not be negative")
 
-        existing = self.find_evaluation(institution_id, request_id)
-        if existing is not None:
-            return existing
-        recorded = select(Evaluation).where(
-            Evaluation.institution_id == institution_id, Evaluation.request_id == request_id
-        )
-        locked_consent = select(Consent).where(Consent.consent_id == consent_id).with_for_update()
-        budget_used = (
-            select(func.count())
-            .select_from(Evaluation)
-            .where(Evaluation.citizen_id == citizen_id, Evaluation.created_at > at - BUDGET_WINDOW)
-        )
+        # No read before the write transaction: the transaction re-reads the request id under its lock
+        # (which it must do anyway), and callers check for a recorded request id before evaluating.
+        key = {"institution_id": institution_id, "request_id": request_id}
+        evaluation = {
+            **key,
+            "consent_id": consent_id,
+            "citizen_id": citizen_id,
+            "policy_id": policy_id,
+            "policy_sha256": policy_sha256,
+            "decision": decision,
+            "result_jws": result_jws,
+            "request_hash": request_hash,
+            "created_at": at,
+        }
         with storage_errors("record the evaluation"):
             try:
                 with write_session(self._sessions) as session:
                     _lock_citizen_budget(session, citizen_id)
-                    consent = session.scalars(locked_consent).one_or_none()
+                    connection = session.connection()
+                    consent = connection.execute(_CONSENT_FOR_UPDATE, {"consent_id": consent_id}).first()
                     # Re-read under the locks: a racing call with the same request id may have
                     # committed while this one waited (READ COMMITTED sees it in a new statement).
-                    row = session.scalars(recorded).one_or_none()
+                    row = connection.execute(_EVALUATION_BY_KEY, key).first()
                     if row is not None:
                         return _evaluation(row)
                     if consent is None:
@@ -750,10 +786,12 @@ class ConsentLedger:
                         raise ConsentRevoked("consent was revoked")
                     if consent.uses >= consent.max_uses:
                         raise ConsentExhausted("consent has no uses left")
-                    if (session.scalar(budget_used) or 0) >= daily_budget:
+                    used = connection.execute(_BUDGET_USED, {"citizen_id": citizen_id, "since": at - BUDGET_WINDOW})
+                    if (used.scalar() or 0) >= daily_budget:
                         raise CitizenBudgetExhausted("the citizen's daily evaluation budget is exhausted")
-                    consent.uses += 1
-                    evaluation = Evaluation(
+                    connection.execute(_SPEND_USE, {"spent_consent_id": consent_id})
+                    connection.execute(_INSERT_EVALUATION, [evaluation])
+                    stored = EvaluationRow(
                         institution_id=institution_id,
                         request_id=request_id,
                         consent_id=consent_id,
@@ -763,11 +801,8 @@ class ConsentLedger:
                         decision=decision,
                         result_jws=result_jws,
                         request_hash=request_hash,
-                        created_at=at,
+                        created_at=_utc(at),
                     )
-                    session.add(evaluation)
-                    session.flush()
-                    stored = _evaluation(evaluation)
             except IntegrityError as e:
                 # The same (institution_id, request_id) was recorded by a racing call under another
                 # consent (which held another row lock); this transaction, and its use, rolled back.
@@ -779,9 +814,11 @@ class ConsentLedger:
 
     def find_evaluation(self, institution_id: str, request_id: str) -> EvaluationRow | None:
         """The evaluation recorded for the institution's ``request_id``, or None."""
-        with storage_errors("read the evaluation"), self._sessions() as session:
-            row = session.get(Evaluation, (institution_id, request_id))
-            return None if row is None else _evaluation(row)
+        with storage_errors("read the evaluation"):
+            rows = read_rows(
+                self._sessions, _EVALUATION_BY_KEY, {"institution_id": institution_id, "request_id": request_id}
+            )
+        return _evaluation(rows[0]) if rows else None
 
     def evaluations_for_citizen(self, citizen_id: str, *, limit: int = 100) -> list[EvaluationRow]:
         """Up to ``limit`` evaluations under the citizen's consents, newest first."""
