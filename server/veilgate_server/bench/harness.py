@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 BARE_METHOD = "/veilgate.bench.Bare/Noop"
-SERVER_WORKERS = 8  # the gateway's default pool (rpc.server.build_server); the baseline uses the same
+SERVER_WORKERS = 8
 CallFn = Callable[[int], None]
 
 

@@ -43,6 +43,7 @@ from veilgate.consent import CONSENT_TYP
 from veilgate.errors import InternalError, VeilgateError
 from veilgate_server.admin import seed_population
 from veilgate_server.bench.harness import (
+    SERVER_WORKERS,
     BareServer,
     ClientTls,
     EvaluateWorkload,
@@ -290,6 +291,7 @@ def _bench_gateway(*, pad_to: int | None = None) -> Iterator[_BenchGateway]:
                 address="127.0.0.1:0",
                 tls=_certificates().server,
                 mtls_address="127.0.0.1:0",
+                workers=SERVER_WORKERS,
             )
             try:
                 yield _BenchGateway(

@@ -16,7 +16,7 @@ from sqlalchemy.sql import Executable
 
 from veilgate.errors import StorageError, VeilgateError
 
-from .db import WRITE_TRANSACTION
+from .db import SINGLE_STATEMENT_READ, WRITE_TRANSACTION
 
 __all__ = ["insert_unique", "read_rows", "storage_errors", "write_session"]
 
@@ -72,7 +72,7 @@ def read_rows(
     bind = sessions.kw.get("bind")
     if not isinstance(bind, Engine):
         raise TypeError("the session factory is not bound to an engine")
-    with bind.connect() as connection:
+    with bind.connect().execution_options(**{SINGLE_STATEMENT_READ: True}) as connection:
         return connection.execute(statement, params or {}).all()
 
 

@@ -37,6 +37,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from veilgate.errors import ConfigurationError, StorageError
 
 __all__ = [
+    "SINGLE_STATEMENT_READ",
     "WRITE_TRANSACTION",
     "check_schema",
     "create_engine_for",
@@ -47,6 +48,7 @@ __all__ = [
 #: Execution option that marks a transaction as a writer. On SQLite it makes the transaction begin
 #: with ``BEGIN IMMEDIATE``; on PostgreSQL it has no effect (row locks do the work there).
 WRITE_TRANSACTION: Final = "veilgate_write_transaction"
+SINGLE_STATEMENT_READ: Final = "veilgate_single_statement_read"
 
 _MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 
@@ -113,10 +115,13 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(WRITE_TRANSACTION, False):
+        options = conn.get_execution_options()
+        if options.get(WRITE_TRANSACTION, False):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
+        elif not options.get(SINGLE_STATEMENT_READ, False):
             conn.exec_driver_sql("BEGIN")
+        # A single-statement read needs no transaction of its own: the statement is atomic, and in
+        # WAL mode it reads one consistent snapshot. Skipping BEGIN saves a round trip per read.
 
 
 def _alembic_config(connection: Connection) -> Config:
