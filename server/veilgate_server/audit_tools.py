@@ -113,7 +113,10 @@ def verify_log(store: Store, verifier: LogVerifier) -> VerifySummary:
                 unmatched_checkpoint = unmatched_checkpoint or frontier.size
         # Stored subtree hashes name the changed entry precisely; check them before the checkpoints,
         # which only say that something before their size changed.
-        stored = log.subtree_hashes(list(completed))
+        stored: dict[SubtreeKey, bytes] = {}
+        for level in {level for level, _ in completed}:  # the page's subtrees: one index range per level
+            indices = [index for lvl, index in completed if lvl == level]
+            stored.update(log.subtree_range(level, min(indices), max(indices) + 1))
         mismatched = [(key[0], first) for key, (expected, first) in completed.items() if stored.get(key) != expected]
         if mismatched:
             level, first_leaf = min(mismatched)  # the smallest differing subtree is the most precise

@@ -138,6 +138,11 @@ class WriterStats:
 # --- helpers --------------------------------------------------------------------------------------
 
 _KEY_OF_CITIZEN = select(CitizenLogKey.key).where(CitizenLogKey.citizen_id == bindparam("citizen_id"))
+_SUBTREE_RANGE = select(AuditLogSubtree.idx, AuditLogSubtree.hash).where(
+    AuditLogSubtree.level == bindparam("level"),
+    AuditLogSubtree.idx >= bindparam("start"),
+    AuditLogSubtree.idx < bindparam("end"),
+)
 
 
 def _utc_now() -> dt.datetime:
@@ -364,6 +369,16 @@ class AuditLog:
         """
         with storage_errors("read the audit log's subtree hashes"), self._sessions() as session:
             return _read_subtrees(session.connection(), keys)
+
+    def subtree_range(self, level: int, start: int, end: int) -> dict[SubtreeKey, bytes]:
+        """Stored hashes of the level-``level`` subtrees with ``start <= index < end`` (level >= 1):
+        one primary-key range read, for whole-log passes that walk the subtrees in order."""
+        if not 1 <= level <= _MAX_LEVEL or not 0 <= start <= end:
+            raise ValueError(f"level {level}, [{start}, {end}) is not a subtree range")
+        params = {"level": level, "start": start, "end": end}
+        with storage_errors("read audit log subtrees"):
+            rows = read_rows(self._sessions, _SUBTREE_RANGE, params)
+        return {(level, int(index)): bytes(value) for index, value in rows}
 
     def hashed_entries(self, start: int, count: int) -> list[tuple[int, bytes, bytes]]:
         """``(index, entry, leaf_hash)`` for ``start <= i < start + count``: a plain column read for
