@@ -42,18 +42,14 @@ from typing import Any, Final, Self
 from sqlalchemy import (
     Connection,
     Dialect,
-    SmallInteger,
     bindparam,
     delete,
     func,
-    literal_column,
     select,
     text,
-    union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql import Executable, Select
 
 from veilgate.errors import InternalError, StorageError
 from veilgate.merkle import HASH_SIZE, leaf_hash
@@ -188,26 +184,28 @@ def _read_subtrees(connection: Connection, keys: Sequence[SubtreeKey]) -> dict[S
         if not 0 <= level <= _MAX_LEVEL or index < 0:
             raise ValueError(f"({level}, {index}) is not a subtree key")
         by_level.setdefault(level, set()).add(index)
+    if not by_level:
+        return {}
     # One primary-key range per level (``level = ? AND idx IN (...)``): a row-value IN list such as
     # ``(level, idx) IN (VALUES ...)`` makes SQLite scan the whole table, so proofs would grow with the log.
-    parts: list[Select[int, int, bytes]] = []
+    # The statement's shape differs per proof, so it is written as driver SQL: building it through the
+    # SQL expression layer cost about 1.2 ms of a 1.4 ms proof (measured at 100k entries).
+    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    parts: list[str] = []
+    params: list[int] = []
     for level, indices in sorted(by_level.items()):
+        marks = ", ".join([mark] * len(indices))
         if level == 0:
-            parts.append(
-                select(literal_column("0", SmallInteger), AuditLogEntry.idx, AuditLogEntry.leaf_hash).where(
-                    AuditLogEntry.idx.in_(sorted(indices))
-                )
-            )
+            parts.append(f"SELECT 0, idx, leaf_hash FROM log_entries WHERE idx IN ({marks})")  # noqa: S608
         else:
             parts.append(
-                select(AuditLogSubtree.level, AuditLogSubtree.idx, AuditLogSubtree.hash).where(
-                    AuditLogSubtree.level == level, AuditLogSubtree.idx.in_(sorted(indices))
-                )
+                f"SELECT level, idx, hash FROM log_subtrees WHERE level = {mark} AND idx IN ({marks})"  # noqa: S608
             )
-    if not parts:
-        return {}
-    statement: Executable = parts[0] if len(parts) == 1 else union_all(*parts)
-    return {(int(level), int(index)): bytes(value) for level, index, value in connection.execute(statement)}
+            params.append(level)
+        params.extend(sorted(indices))
+    sql = " UNION ALL ".join(parts)  # only placeholders and fixed text: no value is ever interpolated
+    rows = connection.exec_driver_sql(sql, tuple(params))
+    return {(int(level), int(index)): bytes(value) for level, index, value in rows}
 
 
 class _ConnectionReader:
