@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Row
+from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql import Executable
@@ -18,7 +18,7 @@ from veilgate.errors import StorageError, VeilgateError
 
 from .db import SINGLE_STATEMENT_READ, WRITE_TRANSACTION
 
-__all__ = ["insert_unique", "read_rows", "storage_errors", "write_session"]
+__all__ = ["insert_unique", "read_rows", "storage_errors", "write_connection", "write_session"]
 
 _Row = TypeVar("_Row", bound=DeclarativeBase)
 _Out = TypeVar("_Out")
@@ -57,6 +57,24 @@ def write_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
         # Procure the connection now, so the transaction starts as a writer (BEGIN IMMEDIATE on SQLite).
         session.connection(execution_options={WRITE_TRANSACTION: True})
         yield session
+
+
+@contextmanager
+def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
+    """A plain connection in a write transaction (committed on success, rolled back on error), for
+    hot-path writes that use no ORM object: same locking and ``BEGIN IMMEDIATE`` as
+    :func:`write_session`, without the session's unit-of-work bookkeeping (measured: about an eighth
+    of the gateway's CPU under load went to it)."""
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError("the session factory is not bound to an engine")
+    lock = _sqlite_writer_lock(sessions)
+    with (
+        lock if lock is not None else contextlib.nullcontext(),
+        bind.connect().execution_options(**{WRITE_TRANSACTION: True}) as connection,
+        connection.begin(),
+    ):
+        yield connection
 
 
 def read_rows(

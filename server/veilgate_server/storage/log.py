@@ -55,7 +55,7 @@ from veilgate.errors import InternalError, StorageError
 from veilgate.merkle import HASH_SIZE, leaf_hash
 from veilgate_server.core.merkle import Frontier, SubtreeKey, root_of
 
-from ._session import read_rows, storage_errors, write_session
+from ._session import read_rows, storage_errors, write_connection, write_session
 from .models import (
     KEY_LENGTH,
     AuditLogCheckpoint,
@@ -305,8 +305,7 @@ class AuditLog:
             return []
         now = self._clock()
         _require_aware(now, "the log clock's time")
-        with storage_errors("append to the audit log"), write_session(self._sessions) as session:
-            connection = session.connection()
+        with storage_errors("append to the audit log"), write_connection(self._sessions) as connection:
             sql = _append_sql(connection.dialect)
             new_size = connection.exec_driver_sql(sql.claim, (len(requests),)).scalar_one_or_none()
             if new_size is None:
@@ -449,8 +448,7 @@ class AuditLog:
         if rows or not create:
             return bytes(rows[0][0]) if rows else None
         row = {"citizen_id": citizen_id, "key": secrets.token_bytes(KEY_LENGTH), "created_at": self._clock()}
-        with storage_errors("create the citizen's pseudonym key"), write_session(self._sessions) as session:
-            connection = session.connection()
+        with storage_errors("create the citizen's pseudonym key"), write_connection(self._sessions) as connection:
             connection.execute(self._insert_key_if_absent(connection), [row])
             key = connection.execute(_KEY_OF_CITIZEN, params).scalar_one()
         return bytes(key)

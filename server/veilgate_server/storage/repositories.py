@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Final, Self
 
-from sqlalchemy import Engine, Row, Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,7 +52,7 @@ from veilgate.errors import (
 )
 from veilgate_server.core.identity import check_caller_id
 
-from ._session import insert_unique, read_rows, storage_errors, write_session
+from ._session import insert_unique, read_rows, storage_errors, write_connection, write_session
 from .db import check_schema, create_engine_for, upgrade_schema
 from .log import AuditLog
 from .models import (
@@ -175,6 +175,12 @@ _BUDGET_USED = (
 )
 _SPEND_USE = update(Consent).where(Consent.consent_id == bindparam("spent_consent_id")).values(uses=Consent.uses + 1)
 _INSERT_EVALUATION = insert(Evaluation)
+_INSERT_USED_TOKEN = insert(UsedRequestToken)
+_PURGE_USED_TOKENS = delete(UsedRequestToken).where(
+    UsedRequestToken.citizen_id == bindparam("citizen_id"),
+    UsedRequestToken.expires_at < bindparam("now"),
+    UsedRequestToken.jti != bindparam("jti"),
+)
 _RECORD_COLUMNS = Record.__table__.c
 _RECORDS_OF_CITIZEN = (
     select(
@@ -310,7 +316,7 @@ def _evaluation(row: Evaluation | Row[Any]) -> EvaluationRow:
     )
 
 
-def _lock_citizen_budget(session: Session, citizen_id: str) -> None:
+def _lock_citizen_budget(connection: Connection, citizen_id: str) -> None:
     """Serialise evaluations of one citizen until the transaction ends (PostgreSQL only).
 
     Under READ COMMITTED, two transactions spending uses of *different* consents of one citizen
@@ -318,11 +324,11 @@ def _lock_citizen_budget(session: Session, citizen_id: str) -> None:
     budget. A transaction-scoped advisory lock on the citizen closes that gap. SQLite needs nothing:
     ``BEGIN IMMEDIATE`` already serialises every writer.
     """
-    if session.get_bind().dialect.name != "postgresql":
+    if connection.dialect.name != "postgresql":
         return
     digest = hashlib.sha256(citizen_id.encode()).digest()
     key = int.from_bytes(digest[:4], "big", signed=True)
-    session.execute(
+    connection.execute(
         text("SELECT pg_advisory_xact_lock(CAST(:namespace AS integer), CAST(:key AS integer))"),
         {"namespace": _PG_BUDGET_LOCK_NAMESPACE, "key": key},
     )
@@ -508,17 +514,12 @@ class RequestLedger:
         _require_length(jti, "jti", 128)
         _require_aware(expires_at, "expires_at")
         _require_aware(now, "now")
-        purge = delete(UsedRequestToken).where(
-            UsedRequestToken.citizen_id == citizen_id,
-            UsedRequestToken.expires_at < now,
-            UsedRequestToken.jti != jti,
-        )
+        row = {"citizen_id": citizen_id, "jti": jti, "expires_at": expires_at}
         with storage_errors("record the request token"):
             try:
-                with write_session(self._sessions) as session:
-                    session.add(UsedRequestToken(citizen_id=citizen_id, jti=jti, expires_at=expires_at))
-                    session.flush()
-                    session.execute(purge, execution_options={"synchronize_session": False})
+                with write_connection(self._sessions) as connection:
+                    connection.execute(_INSERT_USED_TOKEN, [row])
+                    connection.execute(_PURGE_USED_TOKENS, {"citizen_id": citizen_id, "now": now, "jti": jti})
             except IntegrityError as e:
                 raise TokenReplayed("request token was already used") from e
 
@@ -767,9 +768,8 @@ class ConsentLedger:
         }
         with storage_errors("record the evaluation"):
             try:
-                with write_session(self._sessions) as session:
-                    _lock_citizen_budget(session, citizen_id)
-                    connection = session.connection()
+                with write_connection(self._sessions) as connection:
+                    _lock_citizen_budget(connection, citizen_id)
                     consent = connection.execute(_CONSENT_FOR_UPDATE, {"consent_id": consent_id}).first()
                     # Re-read under the locks: a racing call with the same request id may have
                     # committed while this one waited (READ COMMITTED sees it in a new statement).
