@@ -41,6 +41,7 @@ __all__ = [
     "InstitutionUnknown",
     "InternalError",
     "ItemUnknown",
+    "MethodUnknown",
     "PeerIdentityInvalid",
     "PolicyInvalid",
     "PolicyParameterInvalid",
@@ -48,6 +49,7 @@ __all__ = [
     "ProofInvalid",
     "RequestIdReused",
     "RequestInvalid",
+    "RequestMalformed",
     "RequestTooLarge",
     "ResultInvalid",
     "StorageError",
@@ -173,6 +175,18 @@ class RequestInvalid(VeilgateError):
 
 class RequestTooLarge(RequestInvalid):
     reason = "REQUEST_TOO_LARGE"
+
+
+class RequestMalformed(RequestInvalid):
+    """The request bytes do not parse as the method's protobuf request message."""
+
+    reason = "REQUEST_MALFORMED"
+
+
+class MethodUnknown(VeilgateError):
+    """The gateway has no such method (an older gateway, or a misspelt method name)."""
+
+    reason = "METHOD_UNKNOWN"
 
 
 class ItemUnknown(RequestInvalid):

@@ -246,3 +246,32 @@ def test_audit_service_refuses_out_of_range_requests(gateway_harness: GatewayHar
                 method(request, timeout=5)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert PolicyPin(LOAN, "0" * 64).id == LOAN
+
+
+def test_calls_that_never_reach_a_handler_are_refused_clearly_and_logged(gateway_harness: GatewayHarness) -> None:
+    gw = gateway_harness
+    garbage = b"\xff\xff\xff\xff"
+    with gw.channel() as channel:
+        raw = {
+            name: channel.unary_unary(name, request_serializer=None, response_deserializer=None)
+            for name in ("/veilgate.v1.CitizenService/GetMyData", "/veilgate.v1.CitizenService/NoSuchMethod")
+        }
+        with pytest.raises(grpc.RpcError) as malformed:
+            raw["/veilgate.v1.CitizenService/GetMyData"](garbage, timeout=5)
+        with pytest.raises(grpc.RpcError) as unknown:
+            raw["/veilgate.v1.CitizenService/NoSuchMethod"](b"", timeout=5)
+    for error, code, reason in (
+        (malformed.value, grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED"),
+        (unknown.value, grpc.StatusCode.UNIMPLEMENTED, "METHOD_UNKNOWN"),
+    ):
+        assert error.code() == code  # type: ignore[attr-defined]
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        assert status is not None
+        detail = error_details_pb2.ErrorInfo()
+        status.details[0].Unpack(detail)
+        assert detail.reason == reason
+    with gw.audit() as audit:
+        entries = [parse_entry(e) for _, e in _all_entries(gw, audit)]
+    logged = [(e.method.rsplit("/", 1)[-1], e.code, e.reason, e.request) for e in entries]
+    assert ("GetMyData", "INVALID_ARGUMENT", "REQUEST_MALFORMED", sha256_b64(garbage)) in logged
+    assert ("NoSuchMethod", "UNIMPLEMENTED", "METHOD_UNKNOWN", sha256_b64(b"")) in logged

@@ -57,6 +57,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The request is well signed but malformed. INVALID_ARGUMENT."""
     REQUEST_TOO_LARGE: _ErrorReason.ValueType  # 31
     """The request exceeds a size limit. INVALID_ARGUMENT."""
+    REQUEST_MALFORMED: _ErrorReason.ValueType  # 35
+    """The request bytes are not a valid protobuf message of the method's request type. INVALID_ARGUMENT."""
+    METHOD_UNKNOWN: _ErrorReason.ValueType  # 36
+    """No such method on this gateway. UNIMPLEMENTED."""
     ITEM_UNKNOWN: _ErrorReason.ValueType  # 32
     """A named data item is not in the catalog. INVALID_ARGUMENT."""
     DEPARTMENT_UNKNOWN: _ErrorReason.ValueType  # 33
@@ -154,6 +158,10 @@ REQUEST_INVALID: ErrorReason.ValueType  # 30
 """The request is well signed but malformed. INVALID_ARGUMENT."""
 REQUEST_TOO_LARGE: ErrorReason.ValueType  # 31
 """The request exceeds a size limit. INVALID_ARGUMENT."""
+REQUEST_MALFORMED: ErrorReason.ValueType  # 35
+"""The request bytes are not a valid protobuf message of the method's request type. INVALID_ARGUMENT."""
+METHOD_UNKNOWN: ErrorReason.ValueType  # 36
+"""No such method on this gateway. UNIMPLEMENTED."""
 ITEM_UNKNOWN: ErrorReason.ValueType  # 32
 """A named data item is not in the catalog. INVALID_ARGUMENT."""
 DEPARTMENT_UNKNOWN: ErrorReason.ValueType  # 33

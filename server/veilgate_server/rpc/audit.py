@@ -7,6 +7,9 @@ with its reason, or INTERNAL. A handler that needs its receipt (the log index in
 the record itself through :meth:`Auditor.commit`; the interceptor then does not append again. If
 the entry cannot be made durable the call fails UNAVAILABLE instead (fail closed).
 
+Calls that never reach a handler are logged as well: an unknown method (METHOD_UNKNOWN) and request
+bytes that do not parse as the method's message (REQUEST_MALFORMED).
+
 AuditService reads, health checks and reflection are not logged: they are public, hold no personal
 data, and logging reads of the log would make the log grow by being read.
 """
@@ -20,7 +23,7 @@ from typing import Any
 import grpc
 
 from veilgate.audit import sha256_b64
-from veilgate.errors import InternalError, VeilgateError
+from veilgate.errors import InternalError, MethodUnknown, RequestMalformed, VeilgateError
 from veilgate_server.audit import Auditor, CallRecord
 from veilgate_server.rpc.errors import STATUS_OF_REASON
 
@@ -49,17 +52,35 @@ class AuditTrail(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(UNLOGGED_PREFIXES):
+        if method.startswith(UNLOGGED_PREFIXES):
             return handler
-        if handler.unary_unary is None:  # every Veilgate RPC is unary; anything else must not slip by
+        if handler is not None and handler.unary_unary is None:  # every Veilgate RPC is unary
             raise InternalError(f"{method} is not unary and cannot be audited")
-        inner = handler.unary_unary
+        # Calls that never reach a servicer are logged too: an unknown method (no handler) and a
+        # request whose bytes do not parse. Both get a specific reason instead of gRPC's bare
+        # UNIMPLEMENTED or INTERNAL "Exception deserializing request".
+        inner = handler.unary_unary if handler is not None else None
+        deserialize = handler.request_deserializer if handler is not None else None
         auditor = self._auditor
 
+        def tolerant_deserialize(data: bytes) -> Any:
+            if deserialize is None:
+                return _Unparsed(data)
+            try:
+                return deserialize(data)
+            except Exception:  # DecodeError and friends: judged in `audited`, where it is logged
+                return _Unparsed(data)
+
         def audited(request: Any, context: grpc.ServicerContext) -> Any:
-            record = CallRecord(method=method, request_hash=sha256_b64(request.SerializeToString(deterministic=True)))
+            unparsed = request if isinstance(request, _Unparsed) else None
+            raw = unparsed.data if unparsed is not None else request.SerializeToString(deterministic=True)
+            record = CallRecord(method=method, request_hash=sha256_b64(raw))
             token = _CALL.set(record)
             try:
+                if inner is None:
+                    raise MethodUnknown(f"this gateway has no method {method}")
+                if unparsed is not None:
+                    raise RequestMalformed(f"the request is not a valid protobuf message for {method}")
                 reply = inner(request, context)
             except VeilgateError as e:
                 code = STATUS_OF_REASON.get(e.reason, grpc.StatusCode.INTERNAL).name
@@ -76,6 +97,15 @@ class AuditTrail(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             audited,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            request_deserializer=tolerant_deserialize,
+            response_serializer=handler.response_serializer if handler is not None else None,
         )
+
+
+class _Unparsed:
+    """Request bytes that did not become a message (malformed, or for an unknown method)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
