@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from veilgate.errors import ConfigurationError, VeilgateError
+from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN
 
 if TYPE_CHECKING:
     from veilgate_server.config import Settings
 
-TRUST_DOMAIN = "veilgate.local"  # the default SPIFFE trust domain (veilgate_server.crypto.institutions)
 
 __all__ = ["main"]
 
@@ -433,7 +433,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway-id", help="the aud citizens sign for (env VEILGATE_GATEWAY_ID)")
     p.add_argument("--listen-mtls", default="127.0.0.1:7444", help="institutions' mutual-TLS host:port (default 7444)")
     p.add_argument("--governance-key", help="trusted policy governance verifier key (env VEILGATE_GOVERNANCE_KEY)")
-    p.add_argument("--trust-domain", default=TRUST_DOMAIN, help=f"SPIFFE trust domain (default {TRUST_DOMAIN})")
+    p.add_argument(
+        "--trust-domain", default=DEFAULT_TRUST_DOMAIN, help=f"SPIFFE trust domain (default {DEFAULT_TRUST_DOMAIN})"
+    )
     p.add_argument("--daily-budget", type=int, default=20, help="evaluations per citizen per 24 h (default 20)")
 
     p = add("demo", cmd_demo, "run the end-to-end demo on an embedded server")
@@ -472,7 +474,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--csr", help="sign this CSR (PEM) instead of generating a key")
     p.add_argument("--out-dir", help="where to write the certificate (default DATA_DIR/institutions/ID)")
-    p.add_argument("--trust-domain", default=TRUST_DOMAIN)
+    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     p = institution.add_parser("list", parents=[common], help="list institutions")
     p.set_defaults(func=cmd_institution_list)
     for name, enable in (("enable", True), ("disable", False)):

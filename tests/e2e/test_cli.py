@@ -243,7 +243,6 @@ def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, P
     (tmp_path / "id.json").write_text(json.dumps(wallet.public_identity()))
     veilgate("enroll", "--identity", str(tmp_path / "id.json"), *db)
     ca = (creds / "gateway-ca.pem").read_bytes()
-    policies = {p.id: p for p in []}
     with InstitutionClient(
         f"localhost:{server.mtls_port}",
         certificate_chain=(creds / "client.pem").read_bytes(),

@@ -28,6 +28,7 @@ from veilgate.errors import PeerIdentityInvalid
 
 __all__ = [
     "CALLER_ID_PATTERN",
+    "DEFAULT_TRUST_DOMAIN",
     "CallerIdentity",
     "CallerKind",
     "check_caller_id",
@@ -44,6 +45,9 @@ CALLER_ID_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 """Syntax of an institution or department id: lower-case ASCII, 1 to 64 characters."""
 
 # SPIFFE trust domain names: lower-case letters, digits, dots, dashes and underscores.
+DEFAULT_TRUST_DOMAIN: Final = "veilgate.local"
+"""The trust domain of this gateway's SPIFFE IDs unless the operator sets another."""
+
 _TRUST_DOMAIN_PATTERN: Final = re.compile(r"[a-z0-9._-]{1,255}")
 
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from veilgate.errors import ConfigurationError
-from veilgate_server.core.identity import check_caller_id, spiffe_id
+from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN, check_caller_id, spiffe_id
 from veilgate_server.crypto.keys import write_private_file
 from veilgate_server.crypto.tls import CertificateAuthority
 
@@ -39,7 +39,7 @@ __all__ = [
     "institution_spiffe_id",
 ]
 
-TRUST_DOMAIN: Final = "veilgate.local"
+TRUST_DOMAIN: Final = DEFAULT_TRUST_DOMAIN
 """The SPIFFE trust domain used when the operator configures none."""
 
 CA_CERTIFICATE_FILE: Final = "institution-ca.pem"
