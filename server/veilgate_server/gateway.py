@@ -35,7 +35,7 @@ from veilgate.result import RESULT_TYP, request_hash
 from veilgate_server.audit import CallRecord, Checkpointer
 from veilgate_server.core.catalog import Catalog
 from veilgate_server.core.consent import ConsentClaims, check_use, read_consent_token
-from veilgate_server.core.delivery import delivery_claims, select_items
+from veilgate_server.core.delivery import DeliveryEncoder, select_items
 from veilgate_server.core.merkle import inclusion_proof
 from veilgate_server.core.policy import Policy, evaluate
 from veilgate_server.core.tokens import CitizenId, RequestClaims, read_request_token
@@ -100,6 +100,10 @@ class Gateway:
     policies: Mapping[str, Policy] = field(default_factory=dict)
     daily_budget: int = DEFAULT_DAILY_BUDGET
     clock: Clock = field(default=time.time)
+    _deliveries: DeliveryEncoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._deliveries = DeliveryEncoder(self.catalog)
 
     # --- citizens ---------------------------------------------------------------------------------
 
@@ -146,7 +150,7 @@ class Gateway:
             claims.citizen_id, None if everything else [item.id for item in selected]
         )
         call.watermark = f"wm_{secrets.token_hex(12)}"
-        payload = delivery_claims(
+        payload, item_count = self._deliveries.payload(
             gateway_id=self.gateway_id,
             citizen_id=claims.citizen_id,
             selected=selected,
@@ -156,11 +160,11 @@ class Gateway:
             watermark=call.watermark,
             issued_at=int(now),
         )
-        signed = self.signer.sign(payload, typ=DELIVERY_TYP)
+        signed = self.signer.sign_payload(payload, typ=DELIVERY_TYP)
         sealed = seal(signed.encode("ascii"), recipient_public_key=keys.encryption_key)
         self._spend(claims, now=now)
         call.result(sealed)
-        return SealedDelivery(sealed=sealed, key_id=self.signer.key_id, item_count=len(payload["items"]))
+        return SealedDelivery(sealed=sealed, key_id=self.signer.key_id, item_count=item_count)
 
     def register_consent(self, request_token: str, consent_token: str, *, call: CallRecord | None = None) -> ConsentRow:
         """Record a consent the citizen signed. Checked now against the institution and the loaded

