@@ -18,7 +18,15 @@ from veilgate.errors import StorageError, VeilgateError
 
 from .db import SINGLE_STATEMENT_READ, WRITE_TRANSACTION
 
-__all__ = ["insert_unique", "read_rows", "storage_errors", "write_connection", "write_session"]
+__all__ = [
+    "KEPT_READ_CONNECTIONS",
+    "close_read_connections",
+    "insert_unique",
+    "read_rows",
+    "storage_errors",
+    "write_connection",
+    "write_session",
+]
 
 _Row = TypeVar("_Row", bound=DeclarativeBase)
 _Out = TypeVar("_Out")
@@ -77,21 +85,117 @@ def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
         yield connection
 
 
+class _ReadConnections:
+    """One open read connection per thread, kept for the thread's life, for :func:`read_rows`.
+
+    Checking a connection out of the pool and back in costs more than the read itself: measured,
+    a primary-key read took 51 µs pooled against 26 µs on a kept connection on SQLite, and 580 µs
+    against 180 µs on PostgreSQL, where every checkout pings the server and every checkin rolls
+    back. A kept connection reads in autocommit (PostgreSQL) or without ``BEGIN`` (SQLite), so it
+    never holds a snapshot between reads. At most ``limit`` connections are kept per engine (those
+    of finished threads are closed first); past that, reads use the pool as before.
+    """
+
+    def __init__(self, engine: Engine, *, limit: int) -> None:
+        self._engine = engine
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._kept: dict[int, Connection] = {}
+        self._closed = False
+
+    def _open(self) -> Connection:
+        connection = self._engine.connect().execution_options(**{SINGLE_STATEMENT_READ: True})
+        if self._engine.dialect.name == "postgresql":
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        return connection
+
+    def kept(self) -> Connection | None:
+        """This thread's kept connection, opened on first use; None when no more may be kept."""
+        ident = threading.get_ident()
+        connection = self._kept.get(ident)
+        if connection is not None and not connection.closed and not connection.invalidated:
+            return connection
+        with self._lock:
+            self._discard(ident)
+            if self._closed:
+                return None
+            if len(self._kept) >= self._limit:
+                alive = {thread.ident for thread in threading.enumerate()}
+                for gone in [ident for ident in self._kept if ident not in alive]:
+                    self._discard(gone)
+                if len(self._kept) >= self._limit:
+                    return None
+            connection = self._open()
+            self._kept[ident] = connection
+            return connection
+
+    def forget(self) -> None:
+        """Close this thread's kept connection (after an error, so the next read opens a fresh one)."""
+        with self._lock:
+            self._discard(threading.get_ident())
+
+    def _discard(self, ident: int) -> None:
+        connection = self._kept.pop(ident, None)
+        if connection is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for ident in list(self._kept):
+                self._discard(ident)
+
+
+_READERS: weakref.WeakKeyDictionary[Engine, _ReadConnections] = weakref.WeakKeyDictionary()
+_READERS_GUARD = threading.Lock()
+KEPT_READ_CONNECTIONS = 16
+"""Per engine; :func:`~veilgate_server.storage.db.create_engine_for` sizes the pool for them."""
+
+
+def _readers(engine: Engine) -> _ReadConnections:
+    readers = _READERS.get(engine)
+    if readers is None:
+        with _READERS_GUARD:
+            readers = _READERS.setdefault(engine, _ReadConnections(engine, limit=KEPT_READ_CONNECTIONS))
+    return readers
+
+
+def close_read_connections(engine: Engine) -> None:
+    """Close the connections :func:`read_rows` keeps for ``engine`` (before disposing of it)."""
+    with _READERS_GUARD:
+        readers = _READERS.pop(engine, None)
+    if readers is not None:
+        readers.close()
+
+
 def read_rows(
     sessions: sessionmaker[Session], statement: Executable, params: dict[str, Any] | None = None
 ) -> Sequence[Row[*tuple[Any, ...]]]:
-    """Run one read statement on a plain connection and return its rows.
+    """Run one read statement and return its rows.
 
     Hot-path reads go through here rather than an ORM session: measured on SQLite, a primary-key
-    lookup costs about 60 µs this way against about 220 µs through ``Session.get`` (identity map,
-    unit of work and session transaction bookkeeping that a one-statement read does not need). Pass
-    a statement built once with ``bindparam`` placeholders and the values in ``params``: building the
-    statement anew on every call costs as much again in cache-key computation."""
+    lookup costs about 60 µs on a pooled plain connection against about 220 µs through
+    ``Session.get`` (identity map, unit of work and session transaction bookkeeping that a
+    one-statement read does not need), and about 26 µs on the thread's kept connection
+    (:class:`_ReadConnections`). Pass a statement built once with ``bindparam`` placeholders and the
+    values in ``params``: building the statement anew on every call costs as much again in
+    cache-key computation."""
     bind = sessions.kw.get("bind")
     if not isinstance(bind, Engine):
         raise TypeError("the session factory is not bound to an engine")
-    with bind.connect().execution_options(**{SINGLE_STATEMENT_READ: True}) as connection:
-        return connection.execute(statement, params or {}).all()
+    readers = _readers(bind)
+    connection = readers.kept()
+    if connection is None:
+        with bind.connect().execution_options(**{SINGLE_STATEMENT_READ: True}) as pooled:
+            return pooled.execute(statement, params or {}).all()
+    try:
+        rows = connection.execute(statement, params or {}).all()
+        connection.rollback()  # ends the autobegun transaction; no BEGIN was sent (see db.py)
+    except BaseException:
+        readers.forget()
+        raise
+    return rows
 
 
 def insert_unique(

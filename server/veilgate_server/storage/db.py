@@ -65,6 +65,10 @@ _SQLITE_PRAGMAS: Final = (
     "PRAGMA foreign_keys=ON",
 )
 
+# Room for the read connections each thread keeps (storage._session.KEPT_READ_CONNECTIONS, 16) on
+# top of the default pool of 5 plus 10 overflow.
+_POOL: Final = {"pool_size": 21, "max_overflow": 10}
+
 _SUPPORTED: Final = "use sqlite:///<path> or postgresql://user@host:port/database"
 
 
@@ -85,7 +89,7 @@ def create_engine_for(url: str) -> Engine:
         raise ConfigurationError(f"database URL is not a valid URL; {_SUPPORTED}") from e
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite"):
-        engine = create_engine(parsed.set(drivername="sqlite+pysqlite"), hide_parameters=True)
+        engine = create_engine(parsed.set(drivername="sqlite+pysqlite"), hide_parameters=True, **_POOL)
         _configure_sqlite(engine)
         return engine
     if backend == "postgresql" and driver in ("", "psycopg"):
@@ -96,6 +100,7 @@ def create_engine_for(url: str) -> Engine:
             parsed.set(drivername="postgresql+psycopg"),
             pool_pre_ping=True,
             hide_parameters=True,
+            **_POOL,
             connect_args=connect_args,
         )
     raise ConfigurationError(f"unsupported database URL scheme {parsed.drivername!r}; {_SUPPORTED}")

@@ -52,7 +52,14 @@ from veilgate.errors import (
 )
 from veilgate_server.core.identity import check_caller_id
 
-from ._session import insert_unique, read_rows, storage_errors, write_connection, write_session
+from ._session import (
+    close_read_connections,
+    insert_unique,
+    read_rows,
+    storage_errors,
+    write_connection,
+    write_session,
+)
 from .db import check_schema, create_engine_for, upgrade_schema
 from .log import AuditLog
 from .models import (
@@ -868,6 +875,7 @@ class Store:
 
     def close(self) -> None:
         """Close every pooled connection. The store must not be used afterwards."""
+        close_read_connections(self.engine)
         self.engine.dispose()
 
     def __enter__(self) -> Self:
