@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veilgate._internal.jose import canonical_json
+from veilgate.errors import InternalError
 from veilgate_server.config import default_policies_dir
 from veilgate_server.core.catalog import Catalog, load_catalog
 from veilgate_server.core.delivery import DeliveryEncoder, delivery_claims
@@ -72,7 +73,8 @@ def test_items_keep_catalog_order_and_units() -> None:
     first = next(iter(CATALOG.items.values()))
     records = [Record(with_unit.id, date(2026, 1, 2), "1200"), Record(first.id, date(2025, 5, 6), '"x"')]
     fast, reference, count = _encode_both(CATALOG, records)
-    assert fast == reference and count == 2
+    assert fast == reference
+    assert count == 2
     items = json.loads(fast)["items"]
     assert [item["id"] for item in items] == [
         item.id for item in CATALOG.items.values() if item.id in {r.item_id for r in records}
@@ -83,5 +85,5 @@ def test_items_keep_catalog_order_and_units() -> None:
 def test_a_member_holding_the_placeholder_fails_closed() -> None:
     """The item list is joined in where a NUL-bearing placeholder stands; a value that spells the
     same placeholder cannot make it land elsewhere: the encoder refuses instead."""
-    with pytest.raises(ValueError):
+    with pytest.raises(InternalError, match="placeholder"):
         _encode_both(CATALOG, [], watermark="\u0000items\u0000")

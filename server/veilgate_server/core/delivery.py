@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from veilgate._internal.jose import canonical_json
 from veilgate.delivery import request_binding
+from veilgate.errors import InternalError
 from veilgate_server.core.catalog import Catalog, CatalogItem
 
 __all__ = ["DeliveryEncoder", "RecordView", "delivery_claims", "select_items"]
@@ -121,6 +122,7 @@ def _envelope(
 
 
 _ITEMS_MARK = "\u0000items\u0000"  # stands for the item list; no other member can hold a NUL
+_ITEMS_MARK_JSON = json.dumps(_ITEMS_MARK).encode()
 _AS_OF_MARK = "\u0000as_of\u0000"
 
 
@@ -181,5 +183,8 @@ class DeliveryEncoder:
                 items=_ITEMS_MARK,
             )
         )
-        before, after = envelope.split(json.dumps(_ITEMS_MARK).encode())
+        pieces = envelope.split(_ITEMS_MARK_JSON)
+        if len(pieces) != 2:
+            raise InternalError("a delivery member spells the item-list placeholder; refusing to encode it")
+        before, after = pieces
         return b"".join((before, b"[", b",".join(parts), b"]", after)), len(parts)
