@@ -6,6 +6,11 @@ call is about, the policy, consent, decision, result hash and watermark — and 
 log entry (:mod:`veilgate.audit` describes the bytes) when the call ends, allowed or denied. The
 append is durable before the reply leaves; if it cannot be made durable, the call fails UNAVAILABLE.
 
+A call that changes state (spends its request token, or a use of a consent) makes the change in
+the same transaction as its entry (:meth:`Auditor.commit` with a ``change``): the entry and the
+change commit together or not at all, and a change that is refused (a replayed token, an exhausted
+consent) leaves an entry that says so instead.
+
 The subject is never written as a citizen id: each entry carries a fresh nonce and
 HMAC-SHA256(citizen log key, nonce). Only the gateway and the citizen hold the key, so nobody else
 can link entries to each other or to a person, and erasing the key unlinks them for good.
@@ -28,12 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy import Connection
+
 from veilgate.audit import AuditEntry, entry_bytes, sha256_b64, subject_tag
-from veilgate.errors import StorageError
+from veilgate.errors import StorageError, VeilgateError
 from veilgate.merkle import verify_consistency
 from veilgate_server.core.merkle import consistency_proof, root_of
 from veilgate_server.crypto.note import NoteSigner
-from veilgate_server.storage import Store
+from veilgate_server.storage import StateChange, Store
 from veilgate_server.storage.log import AppendRequest, LogWriter, StoredCheckpoint
 
 __all__ = ["Auditor", "CallRecord", "Checkpointer", "checkpoint_body"]
@@ -57,6 +64,8 @@ class CallRecord:
     result_hash: str | None = None
     watermark: str | None = None
     log_index: int | None = field(default=None)
+    auditor: Auditor | None = field(default=None, repr=False, compare=False)
+    """Who commits the record: set for calls that arrive over RPC, None for calls made in process."""
 
     def about_citizen(self, citizen_id: str, *, as_caller: bool) -> None:
         self.subject_citizen_id = citizen_id
@@ -72,20 +81,38 @@ def _timestamp(seconds: float) -> str:
 
 
 class Auditor:
-    """Turns finished calls into durable log entries."""
+    """Turns finished calls into durable log entries.
 
-    def __init__(self, store: Store, writer: LogWriter, *, clock: Callable[[], float] = time.time) -> None:
+    ``status_of`` names the gRPC status a refusal reason is sent with (``rpc.errors.status_name``),
+    for the entry of a call whose change was refused inside the log's transaction."""
+
+    def __init__(
+        self,
+        store: Store,
+        writer: LogWriter,
+        *,
+        clock: Callable[[], float] = time.time,
+        status_of: Callable[[str], str],
+    ) -> None:
         self._store = store
         self._writer = writer
         self._clock = clock
+        self._status_of = status_of
+
+    def _subject(self, record: CallRecord) -> tuple[bytes, str] | None:
+        """A fresh nonce and the citizen's tag over it; None for a call about no one."""
+        if record.subject_citizen_id is None:
+            return None
+        key = self._store.log.pseudonym_key(record.subject_citizen_id, create=True)
+        assert key is not None
+        nonce = secrets.token_bytes(16)
+        return nonce, subject_tag(key, nonce)
 
     def entry_for(self, record: CallRecord, *, code: str, reason: str) -> AuditEntry:
-        nonce = tag = None
-        if record.subject_citizen_id is not None:
-            key = self._store.log.pseudonym_key(record.subject_citizen_id, create=True)
-            assert key is not None
-            nonce = secrets.token_bytes(16)
-            tag = subject_tag(key, nonce)
+        return self._entry(record, code=code, reason=reason, subject=self._subject(record))
+
+    def _entry(self, record: CallRecord, *, code: str, reason: str, subject: tuple[bytes, str] | None) -> AuditEntry:
+        nonce, tag = subject if subject is not None else (None, None)
         return AuditEntry(
             time=_timestamp(self._clock()),
             method=record.method,
@@ -104,16 +131,41 @@ class Auditor:
             watermark=record.watermark,
         )
 
-    def commit(self, record: CallRecord, *, code: str = "OK", reason: str = "") -> int:
+    def commit(
+        self, record: CallRecord, *, code: str = "OK", reason: str = "", change: StateChange | None = None
+    ) -> int:
         """Append the call's entry and wait until it is durable; returns its index (the receipt).
 
-        Raises StorageError when the entry cannot be made durable: the caller must fail the call."""
-        entry = self.entry_for(record, code=code, reason=reason)
-        index = self._writer.append(
-            AppendRequest(entry=entry_bytes(entry), subject_citizen_id=record.subject_citizen_id)
-        )
-        record.log_index = index
-        return index
+        With ``change``, the change is made in the same transaction, just before the entry is
+        written (so it may still fill in the record, as an evaluation's decision). If the change is
+        refused, the entry records the refusal instead, and once that entry is durable the refusal
+        is raised. A record is committed once: committing it again returns its index.
+
+        Raises StorageError when the entry cannot be made durable (nor, then, the change): the
+        caller must fail the call."""
+        if record.log_index is not None:
+            return record.log_index
+        subject = self._subject(record)  # read here: the log's transaction must not wait on other writes
+        citizen = record.subject_citizen_id
+        if change is None:
+            entry = entry_bytes(self._entry(record, code=code, reason=reason, subject=subject))
+            record.log_index = self._writer.append(AppendRequest(entry=entry, subject_citizen_id=citizen))
+            return record.log_index
+        refusal: VeilgateError | None = None
+
+        def resolve(connection: Connection) -> bytes:  # runs on the log writer's thread
+            nonlocal refusal
+            outcome = (code, reason)
+            try:
+                change.apply(connection)
+            except VeilgateError as e:
+                refusal, outcome = e, (self._status_of(e.reason), e.reason)
+            return entry_bytes(self._entry(record, code=outcome[0], reason=outcome[1], subject=subject))
+
+        record.log_index = self._writer.append(AppendRequest(resolve=resolve, subject_citizen_id=citizen))
+        if refusal is not None:
+            raise refusal
+        return record.log_index
 
 
 def checkpoint_body(origin: str, tree_size: int, root_hash: bytes) -> str:

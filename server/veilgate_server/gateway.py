@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from sqlalchemy import Connection
+
 from veilgate._internal.jose import b64url_decode
 from veilgate.citizen import GET_MY_DATA
 from veilgate.delivery import DELIVERY_TYP
@@ -41,7 +43,17 @@ from veilgate_server.core.policy import Policy, evaluate
 from veilgate_server.core.tokens import CitizenId, RequestClaims, read_request_token
 from veilgate_server.crypto import GatewaySigner, seal
 from veilgate_server.crypto.note import NoteSigner
-from veilgate_server.storage import CitizenKeys, ConsentRow, EvaluationRow, Institution, Store
+from veilgate_server.storage import (
+    CitizenKeys,
+    ConsentLedger,
+    ConsentRow,
+    EvaluationRow,
+    Institution,
+    NewEvaluation,
+    RequestLedger,
+    StateChange,
+    Store,
+)
 
 __all__ = ["CITIZEN_OPERATIONS", "DEFAULT_DAILY_BUDGET", "Clock", "Gateway", "SealedDelivery"]
 
@@ -132,8 +144,18 @@ class Gateway:
         call.about_citizen(claims.citizen_id, as_caller=True)
         return claims, enrolled[claims.citizen_id]
 
-    def _spend(self, claims: RequestClaims, *, now: float) -> None:
-        self.store.requests.consume(claims.citizen_id, claims.jti, expires_at=_utc(claims.expires_at), now=_utc(now))
+    def _commit(self, call: CallRecord, change: StateChange) -> None:
+        """Make the call's state change: for a call over RPC, in the transaction of its audit log
+        entry (the two commit together, and a refused change is logged as the call's outcome); for
+        a call in process (tools, tests), in a transaction of its own. Raises the change's refusal."""
+        if call.auditor is not None:
+            call.auditor.commit(call, change=change)
+        else:
+            self.store.apply(change)
+
+    def _spend(self, claims: RequestClaims, *, now: float, call: CallRecord) -> None:
+        """Spend the request token's jti (the call's last step: a refused request leaves nothing)."""
+        self._commit(call, _SpendRequestToken(claims, now=_utc(now)))
 
     def get_my_data(self, request_token: str, *, call: CallRecord | None = None) -> SealedDelivery:
         """The citizen's records, signed by the gateway and sealed to the citizen's X25519 key."""
@@ -162,8 +184,8 @@ class Gateway:
         )
         signed = self.signer.sign_payload(payload, typ=DELIVERY_TYP)
         sealed = seal(signed.encode("ascii"), recipient_public_key=keys.encryption_key)
-        self._spend(claims, now=now)
         call.result(sealed)
+        self._spend(claims, now=now, call=call)
         return SealedDelivery(sealed=sealed, key_id=self.signer.key_id, item_count=item_count)
 
     def register_consent(self, request_token: str, consent_token: str, *, call: CallRecord | None = None) -> ConsentRow:
@@ -200,16 +222,15 @@ class Gateway:
             token=consent_token,
             at=_utc(now),
         )
-        self._spend(claims, now=now)
+        self._spend(claims, now=now, call=call)
         return row
 
     def list_consents(self, request_token: str, *, call: CallRecord | None = None) -> list[ConsentRow]:
+        call = call or _unrecorded(LIST_CONSENTS)
         now = self.clock()
-        claims, _ = self._authenticate_citizen(
-            request_token, LIST_CONSENTS, now=now, call=call or _unrecorded(LIST_CONSENTS)
-        )
+        claims, _ = self._authenticate_citizen(request_token, LIST_CONSENTS, now=now, call=call)
         rows = self.store.consents.for_citizen(claims.citizen_id)
-        self._spend(claims, now=now)
+        self._spend(claims, now=now, call=call)
         return rows
 
     def revoke_consent(self, request_token: str, *, call: CallRecord | None = None) -> ConsentRow:
@@ -221,16 +242,15 @@ class Gateway:
             raise RequestInvalid("claim 'consent' must name the consent id to revoke")
         call.consent = consent_id
         row = self.store.consents.revoke(consent_id, citizen_id=claims.citizen_id, at=_utc(now))
-        self._spend(claims, now=now)
+        self._spend(claims, now=now, call=call)
         return row
 
     def list_evaluations(self, request_token: str, *, call: CallRecord | None = None) -> list[EvaluationRow]:
+        call = call or _unrecorded(LIST_EVALUATIONS)
         now = self.clock()
-        claims, _ = self._authenticate_citizen(
-            request_token, LIST_EVALUATIONS, now=now, call=call or _unrecorded(LIST_EVALUATIONS)
-        )
+        claims, _ = self._authenticate_citizen(request_token, LIST_EVALUATIONS, now=now, call=call)
         rows = self.store.consents.evaluations_for_citizen(claims.citizen_id)
-        self._spend(claims, now=now)
+        self._spend(claims, now=now, call=call)
         return rows
 
     def access_history(
@@ -238,10 +258,9 @@ class Gateway:
     ) -> AccessHistory:
         """The citizen's entries in the audit log, each with an inclusion proof against one signed
         checkpoint, and the citizen's log key to recognise them with."""
+        call = call or _unrecorded(LIST_MY_ACCESS_HISTORY)
         now = self.clock()
-        claims, _ = self._authenticate_citizen(
-            request_token, LIST_MY_ACCESS_HISTORY, now=now, call=call or _unrecorded(LIST_MY_ACCESS_HISTORY)
-        )
+        claims, _ = self._authenticate_citizen(request_token, LIST_MY_ACCESS_HISTORY, now=now, call=call)
         log = self.store.log
         key = log.pseudonym_key(claims.citizen_id, create=True)
         assert key is not None
@@ -253,7 +272,7 @@ class Gateway:
                 if index < checkpoint.tree_size:
                     [entry] = log.entries(index, 1)
                     entries.append((index, entry.entry, inclusion_proof(index, checkpoint.tree_size, log)))
-        self._spend(claims, now=now)
+        self._spend(claims, now=now, call=call)
         return AccessHistory(checkpoint=checkpoint.note if checkpoint else "", log_key=key, entries=entries)
 
     # --- institutions -------------------------------------------------------------------------------
@@ -312,7 +331,7 @@ class Gateway:
         asked_hex = b64url_decode(asked).hex()  # the store keeps digests in hex
         recorded = self.store.consents.find_evaluation(institution.institution_id, request_id)
         if recorded is not None:
-            return self._replay(recorded, asked_hex, call)
+            return _replay(recorded, asked_hex, call)
         self._registered_consent(consent, consent_token)
         check_use(
             consent,
@@ -343,30 +362,65 @@ class Gateway:
             "reasons": list(outcome.reasons),
             "data_as_of": dict(outcome.data_as_of),
         }
-        row = self.store.consents.spend_use_and_record(
-            consent_id=consent.consent_id,
-            institution_id=institution.institution_id,
-            request_id=request_id,
-            citizen_id=consent.citizen_id,
-            policy_id=policy.id,
-            policy_sha256=policy.sha256,
-            decision=outcome.decision,
-            result_jws=self.signer.sign(result, typ=RESULT_TYP),
-            request_hash=asked_hex,
-            at=_utc(now),
-            daily_budget=self.daily_budget,
+        change = _RecordEvaluation(
+            NewEvaluation(
+                consent_id=consent.consent_id,
+                institution_id=institution.institution_id,
+                request_id=request_id,
+                citizen_id=consent.citizen_id,
+                policy_id=policy.id,
+                policy_sha256=policy.sha256,
+                decision=outcome.decision,
+                result_jws=self.signer.sign(result, typ=RESULT_TYP),
+                request_hash=asked_hex,
+                at=_utc(now),
+                daily_budget=self.daily_budget,
+            ),
+            call=call,
         )
-        return self._replay(row, asked_hex, call)
-
-    @staticmethod
-    def _replay(row: EvaluationRow, asked: str, call: CallRecord) -> str:
-        if row.request_hash != asked:
-            raise RequestIdReused("this request_id was used for a different request; choose a new one")
-        call.decision = row.decision
-        call.result(row.result_jws.encode("ascii"))
-        return row.result_jws
+        self._commit(call, change)
+        assert change.result_jws is not None  # set by apply, which returned
+        return change.result_jws
 
     def _inputs_of(self, citizen_id: str, policy: Policy) -> dict[str, tuple[date, object]]:
         """Only the records the policy declares: nothing else is read or handed to CEL."""
         records = self.store.records.for_citizen(citizen_id, [item.id for item in policy.inputs])
         return {r.item_id: (r.as_of, json.loads(r.value_json)) for r in records}
+
+
+def _replay(row: EvaluationRow, asked: str, call: CallRecord) -> str:
+    """The recorded result for a request id, if it was recorded for this very request."""
+    if row.request_hash != asked:
+        raise RequestIdReused("this request_id was used for a different request; choose a new one")
+    call.decision = row.decision
+    call.result(row.result_jws.encode("ascii"))
+    return row.result_jws
+
+
+@dataclass(slots=True)
+class _SpendRequestToken:
+    """The state change of a citizen's call: its request token's jti, spent."""
+
+    claims: RequestClaims
+    now: datetime
+
+    def apply(self, connection: Connection) -> None:
+        claims = self.claims
+        RequestLedger.consume_in(
+            connection, claims.citizen_id, claims.jti, expires_at=_utc(claims.expires_at), now=self.now
+        )
+
+
+@dataclass(slots=True)
+class _RecordEvaluation:
+    """The state change of an evaluation: one use of the consent spent and the signed result
+    recorded. A racing call with the same request id may have recorded it first: then its result is
+    the answer (or, if it asked something else, REQUEST_ID_REUSED), and nothing is spent."""
+
+    evaluation: NewEvaluation
+    call: CallRecord
+    result_jws: str | None = None
+
+    def apply(self, connection: Connection) -> None:
+        row = ConsentLedger.spend_use_and_record_in(connection, self.evaluation)
+        self.result_jws = _replay(row, self.evaluation.request_hash, self.call)

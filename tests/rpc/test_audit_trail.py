@@ -19,6 +19,7 @@ from veilgate.audit import parse_entry, sha256_b64, subject_tag
 from veilgate.citizen import GET_MY_DATA
 from veilgate.errors import ProofInvalid, StorageError
 from veilgate.v1 import audit_pb2, audit_pb2_grpc, citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
+from veilgate_server.rpc.errors import status_name
 from veilgate_server.storage import StoredRecord
 
 LOAN = "credit.consumer_loan"
@@ -173,6 +174,7 @@ def test_no_citizen_id_or_record_value_reaches_the_log(gateway_harness: GatewayH
 def test_a_call_whose_entry_cannot_be_made_durable_fails_unavailable(gateway_harness: GatewayHarness) -> None:
     gw = gateway_harness
     wallet = gw.enroll(gw.citizen_ids[0])
+    tokens_spent = gw.used_token_rows()
     with gw.store.engine.begin() as conn:
         conn.execute(text("DROP TABLE log_entries"))
     token = wallet.request_token(audience="veilgate.test", operation=GET_MY_DATA)
@@ -192,6 +194,39 @@ def test_a_call_whose_entry_cannot_be_made_durable_fails_unavailable(gateway_har
         assert detail.reason == "STORAGE_UNAVAILABLE"
     with gw.client(wallet) as citizen, pytest.raises(StorageError):
         citizen.get_my_data()
+    assert gw.used_token_rows() == tokens_spent  # a token is spent only together with its log entry
+
+
+def test_a_replayed_token_is_logged_once_as_refused(gateway_harness: GatewayHarness) -> None:
+    """The jti is spent in the log's transaction: racing replays of one token get one delivery, and
+    every call leaves exactly one entry with its outcome."""
+    gw = gateway_harness
+    wallet = gw.enroll(gw.citizen_ids[0])
+    token = wallet.request_token(audience="veilgate.test", operation=GET_MY_DATA)
+    codes: list[str] = []
+    lock = threading.Lock()
+
+    def fetch() -> None:
+        with gw.channel() as channel:
+            stub = citizen_pb2_grpc.CitizenServiceStub(channel)
+            try:
+                stub.GetMyData(citizen_pb2.GetMyDataRequest(request_token=token), timeout=10)
+                code = "OK"
+            except grpc.RpcError as e:
+                code = e.code().name  # type: ignore[attr-defined]
+        with lock:
+            codes.append(code)
+
+    threads = [threading.Thread(target=fetch) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    with gw.audit() as audit:
+        entries = [parse_entry(raw) for _, raw in _all_entries(gw, audit)]
+    logged = sorted((e.code, e.reason) for e in entries if e.method.endswith("/GetMyData"))
+    assert sorted(codes) == sorted(code for code, _ in logged)
+    assert logged == sorted([("OK", "")] + [(status_name("TOKEN_REPLAYED"), "TOKEN_REPLAYED")] * 5)
 
 
 def test_parallel_callers_get_dense_unique_receipts(gateway_harness: GatewayHarness) -> None:

@@ -14,9 +14,11 @@ import pytest
 from conftest import GatewayHarness, InstitutionCredentials
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import text
 
 from veilgate import CitizenWallet, GatewayKey, verify_result
 from veilgate._internal import jose
+from veilgate.audit import parse_entry
 from veilgate.errors import (
     CitizenBudgetExhausted,
     ConsentExhausted,
@@ -35,11 +37,13 @@ from veilgate.errors import (
     PolicyUnknown,
     RequestIdReused,
     ResultInvalid,
+    StorageError,
     TokenInvalid,
 )
 from veilgate.v1 import eligibility_pb2, eligibility_pb2_grpc
 from veilgate_server.core.policy import Policy
 from veilgate_server.crypto.institutions import InstitutionCA
+from veilgate_server.rpc.errors import status_name
 from veilgate_server.storage import StoredRecord
 
 LOAN = "credit.consumer_loan"
@@ -314,6 +318,23 @@ def test_concurrent_callers_get_exactly_max_uses(scene: Scene) -> None:
     for t in threads:
         t.join(60)
     assert sorted(outcomes) == ["exhausted"] * 5 + ["ok"] * 3
+    # Uses are spent in the log's own transaction: each call left exactly one entry, with its outcome.
+    with scene.gw.audit() as audit:
+        size = audit.checkpoint(min_tree_size=scene.gw.store.log.tree_size()).tree_size
+        entries = [parse_entry(raw) for _, raw in audit.entries(0, size)]
+    evaluations = sorted((e.code, e.reason) for e in entries if e.method.endswith("/Evaluate"))
+    assert evaluations == [("OK", "")] * 3 + [(status_name("CONSENT_EXHAUSTED"), "CONSENT_EXHAUSTED")] * 5
+
+
+def test_a_use_is_spent_only_together_with_its_log_entry(scene: Scene) -> None:
+    token = scene.consent(max_uses=2)
+    with scene.gw.store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE log_entries"))
+    with scene.gw.institution_client(scene.bank, max_attempts=1) as bank, pytest.raises(StorageError):
+        bank.evaluate(LOAN, token, LOAN_PARAMS, request_id="never-logged-0001")
+    [consent] = scene.gw.store.consents.for_citizen(scene.citizen)
+    assert consent.uses == 0
+    assert scene.gw.store.consents.find_evaluation("bank-a", "never-logged-0001") is None
 
 
 def test_daily_budget_bounds_what_repeated_queries_reveal(scene: Scene) -> None:

@@ -20,9 +20,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import Connection, func, inspect, select, text
 
-from veilgate.errors import StorageError
+from veilgate.errors import StorageError, TokenReplayed
 from veilgate_server.core.merkle import root_of
 from veilgate_server.storage import (
     AppendRequest,
@@ -137,6 +137,38 @@ def test_a_failing_batch_writes_nothing(store: Store) -> None:
         conn.execute(AuditLogSubtree.__table__.delete())
     assert store.log.append_batch(_requests(0, 3, CITIZEN)) == [0, 1, 2]
     assert root_of(3, store.log) == _mth([_leaf(_entry(n)) for n in range(3)])
+
+
+def test_a_resolved_entry_commits_with_its_change_or_not_at_all(store: Store) -> None:
+    """``resolve`` makes a call's state change in the batch's transaction and returns its entry: the
+    change, the entry and its neighbours commit together; a change that fails takes them all back."""
+    expires = T0 + dt.timedelta(minutes=5)
+
+    def spend(jti: str) -> Callable[[Connection], bytes]:
+        def resolve(connection: Connection) -> bytes:
+            store.requests.consume_in(connection, CITIZEN, jti, expires_at=expires, now=T0)
+            return f'{{"spent":"{jti}"}}'.encode()
+
+        return resolve
+
+    assert store.log.append_batch(
+        [AppendRequest(_entry(0)), AppendRequest(resolve=spend("jti-1"), subject_citizen_id=CITIZEN)]
+    ) == [0, 1]
+    assert [e.entry for e in store.log.entries(0, 2)] == [_entry(0), b'{"spent":"jti-1"}']
+    with pytest.raises(TokenReplayed):  # committed with the entry: spent for good
+        store.requests.consume(CITIZEN, "jti-1", expires_at=expires, now=T0)
+
+    def broken(connection: Connection) -> bytes:
+        spend("jti-2")(connection)
+        raise RuntimeError("the entry could not be built")
+
+    with pytest.raises(RuntimeError):
+        store.log.append_batch([AppendRequest(_entry(2)), AppendRequest(resolve=broken)])
+    assert store.log.tree_size() == 2
+    store.requests.consume(CITIZEN, "jti-2", expires_at=expires, now=T0)  # its spend was rolled back
+    with pytest.raises(ValueError, match="non-empty bytes"):
+        store.log.append_batch([AppendRequest(resolve=lambda connection: b"")])
+    assert store.log.tree_size() == 2
 
 
 def test_every_complete_subtree_is_stored_with_its_hash(store: Store) -> None:

@@ -25,7 +25,7 @@ import grpc
 from veilgate.audit import sha256_b64
 from veilgate.errors import InternalError, MethodUnknown, RequestMalformed, VeilgateError
 from veilgate_server.audit import Auditor, CallRecord
-from veilgate_server.rpc.errors import STATUS_OF_REASON
+from veilgate_server.rpc.errors import status_name
 
 __all__ = ["UNLOGGED_PREFIXES", "AuditTrail", "current_call"]
 
@@ -74,7 +74,7 @@ class AuditTrail(grpc.ServerInterceptor):
         def audited(request: Any, context: grpc.ServicerContext) -> Any:
             unparsed = request if isinstance(request, _Unparsed) else None
             raw = unparsed.data if unparsed is not None else request.SerializeToString(deterministic=True)
-            record = CallRecord(method=method, request_hash=sha256_b64(raw))
+            record = CallRecord(method=method, request_hash=sha256_b64(raw), auditor=auditor)
             token = _CALL.set(record)
             try:
                 if inner is None:
@@ -83,8 +83,9 @@ class AuditTrail(grpc.ServerInterceptor):
                     raise RequestMalformed(f"the request is not a valid protobuf message for {method}")
                 reply = inner(request, context)
             except VeilgateError as e:
-                code = STATUS_OF_REASON.get(e.reason, grpc.StatusCode.INTERNAL).name
-                auditor.commit(record, code=code, reason=e.reason)  # raises StorageError if not durable
+                auditor.commit(
+                    record, code=status_name(e.reason), reason=e.reason
+                )  # raises StorageError if not durable
                 raise
             except Exception:
                 auditor.commit(record, code="INTERNAL", reason="INTERNAL")

@@ -17,7 +17,7 @@ from grpc_status import rpc_status
 
 from veilgate.errors import ERROR_DOMAIN, VeilgateError
 
-__all__ = ["STATUS_OF_REASON", "to_grpc_status"]
+__all__ = ["STATUS_OF_REASON", "status_name", "to_grpc_status"]
 
 _C = grpc.StatusCode
 STATUS_OF_REASON: Mapping[str, grpc.StatusCode] = {
@@ -63,6 +63,11 @@ STATUS_OF_REASON: Mapping[str, grpc.StatusCode] = {
     "REQUEST_ID_REUSED": _C.FAILED_PRECONDITION,
     "POLICY_PARAMETER_INVALID": _C.INVALID_ARGUMENT,
 }
+
+
+def status_name(reason: str) -> str:
+    """The name of the gRPC status a reason is sent with (INTERNAL for a reason not on the list)."""
+    return STATUS_OF_REASON.get(reason, _C.INTERNAL).name
 
 
 def to_grpc_status(error: VeilgateError) -> grpc.Status:

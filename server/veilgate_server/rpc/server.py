@@ -33,6 +33,7 @@ from veilgate_server.rpc.audit_service import AuditServicer
 from veilgate_server.rpc.auth import InstitutionAuthentication
 from veilgate_server.rpc.citizen import CitizenServicer
 from veilgate_server.rpc.eligibility import EligibilityServicer
+from veilgate_server.rpc.errors import status_name
 from veilgate_server.rpc.interceptors import ErrorBoundary
 from veilgate_server.storage.log import LogWriter
 
@@ -96,7 +97,7 @@ def build_server(
     """Bind and start the server. Addresses may end in ``:0`` for a free port (see ``.port`` and
     ``.mtls_port``). ``mtls_address`` (with ``tls.client_ca``) opens the institutions' port."""
     writer = LogWriter(gateway.store.log)
-    auditor = Auditor(gateway.store, writer, clock=gateway.clock)
+    auditor = Auditor(gateway.store, writer, clock=gateway.clock, status_of=status_name)
     checkpointer = Checkpointer(gateway.store, gateway.log_signer, interval=checkpoint_interval)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veilgate-rpc"),

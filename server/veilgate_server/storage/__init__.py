@@ -6,6 +6,7 @@ Open it with :meth:`Store.open`; reach the data only through ``store.citizens``,
 managed by Alembic revisions shipped in ``migrations/`` (:func:`upgrade_schema`, :func:`check_schema`).
 """
 
+from ._session import StateChange
 from .db import check_schema, create_engine_for, sqlite_url, upgrade_schema
 from .log import (
     AppendRequest,
@@ -24,6 +25,7 @@ from .repositories import (
     EvaluationRow,
     Institution,
     InstitutionRegistry,
+    NewEvaluation,
     RecordStore,
     RequestLedger,
     Store,
@@ -43,8 +45,10 @@ __all__ = [
     "InstitutionRegistry",
     "LogEntry",
     "LogWriter",
+    "NewEvaluation",
     "RecordStore",
     "RequestLedger",
+    "StateChange",
     "Store",
     "StoredCheckpoint",
     "StoredRecord",

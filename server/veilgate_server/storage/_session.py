@@ -7,7 +7,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -20,6 +20,7 @@ from .db import SINGLE_STATEMENT_READ, WRITE_TRANSACTION
 
 __all__ = [
     "KEPT_READ_CONNECTIONS",
+    "StateChange",
     "close_read_connections",
     "insert_unique",
     "read_rows",
@@ -30,6 +31,18 @@ __all__ = [
 
 _Row = TypeVar("_Row", bound=DeclarativeBase)
 _Out = TypeVar("_Out")
+
+
+class StateChange(Protocol):
+    """A change a call makes to the gateway's state (spending a request token or a consent use),
+    made inside a write transaction that the caller owns.
+
+    ``apply`` either refuses, raising a :class:`~veilgate.errors.VeilgateError` *before* it writes
+    anything, or writes and returns: so one refused change can share a transaction with others
+    (the audit log's group commit) and leave it as it found it.
+    """
+
+    def apply(self, connection: Connection) -> None: ...
 
 
 @contextmanager

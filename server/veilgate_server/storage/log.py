@@ -103,10 +103,18 @@ class LogEntry:
 @dataclass(frozen=True, slots=True)
 class AppendRequest:
     """An entry to append. ``subject_citizen_id`` (private, never stored in the entry itself) indexes
-    the entry under the citizen it is about, for the citizen's own history; None when it is about no one."""
+    the entry under the citizen it is about, for the citizen's own history; None when it is about no one.
 
-    entry: bytes
+    ``resolve``, when given, runs inside the append's transaction just before the entry is written
+    and returns the entry's bytes (``entry`` is then unused). It is how a call makes its state change
+    (:class:`~veilgate_server.storage.StateChange`) in the same transaction as its log entry, and
+    writes the entry that says how the change went: a call's change and its entry commit together
+    or not at all. It must use only the connection it is given; if it raises, the whole batch fails.
+    """
+
+    entry: bytes = b""
     subject_citizen_id: str | None = None
+    resolve: Callable[[Connection], bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +169,23 @@ def _require_count(start: int, count: int) -> None:
 
 
 def _check_request(request: AppendRequest) -> None:
-    if not isinstance(request.entry, bytes) or not request.entry:
-        raise ValueError("a log entry must be non-empty bytes")
+    if request.resolve is None:
+        _check_entry(request.entry)
     if request.subject_citizen_id is not None:
         _require_citizen_id(request.subject_citizen_id)
+
+
+def _check_entry(entry: object) -> None:
+    if not isinstance(entry, bytes) or not entry:
+        raise ValueError("a log entry must be non-empty bytes")
+
+
+def _entry_of(request: AppendRequest, connection: Connection) -> bytes:
+    if request.resolve is None:
+        return request.entry
+    entry = request.resolve(connection)
+    _check_entry(entry)
+    return entry
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -317,8 +338,9 @@ class AuditLog:
             subtrees: list[tuple[Any, ...]] = []
             subjects: list[tuple[Any, ...]] = []
             for index, request in enumerate(requests, start=size):
-                leaf = leaf_hash(request.entry)
-                entries.append((index, request.entry, leaf, created_at))
+                entry = _entry_of(request, connection)
+                leaf = leaf_hash(entry)
+                entries.append((index, entry, leaf, created_at))
                 for completed in frontier.append(leaf):
                     if completed.level > 0:
                         subtrees.append((completed.level, completed.index, completed.hash))

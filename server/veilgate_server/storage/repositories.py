@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Final, Self
 
-from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilgate.errors import (
@@ -53,6 +52,7 @@ from veilgate.errors import (
 from veilgate_server.core.identity import check_caller_id
 
 from ._session import (
+    StateChange,
     close_read_connections,
     insert_unique,
     read_rows,
@@ -158,6 +158,36 @@ class EvaluationRow:
     created_at: dt.datetime
 
 
+@dataclass(frozen=True, slots=True)
+class NewEvaluation:
+    """An evaluation to record, and the use of its consent to spend (see
+    :meth:`ConsentLedger.spend_use_and_record_in`)."""
+
+    consent_id: str
+    institution_id: str
+    request_id: str
+    citizen_id: str
+    policy_id: str
+    policy_sha256: str
+    decision: str
+    result_jws: str
+    request_hash: str
+    at: dt.datetime
+    daily_budget: int
+
+
+_EVALUATION_VALUES: Final = (
+    "consent_id",
+    "citizen_id",
+    "policy_id",
+    "policy_sha256",
+    "decision",
+    "result_jws",
+    "request_hash",
+    "created_at",
+)
+
+
 # --- hot-path reads, built once (see _session.read_rows) ------------------------------------------
 
 _CITIZEN_BY_ID = select(Citizen.__table__).where(Citizen.__table__.c.citizen_id == bindparam("citizen_id"))
@@ -172,17 +202,42 @@ _EVALUATION_BY_KEY = select(Evaluation.__table__).where(
 _CONSENT_FOR_UPDATE = (
     select(Consent.__table__).where(Consent.__table__.c.consent_id == bindparam("consent_id")).with_for_update()
 )
-_BUDGET_USED = (
-    select(func.count())
-    .select_from(Evaluation.__table__)
+# Counts at most ``budget`` rows: enough to tell whether the budget is spent, and the cost stays
+# bounded by the budget rather than growing with the citizen's history.
+_BUDGET_USED = select(func.count()).select_from(
+    select(Evaluation.__table__.c.request_id)
     .where(
         Evaluation.__table__.c.citizen_id == bindparam("citizen_id"),
         Evaluation.__table__.c.created_at > bindparam("since"),
     )
+    .limit(bindparam("budget"))
+    .subquery()
 )
 _SPEND_USE = update(Consent).where(Consent.consent_id == bindparam("spent_consent_id")).values(uses=Consent.uses + 1)
-_INSERT_EVALUATION = insert(Evaluation)
-_INSERT_USED_TOKEN = insert(UsedRequestToken)
+
+
+def _insert_if_absent(table: Any, key: Sequence[str]) -> dict[str, Any]:
+    """``INSERT ... ON CONFLICT (key) DO NOTHING RETURNING key`` per dialect: inside a shared
+    transaction a conflict must not raise (on PostgreSQL an error aborts the whole transaction). A
+    returned row says the row went in (psycopg reports no row count for it)."""
+    returned = table.c[key[0]]
+    return {
+        "sqlite": sqlite.insert(table).on_conflict_do_nothing(index_elements=key).returning(returned),
+        "postgresql": postgresql.insert(table).on_conflict_do_nothing(index_elements=key).returning(returned),
+    }
+
+
+_INSERT_EVALUATION = _insert_if_absent(Evaluation.__table__, ("institution_id", "request_id"))
+_INSERT_USED_TOKEN = _insert_if_absent(UsedRequestToken.__table__, ("citizen_id", "jti"))
+
+
+def _for_dialect(statements: dict[str, Any], connection: Connection) -> Any:
+    statement = statements.get(connection.dialect.name)
+    if statement is None:
+        raise StorageError(f"the ledgers are not implemented for the {connection.dialect.name} backend")
+    return statement
+
+
 _PURGE_USED_TOKENS = delete(UsedRequestToken).where(
     UsedRequestToken.citizen_id == bindparam("citizen_id"),
     UsedRequestToken.expires_at < bindparam("now"),
@@ -517,18 +572,23 @@ class RequestLedger:
         first and the purge spares the row just written, so a jti that is stored is never accepted
         again, whatever ``now`` says.
         """
+        with storage_errors("record the request token"), write_connection(self._sessions) as connection:
+            self.consume_in(connection, citizen_id, jti, expires_at=expires_at, now=now)
+
+    @staticmethod
+    def consume_in(
+        connection: Connection, citizen_id: str, jti: str, *, expires_at: dt.datetime, now: dt.datetime
+    ) -> None:
+        """:meth:`consume` inside the caller's write transaction (the audit log's, for a call's
+        entry and its token to commit together). Refuses before it writes anything."""
         _require_length(citizen_id, "citizen_id", 64)
         _require_length(jti, "jti", 128)
         _require_aware(expires_at, "expires_at")
         _require_aware(now, "now")
         row = {"citizen_id": citizen_id, "jti": jti, "expires_at": expires_at}
-        with storage_errors("record the request token"):
-            try:
-                with write_connection(self._sessions) as connection:
-                    connection.execute(_INSERT_USED_TOKEN, [row])
-                    connection.execute(_PURGE_USED_TOKENS, {"citizen_id": citizen_id, "now": now, "jti": jti})
-            except IntegrityError as e:
-                raise TokenReplayed("request token was already used") from e
+        if connection.execute(_for_dialect(_INSERT_USED_TOKEN, connection), row).first() is None:
+            raise TokenReplayed("request token was already used")
+        connection.execute(_PURGE_USED_TOKENS, {"citizen_id": citizen_id, "now": now, "jti": jti})
 
 
 class InstitutionRegistry:
@@ -728,7 +788,28 @@ class ConsentLedger:
         at: dt.datetime,
         daily_budget: int,
     ) -> EvaluationRow:
-        """Spend one use of the consent and record the evaluation, in one transaction.
+        """Spend one use of the consent and record the evaluation, in one transaction of its own
+        (:meth:`spend_use_and_record_in` says what is checked, and in which order)."""
+        evaluation = NewEvaluation(
+            consent_id=consent_id,
+            institution_id=institution_id,
+            request_id=request_id,
+            citizen_id=citizen_id,
+            policy_id=policy_id,
+            policy_sha256=policy_sha256,
+            decision=decision,
+            result_jws=result_jws,
+            request_hash=request_hash,
+            at=at,
+            daily_budget=daily_budget,
+        )
+        with storage_errors("record the evaluation"), write_connection(self._sessions) as connection:
+            return self.spend_use_and_record_in(connection, evaluation)
+
+    @staticmethod
+    def spend_use_and_record_in(connection: Connection, evaluation: NewEvaluation) -> EvaluationRow:
+        """Spend one use of the consent and record the evaluation, inside the caller's write
+        transaction (the audit log's, so that a call's entry and its use commit together).
 
         * If ``(institution_id, request_id)`` is already recorded, the stored row is returned
           unchanged and no use is spent (an idempotent retry; the caller compares ``request_hash``
@@ -739,84 +820,73 @@ class ConsentLedger:
           another institution), :class:`ConsentRevoked`, :class:`ConsentExhausted`
           (``uses >= max_uses``) or :class:`CitizenBudgetExhausted` (the citizen already has
           ``daily_budget`` evaluations created in the 24 hours before ``at``), in that order.
-        * Otherwise ``uses`` grows by one and the evaluation is stored with ``created_at = at``.
+        * Otherwise the evaluation is stored with ``created_at = at`` and ``uses`` grows by one.
 
-        Concurrent calls are safe: of N racing evaluations under a consent with k uses left, exactly
-        k succeed; racing calls with the same request id record one evaluation, spend one use, and
-        all return that row.
+        Every refusal comes before anything is written, so a refused call leaves the transaction
+        as it found it. Concurrent calls are safe: of N racing evaluations under a consent with k
+        uses left, exactly k succeed; racing calls with the same request id record one evaluation,
+        spend one use, and all return that row.
         """
-        _require_length(consent_id, "consent_id", 128)
-        check_caller_id(institution_id)
-        _require_length(request_id, "request_id", 128)
-        _require_length(citizen_id, "citizen_id", 64)
-        _require_length(policy_id, "policy_id", 128)
-        _require_sha256_hex(policy_sha256, "policy_sha256")
-        _require_length(decision, "decision", 16)
-        _require_sha256_hex(request_hash, "request_hash")
-        if not result_jws:
+        e = evaluation
+        _require_length(e.consent_id, "consent_id", 128)
+        check_caller_id(e.institution_id)
+        _require_length(e.request_id, "request_id", 128)
+        _require_length(e.citizen_id, "citizen_id", 64)
+        _require_length(e.policy_id, "policy_id", 128)
+        _require_sha256_hex(e.policy_sha256, "policy_sha256")
+        _require_length(e.decision, "decision", 16)
+        _require_sha256_hex(e.request_hash, "request_hash")
+        if not e.result_jws:
             raise ValueError("result_jws must not be empty")
-        _require_aware(at, "at")
-        if daily_budget < 0:
+        _require_aware(e.at, "at")
+        if e.daily_budget < 0:
             raise ValueError("daily_budget must not be negative")
 
-        # No read before the write transaction: the transaction re-reads the request id under its lock
-        # (which it must do anyway), and callers check for a recorded request id before evaluating.
-        key = {"institution_id": institution_id, "request_id": request_id}
-        evaluation = {
-            **key,
-            "consent_id": consent_id,
-            "citizen_id": citizen_id,
-            "policy_id": policy_id,
-            "policy_sha256": policy_sha256,
-            "decision": decision,
-            "result_jws": result_jws,
-            "request_hash": request_hash,
-            "created_at": at,
-        }
-        with storage_errors("record the evaluation"):
-            try:
-                with write_connection(self._sessions) as connection:
-                    _lock_citizen_budget(connection, citizen_id)
-                    consent = connection.execute(_CONSENT_FOR_UPDATE, {"consent_id": consent_id}).first()
-                    # Re-read under the locks: a racing call with the same request id may have
-                    # committed while this one waited (READ COMMITTED sees it in a new statement).
-                    row = connection.execute(_EVALUATION_BY_KEY, key).first()
-                    if row is not None:
-                        return _evaluation(row)
-                    if consent is None:
-                        raise ConsentUnknown("consent is not registered")
-                    if consent.institution_id != institution_id:
-                        raise ConsentWrongInstitution("consent is addressed to another institution")
-                    if consent.citizen_id != citizen_id:
-                        raise ValueError("citizen_id is not the consent's citizen")
-                    if consent.revoked_at is not None:
-                        raise ConsentRevoked("consent was revoked")
-                    if consent.uses >= consent.max_uses:
-                        raise ConsentExhausted("consent has no uses left")
-                    used = connection.execute(_BUDGET_USED, {"citizen_id": citizen_id, "since": at - BUDGET_WINDOW})
-                    if (used.scalar() or 0) >= daily_budget:
-                        raise CitizenBudgetExhausted("the citizen's daily evaluation budget is exhausted")
-                    connection.execute(_SPEND_USE, {"spent_consent_id": consent_id})
-                    connection.execute(_INSERT_EVALUATION, [evaluation])
-                    stored = EvaluationRow(
-                        institution_id=institution_id,
-                        request_id=request_id,
-                        consent_id=consent_id,
-                        citizen_id=citizen_id,
-                        policy_id=policy_id,
-                        policy_sha256=policy_sha256,
-                        decision=decision,
-                        result_jws=result_jws,
-                        request_hash=request_hash,
-                        created_at=_utc(at),
-                    )
-            except IntegrityError as e:
-                # The same (institution_id, request_id) was recorded by a racing call under another
-                # consent (which held another row lock); this transaction, and its use, rolled back.
-                winner = self.find_evaluation(institution_id, request_id)
-                if winner is None:
-                    raise StorageError("could not record the evaluation: the database refused it") from e
-                return winner
+        key = {"institution_id": e.institution_id, "request_id": e.request_id}
+        _lock_citizen_budget(connection, e.citizen_id)
+        consent = connection.execute(_CONSENT_FOR_UPDATE, {"consent_id": e.consent_id}).first()
+        # Re-read under the locks: a racing call with the same request id may have committed while
+        # this one waited (READ COMMITTED sees it in a new statement).
+        row = connection.execute(_EVALUATION_BY_KEY, key).first()
+        if row is not None:
+            return _evaluation(row)
+        if consent is None:
+            raise ConsentUnknown("consent is not registered")
+        if consent.institution_id != e.institution_id:
+            raise ConsentWrongInstitution("consent is addressed to another institution")
+        if consent.citizen_id != e.citizen_id:
+            raise ValueError("citizen_id is not the consent's citizen")
+        if consent.revoked_at is not None:
+            raise ConsentRevoked("consent was revoked")
+        if consent.uses >= consent.max_uses:
+            raise ConsentExhausted("consent has no uses left")
+        budget = {"citizen_id": e.citizen_id, "since": e.at - BUDGET_WINDOW, "budget": e.daily_budget}
+        if (connection.execute(_BUDGET_USED, budget).scalar() or 0) >= e.daily_budget:
+            raise CitizenBudgetExhausted("the citizen's daily evaluation budget is exhausted")
+        stored = EvaluationRow(
+            institution_id=e.institution_id,
+            request_id=e.request_id,
+            consent_id=e.consent_id,
+            citizen_id=e.citizen_id,
+            policy_id=e.policy_id,
+            policy_sha256=e.policy_sha256,
+            decision=e.decision,
+            result_jws=e.result_jws,
+            request_hash=e.request_hash,
+            created_at=_utc(e.at),
+        )
+        inserted = connection.execute(
+            _for_dialect(_INSERT_EVALUATION, connection),
+            {**key, **{name: getattr(stored, name) for name in _EVALUATION_VALUES}},
+        )
+        if inserted.first() is None:
+            # A racing call under *another* consent (another row lock) recorded this request id and
+            # committed first; the insert waited for it and did nothing. Spend nothing: its row wins.
+            winner = connection.execute(_EVALUATION_BY_KEY, key).first()
+            if winner is None:
+                raise StorageError("could not record the evaluation: the database refused it")
+            return _evaluation(winner)
+        connection.execute(_SPEND_USE, {"spent_consent_id": e.consent_id})
         return stored
 
     def find_evaluation(self, institution_id: str, request_id: str) -> EvaluationRow | None:
@@ -872,6 +942,13 @@ class Store:
             engine.dispose()
             raise
         return cls(engine)
+
+    def apply(self, change: StateChange) -> None:
+        """Make ``change`` in a write transaction of its own: for a call no audit log records (tools,
+        tests). A recorded call makes its change in its log entry's transaction instead
+        (:class:`~veilgate_server.storage.log.AppendRequest`)."""
+        with storage_errors("save the change"), write_connection(self._sessions) as connection:
+            change.apply(connection)
 
     def close(self) -> None:
         """Close every pooled connection. The store must not be used afterwards."""
