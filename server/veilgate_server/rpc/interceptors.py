@@ -1,15 +1,15 @@
 """Server interceptors: behaviour every RPC gets, so that no handler can forget it.
 
-The chain is built in :func:`veilgate_server.rpc.server.build_server`. Today it holds the error
-boundary; the audit log's interceptor joins it (outermost but one) so that every call, allowed or
-denied, is recorded before its reply leaves.
+The chain is built in :func:`veilgate_server.rpc.server.build_server`: the handler cache, the
+error boundary, the audit trail (so that every call, allowed or denied, is recorded before its reply
+leaves) and institution authentication.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import grpc
@@ -17,11 +17,39 @@ import grpc
 from veilgate.errors import InternalError, VeilgateError
 from veilgate_server.rpc.errors import STATUS_OF_REASON, to_grpc_status
 
-__all__ = ["ErrorBoundary"]
+__all__ = ["ErrorBoundary", "HandlerCache"]
 
 _log = logging.getLogger("veilgate.rpc")
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+class HandlerCache(grpc.ServerInterceptor):
+    """Builds each registered method's handler once, through the interceptors after it, instead of
+    on every call.
+
+    grpc runs the interceptor chain on its single event-serving thread for every call it starts;
+    the wrapping of every interceptor here depends on the method alone (per-call state lives in
+    the call's context), so the result is reused. Only the gateway's own ``methods`` are kept, so
+    callers naming made-up methods cannot grow the cache.
+    """
+
+    def __init__(self, methods: Collection[str]) -> None:
+        self._methods = frozenset(methods)
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method: str = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = continuation(handler_call_details)
+            if handler is not None and method in self._methods:
+                self._handlers[method] = handler
+        return handler
 
 
 class ErrorBoundary(grpc.ServerInterceptor):

@@ -34,7 +34,7 @@ from veilgate_server.rpc.auth import InstitutionAuthentication
 from veilgate_server.rpc.citizen import CitizenServicer
 from veilgate_server.rpc.eligibility import EligibilityServicer
 from veilgate_server.rpc.errors import status_name
-from veilgate_server.rpc.interceptors import ErrorBoundary
+from veilgate_server.rpc.interceptors import ErrorBoundary, HandlerCache
 from veilgate_server.storage.log import LogWriter
 
 __all__ = ["MAX_MESSAGE_BYTES", "RunningServer", "ServerTls", "build_server"]
@@ -43,10 +43,14 @@ _log = logging.getLogger("veilgate.server")
 
 # Requests are small (a token of at most 16 KiB); anything far larger is refused by gRPC itself.
 MAX_MESSAGE_BYTES = 64 * 1024
-_SERVICES = (
-    citizen_pb2.DESCRIPTOR.services_by_name["CitizenService"].full_name,
-    eligibility_pb2.DESCRIPTOR.services_by_name["EligibilityService"].full_name,
-    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+_SERVICE_DESCRIPTORS = (
+    citizen_pb2.DESCRIPTOR.services_by_name["CitizenService"],
+    eligibility_pb2.DESCRIPTOR.services_by_name["EligibilityService"],
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
+)
+_SERVICES = tuple(service.full_name for service in _SERVICE_DESCRIPTORS)
+_METHODS = frozenset(
+    f"/{service.full_name}/{method.name}" for service in _SERVICE_DESCRIPTORS for method in service.methods
 )
 
 
@@ -101,9 +105,11 @@ def build_server(
     checkpointer = Checkpointer(gateway.store, gateway.log_signer, interval=checkpoint_interval)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veilgate-rpc"),
-        # Outermost first: errors become statuses; every call is logged (denials included, so the
-        # audit trail sits outside authentication); then institutions are authenticated.
+        # Outermost first: each method's handler is built once; errors become statuses; every call
+        # is logged (denials included, so the audit trail sits outside authentication); then
+        # institutions are authenticated.
         interceptors=[
+            HandlerCache(_METHODS),
             ErrorBoundary(),
             AuditTrail(auditor),
             InstitutionAuthentication(gateway, trust_domain=trust_domain),
