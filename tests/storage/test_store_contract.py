@@ -164,6 +164,16 @@ def test_put_many_and_for_citizen(store: Store) -> None:
     assert all(r.citizen_id == "c-1" for r in everything)
 
 
+def test_a_full_read_returns_exactly_what_a_listed_read_returns(store: Store) -> None:
+    """A full read takes another route on SQLite (one JSON array instead of a row per record):
+    it must give the same records, byte for byte, in the same order."""
+    values = ['"quote \\" and backslash \\\\"', '"济南 😀"', '{"a":[1,{"b":null}],"c":true}', "-12", "[]"]
+    store.records.put_many([_record("c-1", f"item.{n}", value) for n, value in enumerate(values)])
+    listed = store.records.for_citizen("c-1", [f"item.{n}" for n in range(len(values))])
+    assert store.records.for_citizen("c-1") == listed
+    assert [r.value_json for r in listed] == values
+
+
 def test_for_citizen_subset_ignores_unknown_items_and_other_citizens(store: Store) -> None:
     store.records.put_many(
         [
