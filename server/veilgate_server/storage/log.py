@@ -287,7 +287,11 @@ def _append_sql(dialect: Dialect) -> _AppendSql:
 def _bind_created_at(dialect: Dialect, value: dt.datetime) -> Any:
     """``value`` as the driver takes it for ``log_entries.created_at`` (the column type's own processing)."""
     process = AuditLogEntry.__table__.c.created_at.type.bind_processor(dialect)
-    return value if process is None else process(value)
+    bound = value if process is None else process(value)
+    if dialect.name == "sqlite" and isinstance(bound, dt.datetime):
+        # What the sqlite3 module's default adapter would store, made once per batch, not per row.
+        return bound.isoformat(" ")
+    return bound
 
 
 # --- the repository -------------------------------------------------------------------------------
