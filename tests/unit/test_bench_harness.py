@@ -8,8 +8,14 @@ from __future__ import annotations
 import pytest
 
 from veilgate_server.bench.harness import latency_stats, percentile
-from veilgate_server.bench.results import ScenarioResult
-from veilgate_server.bench.rpc_scenarios import DELIVERY_ITEMS, bench_baseline, bench_evaluate, bench_get_my_data
+from veilgate_server.bench.results import ScenarioResult, Target
+from veilgate_server.bench.rpc_scenarios import (
+    DELIVERY_ITEMS,
+    bench_audited_call,
+    bench_baseline,
+    bench_evaluate,
+    bench_get_my_data,
+)
 
 SMOKE_SECONDS = (0.2, 0.4)  # warm-up, measured
 
@@ -52,7 +58,17 @@ def _check_figures(figures: dict[str, object]) -> None:
     assert p50 <= p99
 
 
-def _check_scenario(result: ScenarioResult, name: str, baseline_qps: float) -> None:
+def test_meets_is_computed_from_the_targets_and_none_without_any() -> None:
+    fast = Target("ratio", ">=", 0.5, "at least half")
+    assert ScenarioResult(name="a", ratio=0.6).judge(fast).meets is True
+    assert ScenarioResult(name="b", ratio=0.4).judge(fast).meets is False
+    assert ScenarioResult(name="c").judge(fast).meets is None  # no figure: not judged
+    untargeted = ScenarioResult(name="d", ratio=0.9).judge()
+    assert untargeted.meets is None
+    assert untargeted.target == ""
+
+
+def _check_scenario(result: ScenarioResult, name: str, baseline_qps: float, *, targeted: bool = True) -> None:
     assert result.name == name
     assert result.skipped is None
     assert "error" not in result.details, result.details["error"]
@@ -67,8 +83,11 @@ def _check_scenario(result: ScenarioResult, name: str, baseline_qps: float) -> N
     assert result.ratio == pytest.approx(result.qps / baseline_qps, abs=1e-3)
     assert result.details["cpu_us_per_call"] > 0
     assert result.details["p99_ratio"] > 0
-    assert isinstance(result.meets, bool)
-    assert result.target
+    if targeted:
+        assert isinstance(result.meets, bool)
+        assert result.target
+    else:
+        assert result.meets is None
     document = result.to_json()
     assert {"name", "qps", "p50_ms", "p99_ms", "baseline_qps", "ratio", "target", "meets"} <= set(document)
 
@@ -79,6 +98,10 @@ def test_rpc_scenarios_run_and_report_every_figure() -> None:
     assert (baseline["warmup_s"], baseline["measured_s"]) == SMOKE_SECONDS
     _check_figures(baseline["tls"])
     _check_figures(baseline["mtls"])
+
+    floor = bench_audited_call(baseline, True, seconds=SMOKE_SECONDS)
+    _check_scenario(floor, "audited_call", baseline["tls"]["qps"], targeted=False)
+    assert floor.details["probe"]["gateway_id"]
 
     evaluate = bench_evaluate(baseline, True, seconds=SMOKE_SECONDS)
     _check_scenario(evaluate, "evaluate", baseline["mtls"]["qps"])

@@ -48,6 +48,7 @@ __all__ = [
     "BareServer",
     "ClientTls",
     "EvaluateWorkload",
+    "GatewayInfoWorkload",
     "GetMyDataWorkload",
     "LoadResult",
     "LoadSpec",
@@ -230,6 +231,30 @@ class EvaluateWorkload:
         reply = eligibility_pb2_grpc.EligibilityServiceStub(channel).Evaluate(self._request(n), timeout=10.0)
         result = verify_result(reply.signed_result, gateway_keys=self.gateway_keys, institution_id=self.institution_id)
         return {"decision": result.decision, "bands": dict(result.bands), "result_bytes": len(reply.signed_result)}
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayInfoWorkload:
+    """GetGatewayInfo over TLS: the cheapest call the gateway audits. It does no work of its own,
+    so it measures what every call pays: the interceptors and the durable log append."""
+
+    gateway_id: str
+    name: str = "audited_call"
+
+    def open(self, channel: grpc.Channel) -> CallFn:
+        stub = citizen_pb2_grpc.CitizenServiceStub(channel)
+
+        def info(n: int) -> None:
+            if stub.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=10.0).gateway_id != self.gateway_id:
+                raise CallFailed("GetGatewayInfo named another gateway")
+
+        return info
+
+    def probe(self, channel: grpc.Channel, n: int) -> dict[str, Any]:
+        reply = citizen_pb2_grpc.CitizenServiceStub(channel).GetGatewayInfo(
+            citizen_pb2.GetGatewayInfoRequest(), timeout=10.0
+        )
+        return {"gateway_id": reply.gateway_id}
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,8 @@ class ScenarioResult:
     details: dict[str, Any] = field(default_factory=dict)
 
     def judge(self, *targets: Target, extra: dict[str, float | None] | None = None) -> ScenarioResult:
-        """Set ``target`` (text) and ``meets`` (all targets hold) from the measured figures."""
+        """Set ``target`` (text) and ``meets`` (all targets hold) from the measured figures; with no
+        target, ``meets`` stays None: there is nothing to meet."""
         figures: dict[str, float | None] = {
             "qps": self.qps,
             "rate": self.rate,
@@ -70,7 +71,7 @@ class ScenarioResult:
         }
         verdicts = [t.holds(figures) for t in targets]
         self.target = "; ".join(t.text for t in targets)
-        self.meets = None if any(v is None for v in verdicts) else all(verdicts)
+        self.meets = None if not targets or any(v is None for v in verdicts) else all(verdicts)
         return self
 
     def to_json(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from veilgate_server.bench.results import ScenarioResult
 
 __all__ = ["RPC_SCENARIOS", "SCENARIOS", "BenchRun", "run_bench"]
 
-RPC_SCENARIOS = ("evaluate", "get_my_data")
+RPC_SCENARIOS = ("audited_call", "evaluate", "get_my_data")
 STORE_SCENARIOS = ("log_append", "proofs", "audit_verify", "audit_export", "ingest", "rss")
 SCENARIOS = RPC_SCENARIOS + STORE_SCENARIOS
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -32,6 +32,8 @@ def _scenario(name: str, quick: bool, baseline: dict[str, Any], postgres_url: st
     from veilgate_server.bench import rpc_scenarios, store_scenarios
 
     match name:
+        case "audited_call":
+            return rpc_scenarios.bench_audited_call(baseline, quick=quick)
         case "evaluate":
             return rpc_scenarios.bench_evaluate(baseline, quick=quick)
         case "get_my_data":
