@@ -37,9 +37,10 @@ class StateChange(Protocol):
     """A change a call makes to the gateway's state (spending a request token or a consent use),
     made inside a write transaction that the caller owns.
 
-    ``apply`` either refuses, raising a :class:`~veilgate.errors.VeilgateError` *before* it writes
-    anything, or writes and returns: so one refused change can share a transaction with others
-    (the audit log's group commit) and leave it as it found it.
+    ``apply`` either writes and returns, or refuses by raising a
+    :class:`~veilgate.errors.VeilgateError` and leaves the transaction as it found it (nothing
+    written, or what it wrote undone in the same transaction): so one refused change can share a
+    transaction with others (the audit log's group commit).
     """
 
     def apply(self, connection: Connection) -> None: ...

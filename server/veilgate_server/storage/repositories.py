@@ -199,21 +199,31 @@ _EVALUATION_BY_KEY = select(Evaluation.__table__).where(
     Evaluation.__table__.c.institution_id == bindparam("institution_id"),
     Evaluation.__table__.c.request_id == bindparam("request_id"),
 )
-_CONSENT_FOR_UPDATE = (
-    select(Consent.__table__).where(Consent.__table__.c.consent_id == bindparam("consent_id")).with_for_update()
+_C = Consent.__table__.c
+_E = Evaluation.__table__.c
+# One statement both checks that the consent is usable and spends the use (and, on PostgreSQL,
+# row-locks it to the commit); a refusal is explained afterwards, on the rare path.
+_SPEND_IF_USABLE = (
+    update(Consent)
+    .where(
+        _C.consent_id == bindparam("spent_consent_id"),
+        _C.institution_id == bindparam("spent_institution_id"),
+        _C.citizen_id == bindparam("spent_citizen_id"),
+        _C.revoked_at.is_(None),
+        _C.uses < _C.max_uses,
+    )
+    .values(uses=_C.uses + 1)
+    .returning(_C.uses)
 )
+_GIVE_BACK_USE = update(Consent).where(_C.consent_id == bindparam("spent_consent_id")).values(uses=_C.uses - 1)
 # Counts at most ``budget`` rows: enough to tell whether the budget is spent, and the cost stays
 # bounded by the budget rather than growing with the citizen's history.
-_BUDGET_USED = select(func.count()).select_from(
-    select(Evaluation.__table__.c.request_id)
-    .where(
-        Evaluation.__table__.c.citizen_id == bindparam("citizen_id"),
-        Evaluation.__table__.c.created_at > bindparam("since"),
-    )
+_WITHIN_BUDGET = select(func.count()).select_from(
+    select(_E.request_id)
+    .where(_E.citizen_id == bindparam("new_citizen_id"), _E.created_at > bindparam("since"))
     .limit(bindparam("budget"))
     .subquery()
-)
-_SPEND_USE = update(Consent).where(Consent.consent_id == bindparam("spent_consent_id")).values(uses=Consent.uses + 1)
+).scalar_subquery() < bindparam("budget")
 
 
 def _insert_if_absent(table: Any, key: Sequence[str]) -> dict[str, Any]:
@@ -227,7 +237,18 @@ def _insert_if_absent(table: Any, key: Sequence[str]) -> dict[str, Any]:
     }
 
 
-_INSERT_EVALUATION = _insert_if_absent(Evaluation.__table__, ("institution_id", "request_id"))
+_EVALUATION_COLUMNS: Final = ("institution_id", "request_id", *_EVALUATION_VALUES)
+_EVALUATION_ROW = select(*(bindparam(f"new_{name}", type_=_E[name].type) for name in _EVALUATION_COLUMNS)).where(
+    _WITHIN_BUDGET
+)
+# INSERT ... SELECT <the row> WHERE <within the citizen's budget> ON CONFLICT DO NOTHING RETURNING.
+_INSERT_EVALUATION_WITHIN_BUDGET = {
+    name: dialect_insert(Evaluation)
+    .from_select(list(_EVALUATION_COLUMNS), _EVALUATION_ROW)
+    .on_conflict_do_nothing(index_elements=["institution_id", "request_id"])
+    .returning(_E.request_id)
+    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
 _INSERT_USED_TOKEN = _insert_if_absent(UsedRequestToken.__table__, ("citizen_id", "jti"))
 
 
@@ -681,6 +702,22 @@ class InstitutionRegistry:
         return institution
 
 
+def _refusal(connection: Connection, e: NewEvaluation) -> Exception:
+    """Why the consent could not be spent, checked in the documented order."""
+    consent = connection.execute(_CONSENT_BY_ID, {"consent_id": e.consent_id}).first()
+    if consent is None:
+        return ConsentUnknown("consent is not registered")
+    if consent.institution_id != e.institution_id:
+        return ConsentWrongInstitution("consent is addressed to another institution")
+    if consent.citizen_id != e.citizen_id:
+        return ValueError("citizen_id is not the consent's citizen")
+    if consent.revoked_at is not None:
+        return ConsentRevoked("consent was revoked")
+    if consent.uses >= consent.max_uses:
+        return ConsentExhausted("consent has no uses left")
+    return StorageError("could not record the evaluation: the consent changed while it was spent")
+
+
 class ConsentLedger:
     """Consents registered by citizens, their use counters, and the evaluations made under them.
 
@@ -832,7 +869,7 @@ class ConsentLedger:
         * If ``(institution_id, request_id)`` is already recorded, the stored row is returned
           unchanged and no use is spent (an idempotent retry; the caller compares ``request_hash``
           if it must tell a retry from a reused id).
-        * Otherwise, with the consent row locked (``SELECT ... FOR UPDATE`` on PostgreSQL, plus an
+        * Otherwise, with the consent row locked (by the spending ``UPDATE`` on PostgreSQL, plus an
           advisory lock per citizen; ``BEGIN IMMEDIATE`` on SQLite), the evaluation is refused with
           :class:`ConsentUnknown` (no such consent), :class:`ConsentWrongInstitution` (addressed to
           another institution), :class:`ConsentRevoked`, :class:`ConsentExhausted`
@@ -840,8 +877,8 @@ class ConsentLedger:
           ``daily_budget`` evaluations created in the 24 hours before ``at``), in that order.
         * Otherwise the evaluation is stored with ``created_at = at`` and ``uses`` grows by one.
 
-        Every refusal comes before anything is written, so a refused call leaves the transaction
-        as it found it. Concurrent calls are safe: of N racing evaluations under a consent with k
+        A refusal leaves the transaction as it found it (a use spent before the budget check is
+        given back in the same transaction). Concurrent calls are safe: of N racing evaluations under a consent with k
         uses left, exactly k succeed; racing calls with the same request id record one evaluation,
         spend one use, and all return that row.
         """
@@ -861,26 +898,6 @@ class ConsentLedger:
             raise ValueError("daily_budget must not be negative")
 
         key = {"institution_id": e.institution_id, "request_id": e.request_id}
-        _lock_citizen_budget(connection, e.citizen_id)
-        consent = connection.execute(_CONSENT_FOR_UPDATE, {"consent_id": e.consent_id}).first()
-        # Re-read under the locks: a racing call with the same request id may have committed while
-        # this one waited (READ COMMITTED sees it in a new statement).
-        row = connection.execute(_EVALUATION_BY_KEY, key).first()
-        if row is not None:
-            return _evaluation(row)
-        if consent is None:
-            raise ConsentUnknown("consent is not registered")
-        if consent.institution_id != e.institution_id:
-            raise ConsentWrongInstitution("consent is addressed to another institution")
-        if consent.citizen_id != e.citizen_id:
-            raise ValueError("citizen_id is not the consent's citizen")
-        if consent.revoked_at is not None:
-            raise ConsentRevoked("consent was revoked")
-        if consent.uses >= consent.max_uses:
-            raise ConsentExhausted("consent has no uses left")
-        budget = {"citizen_id": e.citizen_id, "since": e.at - BUDGET_WINDOW, "budget": e.daily_budget}
-        if (connection.execute(_BUDGET_USED, budget).scalar() or 0) >= e.daily_budget:
-            raise CitizenBudgetExhausted("the citizen's daily evaluation budget is exhausted")
         stored = EvaluationRow(
             institution_id=e.institution_id,
             request_id=e.request_id,
@@ -893,19 +910,31 @@ class ConsentLedger:
             request_hash=e.request_hash,
             created_at=_utc(e.at),
         )
-        inserted = connection.execute(
-            _for_dialect(_INSERT_EVALUATION, connection),
-            {**key, **{name: getattr(stored, name) for name in _EVALUATION_VALUES}},
-        )
-        if inserted.first() is None:
-            # A racing call under *another* consent (another row lock) recorded this request id and
-            # committed first; the insert waited for it and did nothing. Spend nothing: its row wins.
-            winner = connection.execute(_EVALUATION_BY_KEY, key).first()
-            if winner is None:
-                raise StorageError("could not record the evaluation: the database refused it")
-            return _evaluation(winner)
-        connection.execute(_SPEND_USE, {"spent_consent_id": e.consent_id})
-        return stored
+        # Two statements on the common path: every statement is a GIL hand-off for the single log
+        # writer that runs this (measured: the writer's turn-taking, not SQL, bounded evaluations).
+        _lock_citizen_budget(connection, e.citizen_id)
+        usable = {
+            "spent_consent_id": e.consent_id,
+            "spent_institution_id": e.institution_id,
+            "spent_citizen_id": e.citizen_id,
+        }
+        if connection.execute(_SPEND_IF_USABLE, usable).first() is None:
+            recorded = connection.execute(_EVALUATION_BY_KEY, key).first()
+            if recorded is not None:  # recorded by a racing call meanwhile: that is the answer
+                return _evaluation(recorded)
+            raise _refusal(connection, e)
+        row = {f"new_{name}": getattr(stored, name) for name in _EVALUATION_COLUMNS}
+        budget = {"since": e.at - BUDGET_WINDOW, "budget": e.daily_budget}
+        if connection.execute(_for_dialect(_INSERT_EVALUATION_WITHIN_BUDGET, connection), {**row, **budget}).first():
+            return stored
+        # Not inserted: give the use back, then say why.
+        connection.execute(_GIVE_BACK_USE, {"spent_consent_id": e.consent_id})
+        recorded = connection.execute(_EVALUATION_BY_KEY, key).first()
+        if recorded is not None:
+            # A racing call under *another* consent (another row lock) recorded this request id
+            # and committed first; the insert waited for it and did nothing.
+            return _evaluation(recorded)
+        raise CitizenBudgetExhausted("the citizen's daily evaluation budget is exhausted")
 
     def find_evaluation(self, institution_id: str, request_id: str) -> EvaluationRow | None:
         """The evaluation recorded for the institution's ``request_id``, or None."""
