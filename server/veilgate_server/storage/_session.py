@@ -20,9 +20,11 @@ from .db import SINGLE_STATEMENT_READ, WRITE_TRANSACTION
 
 __all__ = [
     "KEPT_READ_CONNECTIONS",
+    "KEPT_WRITE_CONNECTIONS",
     "StateChange",
-    "close_read_connections",
+    "close_kept_connections",
     "insert_unique",
+    "kept_write_connection",
     "read_rows",
     "storage_errors",
     "write_connection",
@@ -99,29 +101,30 @@ def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
         yield connection
 
 
-class _ReadConnections:
-    """One open read connection per thread, kept for the thread's life, for :func:`read_rows`.
+class _KeptConnections:
+    """One open connection per thread, kept for the thread's life, for one kind of use.
 
-    Checking a connection out of the pool and back in costs more than the read itself: measured,
+    Checking a connection out of the pool and back in costs more than a short statement: measured,
     a primary-key read took 51 µs pooled against 26 µs on a kept connection on SQLite, and 580 µs
     against 180 µs on PostgreSQL, where every checkout pings the server and every checkin rolls
-    back. A kept connection reads in autocommit (PostgreSQL) or without ``BEGIN`` (SQLite), so it
-    never holds a snapshot between reads. At most ``limit`` connections are kept per engine (those
-    of finished threads are closed first); past that, reads use the pool as before.
+    back; the log writer's single-entry batches went from about 1,450 to 1,850 per second.
+
+    * ``reads`` (:func:`read_rows`): autocommit on PostgreSQL, no ``BEGIN`` on SQLite, so a kept
+      connection never holds a snapshot between reads.
+    * ``writes`` (:func:`kept_write_connection`): each use is one write transaction.
+
+    At most ``limit`` connections are kept per engine and use (those of finished threads are closed
+    first); past that, callers use the pool as before. A connection that failed is closed, and the
+    thread's next use opens a fresh one.
     """
 
-    def __init__(self, engine: Engine, *, limit: int) -> None:
+    def __init__(self, engine: Engine, *, limit: int, options: dict[str, Any]) -> None:
         self._engine = engine
         self._limit = limit
+        self._options = options
         self._lock = threading.Lock()
         self._kept: dict[int, Connection] = {}
         self._closed = False
-
-    def _open(self) -> Connection:
-        connection = self._engine.connect().execution_options(**{SINGLE_STATEMENT_READ: True})
-        if self._engine.dialect.name == "postgresql":
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        return connection
 
     def kept(self) -> Connection | None:
         """This thread's kept connection, opened on first use; None when no more may be kept."""
@@ -139,12 +142,12 @@ class _ReadConnections:
                     self._discard(gone)
                 if len(self._kept) >= self._limit:
                     return None
-            connection = self._open()
+            connection = self._engine.connect().execution_options(**self._options)
             self._kept[ident] = connection
             return connection
 
     def forget(self) -> None:
-        """Close this thread's kept connection (after an error, so the next read opens a fresh one)."""
+        """Close this thread's kept connection (after an error, so the next use opens a fresh one)."""
         with self._lock:
             self._discard(threading.get_ident())
 
@@ -161,26 +164,60 @@ class _ReadConnections:
                 self._discard(ident)
 
 
-_READERS: weakref.WeakKeyDictionary[Engine, _ReadConnections] = weakref.WeakKeyDictionary()
-_READERS_GUARD = threading.Lock()
+_KEPT: weakref.WeakKeyDictionary[Engine, dict[str, _KeptConnections]] = weakref.WeakKeyDictionary()
+_KEPT_GUARD = threading.Lock()
 KEPT_READ_CONNECTIONS = 16
+KEPT_WRITE_CONNECTIONS = 2
 """Per engine; :func:`~veilgate_server.storage.db.create_engine_for` sizes the pool for them."""
 
 
-def _readers(engine: Engine) -> _ReadConnections:
-    readers = _READERS.get(engine)
-    if readers is None:
-        with _READERS_GUARD:
-            readers = _READERS.setdefault(engine, _ReadConnections(engine, limit=KEPT_READ_CONNECTIONS))
-    return readers
+def _kept(engine: Engine, use: str) -> _KeptConnections:
+    uses = _KEPT.get(engine)
+    if uses is None or use not in uses:
+        with _KEPT_GUARD:
+            uses = _KEPT.setdefault(engine, {})
+            if use not in uses:
+                if use == "reads":
+                    options: dict[str, Any] = {SINGLE_STATEMENT_READ: True}
+                    if engine.dialect.name == "postgresql":
+                        options["isolation_level"] = "AUTOCOMMIT"
+                    uses[use] = _KeptConnections(engine, limit=KEPT_READ_CONNECTIONS, options=options)
+                else:
+                    uses[use] = _KeptConnections(
+                        engine, limit=KEPT_WRITE_CONNECTIONS, options={WRITE_TRANSACTION: True}
+                    )
+    return uses[use]
 
 
-def close_read_connections(engine: Engine) -> None:
-    """Close the connections :func:`read_rows` keeps for ``engine`` (before disposing of it)."""
-    with _READERS_GUARD:
-        readers = _READERS.pop(engine, None)
-    if readers is not None:
-        readers.close()
+def close_kept_connections(engine: Engine) -> None:
+    """Close the connections kept for ``engine`` by :func:`read_rows` and
+    :func:`kept_write_connection` (before disposing of the engine)."""
+    with _KEPT_GUARD:
+        uses = _KEPT.pop(engine, {})
+    for kept in uses.values():
+        kept.close()
+
+
+@contextmanager
+def kept_write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
+    """:func:`write_connection` on a connection the calling thread keeps: for a thread that writes
+    back to back (the audit log's writer). Same locking, ``BEGIN IMMEDIATE``, commit and rollback."""
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, Engine):
+        raise TypeError("the session factory is not bound to an engine")
+    writers = _kept(bind, "writes")
+    connection = writers.kept()
+    if connection is None:
+        with write_connection(sessions) as pooled:
+            yield pooled
+        return
+    lock = _sqlite_writer_lock(sessions)
+    try:
+        with lock if lock is not None else contextlib.nullcontext(), connection.begin():
+            yield connection
+    except SQLAlchemyError:
+        writers.forget()
+        raise
 
 
 def read_rows(
@@ -198,7 +235,7 @@ def read_rows(
     bind = sessions.kw.get("bind")
     if not isinstance(bind, Engine):
         raise TypeError("the session factory is not bound to an engine")
-    readers = _readers(bind)
+    readers = _kept(bind, "reads")
     connection = readers.kept()
     if connection is None:
         with bind.connect().execution_options(**{SINGLE_STATEMENT_READ: True}) as pooled:

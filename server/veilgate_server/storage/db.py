@@ -65,9 +65,9 @@ _SQLITE_PRAGMAS: Final = (
     "PRAGMA foreign_keys=ON",
 )
 
-# Room for the read connections each thread keeps (storage._session.KEPT_READ_CONNECTIONS, 16) on
+# Room for the connections threads keep (storage._session: 16 for reads, 2 for the log writer) on
 # top of the default pool of 5 plus 10 overflow.
-_POOL: Final = {"pool_size": 21, "max_overflow": 10}
+_POOL: Final = {"pool_size": 23, "max_overflow": 10}
 
 _SUPPORTED: Final = "use sqlite:///<path> or postgresql://user@host:port/database"
 

@@ -55,7 +55,7 @@ from veilgate.errors import InternalError, StorageError
 from veilgate.merkle import HASH_SIZE, leaf_hash
 from veilgate_server.core.merkle import Frontier, SubtreeKey, root_of
 
-from ._session import read_rows, storage_errors, write_connection, write_session
+from ._session import kept_write_connection, read_rows, storage_errors, write_connection, write_session
 from .models import (
     KEY_LENGTH,
     AuditLogCheckpoint,
@@ -330,7 +330,7 @@ class AuditLog:
             return []
         now = self._clock()
         _require_aware(now, "the log clock's time")
-        with storage_errors("append to the audit log"), write_connection(self._sessions) as connection:
+        with storage_errors("append to the audit log"), kept_write_connection(self._sessions) as connection:
             sql = _append_sql(connection.dialect)
             new_size = connection.exec_driver_sql(sql.claim, (len(requests),)).scalar_one_or_none()
             if new_size is None:

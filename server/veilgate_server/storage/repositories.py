@@ -53,7 +53,7 @@ from veilgate_server.core.identity import check_caller_id
 
 from ._session import (
     StateChange,
-    close_read_connections,
+    close_kept_connections,
     insert_unique,
     read_rows,
     storage_errors,
@@ -999,7 +999,7 @@ class Store:
 
     def close(self) -> None:
         """Close every pooled connection. The store must not be used afterwards."""
-        close_read_connections(self.engine)
+        close_kept_connections(self.engine)
         self.engine.dispose()
 
     def __enter__(self) -> Self:
