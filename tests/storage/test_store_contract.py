@@ -33,6 +33,7 @@ from veilgate_server.storage import (
     sqlite_url,
     upgrade_schema,
 )
+from veilgate_server.storage._session import KEPT_READ_CONNECTIONS
 from veilgate_server.storage.models import UsedRequestToken
 
 T0 = dt.datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=dt.UTC)
@@ -144,6 +145,30 @@ def test_naive_datetimes_are_refused(store: Store) -> None:
 
 
 # --- records --------------------------------------------------------------------------------------
+
+
+def test_more_reading_threads_than_kept_connections_all_get_answers(store: Store) -> None:
+    """Each thread keeps a read connection, up to a limit per engine; past it, reads use the pool,
+    and connections of finished threads are reclaimed. Every reader gets its answer either way."""
+    store.records.put_many([_record("c-1", "tax.annual_income", '{"amount":1}')])
+    barrier = threading.Barrier(KEPT_READ_CONNECTIONS + 8)
+    answers: list[int] = []
+    lock = threading.Lock()
+
+    def read() -> None:
+        barrier.wait(timeout=30)  # all alive at once: more threads than connections may be kept
+        for _ in range(3):
+            found = len(store.records.for_citizen("c-1"))
+            with lock:
+                answers.append(found)
+
+    for _ in range(2):  # the second wave finds the first wave's connections to reclaim
+        threads = [threading.Thread(target=read) for _ in range(barrier.parties)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert answers == [1] * (2 * 3 * barrier.parties)
 
 
 def test_put_many_and_for_citizen(store: Store) -> None:
