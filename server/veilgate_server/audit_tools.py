@@ -113,9 +113,11 @@ def verify_log(store: Store, verifier: LogVerifier) -> VerifySummary:
                 unmatched_checkpoint = unmatched_checkpoint or frontier.size
         # Stored subtree hashes name the changed entry precisely; check them before the checkpoints,
         # which only say that something before their size changed.
+        by_level: dict[int, list[int]] = {}
+        for level, index in completed:
+            by_level.setdefault(level, []).append(index)
         stored: dict[SubtreeKey, bytes] = {}
-        for level in {level for level, _ in completed}:  # the page's subtrees: one index range per level
-            indices = [index for lvl, index in completed if lvl == level]
+        for level, indices in by_level.items():  # the page's subtrees: one index range per level
             stored.update(log.subtree_range(level, min(indices), max(indices) + 1))
         mismatched = [(key[0], first) for key, (expected, first) in completed.items() if stored.get(key) != expected]
         if mismatched:

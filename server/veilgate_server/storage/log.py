@@ -42,6 +42,7 @@ from typing import Any, Final, Self
 from sqlalchemy import (
     Connection,
     Dialect,
+    Engine,
     bindparam,
     delete,
     func,
@@ -407,13 +408,22 @@ class AuditLog:
         """``(index, entry, leaf_hash)`` for ``start <= i < start + count``: a plain column read for
         whole-log passes (verification, export), several times cheaper than :meth:`entries`."""
         _require_count(start, count)
-        statement = (
-            select(AuditLogEntry.idx, AuditLogEntry.entry, AuditLogEntry.leaf_hash)
-            .where(AuditLogEntry.idx >= start, AuditLogEntry.idx < start + count)
-            .order_by(AuditLogEntry.idx)
-        )
-        with storage_errors("read audit log entries"), self._sessions() as session:
-            return [(int(i), bytes(e), bytes(h)) for i, e, h in session.execute(statement)]
+        bind = self._sessions.kw.get("bind")
+        assert isinstance(bind, Engine)
+        mark = "?" if bind.dialect.paramstyle == "qmark" else "%s"
+        sql = f"SELECT idx, entry, leaf_hash FROM log_entries WHERE idx >= {mark} AND idx < {mark} ORDER BY idx"  # noqa: S608
+        # The driver's own cursor: its rows are plain tuples of int and bytes on both drivers, and
+        # building SQLAlchemy rows and unpacking them cost a quarter of `veilgate audit verify`.
+        with storage_errors("read audit log entries"), bind.connect() as connection:
+            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, (start, start + count))
+                rows: list[tuple[int, bytes, bytes]] = cursor.fetchall()
+            except bind.dialect.loaded_dbapi.Error as e:
+                raise StorageError(f"could not read audit log entries: the database reported {type(e).__name__}") from e
+            finally:
+                cursor.close()
+        return rows
 
     def entries(self, start: int, count: int) -> list[LogEntry]:
         """The entries with indices ``start <= i < start + count`` that exist, in index order."""
