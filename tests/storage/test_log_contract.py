@@ -231,6 +231,10 @@ def test_entries_and_leaf_hashes_in_pages(store: Store) -> None:
     assert store.log.leaf_hashes(7, 4) == [_leaf(_entry(i)) for i in range(7, 11)]
     assert store.log.leaf_hashes(24, 10) == [_leaf(_entry(24))]
     assert store.log.entries(3, 0) == []
+    # The whole-log passes' read: plain tuples of int and bytes, on every backend.
+    hashed = store.log.hashed_entries(20, 10)
+    assert hashed == [(i, _entry(i), _leaf(_entry(i))) for i in range(20, 25)]
+    assert all(type(i) is int and type(e) is bytes and type(h) is bytes for i, e, h in hashed)
     with pytest.raises(ValueError, match="negative"):
         store.log.entries(-1, 3)
     with pytest.raises(ValueError, match="negative"):
