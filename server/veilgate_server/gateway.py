@@ -168,7 +168,7 @@ class Gateway:
             self.catalog, items=claims.string_list("items"), departments=claims.string_list("departments")
         )
         everything = len(selected) == len(self.catalog.items)  # read all rows; no 188-value IN list
-        records = self.store.records.for_citizen(
+        records = self.store.records.for_delivery(
             claims.citizen_id, None if everything else [item.id for item in selected]
         )
         call.watermark = f"wm_{secrets.token_hex(12)}"

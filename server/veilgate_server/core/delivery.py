@@ -157,21 +157,25 @@ class DeliveryEncoder:
         gateway_id: str,
         citizen_id: str,
         selected: Iterable[CatalogItem],
-        records: Iterable[RecordView],
+        records: Iterable[tuple[str, str, str]],
         request_token: str,
         delivery_id: str,
         watermark: str,
         issued_at: int,
     ) -> tuple[bytes, int]:
-        """The payload's bytes and the number of items in it (items without a record are left out)."""
-        by_item = {record.item_id: record for record in records}
+        """The payload's bytes and the number of items in it (items without a record are left out).
+
+        ``records`` are ``(item_id, as_of as an ISO date, value_json)``, as
+        :meth:`~veilgate_server.storage.RecordStore.for_delivery` reads them."""
+        by_item = {item_id: (as_of, value) for item_id, as_of, value in records}
         parts: list[bytes] = []
         for item in selected:
             record = by_item.get(item.id)
             if record is None:
                 continue
             head, middle = self._frames[item.id]
-            parts.append(b"".join((head, record.as_of.isoformat().encode(), middle, record.value_json.encode(), b"}")))
+            as_of, value = record
+            parts.append(b"".join((head, as_of.encode(), middle, value.encode(), b"}")))
         envelope = canonical_json(
             _envelope(
                 gateway_id=gateway_id,

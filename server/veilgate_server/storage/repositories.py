@@ -280,12 +280,26 @@ _RECORDS_OF_CITIZEN_AMONG = _RECORDS_OF_CITIZEN.where(
     _RECORD_COLUMNS.item_id.in_(bindparam("item_ids", expanding=True))
 )
 # SQLite hands rows over one step at a time, and the sqlite3 module releases the GIL around every
-# step: a full read of 188 records meant 188 hand-offs of the GIL under load. As one JSON array it
-# is a single step. Same rows, same order; ``as_of`` is SQLite's stored ISO date text.
-_SQLITE_RECORDS_OF_CITIZEN_AS_JSON = text(
-    "SELECT json_group_array(json_array(item_id, department, as_of, value_json)) FROM "
-    "(SELECT item_id, department, as_of, value_json FROM records WHERE citizen_id = :citizen_id ORDER BY item_id)"
+# step: a full read of 188 records meant 188 hand-offs of the GIL under load. Concatenated into one
+# text it is a single step, and splitting it costs less than parsing it as a JSON array (measured:
+# 278 against 441 µs for 188 records). The separators, ASCII record and unit separators, cannot
+# occur in an item id, an ISO date or any JSON text (JSON escapes every control character).
+_RECORD_SEPARATOR, _FIELD_SEPARATOR = "\x1e", "\x1f"
+_SQLITE_RECORDS_OF_CITIZEN_JOINED = text(
+    "SELECT group_concat(item_id || char(31) || department || char(31) || as_of || char(31) || value_json, char(30)) "
+    "FROM (SELECT item_id, department, as_of, value_json FROM records WHERE citizen_id = :citizen_id)"
 )
+
+
+def _split_records(joined: str | None) -> list[list[str]]:
+    """``[item_id, department, as_of, value_json]`` per record, ordered by item id."""
+    if joined is None:  # no record at all
+        return []
+    records = [record.split(_FIELD_SEPARATOR) for record in joined.split(_RECORD_SEPARATOR)]
+    if any(len(fields) != 4 for fields in records):
+        raise StorageError("could not read records: a stored record holds a control character")
+    records.sort()  # group_concat's order is not defined; item ids are unique per citizen
+    return records
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -567,18 +581,28 @@ class RecordStore:
             statement, params["item_ids"] = _RECORDS_OF_CITIZEN_AMONG, sorted(set(item_ids))
         elif self._dialect == "sqlite":
             with storage_errors("read records"):
-                [(rows,)] = read_rows(self._sessions, _SQLITE_RECORDS_OF_CITIZEN_AS_JSON, params)
+                [(joined,)] = read_rows(self._sessions, _SQLITE_RECORDS_OF_CITIZEN_JOINED, params)
             return [
                 StoredRecord(
                     citizen_id=citizen_id, item_id=i, department=d, as_of=dt.date.fromisoformat(a), value_json=v
                 )
-                for i, d, a, v in json.loads(rows)
+                for i, d, a, v in _split_records(joined)
             ]
         with storage_errors("read records"):
             return [
                 StoredRecord(citizen_id=c, item_id=i, department=d, as_of=a, value_json=v)
                 for c, i, d, a, v in read_rows(self._sessions, statement, params)
             ]
+
+    def for_delivery(self, citizen_id: str, item_ids: Collection[str] | None = None) -> list[tuple[str, str, str]]:
+        """The records of :meth:`for_citizen` as a delivery writes them: ``(item_id, as_of as an
+        ISO date, value_json)``, ordered by ``item_id``. No record object and no date is built per
+        row only to be formatted again (188 of them cost about 0.4 ms a call in the server)."""
+        if item_ids is None and self._dialect == "sqlite":
+            with storage_errors("read records"):
+                [(joined,)] = read_rows(self._sessions, _SQLITE_RECORDS_OF_CITIZEN_JOINED, {"citizen_id": citizen_id})
+            return [(item_id, as_of, value) for item_id, _, as_of, value in _split_records(joined)]
+        return [(r.item_id, r.as_of.isoformat(), r.value_json) for r in self.for_citizen(citizen_id, item_ids)]
 
     def count(self) -> int:
         with storage_errors("count records"), self._sessions() as session:
