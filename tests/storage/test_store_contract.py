@@ -12,7 +12,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -26,6 +28,7 @@ from veilgate.errors import (
     VeilgateError,
 )
 from veilgate_server.storage import (
+    AppendRequest,
     Store,
     StoredRecord,
     check_schema,
@@ -169,6 +172,30 @@ def test_more_reading_threads_than_kept_connections_all_get_answers(store: Store
         for thread in threads:
             thread.join(60)
     assert answers == [1] * (2 * 3 * barrier.parties)
+
+
+def _server_of(store: Store) -> dict[str, Any]:
+    url = store.engine.url
+    return {"host": url.host, "port": url.port, "user": url.username, "dbname": url.database, "autocommit": True}
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)  # only a server drops connections
+def test_reads_and_appends_survive_a_lost_server_connection(store: Store) -> None:
+    """A PostgreSQL restart or failover drops every connection. A thread's kept read connection
+    is then replaced and the read asked again, once; the log writer's connection comes from the
+    pool, which pings it first. No call fails for a connection lost while idle."""
+    store.records.put_many([_record("c-1", "tax.annual_income", '{"amount":1}')])
+    store.log.append_batch([AppendRequest(b'{"call":0}')])
+    assert len(store.records.for_citizen("c-1")) == 1  # this thread now keeps a read connection
+    # Drop every idle connection to the test database, as a server restart would: the store's
+    # kept and pooled ones among them (pooled connections of other stores recover the same way).
+    with psycopg.connect(**_server_of(store)) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            " AND datname = current_database() AND usename = current_user AND state = 'idle'"
+        )
+    assert len(store.records.for_citizen("c-1")) == 1
+    assert store.log.append_batch([AppendRequest(b'{"call":1}')]) == [1]
 
 
 def test_put_many_and_for_citizen(store: Store) -> None:

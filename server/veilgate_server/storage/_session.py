@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Row
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql import Executable
 
@@ -111,7 +111,7 @@ class _KeptConnections:
 
     * ``reads`` (:func:`read_rows`): autocommit on PostgreSQL, no ``BEGIN`` on SQLite, so a kept
       connection never holds a snapshot between reads.
-    * ``writes`` (:func:`kept_write_connection`): each use is one write transaction.
+    * ``writes`` (:func:`kept_write_connection`, SQLite only): each use is one write transaction.
 
     At most ``limit`` connections are kept per engine and use (those of finished threads are closed
     first); past that, callers use the pool as before. A connection that failed is closed, and the
@@ -201,12 +201,16 @@ def close_kept_connections(engine: Engine) -> None:
 @contextmanager
 def kept_write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
     """:func:`write_connection` on a connection the calling thread keeps: for a thread that writes
-    back to back (the audit log's writer). Same locking, ``BEGIN IMMEDIATE``, commit and rollback."""
+    back to back (the audit log's writer). Same locking, ``BEGIN IMMEDIATE``, commit and rollback.
+
+    SQLite only: a server database can go away between two batches (a restart, a failover), and
+    a pooled connection is pinged at checkout and replaced before it fails a batch, where a kept one
+    would fail it. A write cannot simply be tried again once it may have committed."""
     bind = sessions.kw.get("bind")
     if not isinstance(bind, Engine):
         raise TypeError("the session factory is not bound to an engine")
     writers = _kept(bind, "writes")
-    connection = writers.kept()
+    connection = writers.kept() if bind.dialect.name == "sqlite" else None
     if connection is None:
         with write_connection(sessions) as pooled:
             yield pooled
@@ -236,17 +240,26 @@ def read_rows(
     if not isinstance(bind, Engine):
         raise TypeError("the session factory is not bound to an engine")
     readers = _kept(bind, "reads")
-    connection = readers.kept()
-    if connection is None:
-        with bind.connect().execution_options(**{SINGLE_STATEMENT_READ: True}) as pooled:
-            return pooled.execute(statement, params or {}).all()
-    try:
-        rows = connection.execute(statement, params or {}).all()
-        connection.rollback()  # ends the autobegun transaction; no BEGIN was sent (see db.py)
-    except BaseException:
-        readers.forget()
-        raise
-    return rows
+    for attempt in (1, 2):
+        connection = readers.kept()
+        if connection is None:
+            with bind.connect().execution_options(**{SINGLE_STATEMENT_READ: True}) as pooled:
+                return pooled.execute(statement, params or {}).all()
+        try:
+            rows = connection.execute(statement, params or {}).all()
+            connection.rollback()  # ends the autobegun transaction; no BEGIN was sent (see db.py)
+        except DBAPIError as e:
+            readers.forget()
+            # The kept connection was lost (the server restarted or failed over): a read can be
+            # asked again, once, on a fresh connection, as the pool's ping would have done.
+            if attempt == 1 and e.connection_invalidated:
+                continue
+            raise
+        except BaseException:
+            readers.forget()
+            raise
+        return rows
+    raise AssertionError("unreachable")
 
 
 def insert_unique(

@@ -65,7 +65,7 @@ _SQLITE_PRAGMAS: Final = (
     "PRAGMA foreign_keys=ON",
 )
 
-# Room for the connections threads keep (storage._session: 16 for reads, 2 for the log writer) on
+# Room for the connections threads keep (storage._session: 16 for reads, 2 for SQLite's log writer) on
 # top of the default pool of 5 plus 10 overflow.
 _POOL: Final = {"pool_size": 23, "max_overflow": 10}
 
