@@ -49,7 +49,6 @@ from veilgate_server.storage import (
     ConsentRow,
     EvaluationRow,
     Institution,
-    NewEvaluation,
     RequestLedger,
     StateChange,
     Store,
@@ -363,19 +362,19 @@ class Gateway:
             "data_as_of": dict(outcome.data_as_of),
         }
         change = _RecordEvaluation(
-            NewEvaluation(
-                consent_id=consent.consent_id,
+            EvaluationRow(
                 institution_id=institution.institution_id,
                 request_id=request_id,
+                consent_id=consent.consent_id,
                 citizen_id=consent.citizen_id,
                 policy_id=policy.id,
                 policy_sha256=policy.sha256,
                 decision=outcome.decision,
                 result_jws=self.signer.sign(result, typ=RESULT_TYP),
                 request_hash=asked_hex,
-                at=_utc(now),
-                daily_budget=self.daily_budget,
+                created_at=_utc(now),
             ),
+            daily_budget=self.daily_budget,
             call=call,
         )
         self._commit(call, change)
@@ -417,10 +416,11 @@ class _RecordEvaluation:
     recorded. A racing call with the same request id may have recorded it first: then its result is
     the answer (or, if it asked something else, REQUEST_ID_REUSED), and nothing is spent."""
 
-    evaluation: NewEvaluation
+    evaluation: EvaluationRow
+    daily_budget: int
     call: CallRecord
     result_jws: str | None = None
 
     def apply(self, connection: Connection) -> None:
-        row = ConsentLedger.spend_use_and_record_in(connection, self.evaluation)
+        row = ConsentLedger.spend_use_and_record_in(connection, self.evaluation, daily_budget=self.daily_budget)
         self.result_jws = _replay(row, self.evaluation.request_hash, self.call)

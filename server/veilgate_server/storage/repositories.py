@@ -27,7 +27,7 @@ import hashlib
 import json
 import re
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import islice
 from typing import Any, Final, Self
 
@@ -158,36 +158,6 @@ class EvaluationRow:
     created_at: dt.datetime
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvaluation:
-    """An evaluation to record, and the use of its consent to spend (see
-    :meth:`ConsentLedger.spend_use_and_record_in`)."""
-
-    consent_id: str
-    institution_id: str
-    request_id: str
-    citizen_id: str
-    policy_id: str
-    policy_sha256: str
-    decision: str
-    result_jws: str
-    request_hash: str
-    at: dt.datetime
-    daily_budget: int
-
-
-_EVALUATION_VALUES: Final = (
-    "consent_id",
-    "citizen_id",
-    "policy_id",
-    "policy_sha256",
-    "decision",
-    "result_jws",
-    "request_hash",
-    "created_at",
-)
-
-
 # --- hot-path reads, built once (see _session.read_rows) ------------------------------------------
 
 _CITIZEN_BY_ID = select(Citizen.__table__).where(Citizen.__table__.c.citizen_id == bindparam("citizen_id"))
@@ -237,7 +207,7 @@ def _insert_if_absent(table: Any, key: Sequence[str]) -> dict[str, Any]:
     }
 
 
-_EVALUATION_COLUMNS: Final = ("institution_id", "request_id", *_EVALUATION_VALUES)
+_EVALUATION_COLUMNS: Final = tuple(f.name for f in fields(EvaluationRow))  # the table's columns, by name
 _EVALUATION_ROW = select(*(bindparam(f"new_{name}", type_=_E[name].type) for name in _EVALUATION_COLUMNS)).where(
     _WITHIN_BUDGET
 )
@@ -726,7 +696,7 @@ class InstitutionRegistry:
         return institution
 
 
-def _refusal(connection: Connection, e: NewEvaluation) -> Exception:
+def _refusal(connection: Connection, e: EvaluationRow) -> Exception:
     """Why the consent could not be spent, checked in the documented order."""
     consent = connection.execute(_CONSENT_BY_ID, {"consent_id": e.consent_id}).first()
     if consent is None:
@@ -869,25 +839,27 @@ class ConsentLedger:
     ) -> EvaluationRow:
         """Spend one use of the consent and record the evaluation, in one transaction of its own
         (:meth:`spend_use_and_record_in` says what is checked, and in which order)."""
-        evaluation = NewEvaluation(
-            consent_id=consent_id,
+        _require_aware(at, "at")
+        evaluation = EvaluationRow(
             institution_id=institution_id,
             request_id=request_id,
+            consent_id=consent_id,
             citizen_id=citizen_id,
             policy_id=policy_id,
             policy_sha256=policy_sha256,
             decision=decision,
             result_jws=result_jws,
             request_hash=request_hash,
-            at=at,
-            daily_budget=daily_budget,
+            created_at=_utc(at),
         )
         with storage_errors("record the evaluation"), write_connection(self._sessions) as connection:
-            return self.spend_use_and_record_in(connection, evaluation)
+            return self.spend_use_and_record_in(connection, evaluation, daily_budget=daily_budget)
 
     @staticmethod
-    def spend_use_and_record_in(connection: Connection, evaluation: NewEvaluation) -> EvaluationRow:
-        """Spend one use of the consent and record the evaluation, inside the caller's write
+    def spend_use_and_record_in(
+        connection: Connection, evaluation: EvaluationRow, *, daily_budget: int
+    ) -> EvaluationRow:
+        """Spend one use of the consent and record ``evaluation``, inside the caller's write
         transaction (the audit log's, so that a call's entry and its use commit together).
 
         * If ``(institution_id, request_id)`` is already recorded, the stored row is returned
@@ -898,13 +870,14 @@ class ConsentLedger:
           :class:`ConsentUnknown` (no such consent), :class:`ConsentWrongInstitution` (addressed to
           another institution), :class:`ConsentRevoked`, :class:`ConsentExhausted`
           (``uses >= max_uses``) or :class:`CitizenBudgetExhausted` (the citizen already has
-          ``daily_budget`` evaluations created in the 24 hours before ``at``), in that order.
-        * Otherwise the evaluation is stored with ``created_at = at`` and ``uses`` grows by one.
+          ``daily_budget`` evaluations created in the 24 hours before its ``created_at``), in that
+          order.
+        * Otherwise the evaluation is stored as given and ``uses`` grows by one.
 
         A refusal leaves the transaction as it found it (a use spent before the budget check is
-        given back in the same transaction). Concurrent calls are safe: of N racing evaluations under a consent with k
-        uses left, exactly k succeed; racing calls with the same request id record one evaluation,
-        spend one use, and all return that row.
+        given back in the same transaction). Concurrent calls are safe: of N racing evaluations
+        under a consent with k uses left, exactly k succeed; racing calls with the same request id
+        record one evaluation, spend one use, and all return that row.
         """
         e = evaluation
         _require_length(e.consent_id, "consent_id", 128)
@@ -917,23 +890,11 @@ class ConsentLedger:
         _require_sha256_hex(e.request_hash, "request_hash")
         if not e.result_jws:
             raise ValueError("result_jws must not be empty")
-        _require_aware(e.at, "at")
-        if e.daily_budget < 0:
+        _require_aware(e.created_at, "created_at")
+        if daily_budget < 0:
             raise ValueError("daily_budget must not be negative")
 
         key = {"institution_id": e.institution_id, "request_id": e.request_id}
-        stored = EvaluationRow(
-            institution_id=e.institution_id,
-            request_id=e.request_id,
-            consent_id=e.consent_id,
-            citizen_id=e.citizen_id,
-            policy_id=e.policy_id,
-            policy_sha256=e.policy_sha256,
-            decision=e.decision,
-            result_jws=e.result_jws,
-            request_hash=e.request_hash,
-            created_at=_utc(e.at),
-        )
         # Two statements on the common path: every statement is a GIL hand-off for the single log
         # writer that runs this (measured: the writer's turn-taking, not SQL, bounded evaluations).
         _lock_citizen_budget(connection, e.citizen_id)
@@ -947,10 +908,10 @@ class ConsentLedger:
             if recorded is not None:  # recorded by a racing call meanwhile: that is the answer
                 return _evaluation(recorded)
             raise _refusal(connection, e)
-        row = {f"new_{name}": getattr(stored, name) for name in _EVALUATION_COLUMNS}
-        budget = {"since": e.at - BUDGET_WINDOW, "budget": e.daily_budget}
+        row = {f"new_{name}": getattr(e, name) for name in _EVALUATION_COLUMNS}
+        budget = {"since": e.created_at - BUDGET_WINDOW, "budget": daily_budget}
         if connection.execute(_for_dialect(_INSERT_EVALUATION_WITHIN_BUDGET, connection), {**row, **budget}).first():
-            return stored
+            return e
         # Not inserted: give the use back, then say why.
         connection.execute(_GIVE_BACK_USE, {"spent_consent_id": e.consent_id})
         recorded = connection.execute(_EVALUATION_BY_KEY, key).first()
