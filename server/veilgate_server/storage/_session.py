@@ -240,26 +240,31 @@ def read_rows(
     if not isinstance(bind, Engine):
         raise TypeError("the session factory is not bound to an engine")
     readers = _kept(bind, "reads")
-    for attempt in (1, 2):
-        connection = readers.kept()
-        if connection is None:
-            with bind.connect().execution_options(**{SINGLE_STATEMENT_READ: True}) as pooled:
-                return pooled.execute(statement, params or {}).all()
-        try:
-            rows = connection.execute(statement, params or {}).all()
-            connection.rollback()  # ends the autobegun transaction; no BEGIN was sent (see db.py)
-        except DBAPIError as e:
-            readers.forget()
-            # The kept connection was lost (the server restarted or failed over): a read can be
-            # asked again, once, on a fresh connection, as the pool's ping would have done.
-            if attempt == 1 and e.connection_invalidated:
-                continue
+    try:
+        return _read_kept(readers, bind, statement, params or {})
+    except DBAPIError as e:
+        if not e.connection_invalidated:
             raise
-        except BaseException:
-            readers.forget()
-            raise
-        return rows
-    raise AssertionError("unreachable")
+    # The kept connection was lost (the server restarted or failed over): a read can be asked
+    # again, once, on a fresh connection, as the pool's ping would have done.
+    return _read_kept(readers, bind, statement, params or {})
+
+
+def _read_kept(
+    readers: _KeptConnections, bind: Engine, statement: Executable, params: dict[str, Any]
+) -> Sequence[Row[*tuple[Any, ...]]]:
+    """One read on this thread's kept connection (or a pooled one past the limit)."""
+    connection = readers.kept()
+    if connection is None:
+        with bind.connect().execution_options(**{SINGLE_STATEMENT_READ: True}) as pooled:
+            return pooled.execute(statement, params).all()
+    try:
+        rows = connection.execute(statement, params).all()
+        connection.rollback()  # ends the autobegun transaction; no BEGIN was sent (see db.py)
+    except BaseException:
+        readers.forget()  # a fresh connection next time
+        raise
+    return rows
 
 
 def insert_unique(
