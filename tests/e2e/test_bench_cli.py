@@ -8,13 +8,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "veilgate_server.cli", "bench", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         env=os.environ.copy(),
         check=False,
     )
@@ -31,6 +33,37 @@ def test_json_output_follows_the_schema() -> None:
     assert scenario["meets"] is None
     assert "IngestService" in scenario["skipped"]
     assert "[1/1] ingest" in result.stderr  # the progress line
+
+
+def test_the_quick_set_runs_every_scenario_and_reports_its_figures() -> None:
+    """`veilgate bench --quick --json -`, as CI may run it: the schema, and figures from every
+    scenario (never whether a target was met: timing is not a test)."""
+    from veilgate_server.bench.run import SCENARIOS
+
+    result = _bench("--quick", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) == {"machine", "baseline", "scenarios"}
+    for transport in ("tls", "mtls"):
+        assert report["baseline"][transport]["qps"] > 0
+    scenarios = {scenario["name"]: scenario for scenario in report["scenarios"]}
+    assert list(scenarios) == list(SCENARIOS)
+    for name, scenario in scenarios.items():
+        assert {"name", "target", "meets"} <= set(scenario), name
+        assert scenario["meets"] in (True, False, None), name
+        assert "error" not in scenario["details"], (name, scenario["details"].get("error"))
+    for name in ("audited_call", "evaluate", "get_my_data"):
+        rpc = scenarios[name]
+        assert rpc["qps"] > 0, name
+        assert 0 < rpc["p50_ms"] <= rpc["p99_ms"], name
+        assert rpc["ratio"] == pytest.approx(rpc["qps"] / rpc["baseline_qps"], abs=1e-3), name
+        assert rpc["details"]["cpu_us_per_call"] > 0, name
+    assert scenarios["log_append"]["rate"] > 0
+    assert scenarios["proofs"]["p99_ms"] > 0
+    assert scenarios["audit_verify"]["rate"] > 0
+    assert scenarios["audit_export"]["rate"] > 0
+    assert scenarios["ingest"]["skipped"]
+    assert scenarios["rss"]["details"]["rss_mb"] > 0
 
 
 def test_a_table_by_default_and_a_clear_error_for_an_unknown_scenario() -> None:
