@@ -11,7 +11,9 @@ compares servers and nothing else:
   every call that completes in the measured window;
 * the child reports when the measured window opens and closes over a pipe; the parent samples its own
   CPU time (user + system, all threads: ``time.process_time``) at those two moments, so
-  ``cpu_us_per_call`` is the server's CPU over the window divided by the calls completed in it.
+  ``cpu_us_per_call`` is the server's CPU over the window divided by the calls completed in it, and
+  ``switches_per_call`` its voluntary context switches (``getrusage``) likewise: each is a thread
+  that blocked, mostly to hand the GIL over, which costs the whole process a wake-up.
 
 Requests are built in the child, where a real client would build them: a GetMyData caller signs a
 fresh single-use request token per call with the citizen's wallet; an Evaluate caller sends a unique
@@ -24,6 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import multiprocessing
+import resource
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -333,6 +336,7 @@ class LoadResult:
 
     stats: LatencyStats
     cpu_us_per_call: float | None
+    switches_per_call: float | None
     total_calls: int
     total_errors: int
     first_error: str | None
@@ -348,6 +352,7 @@ class LoadResult:
             "seconds": round(self.stats.seconds, 3),
             "errors": self.total_errors,
             "cpu_us_per_call": None if self.cpu_us_per_call is None else round(self.cpu_us_per_call, 1),
+            "switches_per_call": None if self.switches_per_call is None else round(self.switches_per_call, 1),
             **({"first_error": self.first_error} if self.first_error else {}),
         }
 
@@ -437,6 +442,11 @@ def _cpu_seconds() -> float:
     return time.process_time()
 
 
+def _voluntary_switches() -> int:
+    """Times this process's threads gave up the CPU to wait: each lock, GIL or I/O wait that blocked."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+
 def run_load(spec: LoadSpec, *, start_timeout: float = 60.0) -> LoadResult:
     """Run ``spec`` in a separate process against a server in this process; sample this process's CPU
     over the child's measured window. Raises :class:`InternalError` when the child cannot run at all;
@@ -448,6 +458,7 @@ def run_load(spec: LoadSpec, *, start_timeout: float = 60.0) -> LoadResult:
     sender.close()
     cpu_start: float | None = None
     cpu_end: float | None = None
+    switches_start = switches_end = 0
     deadline = time.monotonic() + start_timeout + spec.warmup_seconds + spec.measured_seconds
     try:
         while True:
@@ -463,9 +474,9 @@ def run_load(spec: LoadSpec, *, start_timeout: float = 60.0) -> LoadResult:
             except EOFError:
                 raise InternalError(f"the load generator exited unexpectedly (exit code {child.exitcode})") from None
             if kind == "window-start":
-                cpu_start = _cpu_seconds()
+                cpu_start, switches_start = _cpu_seconds(), _voluntary_switches()
             elif kind == "window-end":
-                cpu_end = _cpu_seconds()
+                cpu_end, switches_end = _cpu_seconds(), _voluntary_switches()
             elif kind == "failed":
                 raise InternalError(f"the load generator failed: {value}")
             else:
@@ -481,12 +492,14 @@ def run_load(spec: LoadSpec, *, start_timeout: float = 60.0) -> LoadResult:
             child.kill()
             child.join()
     stats = latency_stats(report.latencies_s, seconds=report.seconds, errors=report.window_errors)
-    cpu = None
+    cpu = switches = None
     if cpu_start is not None and cpu_end is not None and stats.calls:
         cpu = (cpu_end - cpu_start) / stats.calls * 1e6
+        switches = (switches_end - switches_start) / stats.calls
     return LoadResult(
         stats=stats,
         cpu_us_per_call=cpu,
+        switches_per_call=switches,
         total_calls=report.total_calls,
         total_errors=report.total_errors,
         first_error=report.first_error,

@@ -162,7 +162,8 @@ def bench_baseline(quick: bool, *, concurrency: int = CONCURRENCY, seconds: Seco
     """The bare grpcio no-op over TLS and over mutual TLS; the JSON ``baseline`` section::
 
         {"server": str, "concurrency": int, "warmup_s": float, "measured_s": float,
-         "tls":  {"qps", "p50_ms", "p99_ms", "calls", "seconds", "errors", "cpu_us_per_call"},
+         "tls":  {"qps", "p50_ms", "p99_ms", "calls", "seconds", "errors", "cpu_us_per_call",
+                  "switches_per_call"},
          "mtls": {... the same ...}}
 
     Raises :class:`InternalError` when the baseline cannot be measured (nothing else can be judged)."""
@@ -347,7 +348,9 @@ def _judged(
         cpu_us_per_call=None if result.cpu_us_per_call is None else round(result.cpu_us_per_call, 1),
         baseline_transport=transport,
         baseline_p99_ms=bare_p99,
+        switches_per_call=None if result.switches_per_call is None else round(result.switches_per_call, 1),
         baseline_cpu_us_per_call=bare.get("cpu_us_per_call"),
+        baseline_switches_per_call=bare.get("switches_per_call"),
         p99_ratio=None if p99_ratio is None else round(p99_ratio, 2),
         probe=result.probe,
     )
