@@ -539,3 +539,29 @@ def test_downgrade_to_0001_and_back(store: Store) -> None:
         assert not inspect(conn).has_table("institutions")
         command.upgrade(config, "head")
     assert store.institutions.list() == []
+
+
+def test_reads_on_the_driver_cursor_agree_with_sqlalchemys(store: Store) -> None:
+    """The reads every call makes run on the driver's cursor (``DriverSql``), the rest through
+    SQLAlchemy: both must give the same values, instants (with and without microseconds), flags
+    and all, and the driver's own writes must read back through SQLAlchemy unchanged."""
+    odd = T0 + dt.timedelta(seconds=1, microseconds=123_456)
+    _consent(store, "consent-odd", not_before=odd, at=odd)
+    store.consents.revoke("consent-odd", citizen_id=CITIZEN, at=odd + dt.timedelta(microseconds=1))
+    _consent(store, "consent-1", max_uses=5)
+    spent = _spend(store, "req-odd", at=odd + dt.timedelta(hours=1))
+    _spend(store, "req-even", at=T0 + dt.timedelta(hours=2))
+    store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=odd)
+    store.institutions.set_enabled(BANK, False)
+
+    through_sqlalchemy = {row.consent_id: row for row in store.consents.for_citizen(CITIZEN)}
+    assert store.consents.get("consent-odd") == through_sqlalchemy["consent-odd"]
+    assert store.consents.get("consent-odd").revoked_at == odd + dt.timedelta(microseconds=1)
+    assert store.consents.get("consent-1") == through_sqlalchemy["consent-1"]
+    assert store.consents.get("consent-1").uses == 2
+    assert store.institutions.get(BANK) == store.institutions.list()[0]
+    assert store.institutions.get(BANK).enabled is False
+    recorded = {row.request_id: row for row in store.consents.evaluations_for_citizen(CITIZEN)}
+    assert recorded["req-odd"] == spent == store.consents.find_evaluation(BANK, "req-odd")
+    assert recorded["req-odd"].created_at == odd + dt.timedelta(hours=1)
+    assert recorded["req-even"] == store.consents.find_evaluation(BANK, "req-even")

@@ -56,7 +56,16 @@ from veilgate.errors import InternalError, StorageError
 from veilgate.merkle import HASH_SIZE, leaf_hash
 from veilgate_server.core.merkle import Frontier, SubtreeKey, root_of
 
-from ._session import kept_write_connection, read_rows, storage_errors, write_connection, write_session
+from ._session import (
+    DriverSql,
+    bind_instant,
+    kept_write_connection,
+    read_driver_rows,
+    read_rows,
+    storage_errors,
+    write_connection,
+    write_session,
+)
 from .models import (
     KEY_LENGTH,
     AuditLogCheckpoint,
@@ -143,6 +152,7 @@ class WriterStats:
 # --- helpers --------------------------------------------------------------------------------------
 
 _KEY_OF_CITIZEN = select(CitizenLogKey.key).where(CitizenLogKey.citizen_id == bindparam("citizen_id"))
+_READ_KEY_OF_CITIZEN = DriverSql.select("LogKey", "citizen_log_keys", ["key"], "citizen_id = :citizen_id")
 _SUBTREE_RANGE = select(AuditLogSubtree.idx, AuditLogSubtree.hash).where(
     AuditLogSubtree.level == bindparam("level"),
     AuditLogSubtree.idx >= bindparam("start"),
@@ -285,16 +295,6 @@ def _append_sql(dialect: Dialect) -> _AppendSql:
     return sql
 
 
-def _bind_created_at(dialect: Dialect, value: dt.datetime) -> Any:
-    """``value`` as the driver takes it for ``log_entries.created_at`` (the column type's own processing)."""
-    process = AuditLogEntry.__table__.c.created_at.type.bind_processor(dialect)
-    bound = value if process is None else process(value)
-    if dialect.name == "sqlite" and isinstance(bound, dt.datetime):
-        # What the sqlite3 module's default adapter would store, made once per batch, not per row.
-        return bound.isoformat(" ")
-    return bound
-
-
 # --- the repository -------------------------------------------------------------------------------
 
 
@@ -338,7 +338,7 @@ class AuditLog:
                 raise StorageError("could not append to the audit log: its head row is missing")
             size = new_size - len(requests)
             frontier = self._frontier_at(size, connection)
-            created_at = _bind_created_at(connection.dialect, now)
+            created_at = bind_instant(connection.dialect, now)  # once per batch, not per row
             entries: list[tuple[Any, ...]] = []
             subtrees: list[tuple[Any, ...]] = []
             subjects: list[tuple[Any, ...]] = []
@@ -480,7 +480,7 @@ class AuditLog:
         _require_citizen_id(citizen_id)
         params = {"citizen_id": citizen_id}
         with storage_errors("read the citizen's pseudonym key"):
-            rows = read_rows(self._sessions, _KEY_OF_CITIZEN, params)
+            rows = read_driver_rows(self._sessions, _READ_KEY_OF_CITIZEN, params)
         if rows or not create:
             return bytes(rows[0][0]) if rows else None
         row = {"citizen_id": citizen_id, "key": secrets.token_bytes(KEY_LENGTH), "created_at": self._clock()}
