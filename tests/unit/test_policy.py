@@ -8,11 +8,24 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from veilgate_server.core.catalog import Catalog, load_catalog
+from veilgate_server.core.catalog import (
+    Catalog,
+    CatalogItem,
+    CatalogValueError,
+    ScalarType,
+    _scalar_problem,
+    load_catalog,
+    validate_value,
+)
 from veilgate_server.core.policy import (
+    Policy,
     PolicyInvalid,
     PolicyParameterInvalid,
+    _scalar_reader,
+    date_to_days,
     evaluate,
     load_policies,
     load_policy,
@@ -268,3 +281,100 @@ def test_incomes_in_the_same_band_give_identical_outcomes(catalog: Catalog) -> N
 
     assert outcome_for("12345.67") == outcome_for("13999.99")
     assert outcome_for("12345.67") != outcome_for("31000.00")
+
+
+# --- the input readers agree with the catalog --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped(catalog: Catalog) -> dict[str, Policy]:
+    return load_policies(POLICIES, catalog)
+
+
+def _scalars(kind: str, values: tuple[str, ...]) -> st.SearchStrategy[object]:
+    """Values of ``kind`` the catalog accepts, mixed with near misses and values of other types."""
+    valid: dict[str, st.SearchStrategy[object]] = {
+        "int": st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        "bool": st.booleans(),
+        "decimal": st.from_regex(r"-?(0|[1-9][0-9]{0,8})(\.[0-9]{1,4})?", fullmatch=True),
+        "date": st.dates().map(date.isoformat),
+        "enum": st.sampled_from(values or ("none",)),
+        "string": st.text(max_size=12),
+    }
+    wrong = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.from_regex(r"-?[0-9]{1,3}(\.[0-9]{0,6})?|[0-9]{4}-[0-9]{2}-[0-9]{2}|0[0-9]+|[0-9.e+-]{1,6}", fullmatch=True),
+        st.text(max_size=8),
+        st.text(alphabet=st.characters(categories=["Cs"]), min_size=1, max_size=2),  # not encodable text
+        st.just("x" * 1001),
+        st.just("1" * 33),
+        st.lists(st.integers(), max_size=2),
+    )
+    return st.one_of(valid[kind], wrong)
+
+
+def _input_values(item: CatalogItem) -> st.SearchStrategy[object]:
+    if item.type != "records":
+        return _scalars(item.type, item.values)
+    row = st.fixed_dictionaries({spec.name: _scalars(spec.type, spec.values) for spec in item.fields})
+    near_rows = st.one_of(
+        row,
+        row.map(lambda r: {**r, "undeclared": 1}),
+        row.map(lambda r: dict(list(r.items())[1:])),
+        st.integers(),
+    )
+    return st.one_of(st.lists(row, max_size=3), st.lists(near_rows, max_size=3), st.none(), st.text(max_size=4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_input_readers_accept_exactly_what_the_catalog_accepts(shipped: dict[str, Policy], data: st.DataObject) -> None:
+    """Each policy reads its inputs in one pass that both checks (as ``validate_value``) and makes
+    the CEL value. It must refuse exactly what the catalog refuses, and make what the two passes
+    made: decimals as doubles, dates as days since 1970-01-01, rows as the item's messages."""
+    policy = data.draw(st.sampled_from(sorted(shipped.values(), key=lambda p: p.id)))
+    item = data.draw(st.sampled_from(policy.inputs))
+    value = data.draw(_input_values(item))
+    read = policy._compiled.readers[item.id]
+    try:
+        validate_value(item, value)
+    except CatalogValueError:
+        with pytest.raises(CatalogValueError):
+            read(value)
+        return
+    converted = read(value)
+
+    def expected(kind: str, raw: object) -> object:
+        if kind == "decimal":
+            return float(str(raw))
+        if kind == "date":
+            return date_to_days(date.fromisoformat(str(raw)))
+        return raw
+
+    if item.type != "records":
+        assert converted == expected(item.type, value)
+        assert type(converted) is type(expected(item.type, value))
+        return
+    assert isinstance(value, list)
+    assert isinstance(converted, list)
+    assert len(converted) == len(value)
+    for row, message in zip(value, converted, strict=True):
+        for spec in item.fields:
+            assert getattr(message, spec.name) == expected(spec.type, row[spec.name])
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), kind=st.sampled_from(["int", "bool", "decimal", "date", "enum", "string"]))
+def test_scalar_readers_refuse_exactly_what_the_catalog_refuses(data: st.DataObject, kind: ScalarType) -> None:
+    """Every scalar type, whether or not a shipped policy reads it today."""
+    values = ("low", "high")
+    value = data.draw(_scalars(kind, values))
+    read = _scalar_reader("some.item", kind, values)
+    if _scalar_problem(kind, values, value) is not None:
+        with pytest.raises(CatalogValueError):
+            read(value)
+    else:
+        read(value)

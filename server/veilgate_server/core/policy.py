@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -56,15 +56,22 @@ from google.protobuf.message import Message
 
 from veilgate.consent import PURPOSES
 from veilgate.errors import PolicyInvalid, PolicyParameterInvalid
+from veilgate_server.core.catalog import _DATE as _CATALOG_DATE
 from veilgate_server.core.catalog import (
+    _DECIMAL,
+    _INT_MAX,
+    _INT_MIN,
+    _MAX_DECIMAL_LENGTH,
+    MAX_RECORD_ROWS,
+    MAX_STRING_LENGTH,
     Catalog,
     CatalogItem,
     CatalogValueError,
+    ItemId,
     ScalarType,
     _Checker,
     _Map,
     _StrictLoader,
-    validate_value,
 )
 
 __all__ = [
@@ -173,7 +180,8 @@ class _Compiled:
     env: cel.Env
     rules: tuple[cel.Expression, ...]
     bands: tuple[tuple[str, tuple[tuple[str, cel.Expression], ...]], ...]
-    row_classes: Mapping[str, type[Message]]
+    readers: Mapping[ItemId, _Reader]
+    """Per input: checks a JSON value against the catalog and makes it the CEL value."""
 
 
 @dataclass(frozen=True)
@@ -508,7 +516,8 @@ def _compile(
         (name, tuple((b.label, compile_bool(b.when, b.line, f"band {name!r} {b.label!r}: 'when'")) for b in entries))
         for name, entries in bands.items()
     )
-    return _Compiled(env, compiled_rules, compiled_bands, MappingProxyType(row_classes))
+    readers = {item.id: _reader(item, row_classes.get(item.id)) for item in inputs}
+    return _Compiled(env, compiled_rules, compiled_bands, MappingProxyType(readers))
 
 
 def _cel_message(error: RuntimeError) -> str:
@@ -554,7 +563,7 @@ def evaluate(
     compiled = policy._compiled
     try:
         for item in policy.inputs:
-            variables[item.id] = _cel_value(item, records[item.id][1], compiled.row_classes.get(item.id))
+            variables[item.id] = compiled.readers[item.id](records[item.id][1])
         activation = compiled.env.Activation(variables)
         passed = [_run(program, activation) for program in compiled.rules]
         bands = {name: _first_band(entries, activation) for name, entries in compiled.bands}
@@ -629,21 +638,94 @@ def _parse_date(text: str, where: str) -> date:
         raise PolicyParameterInvalid(f"{where} is not a calendar date") from None
 
 
-def _scalar(kind: ScalarType, value: object) -> object:
+_Reader = Callable[[object], object]
+"""JSON wire value -> CEL value; raises CatalogValueError for a value the catalog refuses."""
+
+
+def _refused(item_id: str) -> CatalogValueError:
+    return CatalogValueError(f"data item {item_id!r}: not of its declared type")  # never the value
+
+
+def _scalar_reader(item_id: str, kind: ScalarType, values: tuple[str, ...]) -> _Reader:
+    """Check a JSON scalar exactly as :func:`~veilgate_server.core.catalog.validate_value` does and
+    convert it to its CEL value (dates to days, decimals to doubles), in one call per value: checking
+    and converting in two passes over a citizen's rows cost about 250 µs an evaluation, twice CEL's
+    own time. ``test_policy`` holds every reader to ``validate_value`` on arbitrary values."""
+    if kind == "int":
+
+        def read_int(value: object) -> object:
+            if type(value) is not int or not _INT_MIN <= value <= _INT_MAX:
+                raise _refused(item_id)
+            return value
+
+        return read_int
+    if kind == "bool":
+
+        def read_bool(value: object) -> object:
+            if type(value) is not bool:
+                raise _refused(item_id)
+            return value
+
+        return read_bool
     if kind == "decimal":
-        assert isinstance(value, str)
-        return float(value)
+
+        def read_decimal(value: object) -> object:
+            if not isinstance(value, str) or len(value) > _MAX_DECIMAL_LENGTH or _DECIMAL.fullmatch(value) is None:
+                raise _refused(item_id)
+            return float(value)
+
+        return read_decimal
     if kind == "date":
-        assert isinstance(value, str)
-        return date_to_days(date.fromisoformat(value))
-    return value
+
+        def read_date(value: object) -> object:
+            if not isinstance(value, str) or _CATALOG_DATE.fullmatch(value) is None:
+                raise _refused(item_id)
+            try:
+                return date.fromisoformat(value).toordinal() - _EPOCH_ORDINAL
+            except ValueError:
+                raise _refused(item_id) from None
+
+        return read_date
+    if kind == "enum":
+        allowed = frozenset(values)
+
+        def read_enum(value: object) -> object:
+            if not isinstance(value, str) or value not in allowed:
+                raise _refused(item_id)
+            return value
+
+        return read_enum
+    if kind == "string":
+
+        def read_string(value: object) -> object:
+            if not isinstance(value, str) or len(value) > MAX_STRING_LENGTH:
+                raise _refused(item_id)
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate is not text
+                raise _refused(item_id) from None
+            return value
+
+        return read_string
+    raise ValueError(f"unsupported type {kind!r}")
 
 
-def _cel_value(item: CatalogItem, value: object, row_class: type[Message] | None) -> object:
-    """JSON wire value -> CEL value, after checking it against the catalog (a bad value never passes)."""
-    validate_value(item, value)
+def _reader(item: CatalogItem, row_class: type[Message] | None) -> _Reader:
+    """The reader of one input: a scalar, or a list of rows made into the item's row messages."""
     if item.type != "records":
-        return _scalar(item.type, value)
+        return _scalar_reader(item.id, item.type, item.values)
     assert row_class is not None
-    assert isinstance(value, list)
-    return [row_class(**{spec.name: _scalar(spec.type, row[spec.name]) for spec in item.fields}) for row in value]
+    names = frozenset(spec.name for spec in item.fields)
+    fields = tuple((spec.name, _scalar_reader(item.id, spec.type, spec.values)) for spec in item.fields)
+
+    def read_rows(value: object) -> object:
+        if type(value) is not list or len(value) > MAX_RECORD_ROWS:
+            raise _refused(item.id)
+        rows = []
+        for row in value:
+            if type(row) is not dict or row.keys() != names:
+                raise _refused(item.id)
+            rows.append(row_class(**{name: read(row[name]) for name, read in fields}))
+        return rows
+
+    return read_rows
