@@ -30,6 +30,7 @@ __all__ = [
     "StateChange",
     "bind_instant",
     "close_kept_connections",
+    "driver_cursor",
     "insert_unique",
     "kept_write_connection",
     "read_driver_rows",
@@ -228,9 +229,23 @@ def kept_write_connection(sessions: sessionmaker[Session]) -> Iterator[Connectio
     try:
         with lock if lock is not None else contextlib.nullcontext(), connection.begin():
             yield connection
-    except SQLAlchemyError:
+    except (SQLAlchemyError, sqlite3.Error, psycopg.Error):
         writers.forget()
         raise
+
+
+@contextmanager
+def driver_cursor(connection: Connection) -> Iterator[Any]:
+    """The driver's own cursor on ``connection``, closed afterwards: for statements that never
+    change, run many times a second inside a transaction begun through SQLAlchemy (see
+    :class:`DriverSql` for what that saves). Driver errors are raised as they are."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        yield cursor
+    finally:
+        cursor.close()
 
 
 def read_rows(
@@ -316,16 +331,11 @@ class DriverSql:
         sql = self._sql.get(connection.dialect.name)
         if sql is None:
             raise StorageError(f"this statement is not implemented for the {connection.dialect.name} backend")
-        driver = connection.connection.driver_connection
-        assert driver is not None
-        cursor = driver.cursor()
-        try:
+        with driver_cursor(connection) as cursor:
             cursor.execute(sql, params)
             if cursor.description is None:  # no rows to return (psycopg would refuse to fetch)
                 return []
             return [self._row(values) for values in cursor.fetchall()]
-        finally:
-            cursor.close()
 
 
 def bind_instant(dialect: Dialect, value: dt.datetime) -> Any:

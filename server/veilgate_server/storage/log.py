@@ -59,6 +59,7 @@ from veilgate_server.core.merkle import Frontier, SubtreeKey, root_of
 from ._session import (
     DriverSql,
     bind_instant,
+    driver_cursor,
     kept_write_connection,
     read_driver_rows,
     read_rows,
@@ -331,12 +332,17 @@ class AuditLog:
             return []
         now = self._clock()
         _require_aware(now, "the log clock's time")
-        with storage_errors("append to the audit log"), kept_write_connection(self._sessions) as connection:
+        with (
+            storage_errors("append to the audit log"),
+            kept_write_connection(self._sessions) as connection,
+            driver_cursor(connection) as cursor,
+        ):
             sql = _append_sql(connection.dialect)
-            new_size = connection.exec_driver_sql(sql.claim, (len(requests),)).scalar_one_or_none()
-            if new_size is None:
+            cursor.execute(sql.claim, (len(requests),))
+            claimed = cursor.fetchone()
+            if claimed is None:
                 raise StorageError("could not append to the audit log: its head row is missing")
-            size = new_size - len(requests)
+            size = claimed[0] - len(requests)
             frontier = self._frontier_at(size, connection)
             created_at = bind_instant(connection.dialect, now)  # once per batch, not per row
             entries: list[tuple[Any, ...]] = []
@@ -351,13 +357,13 @@ class AuditLog:
                         subtrees.append((completed.level, completed.index, completed.hash))
                 if request.subject_citizen_id is not None:
                     subjects.append((request.subject_citizen_id, index))
-            # Plain driver executemany: these statements never change, and the per-row parameter
-            # processing of compiled statements would cost more than the commit itself.
-            connection.exec_driver_sql(sql.insert_entries, entries)
+            # On the driver's cursor: these statements never change, and SQLAlchemy's execution
+            # (and, for compiled statements, its per-row parameter processing) cost more than they.
+            cursor.executemany(sql.insert_entries, entries)
             if subtrees:
-                connection.exec_driver_sql(sql.insert_subtrees, subtrees)
+                cursor.executemany(sql.insert_subtrees, subtrees)
             if subjects:
-                connection.exec_driver_sql(sql.insert_subjects, subjects)
+                cursor.executemany(sql.insert_subjects, subjects)
         # Committed: remember the new frontier for the next append.
         with self._cache_lock:
             if frontier.size > self._cached_edge[0]:
