@@ -33,6 +33,7 @@ from veilgate_server.storage import (
     StoredRecord,
     check_schema,
     create_engine_for,
+    repositories,
     sqlite_url,
     upgrade_schema,
 )
@@ -331,6 +332,22 @@ def test_expired_rows_of_the_citizen_are_purged(store: Store) -> None:
         store.requests.consume("c-1", "live", expires_at=T0 + dt.timedelta(hours=1), now=later)
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+def test_the_purge_reads_only_the_citizens_expired_rows(store: Store) -> None:
+    """Every consume purges; it must search by (citizen, expiry), not read every token the citizen
+    spent within the tokens' lifetime (a citizen's calls then slowed down with their own pace)."""
+    purge = repositories._PURGE_EXPIRED_TOKENS
+    with store.engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        plan = driver.execute(
+            "EXPLAIN QUERY PLAN " + purge._sql["sqlite"], {"citizen_id": "c-1", "now": "x", "jti": "j"}
+        ).fetchall()
+    assert any(
+        "ix_used_request_tokens_citizen_id_expires_at (citizen_id=? AND expires_at<?)" in row[-1] for row in plan
+    )
+
+
 def test_a_stored_jti_is_refused_even_when_expired(store: Store) -> None:
     exp = T0 + dt.timedelta(minutes=1)
     store.requests.consume("c-1", "jti-1", expires_at=exp, now=T0)
@@ -424,7 +441,7 @@ def test_check_schema_on_an_empty_database(database_url: str) -> None:
 
     engine = create_engine_for(database_url)
     try:
-        with pytest.raises(StorageError, match=r"revision <none>, expected 0003"):
+        with pytest.raises(StorageError, match=r"revision <none>, expected 0004"):
             check_schema(engine)
         upgrade_schema(engine)
         check_schema(engine)
