@@ -49,7 +49,7 @@ def _check_figures(figures: dict[str, object]) -> None:
     calls, p50, p99 = figures["calls"], figures["p50_ms"], figures["p99_ms"]
     assert isinstance(calls, int)
     assert calls > 0
-    for key in ("qps", "p50_ms", "p99_ms", "cpu_us_per_call"):
+    for key in ("qps", "p50_ms", "p99_ms", "cpu_us_per_call", "switches_per_call"):
         value = figures[key]
         assert isinstance(value, float), key
         assert value > 0, key
@@ -82,6 +82,7 @@ def _check_scenario(result: ScenarioResult, name: str, baseline_qps: float, *, t
     assert result.baseline_qps == baseline_qps
     assert result.ratio == pytest.approx(result.qps / baseline_qps, abs=1e-3)
     assert result.details["cpu_us_per_call"] > 0
+    assert result.details["switches_per_call"] > 0  # a gateway call waits for its log entry at least
     assert result.details["p99_ratio"] > 0
     if targeted:
         assert isinstance(result.meets, bool)
