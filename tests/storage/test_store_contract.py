@@ -227,7 +227,7 @@ def test_a_full_read_returns_exactly_what_a_listed_read_returns(store: Store) ->
     listed = store.records.for_citizen("c-1", [f"item.{n}" for n in range(len(values))])
     assert store.records.for_citizen("c-1") == listed
     assert [r.value_json for r in listed] == values
-    as_delivered = [(r.item_id, r.as_of.isoformat(), r.value_json) for r in listed]
+    as_delivered = {r.item_id: (r.as_of.isoformat(), r.value_json) for r in listed}
     assert store.records.for_delivery("c-1") == as_delivered
     assert store.records.for_delivery("c-1", [r.item_id for r in listed]) == as_delivered
 

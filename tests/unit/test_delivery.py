@@ -84,7 +84,7 @@ def _encode_both(catalog: Catalog, records: list[Record], **fields: object) -> t
         "watermark": "wm_00",
         "issued_at": 1_700_000_000,
     } | fields
-    rows = [(r.item_id, r.as_of.isoformat(), r.value_json) for r in records]
+    rows = {r.item_id: (r.as_of.isoformat(), r.value_json) for r in records}
     fast, count = DeliveryEncoder(catalog).payload(**(args | {"records": rows}))  # type: ignore[arg-type]
     return fast, canonical_json(_reference_claims(**args)), count  # type: ignore[arg-type]
 

@@ -94,7 +94,7 @@ class DeliveryEncoder:
         gateway_id: str,
         citizen_id: str,
         selected: Iterable[CatalogItem],
-        records: Iterable[tuple[str, str, str]],
+        records: Mapping[str, tuple[str, str]],
         request_token: str,
         delivery_id: str,
         watermark: str,
@@ -102,12 +102,11 @@ class DeliveryEncoder:
     ) -> tuple[bytes, int]:
         """The payload's bytes and the number of items in it (items without a record are left out).
 
-        ``records`` are ``(item_id, as_of as an ISO date, value_json)``, as
+        ``records`` maps item id to ``(as_of as an ISO date, value_json)``, as
         :meth:`~veilgate_server.storage.RecordStore.for_delivery` reads them."""
-        by_item = {item_id: (as_of, value) for item_id, as_of, value in records}
         parts: list[bytes] = []
         for item in selected:
-            record = by_item.get(item.id)
+            record = records.get(item.id)
             if record is None:
                 continue
             head, middle = self._frames[item.id]

@@ -564,17 +564,28 @@ class RecordStore:
                 for c, i, d, a, v in read_rows(self._sessions, statement, params)
             ]
 
-    def for_delivery(self, citizen_id: str, item_ids: Collection[str] | None = None) -> list[tuple[str, str, str]]:
-        """The records of :meth:`for_citizen` as a delivery writes them: ``(item_id, as_of as an
-        ISO date, value_json)``, ordered by ``item_id``. No record object and no date is built per
-        row only to be formatted again (188 of them cost about 0.4 ms a call in the server)."""
-        if item_ids is None and self._dialect == "sqlite":
-            with storage_errors("read records"):
-                [(joined,)] = read_driver_rows(
-                    self._sessions, _SQLITE_RECORDS_OF_CITIZEN_JOINED, {"citizen_id": citizen_id}
-                )
-            return [(item_id, as_of, value) for item_id, _, as_of, value in _split_records(joined)]
-        return [(r.item_id, r.as_of.isoformat(), r.value_json) for r in self.for_citizen(citizen_id, item_ids)]
+    def for_delivery(self, citizen_id: str, item_ids: Collection[str] | None = None) -> dict[str, tuple[str, str]]:
+        """The records of :meth:`for_citizen` as a delivery writes them: item id to ``(as_of as an
+        ISO date, value_json)``, in no particular order (a delivery lists items in catalog order).
+        No record object, no date and no sort per call only to be undone again (188 records)."""
+        if self._dialect != "sqlite":
+            return {r.item_id: (r.as_of.isoformat(), r.value_json) for r in self.for_citizen(citizen_id, item_ids)}
+        read, params = _SQLITE_RECORDS_OF_CITIZEN_JOINED, {"citizen_id": citizen_id}
+        if item_ids is not None:
+            if not item_ids:
+                return {}
+            read, params["item_ids"] = _SQLITE_RECORDS_OF_CITIZEN_AMONG_JOINED, json.dumps(sorted(set(item_ids)))
+        with storage_errors("read records"):
+            [(joined,)] = read_driver_rows(self._sessions, read, params)
+        if joined is None:  # no record at all
+            return {}
+        records: dict[str, tuple[str, str]] = {}
+        for record in joined.split(_RECORD_SEPARATOR):
+            fields = record.split(_FIELD_SEPARATOR)
+            if len(fields) != 4:
+                raise StorageError("could not read records: a stored record holds a control character")
+            records[fields[0]] = (fields[2], fields[3])
+        return records
 
     def count(self) -> int:
         with storage_errors("count records"), self._sessions() as session:
