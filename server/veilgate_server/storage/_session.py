@@ -253,11 +253,12 @@ def read_rows(
 ) -> Sequence[Row[*tuple[Any, ...]]]:
     """Run one read statement and return its rows.
 
-    Hot-path reads go through here rather than an ORM session: measured on SQLite, a primary-key
+    For reads through SQLAlchemy Core that need no ORM session (the reads every call makes go
+    further, to the driver's cursor: :func:`read_driver_rows`). Measured on SQLite, a primary-key
     lookup costs about 60 µs on a pooled plain connection against about 220 µs through
     ``Session.get`` (identity map, unit of work and session transaction bookkeeping that a
     one-statement read does not need), and about 26 µs on the thread's kept connection
-    (:class:`_ReadConnections`). Pass a statement built once with ``bindparam`` placeholders and the
+    (:class:`_KeptConnections`). Pass a statement built once with ``bindparam`` placeholders and the
     values in ``params``: building the statement anew on every call costs as much again in
     cache-key computation."""
     bind = sessions.kw.get("bind")
@@ -304,7 +305,7 @@ class DriverSql:
     every call's path are written out like this; everything else keeps using SQLAlchemy.
 
     ``sql`` uses ``:name`` placeholders (sqlite3's named style), rewritten to ``%(name)s`` for
-    psycopg unless ``postgresql`` gives that dialect's own text. Parameters go to the driver as
+    psycopg: write SQL that both backends read alike. Parameters go to the driver as
     they are: pass instants through :func:`bind_instant`. Rows (of a SELECT, or of RETURNING) come
     back as named tuples of the driver's values: instants and dates are text on SQLite (read them
     with ``repositories._utc``), booleans are 0/1 there, binary columns are ``bytes`` on both.
@@ -312,11 +313,9 @@ class DriverSql:
 
     __slots__ = ("_row", "_sql")
 
-    def __init__(self, name: str, columns: Sequence[str], sql: str, *, postgresql: str | None = None) -> None:
+    def __init__(self, name: str, columns: Sequence[str], sql: str) -> None:
         self._row: Callable[[Sequence[Any]], Any] = namedtuple(name, columns)._make  # type: ignore[attr-defined]
-        if postgresql is None:
-            postgresql = _PLACEHOLDER.sub(r"%(\1)s", sql)
-        self._sql = {"sqlite": sql, "postgresql": postgresql}
+        self._sql = {"sqlite": sql, "postgresql": _PLACEHOLDER.sub(r"%(\1)s", sql)}
 
     @classmethod
     def select(cls, name: str, table: str, columns: Sequence[str], where: str) -> DriverSql:

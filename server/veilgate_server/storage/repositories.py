@@ -182,7 +182,9 @@ _READ_INSTITUTION = _driver_select(RegisteredInstitution, "institution_id = :ins
 _READ_CONSENT = _driver_select(Consent, "consent_id = :consent_id")
 _READ_EVALUATION = _driver_select(Evaluation, "institution_id = :institution_id AND request_id = :request_id")
 
-# The writes of every Evaluate and every citizen call, made in the audit log writer's transaction.
+# The writes of every Evaluate and every citizen call, made in the audit log writer's transaction,
+# which other calls' entries share: a conflict must not raise there (on PostgreSQL an error aborts
+# the whole transaction), hence ON CONFLICT DO NOTHING, with a RETURNING row saying the row went in.
 # One statement both checks that the consent is usable and spends the use (and, on PostgreSQL,
 # row-locks it to the commit); a refusal is explained afterwards, on the rare path.
 _SPEND_USE = DriverSql(
