@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -491,3 +492,20 @@ def test_unsupported_url_scheme(db_backend: str) -> None:
     with pytest.raises(ConfigurationError) as raised:
         create_engine_for("postgresql+psycopg2://root:hunter2@localhost/veilgate")
     assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # SQLite's file lock
+def test_a_write_that_cannot_begin_is_a_storage_error(store: Store) -> None:
+    """Write transactions begin on the driver itself (``BEGIN IMMEDIATE``). When another process
+    holds SQLite's write lock past the busy timeout, the caller still gets a StorageError naming the
+    action, never the driver's own exception."""
+    other = sqlite3.connect(store.engine.url.database or "", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageError, match="could not append to the audit log"):
+            store.log.append_batch([AppendRequest(b'{"call":0}')])
+        with pytest.raises(StorageError, match="could not register the institution"):
+            store.institutions.register("bank.locked", kind="bank", name="Locked", at=T0)
+    finally:
+        other.close()
+    assert store.log.append_batch([AppendRequest(b'{"call":0}')]) == [0]  # and it recovers

@@ -20,11 +20,13 @@ The schema is owned by Alembic (``migrations/``). The gateway never creates tabl
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -149,7 +151,7 @@ def _wrapped(action: str) -> Iterator[None]:
     """Turn driver and SQLAlchemy failures into StorageError without echoing SQL or values."""
     try:
         yield
-    except SQLAlchemyError as e:
+    except (SQLAlchemyError, sqlite3.Error, psycopg.Error) as e:  # BEGIN goes to the driver itself
         raise StorageError(f"could not {action}: the database reported {type(e).__name__}") from e
 
 
