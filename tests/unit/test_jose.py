@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nacl.signing
 import pytest
@@ -13,6 +14,7 @@ from joserfc.jwk import OKPKey
 
 from veilgate._internal import jose
 from veilgate.errors import TokenInvalid
+from veilgate_server.crypto.keys import GatewaySigner
 
 # RFC 8032 §7.1, TEST 1.
 RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -167,3 +169,26 @@ def test_arbitrary_segments_only_ever_raise_token_invalid(parts: list[bytes]) ->
     token = ".".join(jose.b64url_encode(p) for p in parts)
     with pytest.raises(TokenInvalid):
         jose.verify_jws(token, public_key=RFC8032_PUBLIC, typ="t")
+
+
+# --- the gateway's signer: OpenSSL for deliveries, libsodium for the rest, one signature ---------------
+
+
+def test_the_gateway_signs_a_delivery_as_the_pinned_vector() -> None:
+    signer = GatewaySigner.from_seed(RFC8032_SEED)
+    assert signer.sign_payload(jose.canonical_json(PINNED_CLAIMS), typ="test+jwt") == PINNED_JWS
+    assert signer.sign(PINNED_CLAIMS, typ="test+jwt") == PINNED_JWS
+
+
+def test_both_implementations_of_the_gateway_key_sign_alike_at_every_size() -> None:
+    seed = os.urandom(32)
+    signer = GatewaySigner.from_seed(seed)
+    libsodium = nacl.signing.SigningKey(seed)
+    for size in (1, 1_000, 10_000, 100_000):
+        payload = jose.canonical_json({"blob": os.urandom(size).hex()})
+        token = signer.sign_payload(payload, typ="veilgate-delivery+jwt")
+        assert token == jose.sign_jws_payload(
+            payload, sign=lambda data: libsodium.sign(data).signature, typ="veilgate-delivery+jwt", kid=signer.key_id
+        )
+        signing_input, _, signature = token.rpartition(".")
+        nacl.signing.VerifyKey(signer.public_key).verify(signing_input.encode(), jose.b64url_decode(signature))

@@ -24,7 +24,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,17 +133,19 @@ def jwk_thumbprint(public_key: bytes) -> str:
 
 def sign_jws(claims: Mapping[str, Any], *, signing_key: nacl.signing.SigningKey, typ: str, kid: str | None) -> str:
     """Sign ``claims`` as a compact JWS with a header of exactly alg, typ and (when given) kid."""
-    return sign_jws_payload(canonical_json(claims), signing_key=signing_key, typ=typ, kid=kid)
+    return sign_jws_payload(
+        canonical_json(claims), sign=lambda data: signing_key.sign(data).signature, typ=typ, kid=kid
+    )
 
 
-def sign_jws_payload(payload: bytes, *, signing_key: nacl.signing.SigningKey, typ: str, kid: str | None) -> str:
-    """:func:`sign_jws` for claims the caller already encoded as canonical JSON bytes."""
+def sign_jws_payload(payload: bytes, *, sign: Callable[[bytes], bytes], typ: str, kid: str | None) -> str:
+    """:func:`sign_jws` for claims the caller already encoded as canonical JSON bytes; ``sign``
+    makes the 64-byte Ed25519 signature of the signing input (any implementation of the key)."""
     header: dict[str, str] = {"alg": ALGORITHM, "typ": typ}
     if kid is not None:
         header["kid"] = kid
     signing_input = f"{b64url_encode(canonical_json(header))}.{b64url_encode(payload)}"
-    signature = signing_key.sign(signing_input.encode("ascii")).signature
-    return f"{signing_input}.{b64url_encode(signature)}"
+    return f"{signing_input}.{b64url_encode(sign(signing_input.encode('ascii')))}"
 
 
 @dataclass(frozen=True, slots=True)

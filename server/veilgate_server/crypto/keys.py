@@ -37,6 +37,11 @@ class GatewaySigner:
 
     def __init__(self, signing_key: nacl.signing.SigningKey) -> None:
         self._key = signing_key
+        # The same key in OpenSSL, for deliveries: Ed25519 hashes the whole signing input twice, and
+        # OpenSSL's SHA-512 is faster than libsodium's (a 93 KB delivery: 331 against 458 µs of
+        # CPU). libsodium is faster below about 10 KB (a result: 24 against 37 µs), so it signs the
+        # rest. Ed25519 is deterministic: both give the same signature.
+        self._large = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(signing_key))
         self.public_key = bytes(signing_key.verify_key)
         self.key_id = jose.jwk_thumbprint(self.public_key)
 
@@ -70,4 +75,4 @@ class GatewaySigner:
 
     def sign_payload(self, payload: bytes, *, typ: str) -> str:
         """Sign claims already encoded as canonical JSON (see :func:`veilgate._internal.jose.sign_jws_payload`)."""
-        return jose.sign_jws_payload(payload, signing_key=self._key, typ=typ, kid=self.key_id)
+        return jose.sign_jws_payload(payload, sign=self._large.sign, typ=typ, kid=self.key_id)
