@@ -305,7 +305,8 @@ class DriverSql:
     every call's path are written out like this; everything else keeps using SQLAlchemy.
 
     ``sql`` uses ``:name`` placeholders (sqlite3's named style), rewritten to ``%(name)s`` for
-    psycopg: write SQL that both backends read alike. Parameters go to the driver as
+    psycopg: write SQL that both backends read alike, with no literal ``%`` (psycopg would read it
+    as a placeholder) and no ``:word`` outside a placeholder. Parameters go to the driver as
     they are: pass instants through :func:`bind_instant`. Rows (of a SELECT, or of RETURNING) come
     back as named tuples of the driver's values: instants and dates are text on SQLite (read them
     with ``repositories._utc``), booleans are 0/1 there, binary columns are ``bytes`` on both.
