@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from cel_expr_python import cel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,9 +22,12 @@ from veilgate_server.core.catalog import (
     validate_value,
 )
 from veilgate_server.core.policy import (
+    EVALUATION_ERROR,
+    Parameter,
     Policy,
     PolicyInvalid,
     PolicyParameterInvalid,
+    _parameter_values,
     _scalar_reader,
     date_to_days,
     evaluate,
@@ -378,3 +382,89 @@ def test_scalar_readers_refuse_exactly_what_the_catalog_refuses(data: st.DataObj
             read(value)
     else:
         read(value)
+
+
+# --- one program for the whole policy decides as one program per expression ------------------------
+
+AS_OF = date(2026, 11, 26)
+
+
+def _valid(kind: str, values: tuple[str, ...]) -> st.SearchStrategy[object]:
+    """Values the catalog accepts, drawn around the shipped policies' thresholds (Hypothesis alone
+    favours small numbers, which would leave every band at its default)."""
+    amounts = st.sampled_from([0, 1, 2, 3, 5, 12, 36, 3_000, 5_000, 8_000, 10_000, 15_000, 25_000, 50_000, 1_000_000])
+    return {
+        "int": amounts,
+        "bool": st.booleans(),
+        "decimal": st.tuples(amounts, st.integers(0, 99)).map(lambda a: f"{a[0]}.{a[1]:02d}"),
+        # Mostly within the policies' windows before as_of (2026-11-26).
+        "date": st.integers(min_value=-5, max_value=1200).map(lambda d: (AS_OF - timedelta(days=d)).isoformat()),
+        "enum": st.sampled_from(values or ("none",)),
+        "string": st.text(alphabet="ABH0123456789", min_size=1, max_size=12),
+    }[kind]
+
+
+def _valid_input(item: CatalogItem) -> st.SearchStrategy[object]:
+    if item.type != "records":
+        return _valid(item.type, item.values)
+    row = st.fixed_dictionaries({spec.name: _valid(spec.type, spec.values) for spec in item.fields})
+    return st.sampled_from([0, 1, 3, 11, 12, 20, 30]).flatmap(lambda n: st.lists(row, min_size=n, max_size=n))
+
+
+def _parameter(parameter: Parameter) -> st.SearchStrategy[str]:
+    if parameter.type == "enum":
+        return st.sampled_from(parameter.values)
+    if parameter.type == "date":
+        return st.dates(min_value=date(2024, 1, 1), max_value=date(2026, 12, 31)).map(date.isoformat)
+    assert parameter.pattern is not None
+    assert parameter.max_length is not None
+    return st.from_regex(parameter.pattern, fullmatch=True).filter(
+        lambda text: len(text) <= (parameter.max_length or 0)
+    )
+
+
+def _one_by_one(policy: Policy, variables: dict[str, object]) -> tuple[list[bool] | None, dict[str, str] | None]:
+    """The reference: every expression compiled and evaluated alone, bands first-true in order."""
+    env = policy._compiled.env
+    activation = env.Activation(variables)
+
+    def run(expression: str) -> bool | None:
+        result = env.compile(expression).eval(activation)
+        return result.value() if result.type() == cel.Type.BOOL else None
+
+    passed = [run(rule.passes) for rule in policy.rules]
+    bands: dict[str, str] = {}
+    for name, entries in policy.bands.items():
+        for band in entries:
+            holds = run(band.when)
+            if holds is None:
+                return None, None
+            if holds:
+                bands[name] = band.label
+                break
+    return (None, None) if None in passed else ([bool(p) for p in passed], bands)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_one_program_decides_as_one_program_per_expression(shipped: dict[str, Policy], data: st.DataObject) -> None:
+    """A policy's rules and bands run as one CEL program (one evaluation instead of eleven); the
+    outcome must be the one that running each expression alone gives, error or not."""
+    policy = data.draw(st.sampled_from(sorted(shipped.values(), key=lambda p: p.id)))
+    as_of = AS_OF
+    records = {item.id: (date(2026, 10, 1), data.draw(_valid_input(item))) for item in policy.inputs}
+    params = {name: data.draw(_parameter(parameter)) for name, parameter in policy.parameters.items()}
+    outcome = evaluate(policy, records=records, params=params, as_of=as_of)
+
+    variables: dict[str, object] = {**_parameter_values(policy, params), "as_of": date_to_days(as_of)}
+    for item in policy.inputs:
+        variables[item.id] = policy._compiled.readers[item.id](records[item.id][1])
+    passed, bands = _one_by_one(policy, variables)
+    if passed is None:
+        assert outcome.reasons == (EVALUATION_ERROR,)
+        return
+    failing = sorted((r for r, ok in zip(policy.rules, passed, strict=True) if not ok), key=lambda r: r.rank)
+    expected = "NOT_ELIGIBLE" if any(r.effect == "decline" for r in failing) else "REFER" if failing else "ELIGIBLE"
+    assert outcome.decision == expected
+    assert dict(outcome.bands) == bands
+    assert list(outcome.reasons) == list(dict.fromkeys(r.reason for r in failing))[:4]

@@ -178,8 +178,9 @@ class _Compiled:
     """The CEL environment and programs of one policy; built at load time, immutable afterwards."""
 
     env: cel.Env
-    rules: tuple[cel.Expression, ...]
-    bands: tuple[tuple[str, tuple[tuple[str, cel.Expression], ...]], ...]
+    program: cel.Expression
+    """Every rule's result in order, then each band group's label: see :func:`_whole_policy`."""
+    band_names: tuple[str, ...]
     readers: Mapping[ItemId, _Reader]
     """Per input: checks a JSON value against the catalog and makes it the CEL value."""
 
@@ -511,13 +512,32 @@ def _compile(
             check.fail(line, where, f"expression must be bool, not {program.return_type()!r}")
         return program
 
-    compiled_rules = tuple(compile_bool(r.passes, r.line, f"rule {r.id!r}: 'passes'") for r in rules)
-    compiled_bands = tuple(
-        (name, tuple((b.label, compile_bool(b.when, b.line, f"band {name!r} {b.label!r}: 'when'")) for b in entries))
-        for name, entries in bands.items()
-    )
+    for rule in rules:  # each expression on its own first: a mistake is reported where it is
+        compile_bool(rule.passes, rule.line, f"rule {rule.id!r}: 'passes'")
+    for name, entries in bands.items():
+        for band in entries:
+            compile_bool(band.when, band.line, f"band {name!r} {band.label!r}: 'when'")
+    try:
+        program = env.compile(_whole_policy(rules, bands))
+    except RuntimeError as e:  # each part compiled above; a failure here is ours, not the author's
+        raise PolicyInvalid(f"the policy's expressions do not compile together: {_cel_message(e)}") from None
     readers = {item.id: _reader(item, row_classes.get(item.id)) for item in inputs}
-    return _Compiled(env, compiled_rules, compiled_bands, MappingProxyType(readers))
+    return _Compiled(env, program, tuple(bands), MappingProxyType(readers))
+
+
+def _whole_policy(rules: tuple[Rule, ...], bands: Mapping[str, tuple[Band, ...]]) -> str:
+    """One CEL list holding every rule's ``passes`` in order, then, per band group, its labels as a
+    chain of conditionals: the first ``when`` that holds, in the order listed, names the band (the
+    last entry is the unconditional default). One evaluation instead of one per expression (the
+    consumer loan's eleven: 97 against about 50 µs). Every rule is still evaluated, a band's
+    conditions still stop at the first that holds, and an error in any evaluated expression makes
+    the whole list an error, as it made the whole evaluation fail before. Each expression sits on
+    lines of its own, so a trailing ``//`` comment ends before the code that follows."""
+    parts = [f"(\n{rule.passes}\n)" for rule in rules]
+    for entries in bands.values():
+        chain = "".join(f"(\n{band.when}\n) ? '{band.label}' : " for band in entries[:-1])
+        parts.append(f"{chain}'{entries[-1].label}'")  # labels are [a-z0-9_]: no quoting needed
+    return "[\n" + ",\n".join(parts) + "\n]"
 
 
 def _cel_message(error: RuntimeError) -> str:
@@ -564,9 +584,8 @@ def evaluate(
     try:
         for item in policy.inputs:
             variables[item.id] = compiled.readers[item.id](records[item.id][1])
-        activation = compiled.env.Activation(variables)
-        passed = [_run(program, activation) for program in compiled.rules]
-        bands = {name: _first_band(entries, activation) for name, entries in compiled.bands}
+        passed, labels = _run(compiled.program, compiled.env.Activation(variables), len(policy.rules))
+        bands = dict(zip(compiled.band_names, labels, strict=True))
     except (_EvaluationFailed, CatalogValueError, ValueError, TypeError, RuntimeError):
         return PolicyOutcome("REFER", MappingProxyType({}), (EVALUATION_ERROR,), dates)
 
@@ -586,21 +605,18 @@ def evaluate(
     return PolicyOutcome(decision, MappingProxyType(bands), tuple(reasons[:MAX_REASONS]), dates)
 
 
-def _run(program: cel.Expression, activation: cel.Activation) -> bool:
+def _run(program: cel.Expression, activation: cel.Activation, rules: int) -> tuple[list[bool], list[str]]:
+    """The rules' results and the bands' labels, from the program of :func:`_whole_policy`."""
     result = program.eval(activation)
-    if result.type() != cel.Type.BOOL:  # ERROR-typed values do not raise
+    if result.type() == cel.Type.ERROR:  # ERROR-typed values do not raise
         raise _EvaluationFailed
-    value = result.value()
-    if type(value) is not bool:
+    values = result.plain_value()
+    if type(values) is not list:
         raise _EvaluationFailed
-    return value
-
-
-def _first_band(entries: tuple[tuple[str, cel.Expression], ...], activation: cel.Activation) -> str:
-    for label, program in entries:
-        if _run(program, activation):
-            return label
-    raise _EvaluationFailed  # unreachable: the last entry is "true"
+    passed, labels = values[:rules], values[rules:]
+    if any(type(value) is not bool for value in passed) or any(type(label) is not str for label in labels):
+        raise _EvaluationFailed
+    return passed, labels
 
 
 def _parameter_values(policy: Policy, params: Mapping[str, str]) -> dict[str, Any]:
