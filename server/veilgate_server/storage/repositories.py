@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from itertools import islice
 from typing import Any, Final, Self
 
-from sqlalchemy import Connection, Engine, Row, Table, bindparam, func, select, text, update
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -160,13 +160,7 @@ class EvaluationRow:
     created_at: dt.datetime
 
 
-# --- statements built once: for the rare paths in a transaction (Core), and the hot path (driver) ---
-
-_CONSENT_BY_ID = select(Consent.__table__).where(Consent.__table__.c.consent_id == bindparam("consent_id"))
-_EVALUATION_BY_KEY = select(Evaluation.__table__).where(
-    Evaluation.__table__.c.institution_id == bindparam("institution_id"),
-    Evaluation.__table__.c.request_id == bindparam("request_id"),
-)
+# --- the statements of every call, on the driver's cursor (see _session.DriverSql) -----------------
 
 
 def _driver_select(model: Any, where: str) -> DriverSql:
@@ -216,8 +210,10 @@ _PURGE_EXPIRED_TOKENS = DriverSql(
     [],
     "DELETE FROM used_request_tokens WHERE citizen_id = :citizen_id AND expires_at < :now AND jti <> :jti",
 )
-_C = Consent.__table__.c
-_GIVE_BACK_USE = update(Consent).where(_C.consent_id == bindparam("spent_consent_id")).values(uses=_C.uses - 1)
+_GIVE_BACK_USE = DriverSql("GivenBack", [], "UPDATE consents SET uses = uses - 1 WHERE consent_id = :consent_id")
+_LOCK_CITIZEN_BUDGET = DriverSql(  # PostgreSQL only (see _lock_citizen_budget)
+    "Locked", ["locked"], "SELECT pg_advisory_xact_lock(CAST(:namespace AS integer), CAST(:key AS integer))"
+)
 _RECORD_COLUMNS = Record.__table__.c
 _RECORDS_OF_CITIZEN = (
     select(
@@ -394,10 +390,7 @@ def _lock_citizen_budget(connection: Connection, citizen_id: str) -> None:
         return
     digest = hashlib.sha256(citizen_id.encode()).digest()
     key = int.from_bytes(digest[:4], "big", signed=True)
-    connection.execute(
-        text("SELECT pg_advisory_xact_lock(CAST(:namespace AS integer), CAST(:key AS integer))"),
-        {"namespace": _PG_BUDGET_LOCK_NAMESPACE, "key": key},
-    )
+    _LOCK_CITIZEN_BUDGET.run(connection, {"namespace": _PG_BUDGET_LOCK_NAMESPACE, "key": key})
 
 
 # --- repositories ---------------------------------------------------------------------------------
@@ -714,9 +707,10 @@ class InstitutionRegistry:
 
 def _refusal(connection: Connection, e: EvaluationRow) -> Exception:
     """Why the consent could not be spent, checked in the documented order."""
-    consent = connection.execute(_CONSENT_BY_ID, {"consent_id": e.consent_id}).first()
-    if consent is None:
+    rows = _READ_CONSENT.run(connection, {"consent_id": e.consent_id})
+    if not rows:
         return ConsentUnknown("consent is not registered")
+    consent = rows[0]
     if consent.institution_id != e.institution_id:
         return ConsentWrongInstitution("consent is addressed to another institution")
     if consent.citizen_id != e.citizen_id:
@@ -916,9 +910,9 @@ class ConsentLedger:
         _lock_citizen_budget(connection, e.citizen_id)
         usable = {"consent_id": e.consent_id, "institution_id": e.institution_id, "citizen_id": e.citizen_id}
         if not _SPEND_USE.run(connection, usable):
-            recorded = connection.execute(_EVALUATION_BY_KEY, key).first()
-            if recorded is not None:  # recorded by a racing call meanwhile: that is the answer
-                return _evaluation(recorded)
+            recorded = _READ_EVALUATION.run(connection, key)
+            if recorded:  # recorded by a racing call meanwhile: that is the answer
+                return _evaluation(recorded[0])
             raise _refusal(connection, e)
         dialect = connection.dialect
         row = {name: getattr(e, name) for name in _EVALUATION_FIELDS}
@@ -928,12 +922,12 @@ class ConsentLedger:
         if _RECORD_EVALUATION_WITHIN_BUDGET.run(connection, row):
             return e
         # Not inserted: give the use back, then say why.
-        connection.execute(_GIVE_BACK_USE, {"spent_consent_id": e.consent_id})
-        recorded = connection.execute(_EVALUATION_BY_KEY, key).first()
-        if recorded is not None:
+        _GIVE_BACK_USE.run(connection, {"consent_id": e.consent_id})
+        recorded = _READ_EVALUATION.run(connection, key)
+        if recorded:
             # A racing call under *another* consent (another row lock) recorded this request id
             # and committed first; the insert waited for it and did nothing.
-            return _evaluation(recorded)
+            return _evaluation(recorded[0])
         raise CitizenBudgetExhausted("the citizen's daily evaluation budget is exhausted")
 
     def find_evaluation(self, institution_id: str, request_id: str) -> EvaluationRow | None:
