@@ -261,35 +261,54 @@ def read_rows(
     (:class:`_KeptConnections`). Pass a statement built once with ``bindparam`` placeholders and the
     values in ``params``: building the statement anew on every call costs as much again in
     cache-key computation."""
+    values = params or {}
+
+    def run(connection: Connection) -> Sequence[Row[*tuple[Any, ...]]]:
+        rows = connection.execute(statement, values).all()
+        connection.rollback()  # ends the autobegun transaction; no BEGIN was sent (see db.py)
+        return rows
+
+    return _on_kept_reader(sessions, run)
+
+
+# What says a kept read connection may have been lost (a restart, a failover): SQLAlchemy marks it
+# invalidated; the drivers' own cursors (DriverSql) raise their operational or interface errors.
+_DRIVER_CONNECTION_ERRORS = (
+    sqlite3.OperationalError,
+    sqlite3.InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+
+
+def _on_kept_reader(sessions: sessionmaker[Session], run: Callable[[Connection], _Out]) -> _Out:
+    """``run`` a read on this thread's kept read connection (or a pooled one past the limit). When
+    the server dropped the kept connection, it is replaced and the read asked again, once, as the
+    pool's ping would have done: a read can be."""
     bind = sessions.kw.get("bind")
     if not isinstance(bind, Engine):
         raise TypeError("the session factory is not bound to an engine")
     readers = _kept(bind, "reads")
     try:
-        return _read_kept(readers, bind, statement, params or {})
+        return _once_on_kept_reader(readers, bind, run)
     except DBAPIError as e:
         if not e.connection_invalidated:
             raise
-    # The kept connection was lost (the server restarted or failed over): a read can be asked
-    # again, once, on a fresh connection, as the pool's ping would have done.
-    return _read_kept(readers, bind, statement, params or {})
+    except _DRIVER_CONNECTION_ERRORS:
+        pass
+    return _once_on_kept_reader(readers, bind, run)
 
 
-def _read_kept(
-    readers: _KeptConnections, bind: Engine, statement: Executable, params: dict[str, Any]
-) -> Sequence[Row[*tuple[Any, ...]]]:
-    """One read on this thread's kept connection (or a pooled one past the limit)."""
+def _once_on_kept_reader(readers: _KeptConnections, bind: Engine, run: Callable[[Connection], _Out]) -> _Out:
     connection = readers.kept()
     if connection is None:
         with bind.connect().execution_options(**{SINGLE_STATEMENT_READ: True}) as pooled:
-            return pooled.execute(statement, params).all()
+            return run(pooled)
     try:
-        rows = connection.execute(statement, params).all()
-        connection.rollback()  # ends the autobegun transaction; no BEGIN was sent (see db.py)
+        return run(connection)
     except BaseException:
         readers.forget()  # a fresh connection next time
         raise
-    return rows
 
 
 _PLACEHOLDER = re.compile(r"(?<![:\w]):(\w+)")
@@ -350,29 +369,9 @@ def bind_instant(dialect: Dialect, value: dt.datetime) -> Any:
 
 
 def read_driver_rows(sessions: sessionmaker[Session], read: DriverSql, params: dict[str, Any]) -> list[Any]:
-    """:func:`read_rows` for a :class:`DriverSql`: the same kept connections, the same one retry
-    on a fresh connection when the server dropped the kept one. Wrap it in :func:`storage_errors`."""
-    bind = sessions.kw.get("bind")
-    if not isinstance(bind, Engine):
-        raise TypeError("the session factory is not bound to an engine")
-    readers = _kept(bind, "reads")
-    try:
-        return _driver_read_kept(readers, bind, read, params)
-    except (sqlite3.OperationalError, sqlite3.InterfaceError, psycopg.OperationalError, psycopg.InterfaceError):
-        pass  # perhaps the kept connection was lost (a restart, a failover): it is gone now
-    return _driver_read_kept(readers, bind, read, params)
-
-
-def _driver_read_kept(readers: _KeptConnections, bind: Engine, read: DriverSql, params: dict[str, Any]) -> list[Any]:
-    connection = readers.kept()
-    if connection is None:
-        with bind.connect().execution_options(**{SINGLE_STATEMENT_READ: True}) as pooled:
-            return read.run(pooled, params)
-    try:
-        return read.run(connection, params)
-    except BaseException:
-        readers.forget()  # a fresh connection next time
-        raise
+    """:func:`read_rows` for a :class:`DriverSql`: the same kept connections and the same one retry
+    after a lost server connection. Wrap it in :func:`storage_errors`."""
+    return _on_kept_reader(sessions, lambda connection: read.run(connection, params))
 
 
 def insert_unique(
