@@ -246,13 +246,13 @@ _SQLITE_RECORDS_OF_CITIZEN_AMONG_JOINED = DriverSql(
 
 
 def _split_records(joined: str | None) -> list[list[str]]:
-    """``[item_id, department, as_of, value_json]`` per record, ordered by item id."""
+    """``[item_id, department, as_of, value_json]`` per record, in no particular order
+    (group_concat's order is not defined)."""
     if joined is None:  # no record at all
         return []
     records = [record.split(_FIELD_SEPARATOR) for record in joined.split(_RECORD_SEPARATOR)]
     if any(len(fields) != 4 for fields in records):
         raise StorageError("could not read records: a stored record holds a control character")
-    records.sort()  # group_concat's order is not defined; item ids are unique per citizen
     return records
 
 
@@ -528,31 +528,21 @@ class RecordStore:
 
         Item ids with no stored record are simply absent from the result.
         """
-        params: dict[str, Any] = {"citizen_id": citizen_id}
-        statement, joined_read = _RECORDS_OF_CITIZEN, _SQLITE_RECORDS_OF_CITIZEN_JOINED
-        if item_ids is not None:
-            if not item_ids:
-                return []
-            params["item_ids"] = sorted(set(item_ids))
-            statement = _RECORDS_OF_CITIZEN_AMONG
-            joined_read, joined_params = (
-                _SQLITE_RECORDS_OF_CITIZEN_AMONG_JOINED,
-                {
-                    "citizen_id": citizen_id,
-                    "item_ids": json.dumps(params["item_ids"]),
-                },
-            )
-        else:
-            joined_params = params
+        if item_ids is not None and not item_ids:
+            return []
         if self._dialect == "sqlite":
-            with storage_errors("read records"):
-                [(joined,)] = read_driver_rows(self._sessions, joined_read, joined_params)
+            records = self._sqlite_joined(citizen_id, item_ids)
+            records.sort()  # item ids are unique per citizen
             return [
                 StoredRecord(
                     citizen_id=citizen_id, item_id=i, department=d, as_of=dt.date.fromisoformat(a), value_json=v
                 )
-                for i, d, a, v in _split_records(joined)
+                for i, d, a, v in records
             ]
+        params: dict[str, Any] = {"citizen_id": citizen_id}
+        statement = _RECORDS_OF_CITIZEN
+        if item_ids is not None:
+            statement, params["item_ids"] = _RECORDS_OF_CITIZEN_AMONG, sorted(set(item_ids))
         with storage_errors("read records"):
             return [
                 StoredRecord(citizen_id=c, item_id=i, department=d, as_of=a, value_json=v)
@@ -565,22 +555,18 @@ class RecordStore:
         No record object, no date and no sort per call only to be undone again (188 records)."""
         if self._dialect != "sqlite":
             return {r.item_id: (r.as_of.isoformat(), r.value_json) for r in self.for_citizen(citizen_id, item_ids)}
+        if item_ids is not None and not item_ids:
+            return {}
+        return {item_id: (as_of, value) for item_id, _, as_of, value in self._sqlite_joined(citizen_id, item_ids)}
+
+    def _sqlite_joined(self, citizen_id: str, item_ids: Collection[str] | None) -> list[list[str]]:
+        """SQLite: the citizen's records (all, or those among ``item_ids``) in one step, split."""
         read, params = _SQLITE_RECORDS_OF_CITIZEN_JOINED, {"citizen_id": citizen_id}
         if item_ids is not None:
-            if not item_ids:
-                return {}
             read, params["item_ids"] = _SQLITE_RECORDS_OF_CITIZEN_AMONG_JOINED, json.dumps(sorted(set(item_ids)))
         with storage_errors("read records"):
             [(joined,)] = read_driver_rows(self._sessions, read, params)
-        if joined is None:  # no record at all
-            return {}
-        records: dict[str, tuple[str, str]] = {}
-        for record in joined.split(_RECORD_SEPARATOR):
-            fields = record.split(_FIELD_SEPARATOR)
-            if len(fields) != 4:
-                raise StorageError("could not read records: a stored record holds a control character")
-            records[fields[0]] = (fields[2], fields[3])
-        return records
+        return _split_records(joined)
 
     def count(self) -> int:
         with storage_errors("count records"), self._sessions() as session:
