@@ -22,6 +22,7 @@ from sqlalchemy.sql import Executable
 from veilgate.errors import StorageError, VeilgateError
 
 from .db import SINGLE_STATEMENT_READ, WRITE_TRANSACTION
+from .models import UTCDateTime
 
 __all__ = [
     "KEPT_READ_CONNECTIONS",
@@ -357,15 +358,16 @@ class DriverSql:
             return [self._row(values) for values in cursor.fetchall()]
 
 
+_INSTANT = UTCDateTime()
+
+
 def bind_instant(dialect: Dialect, value: dt.datetime) -> Any:
     """An aware instant as the driver takes it for a ``UTCDateTime`` column, stored exactly as
-    SQLAlchemy stores it: on SQLite, naive UTC in the sqlite3 module's ISO text (so that text
-    comparisons in SQL order instants), on PostgreSQL the aware datetime itself."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("naive datetimes are not stored; pass a timezone-aware datetime")
-    if dialect.name == "sqlite":
-        return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(" ")
-    return value
+    SQLAlchemy stores it: the column type's own conversion (naive instants refused), then on SQLite
+    the text the sqlite3 module's default adapter would write (so that text comparisons in SQL
+    order instants)."""
+    bound = _INSTANT.process_bind_param(value, dialect)
+    return bound.isoformat(" ") if dialect.name == "sqlite" and bound is not None else bound
 
 
 def read_driver_rows(sessions: sessionmaker[Session], read: DriverSql, params: dict[str, Any]) -> list[Any]:
