@@ -41,7 +41,7 @@ from veilgate.merkle import verify_consistency
 from veilgate_server.core.merkle import consistency_proof, root_of
 from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.storage import StateChange, Store
-from veilgate_server.storage.log import AppendRequest, LogWriter, StoredCheckpoint
+from veilgate_server.storage.log import AppendRequest, CheckpointSuperseded, LogWriter, StoredCheckpoint
 
 __all__ = ["Auditor", "CallRecord", "Checkpointer", "checkpoint_body"]
 
@@ -231,7 +231,11 @@ class Checkpointer:
                     proof=consistency_proof(previous.tree_size, size, log),
                 )
             note = self._signer.sign(checkpoint_body(self.origin, size, root))
-            return log.store_checkpoint(size, root, note, at=datetime.fromtimestamp(self._clock(), UTC))
+            try:
+                return log.store_checkpoint(size, root, note, at=datetime.fromtimestamp(self._clock(), UTC))
+            except CheckpointSuperseded:
+                # Another process signed a larger tree meanwhile; its checkpoint covers this one.
+                return log.latest_checkpoint()
 
     def covering(self, tree_size: int) -> StoredCheckpoint | None:
         """The latest checkpoint if it covers ``tree_size`` entries, else a freshly signed one."""

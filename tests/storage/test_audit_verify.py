@@ -41,6 +41,27 @@ def _sql(store: Store, statement: str, **params: object) -> None:
         conn.execute(text(statement), params)
 
 
+def test_a_checkpointer_that_loses_the_race_to_a_larger_tree_returns_the_larger(store: Store) -> None:
+    """Two server processes sign the same growing log: the one that signed the smaller tree finds a
+    larger checkpoint stored first. That is no fork: it returns the stored one and raises nothing."""
+    other = _grow(store, [3])
+    raced: list[int] = []
+
+    def racing_clock() -> float:  # runs after signing, just before the checkpoint is stored
+        if not raced:
+            store.log.append_batch([AppendRequest(entry=b'{"n":"late"}', subject_citizen_id=None)])
+            raced.append(other.sign_latest().tree_size)  # type: ignore[union-attr]
+        return 1_700_000_000.0
+
+    store.log.append_batch([AppendRequest(entry=b'{"n":3}', subject_citizen_id=None)])
+    latest = Checkpointer(store, SIGNER, clock=racing_clock).sign_latest()
+    assert raced == [5]
+    assert latest is not None
+    assert latest.tree_size == 5
+    assert [c.tree_size for c in store.log.checkpoints()] == [3, 5]
+    assert verify_log(store, VERIFIER).checkpoints == 2
+
+
 def test_an_untouched_log_verifies(store: Store) -> None:
     _grow(store, [1, 5, 21, 40])
     summary = verify_log(store, VERIFIER)

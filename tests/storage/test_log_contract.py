@@ -28,6 +28,7 @@ from veilgate_server.storage import (
     AppendRequest,
     AuditLog,
     CheckpointConflict,
+    CheckpointSuperseded,
     LogWriter,
     Store,
     db,
@@ -260,8 +261,12 @@ def test_checkpoints_are_kept_under_compare_and_swap(store: Store) -> None:
         store.log.store_checkpoint(5, _root(store, 6), "forked\n", at=T0)
 
     tenth = store.log.store_checkpoint(10, _root(store, 10), "note 10\n", at=T0)
-    with pytest.raises(CheckpointConflict, match="older than the latest"):
+    with pytest.raises(CheckpointSuperseded, match="older than the latest"):
         store.log.store_checkpoint(7, _root(store, 7), "note 7\n", at=T0)
+    # A fork is never mistaken for a checkpoint that merely lost a race to a larger tree.
+    with pytest.raises(CheckpointConflict, match="fork") as forked:
+        store.log.store_checkpoint(5, _root(store, 6), "forked\n", at=T0)
+    assert not isinstance(forked.value, CheckpointSuperseded)
     # Re-storing an older checkpoint that is already there stays idempotent.
     assert store.log.store_checkpoint(5, _root(store, 5), "note 5\n", at=T0) == first
 

@@ -101,6 +101,11 @@ class CheckpointConflict(StorageError):
     does not have. Nothing was stored."""
 
 
+class CheckpointSuperseded(CheckpointConflict):
+    """A checkpoint was refused only because a checkpoint over a larger tree is already stored: what
+    racing replicas (or server processes) that sign the same growing log meet, and no sign of a fork."""
+
+
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     """One stored entry: ``entry`` is exactly the bytes whose SHA-256(0x00 || entry) is ``leaf_hash``."""
@@ -548,7 +553,7 @@ class AuditLog:
                 return _checkpoint(existing)
             latest = session.scalar(select(func.max(AuditLogCheckpoint.tree_size)))
             if latest is not None and tree_size < latest:
-                raise CheckpointConflict(f"tree size {tree_size} is older than the latest checkpoint ({latest})")
+                raise CheckpointSuperseded(f"tree size {tree_size} is older than the latest checkpoint ({latest})")
             size = session.scalar(select(AuditLogHead.tree_size).where(AuditLogHead.id == _HEAD_ID))
             if size is None or tree_size > size:
                 raise CheckpointConflict(f"the log has fewer than {tree_size} entries")
