@@ -7,6 +7,8 @@ concurrency: a jti is consumed once, a citizen is enrolled once.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import os
 import secrets
 import sqlite3
 import threading
@@ -514,3 +516,27 @@ def test_a_write_that_cannot_begin_is_a_storage_error(store: Store) -> None:
     finally:
         other.close()
     assert store.log.append_batch([AppendRequest(b'{"call":0}')]) == [0]  # and it recovers
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # SQLite's one writer
+def test_sqlite_writers_of_several_processes_queue_on_the_writer_lock(store: Store) -> None:
+    """Server processes sharing one SQLite file take turns on an exclusive ``flock`` of
+    ``<database>.writer-lock`` before ``BEGIN IMMEDIATE``, so a writer waits for the holder and then
+    goes straight on, rather than sleeping in SQLite's busy handler. Another open file description
+    of the lock file is exactly what another process's would be."""
+    fd = os.open(f"{store.engine.url.database}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        appended: list[list[int]] = []
+        writer = threading.Thread(target=lambda: appended.append(store.log.append_batch([AppendRequest(b"{}")])))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive()  # waiting for the other holder; alone, it commits in milliseconds
+        assert appended == []
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        writer.join(10)
+        assert appended == [[0]]
+        # The lock is the store's again: this process can hold it while the other waits.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
