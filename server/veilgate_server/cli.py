@@ -25,6 +25,8 @@ from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN
 
 if TYPE_CHECKING:
     from veilgate_server.config import Settings
+    from veilgate_server.gateway import Gateway
+    from veilgate_server.serving import ServeOptions
 
 
 __all__ = ["main"]
@@ -311,7 +313,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from veilgate_server.bench.report import render_json, render_table
-    from veilgate_server.bench.run import run_bench
+    from veilgate_server.bench.run import default_processes, run_bench
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -321,6 +323,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         only=[args.scenario] if args.scenario else None,
         postgres_url=args.postgres_url,
         progress=progress,
+        processes=args.processes,
     )
     if args.json == "-":
         print(render_json(run.machine, run.baseline, run.scenarios))
@@ -334,22 +337,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from veilgate_server.bench.rpc_scenarios import latency_sweep
 
         progress("latency sweep for the plot ...")
-        write_plot(latency_sweep(quick=args.quick), Path(args.plot))
+        processes = args.processes or default_processes()
+        write_plot(latency_sweep(quick=args.quick, processes=processes), Path(args.plot))
         progress(f"plot written to {args.plot}")
     return 0
+
+
+def _fixed_port(address: str) -> bool:
+    return not address.endswith(":0")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from veilgate_server.crypto import TlsFiles, ensure_local_tls
     from veilgate_server.crypto.institutions import InstitutionCA
-    from veilgate_server.gateway import Gateway
-    from veilgate_server.rpc.server import ServerTls, build_server
+    from veilgate_server.rpc.processes import ServerProcesses
+    from veilgate_server.rpc.server import ServerTls
+    from veilgate_server.serving import GatewayProcess, ServeOptions, open_gateway, serve
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigurationError("--tls-cert and --tls-key go together")
+    if args.processes < 1:
+        raise ConfigurationError("--processes must be at least 1")
+    if args.processes > 1 and not (_fixed_port(args.listen) and _fixed_port(args.listen_mtls)):
+        raise ConfigurationError("--processes share their ports: give --listen and --listen-mtls a port, not 0")
     settings = _settings(args)
-    catalog = settings.load_catalog()
-    policies = settings.load_reviewed_policies(catalog)  # refuses to start on a bad or missing manifest
     tls: ServerTls | None = None
     if not args.insecure_plaintext:
         if args.tls_cert:
@@ -360,38 +371,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
         chain, key = files.load()
         institution_ca = InstitutionCA.load_or_create(settings.tls_dir, now=_now())
         tls = ServerTls(certificate_chain=chain, private_key=key, client_ca=institution_ca.certificate_pem)
-    gateway = Gateway(
-        gateway_id=settings.gateway_id,
-        catalog=catalog,
-        store=settings.open_store(),
-        signer=settings.load_signer(),
-        log_signer=settings.load_log_signer(),
-        policies=policies,
-        daily_budget=args.daily_budget,
-    )
-    running = build_server(
-        gateway,
+    options = ServeOptions(
         address=args.listen,
         tls=tls,
+        mtls_address=args.listen_mtls,
         insecure_plaintext=args.insecure_plaintext,
-        reflection_enabled=args.reflection,
+        reflection=args.reflection,
         workers=args.workers,
         trust_domain=args.trust_domain,
-        mtls_address=args.listen_mtls if tls else None,
+        daily_budget=args.daily_budget,
+        reuse_port=args.processes > 1,
     )
-    print(f"veilgate {settings.gateway_id} serving on port {running.port} ({'TLS' if tls else 'PLAINTEXT'})")
-    if running.mtls_port:
-        print(f"institutions (mutual TLS) on port {running.mtls_port}")
-    print(f"{len(policies)} reviewed policies: {', '.join(sorted(policies))}")
-    print(f"gateway signing key {gateway.signer.key_id}; public keys in {settings.public_keys_path}")
-    sys.stdout.flush()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    running.stop(grace=5.0)
+    if args.processes == 1:
+        gateway, running = serve(settings, options)  # refuses to start on a bad or missing manifest
+        _print_serving(settings, gateway, options, port=running.port, mtls_port=running.mtls_port, processes=1)
+        stop.wait()
+        running.stop(grace=5.0)
+        gateway.store.close()
+        return 0
+    # Open the gateway once here first: a bad manifest, key or database fails before any process
+    # starts, and the keys and the schema are created once rather than raced by the processes.
+    gateway = open_gateway(settings, daily_budget=args.daily_budget)
     gateway.store.close()
+    with ServerProcesses(GatewayProcess(settings, options), count=args.processes, name="veilgate-serve") as servers:
+        _print_serving(
+            settings,
+            gateway,
+            options,
+            port=servers.tls_ports[0],
+            mtls_port=servers.mtls_ports[0] or None,
+            processes=args.processes,
+        )
+        while not stop.wait(1.0):
+            exited = servers.exited()
+            if exited:
+                print(f"veilgate: error: server process {exited[0]} stopped; stopping the others", file=sys.stderr)
+                return 1
     return 0
+
+
+def _print_serving(
+    settings: Settings, gateway: Gateway, options: ServeOptions, *, port: int, mtls_port: int | None, processes: int
+) -> None:
+    mode = "TLS" if options.tls else "PLAINTEXT"
+    across = f", {processes} processes" if processes > 1 else ""
+    print(f"veilgate {settings.gateway_id} serving on port {port} ({mode}{across})")
+    if mtls_port:
+        print(f"institutions (mutual TLS) on port {mtls_port}")
+    print(f"{len(gateway.policies)} reviewed policies: {', '.join(sorted(gateway.policies))}")
+    print(f"gateway signing key {gateway.signer.key_id}; public keys in {settings.public_keys_path}")
+    sys.stdout.flush()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -429,7 +461,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", help="server private key (PEM)")
     p.add_argument("--insecure-plaintext", action="store_true", help="serve without TLS (development only)")
     p.add_argument("--reflection", action="store_true", help="enable gRPC server reflection")
-    p.add_argument("--workers", type=int, default=8, help="RPC worker threads (default 8)")
+    p.add_argument("--workers", type=int, default=8, help="RPC worker threads per process (default 8)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes sharing the ports (SO_REUSEPORT); one per core (default 1)",
+    )
     p.add_argument("--gateway-id", help="the aud citizens sign for (env VEILGATE_GATEWAY_ID)")
     p.add_argument("--listen-mtls", default="127.0.0.1:7444", help="institutions' mutual-TLS host:port (default 7444)")
     p.add_argument("--governance-key", help="trusted policy governance verifier key (env VEILGATE_GOVERNANCE_KEY)")
@@ -460,6 +498,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write machine-readable results to FILE, or - for stdout")
     p.add_argument("--plot", help="also write a latency-versus-concurrency PNG to FILE")
     p.add_argument("--postgres-url", help="PostgreSQL for log_append (default: the local test server, if up)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        help="server processes for the gateway and the bare baseline alike (default: one per core)",
+    )
 
     add("migrate", cmd_migrate, "create or upgrade the database schema")
     add("keys", cmd_keys, "show the gateway's signing key id (creating the key on first use)")

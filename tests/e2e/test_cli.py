@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,11 +15,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from veilgate import CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
 from veilgate._internal.jose import b64url_decode
 from veilgate.errors import InstitutionDisabled
+from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
 from veilgate_server.config import default_policies_dir
 from veilgate_server.storage import Store, StoredRecord
 
@@ -42,7 +45,7 @@ def veilgate(*args: str, env: dict[str, str] | None = None, check: bool = True) 
 class ServeProcess:
     """`veilgate serve` in a child process; stdout is read on a thread so it never blocks."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, listen: str = "127.0.0.1:0", listen_mtls: str = "127.0.0.1:0") -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -51,9 +54,9 @@ class ServeProcess:
                 "serve",
                 "-v",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--listen-mtls",
-                "127.0.0.1:0",
+                listen_mtls,
                 *args,
             ],
             stdout=subprocess.PIPE,
@@ -176,6 +179,91 @@ def test_citizen_journey_through_the_cli(served: tuple[ServeProcess, Path, str],
     assert canary not in logs
     assert citizen not in logs
     assert "Traceback" not in logs
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_several_processes_share_the_ports_and_append_to_one_log(tmp_path: Path, database_url: str) -> None:
+    """`serve --processes 2`: connections are spread over both processes, every call of either is
+    appended to the one log, and the log verifies afterwards."""
+    data = tmp_path / "gw"
+    policies, vkey = signed_policies(tmp_path)
+    data.mkdir()
+    (data / "governance.vkey").write_text(vkey + "\n")
+    db = ["--data-dir", str(data), "--database-url", database_url]
+    veilgate("seed", "--citizens", "3", "--seed", "5", *db)
+    port, mtls_port = _free_port(), _free_port()
+    server = ServeProcess(
+        *db,
+        "--policies-dir",
+        str(policies),
+        "--processes",
+        "2",
+        listen=f"127.0.0.1:{port}",
+        listen_mtls=f"127.0.0.1:{mtls_port}",
+    )
+    calls = 32
+    try:
+        assert (server.port, server.mtls_port) == (port, mtls_port)
+        credentials = grpc.ssl_channel_credentials((data / "tls" / "ca.pem").read_bytes())
+        for _ in range(calls):  # a connection of its own per call, as separate clients would have
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            with grpc.secure_channel(f"localhost:{port}", credentials, options=options) as channel:
+                stub = citizen_pb2_grpc.CitizenServiceStub(channel)
+                stub.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=10)
+    finally:
+        assert server.stop() == 0
+    logs = "".join(server.stdout + server.stderr)
+    served = r"(veilgate-serve-\d+) veilgate\.rpc: /veilgate\.v1\.CitizenService/GetGatewayInfo -> OK"
+    served_by = set(re.findall(served, logs))
+    assert served_by == {"veilgate-serve-0", "veilgate-serve-1"}, logs[-2000:]
+    assert "Traceback" not in logs
+    verified = veilgate("audit", "verify", *db)
+    entries = int(re.search(r"log verified: (\d+) entries", verified.stdout).group(1))  # type: ignore[union-attr]
+    assert entries == calls
+
+
+def test_when_one_server_process_dies_serve_stops_and_says_so(tmp_path: Path) -> None:
+    """A gateway that lost a process must not go on serving at part strength unnoticed: serve stops
+    the others and exits non-zero, so that its supervisor restarts the whole."""
+    data = tmp_path / "gw"
+    policies, vkey = signed_policies(tmp_path)
+    data.mkdir()
+    (data / "governance.vkey").write_text(vkey + "\n")
+    server = ServeProcess(
+        "--data-dir",
+        str(data),
+        "--policies-dir",
+        str(policies),
+        "--processes",
+        "2",
+        listen=f"127.0.0.1:{_free_port()}",
+        listen_mtls=f"127.0.0.1:{_free_port()}",
+    )
+    try:
+        children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        os.kill(int(children[0]), signal.SIGKILL)
+        assert server.proc.wait(30) == 1
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+    errors = "".join(server.stderr)
+    assert re.search(r"server process veilgate-serve-\d \(exit code -9\) stopped", errors), errors
+    assert "Traceback" not in errors
+    for child in children[1:]:
+        assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text()
+
+
+def test_several_processes_need_fixed_ports(tmp_path: Path) -> None:
+    result = veilgate("serve", "--processes", "2", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), check=False)
+    assert result.returncode == 1
+    assert "--processes share their ports" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_demo_state_serves_later_commands(tmp_path: Path) -> None:

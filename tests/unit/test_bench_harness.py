@@ -7,15 +7,25 @@ from __future__ import annotations
 
 import pytest
 
-from veilgate_server.bench.harness import latency_stats, percentile
+from veilgate_server.bench.harness import (
+    BareServer,
+    ClientTls,
+    LoadSpec,
+    NoopWorkload,
+    latency_stats,
+    percentile,
+    run_load,
+)
 from veilgate_server.bench.results import ScenarioResult, Target
 from veilgate_server.bench.rpc_scenarios import (
     DELIVERY_ITEMS,
+    _certificates,
     bench_audited_call,
     bench_baseline,
     bench_evaluate,
     bench_get_my_data,
 )
+from veilgate_server.rpc.processes import ServerProcesses
 
 SMOKE_SECONDS = (0.2, 0.4)  # warm-up, measured
 
@@ -94,22 +104,57 @@ def _check_scenario(result: ScenarioResult, name: str, baseline_qps: float, *, t
 
 
 def test_rpc_scenarios_run_and_report_every_figure() -> None:
-    baseline = bench_baseline(True, seconds=SMOKE_SECONDS)
-    assert baseline["concurrency"] == 16
+    """Served by two processes each, the gateway and the baseline; the baseline also by one."""
+    baseline = bench_baseline(True, seconds=SMOKE_SECONDS, processes=2)
+    assert (baseline["concurrency"], baseline["processes"]) == (16, 2)
     assert (baseline["warmup_s"], baseline["measured_s"]) == SMOKE_SECONDS
-    _check_figures(baseline["tls"])
-    _check_figures(baseline["mtls"])
+    assert set(baseline["runs"]) == {"1", "2"}
+    for transport in ("tls", "mtls"):
+        runs = [baseline["runs"][count][transport] for count in ("1", "2")]
+        for figures in runs:
+            _check_figures(figures)
+        assert [figures["processes"] for figures in runs] == [1, 2]
+        # Judged against the faster bare server.
+        assert baseline[transport] == max(runs, key=lambda figures: figures["qps"])
 
-    floor = bench_audited_call(baseline, True, seconds=SMOKE_SECONDS)
+    floor = bench_audited_call(baseline, True, seconds=SMOKE_SECONDS, processes=2)
     _check_scenario(floor, "audited_call", baseline["tls"]["qps"], targeted=False)
     assert floor.details["probe"]["gateway_id"]
+    assert floor.details["processes"] == 2
 
-    evaluate = bench_evaluate(baseline, True, seconds=SMOKE_SECONDS)
+    evaluate = bench_evaluate(baseline, True, seconds=SMOKE_SECONDS, processes=2)
     _check_scenario(evaluate, "evaluate", baseline["mtls"]["qps"])
     assert evaluate.details["probe"]["decision"] in {"ELIGIBLE", "NOT_ELIGIBLE", "REFER"}
     assert evaluate.details["consents"] * evaluate.details["consent_max_uses"] > evaluate.details["calls"]
 
-    get_my_data = bench_get_my_data(baseline, True, seconds=SMOKE_SECONDS)
+    get_my_data = bench_get_my_data(baseline, True, seconds=SMOKE_SECONDS)  # one process
     _check_scenario(get_my_data, "get_my_data", baseline["tls"]["qps"])
     assert get_my_data.details["items_delivered"] == DELIVERY_ITEMS
     assert get_my_data.details["catalog_items"] == DELIVERY_ITEMS
+
+
+def test_the_load_is_spread_over_every_server_process() -> None:
+    """Two bare server processes share the calls of one load generator: each spends a fair part of
+    the servers' CPU (round robin gives each half the calls)."""
+    certs = _certificates()
+    bare = BareServer(
+        certificate_chain=certs.server.certificate_chain,
+        private_key=certs.server.private_key,
+        client_ca=certs.institution_ca.certificate_pem,
+    )
+    with ServerProcesses(bare, count=2) as servers:
+        assert len(set(servers.tls_ports)) == 2
+        before = servers.usage_each()
+        spec = LoadSpec(
+            target=servers.target,
+            tls=ClientTls(certs.root_certificates),
+            workload=NoopWorkload(),
+            warmup_seconds=0.2,
+            measured_seconds=0.6,
+        )
+        result = run_load(spec, usage=servers.usage)
+        after = servers.usage_each()
+    assert result.total_errors == 0
+    assert result.stats.calls > 100
+    spent = [end[0] - start[0] for start, end in zip(before, after, strict=True)]
+    assert min(spent) > 0.3 * sum(spent), spent

@@ -3,17 +3,19 @@
 One harness drives every RPC measurement, baseline and gateway alike, so a ratio between two runs
 compares servers and nothing else:
 
-* the server (a :class:`BareServer`, or the gateway) runs in **this** process; the load runs in a
-  **separate process** started with ``spawn`` (on two cores, client and server must not share one
-  interpreter and its GIL);
-* the load generator opens **one** channel and keeps a fixed number of blocking unary calls in flight
-  (``concurrency`` threads, each calling in a loop), discards a warm-up, then records the latency of
-  every call that completes in the measured window;
-* the child reports when the measured window opens and closes over a pipe; the parent samples its own
-  CPU time (user + system, all threads: ``time.process_time``) at those two moments, so
-  ``cpu_us_per_call`` is the server's CPU over the window divided by the calls completed in it, and
-  ``switches_per_call`` its voluntary context switches (``getrusage``) likewise: each is a thread
-  that blocked, mostly to hand the GIL over, which costs the whole process a wake-up.
+* the server (a :class:`BareServer`, or the gateway) runs in one or more server processes
+  (:class:`~veilgate_server.bench.processes.ServerProcesses`); the load runs in a **separate
+  process** started with ``spawn`` (on two cores, client and server must not share one interpreter
+  and its GIL);
+* the load generator opens **one** channel, balanced round robin over the server processes' ports
+  (one connection each), and keeps a fixed number of blocking unary calls in flight (``concurrency``
+  threads, each calling in a loop), discards a warm-up, then records the latency of every call that
+  completes in the measured window;
+* the child reports when the measured window opens and closes over a pipe; at those two moments the
+  parent samples the servers' CPU time (user + system, all threads, summed over the server processes),
+  so ``cpu_us_per_call`` is the servers' CPU over the window divided by the calls completed in it,
+  and ``switches_per_call`` their voluntary context switches (``getrusage``) likewise: each is a
+  thread that blocked, mostly to hand the GIL over, which costs the whole process a wake-up.
 
 Requests are built in the child, where a real client would build them: a GetMyData caller signs a
 fresh single-use request token per call with the citizen's wallet; an Evaluate caller sends a unique
@@ -26,7 +28,6 @@ from __future__ import annotations
 import itertools
 import math
 import multiprocessing
-import resource
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,6 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 import grpc
@@ -45,6 +45,7 @@ from veilgate.delivery import GatewayKey
 from veilgate.errors import InternalError
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
 from veilgate_server.bench.results import LatencyStats
+from veilgate_server.rpc.processes import Started
 
 __all__ = [
     "BARE_METHOD",
@@ -104,53 +105,44 @@ def _noop(request: bytes, context: grpc.ServicerContext) -> bytes:
     return b""
 
 
+@dataclass(frozen=True, slots=True)
 class BareServer:
     """A bare grpcio unary no-op: the same sync ``grpc.server``, pool size, options and certificates
     as the gateway, with a generic handler taking and returning raw bytes (no protobuf, no
     interceptors). Listens twice like the gateway: TLS, and mutual TLS requiring a client certificate
-    from ``client_ca``."""
+    from ``client_ca``. Started in a server process (see :mod:`veilgate_server.bench.processes`)."""
 
-    def __init__(
-        self, *, certificate_chain: bytes, private_key: bytes, client_ca: bytes, workers: int = SERVER_WORKERS
-    ) -> None:
+    certificate_chain: bytes
+    private_key: bytes
+    client_ca: bytes
+    workers: int = SERVER_WORKERS
+
+    def start(self) -> Started:
         # Imported here so the load generator's process does not load the whole gateway.
         from veilgate_server.rpc.server import MAX_MESSAGE_BYTES
 
         handler = grpc.method_handlers_generic_handler(
             BARE_METHOD.split("/")[1], {BARE_METHOD.split("/")[2]: grpc.unary_unary_rpc_method_handler(_noop)}
         )
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bench-bare"),
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="bench-bare"),
             handlers=[handler],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
         )
-        pair = [(private_key, certificate_chain)]
-        self.port = self._server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(pair))
-        self.mtls_port = self._server.add_secure_port(
-            "127.0.0.1:0", grpc.ssl_server_credentials(pair, root_certificates=client_ca, require_client_auth=True)
+        pair = [(self.private_key, self.certificate_chain)]
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(pair))
+        mtls_port = server.add_secure_port(
+            "127.0.0.1:0",
+            grpc.ssl_server_credentials(pair, root_certificates=self.client_ca, require_client_auth=True),
         )
-        if not (self.port and self.mtls_port):
+        if not (port and mtls_port):
             raise InternalError("the bare baseline server could not listen on 127.0.0.1")
-        self._server.start()
+        server.start()
 
-    @property
-    def target(self) -> str:
-        return f"localhost:{self.port}"
+        def stop() -> None:
+            server.stop(None).wait()
 
-    @property
-    def mtls_target(self) -> str:
-        return f"localhost:{self.mtls_port}"
-
-    def stop(self) -> None:
-        self._server.stop(None).wait()
-
-    def __enter__(self) -> BareServer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        return Started(tls_port=port, mtls_port=mtls_port, stop=stop)
 
 
 # --- workloads: how the child builds and sends one call --------------------------------------------
@@ -368,7 +360,9 @@ def _generate_load(spec: LoadSpec, pipe: Connection) -> _ChildReport:
     credentials = grpc.ssl_channel_credentials(
         root_certificates=tls.root_certificates, private_key=tls.private_key, certificate_chain=tls.certificate_chain
     )
-    with grpc.secure_channel(spec.target, credentials) as channel:
+    # Round robin over the servers' addresses; each server's certificate names localhost.
+    options = [("grpc.lb_policy_name", "round_robin"), ("grpc.ssl_target_name_override", "localhost")]
+    with grpc.secure_channel(spec.target, credentials, options=options) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=15)
         except grpc.FutureTimeoutError:
@@ -437,20 +431,14 @@ def _child_main(spec: LoadSpec, pipe: Connection) -> None:
         pipe.close()
 
 
-def _cpu_seconds() -> float:
-    """This process's CPU time, user + system, all threads (``os.times`` only ticks every 10 ms)."""
-    return time.process_time()
+Usage = Callable[[], tuple[float, int]]
+"""The servers' CPU seconds and voluntary context switches so far (``ServerProcesses.usage``)."""
 
 
-def _voluntary_switches() -> int:
-    """Times this process's threads gave up the CPU to wait: each lock, GIL or I/O wait that blocked."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
-
-
-def run_load(spec: LoadSpec, *, start_timeout: float = 60.0) -> LoadResult:
-    """Run ``spec`` in a separate process against a server in this process; sample this process's CPU
-    over the child's measured window. Raises :class:`InternalError` when the child cannot run at all;
-    calls that fail are counted in the result instead."""
+def run_load(spec: LoadSpec, *, usage: Usage, start_timeout: float = 60.0) -> LoadResult:
+    """Run ``spec`` in a separate process against the servers; sample their ``usage`` over the
+    child's measured window. Raises :class:`InternalError` when the child cannot run at all; calls
+    that fail are counted in the result instead."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(target=_child_main, args=(spec, sender), name="veilgate-bench-load", daemon=True)
@@ -474,9 +462,9 @@ def run_load(spec: LoadSpec, *, start_timeout: float = 60.0) -> LoadResult:
             except EOFError:
                 raise InternalError(f"the load generator exited unexpectedly (exit code {child.exitcode})") from None
             if kind == "window-start":
-                cpu_start, switches_start = _cpu_seconds(), _voluntary_switches()
+                cpu_start, switches_start = usage()
             elif kind == "window-end":
-                cpu_end, switches_end = _cpu_seconds(), _voluntary_switches()
+                cpu_end, switches_end = usage()
             elif kind == "failed":
                 raise InternalError(f"the load generator failed: {value}")
             else:

@@ -61,7 +61,9 @@ from veilgate_server.crypto import CertificateAuthority
 from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.gateway import Gateway
 from veilgate_server.governance import create_governance_key, sign_manifest
-from veilgate_server.rpc.server import RunningServer, ServerTls, build_server
+from veilgate_server.rpc.processes import ServerProcesses
+from veilgate_server.rpc.server import ServerTls
+from veilgate_server.serving import GatewayProcess, ServeOptions, open_gateway
 from veilgate_server.storage import Store
 
 __all__ = [
@@ -158,37 +160,67 @@ def _spec(target: str, tls: ClientTls, workload: Workload, *, seconds: Seconds, 
 # --- baseline -------------------------------------------------------------------------------------
 
 
-def bench_baseline(quick: bool, *, concurrency: int = CONCURRENCY, seconds: Seconds | None = None) -> dict[str, Any]:
-    """The bare grpcio no-op over TLS and over mutual TLS; the JSON ``baseline`` section::
-
-        {"server": str, "concurrency": int, "warmup_s": float, "measured_s": float,
-         "tls":  {"qps", "p50_ms", "p99_ms", "calls", "seconds", "errors", "cpu_us_per_call",
-                  "switches_per_call"},
-         "mtls": {... the same ...}}
-
-    Raises :class:`InternalError` when the baseline cannot be measured (nothing else can be judged)."""
+def _bare_servers(processes: int) -> ServerProcesses:
     certs = _certificates()
-    warmup, measured = _durations(quick, seconds)
-    section: dict[str, Any] = {
-        "server": "sync grpc.server, ThreadPoolExecutor(8), generic handler, bytes no-op",
-        "concurrency": concurrency,
-        "warmup_s": warmup,
-        "measured_s": measured,
-    }
-    with BareServer(
+    bare = BareServer(
         certificate_chain=certs.server.certificate_chain,
         private_key=certs.server.private_key,
         client_ca=certs.institution_ca.certificate_pem,
-    ) as bare:
+    )
+    return ServerProcesses(bare, count=processes, name="veilgate-bench-bare")
+
+
+def _measure_bare(processes: int, *, seconds: Seconds, concurrency: int) -> dict[str, dict[str, Any]]:
+    """The bare server in ``processes`` processes, over TLS and over mutual TLS."""
+    certs = _certificates()
+    figures: dict[str, dict[str, Any]] = {}
+    with _bare_servers(processes) as bare:
         runs = {
             "tls": (bare.target, ClientTls(certs.root_certificates)),
             "mtls": (bare.mtls_target, certs.baseline_client),
         }
         for name, (target, tls) in runs.items():
-            result = run_load(_spec(target, tls, NoopWorkload(), seconds=(warmup, measured), concurrency=concurrency))
+            spec = _spec(target, tls, NoopWorkload(), seconds=seconds, concurrency=concurrency)
+            result = run_load(spec, usage=bare.usage)
             if result.stats.calls == 0:
                 raise InternalError(f"the bare {name} baseline completed no call: {result.first_error}")
-            section[name] = result.figures()
+            figures[name] = {**result.figures(), "processes": processes}
+    return figures
+
+
+def bench_baseline(
+    quick: bool, *, concurrency: int = CONCURRENCY, seconds: Seconds | None = None, processes: int = 1
+) -> dict[str, Any]:
+    """The bare grpcio no-op over TLS and over mutual TLS; the JSON ``baseline`` section::
+
+        {"server": str, "processes": int, "concurrency": int, "warmup_s": float, "measured_s": float,
+         "tls":  {"qps", "p50_ms", "p99_ms", "calls", "seconds", "errors", "cpu_us_per_call",
+                  "switches_per_call", "processes"},
+         "mtls": {... the same ...},
+         "runs": {"<processes>": {"tls": {...}, "mtls": {...}}, ...}}
+
+    The bare server is measured in ``processes`` server processes, as the gateway scenarios are
+    served, and (when that is more than one) in a single process too. On a machine whose cores the
+    load generator shares, one bare process can be the faster: ``tls`` and ``mtls`` are each the
+    faster of the runs, so that a gateway served by several processes is never judged against a
+    baseline slowed down by them. Every run is kept under ``runs``.
+
+    Raises :class:`InternalError` when the baseline cannot be measured (nothing else can be judged)."""
+    durations = _durations(quick, seconds)
+    runs = {
+        str(count): _measure_bare(count, seconds=durations, concurrency=concurrency)
+        for count in sorted({processes, 1}, reverse=True)
+    }
+    section: dict[str, Any] = {
+        "server": "sync grpc.server, ThreadPoolExecutor(8) per process, generic handler, bytes no-op",
+        "processes": processes,
+        "concurrency": concurrency,
+        "warmup_s": durations[0],
+        "measured_s": durations[1],
+    }
+    for name in ("tls", "mtls"):
+        section[name] = max((run[name] for run in runs.values()), key=lambda figures: float(figures["qps"]))
+    section["runs"] = runs
     return section
 
 
@@ -197,20 +229,23 @@ def bench_baseline(quick: bool, *, concurrency: int = CONCURRENCY, seconds: Seco
 
 @dataclass(frozen=True, slots=True)
 class _BenchGateway:
-    gateway: Gateway
+    gateway: Gateway  # this process's own, for setting the scene through the real operations
     store: Store
-    running: RunningServer
+    servers: ServerProcesses
     root: Path
     citizen_ids: tuple[str, ...]
     catalog_items: int
 
     @property
     def target(self) -> str:
-        return f"localhost:{self.running.port}"
+        return self.servers.target
 
     @property
     def mtls_target(self) -> str:
-        return f"localhost:{self.running.mtls_port}"
+        return self.servers.mtls_target
+
+    def load(self, spec: LoadSpec) -> LoadResult:
+        return run_load(spec, usage=self.servers.usage)
 
     @property
     def keys(self) -> tuple[GatewayKey, ...]:
@@ -269,60 +304,52 @@ def _reviewed_policies(root: Path, *, pad_to: int | None) -> tuple[Path, str]:
 
 
 @contextlib.contextmanager
-def _bench_gateway(*, pad_to: int | None = None, citizens: int = BENCH_CITIZENS) -> Iterator[_BenchGateway]:
-    """A running gateway on SQLite in a temporary directory; everything is removed afterwards."""
+def _bench_gateway(
+    *, pad_to: int | None = None, citizens: int = BENCH_CITIZENS, processes: int = 1
+) -> Iterator[_BenchGateway]:
+    """A gateway on SQLite in a temporary directory, served by ``processes`` server processes as
+    ``veilgate serve --processes`` would; everything is removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="veilgate-bench-"))
     try:
         policies_dir, governance_key = _reviewed_policies(root, pad_to=pad_to)
         settings = Settings(
             data_dir=root, policies_dir=policies_dir, gateway_id=GATEWAY_ID, governance_keys=(governance_key,)
         )
-        catalog = settings.load_catalog()
-        policies = settings.load_reviewed_policies(catalog)
-        store = settings.open_store()
+        gateway = open_gateway(settings, daily_budget=BENCH_DAILY_BUDGET)
         try:
-            seed_population(store, catalog, citizens=citizens, seed=7)
-            gateway = Gateway(
-                gateway_id=GATEWAY_ID,
-                catalog=catalog,
-                store=store,
-                signer=settings.load_signer(),
-                log_signer=settings.load_log_signer(),
-                policies=policies,
-                daily_budget=BENCH_DAILY_BUDGET,
-            )
-            running = build_server(
-                gateway,
+            seed_population(gateway.store, gateway.catalog, citizens=citizens, seed=7)
+            options = ServeOptions(
                 address="127.0.0.1:0",
                 tls=_certificates().server,
                 mtls_address="127.0.0.1:0",
                 workers=SERVER_WORKERS,
+                daily_budget=BENCH_DAILY_BUDGET,
             )
-            try:
+            serving = GatewayProcess(settings, options, stop_grace=None)
+            with ServerProcesses(serving, count=processes, name="veilgate-bench-gateway") as servers:
                 yield _BenchGateway(
                     gateway=gateway,
-                    store=store,
-                    running=running,
+                    store=gateway.store,
+                    servers=servers,
                     root=root,
-                    citizen_ids=tuple(store.records.citizen_ids(limit=citizens)),
-                    catalog_items=len(catalog.items),
+                    citizen_ids=tuple(gateway.store.records.citizen_ids(limit=citizens)),
+                    catalog_items=len(gateway.catalog.items),
                 )
-            finally:
-                running.stop(grace=None)
         finally:
-            store.close()
+            gateway.store.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _common_details(seconds: Seconds, concurrency: int) -> dict[str, Any]:
+def _common_details(seconds: Seconds, concurrency: int, processes: int) -> dict[str, Any]:
     warmup, measured = seconds
     return {
+        "processes": processes,
         "concurrency": concurrency,
         "warmup_s": warmup,
         "measured_s": measured,
         "store": "SQLite (WAL) in a temporary directory",
-        "server": "build_server: sync grpc.server, 8 workers, full interceptor chain",
+        "server": "build_server: sync grpc.server, 8 workers per process, full interceptor chain",
         "daily_budget": f"{BENCH_DAILY_BUDGET} evaluations per citizen per day, counted per use",
         "unchanged": "consent-use accounting, token replay protection, signatures, durable audit append",
     }
@@ -380,18 +407,23 @@ def _not_measured(name: str, targets: tuple[Target, ...], message: str, details:
 
 
 def bench_audited_call(
-    baseline: Mapping[str, Any], quick: bool, *, concurrency: int = CONCURRENCY, seconds: Seconds | None = None
+    baseline: Mapping[str, Any],
+    quick: bool,
+    *,
+    concurrency: int = CONCURRENCY,
+    seconds: Seconds | None = None,
+    processes: int = 1,
 ) -> ScenarioResult:
     """GetGatewayInfo over TLS: the interceptor chain and a durable audit-log entry, and no other
     work. No target: it is the floor under every gateway call, and answers "what does the audit log
     cost" per call. Judged against nothing; reported against the bare TLS baseline."""
     durations = _durations(quick, seconds)
-    details = _common_details(durations, concurrency)
+    details = _common_details(durations, concurrency, processes)
     details["call"] = "CitizenService.GetGatewayInfo: no store read, one durable log entry"
     try:
-        with _bench_gateway() as bench:
+        with _bench_gateway(processes=processes) as bench:
             tls = ClientTls(_certificates().root_certificates)
-            result = run_load(
+            result = bench.load(
                 _spec(bench.target, tls, GatewayInfoWorkload(GATEWAY_ID), seconds=durations, concurrency=concurrency)
             )
     except VeilgateError as e:
@@ -453,18 +485,23 @@ def _evaluate_workload(bench: _BenchGateway, consents: tuple[str, ...]) -> Evalu
 
 
 def bench_evaluate(
-    baseline: Mapping[str, Any], quick: bool, *, concurrency: int = CONCURRENCY, seconds: Seconds | None = None
+    baseline: Mapping[str, Any],
+    quick: bool,
+    *,
+    concurrency: int = CONCURRENCY,
+    seconds: Seconds | None = None,
+    processes: int = 1,
 ) -> ScenarioResult:
     """An institution over mutual TLS calls Evaluate(credit.consumer_loan) under valid consents:
     consent JWS verify, consent-use accounting, CEL policy, signed result, durable audit append.
     Judged against the bare mTLS baseline (``baseline`` is what :func:`bench_baseline` returned)."""
     warmup, measured = _durations(quick, seconds)
-    details = _common_details((warmup, measured), concurrency)
+    details = _common_details((warmup, measured), concurrency, processes)
     # The gateway cannot beat the bare server: its QPS bounds the calls one run can make. One
     # citizen per consent (see BENCH_DAILY_BUDGET).
     needed = _consents_for(float(baseline["mtls"]["qps"]), warmup + measured)
     try:
-        with _bench_gateway(citizens=needed) as bench:
+        with _bench_gateway(citizens=needed, processes=processes) as bench:
             started = time.perf_counter()
             wallets = [bench.enroll(citizen_id) for citizen_id in bench.citizen_ids]
             tls = _register_bank(bench)
@@ -481,7 +518,7 @@ def bench_evaluate(
                 pseudonym_keys="created in setup (a citizen's first logged call creates theirs, once)",
             )
             workload = _evaluate_workload(bench, consents)
-            result = run_load(
+            result = bench.load(
                 _spec(bench.mtls_target, tls, workload, seconds=(warmup, measured), concurrency=concurrency)
             )
     except VeilgateError as e:
@@ -504,15 +541,20 @@ def _citizen_workload(bench: _BenchGateway) -> GetMyDataWorkload:
 
 
 def bench_get_my_data(
-    baseline: Mapping[str, Any], quick: bool, *, concurrency: int = CONCURRENCY, seconds: Seconds | None = None
+    baseline: Mapping[str, Any],
+    quick: bool,
+    *,
+    concurrency: int = CONCURRENCY,
+    seconds: Seconds | None = None,
+    processes: int = 1,
 ) -> ScenarioResult:
     """A citizen over TLS fetches all their records (188 items): request-token verify and spend,
     records decrypted, gateway-signed delivery sealed to the citizen's key, durable audit append.
     Judged against the bare TLS baseline."""
     durations = _durations(quick, seconds)
-    details = _common_details(durations, concurrency)
+    details = _common_details(durations, concurrency, processes)
     try:
-        with _bench_gateway(pad_to=DELIVERY_ITEMS) as bench:
+        with _bench_gateway(pad_to=DELIVERY_ITEMS, processes=processes) as bench:
             workload = _citizen_workload(bench)
             details.update(
                 catalog_items=bench.catalog_items,
@@ -523,7 +565,7 @@ def bench_get_my_data(
                 request_tokens="a fresh single-use token per call, signed in the client process",
             )
             tls = ClientTls(_certificates().root_certificates)
-            result = run_load(_spec(bench.target, tls, workload, seconds=durations, concurrency=concurrency))
+            result = bench.load(_spec(bench.target, tls, workload, seconds=durations, concurrency=concurrency))
     except VeilgateError as e:
         return _not_measured("get_my_data", GET_MY_DATA_TARGETS, e.message, details)
     delivered = result.probe.get("items")
@@ -544,7 +586,9 @@ def bench_get_my_data(
 SWEEP_LEVELS = (1, 4, 16, 64)
 
 
-def latency_sweep(*, quick: bool, levels: tuple[int, ...] = SWEEP_LEVELS) -> dict[str, list[tuple[int, float, float]]]:
+def latency_sweep(
+    *, quick: bool, levels: tuple[int, ...] = SWEEP_LEVELS, processes: int = 1
+) -> dict[str, list[tuple[int, float, float]]]:
     """Latency versus calls in flight, for ``report.write_plot``: ``{label: [(in flight, p50 ms,
     p99 ms), ...]}`` for the bare server (TLS, mTLS), ``evaluate`` and ``get_my_data``. One bare server
     and one gateway (catalog padded to 188 items) serve every level; each level is a fresh load
@@ -560,21 +604,18 @@ def latency_sweep(*, quick: bool, levels: tuple[int, ...] = SWEEP_LEVELS) -> dic
             raise InternalError(f"{label} at {n} in flight: {result.total_errors} failed calls: {result.first_error}")
         series.setdefault(label, []).append((n, result.stats.p50_ms, result.stats.p99_ms))
 
-    with BareServer(
-        certificate_chain=certs.server.certificate_chain,
-        private_key=certs.server.private_key,
-        client_ca=certs.institution_ca.certificate_pem,
-    ) as bare:
+    with _bare_servers(processes) as bare:
         for n in levels:
             tls = _spec(bare.target, ClientTls(certs.root_certificates), NoopWorkload(), seconds=seconds, concurrency=n)
-            point("bare TLS", n, run_load(tls))
+            point("bare TLS", n, run_load(tls, usage=bare.usage))
             mtls = run_load(
-                _spec(bare.mtls_target, certs.baseline_client, NoopWorkload(), seconds=seconds, concurrency=n)
+                _spec(bare.mtls_target, certs.baseline_client, NoopWorkload(), seconds=seconds, concurrency=n),
+                usage=bare.usage,
             )
             point("bare mTLS", n, mtls)
             bare_qps[n] = mtls.stats.qps
     needed = {n: _consents_for(bare_qps[n], sum(seconds)) for n in levels}
-    with _bench_gateway(pad_to=DELIVERY_ITEMS, citizens=1 + sum(needed.values())) as bench:
+    with _bench_gateway(pad_to=DELIVERY_ITEMS, citizens=1 + sum(needed.values()), processes=processes) as bench:
         citizen = _citizen_workload(bench)  # citizen_ids[0]: the one who fetches their data
         bank = _register_bank(bench)
         evaluating = iter(bench.citizen_ids[1:])  # one consent per citizen, as in bench_evaluate
@@ -585,7 +626,7 @@ def latency_sweep(*, quick: bool, levels: tuple[int, ...] = SWEEP_LEVELS) -> dic
             evaluate = _spec(
                 bench.mtls_target, bank, _evaluate_workload(bench, consents), seconds=seconds, concurrency=n
             )
-            point("evaluate", n, run_load(evaluate))
+            point("evaluate", n, bench.load(evaluate))
             fetch = _spec(bench.target, ClientTls(certs.root_certificates), citizen, seconds=seconds, concurrency=n)
-            point("get_my_data", n, run_load(fetch))
+            point("get_my_data", n, bench.load(fetch))
     return series

@@ -11,7 +11,7 @@ from typing import Any
 from veilgate.errors import ConfigurationError
 from veilgate_server.bench.results import ScenarioResult
 
-__all__ = ["RPC_SCENARIOS", "SCENARIOS", "BenchRun", "run_bench"]
+__all__ = ["RPC_SCENARIOS", "SCENARIOS", "BenchRun", "default_processes", "run_bench"]
 
 RPC_SCENARIOS = ("audited_call", "evaluate", "get_my_data")
 STORE_SCENARIOS = ("log_append", "proofs", "audit_verify", "audit_export", "ingest", "rss")
@@ -28,16 +28,23 @@ class BenchRun:
     scenarios: list[ScenarioResult]
 
 
-def _scenario(name: str, quick: bool, baseline: dict[str, Any], postgres_url: str | None) -> ScenarioResult:
+def default_processes() -> int:
+    """One server process per core, as a deployment would run them (``veilgate serve --processes``)."""
+    return max(1, os.cpu_count() or 1)
+
+
+def _scenario(
+    name: str, quick: bool, baseline: dict[str, Any], postgres_url: str | None, processes: int
+) -> ScenarioResult:
     from veilgate_server.bench import rpc_scenarios, store_scenarios
 
     match name:
         case "audited_call":
-            return rpc_scenarios.bench_audited_call(baseline, quick=quick)
+            return rpc_scenarios.bench_audited_call(baseline, quick=quick, processes=processes)
         case "evaluate":
-            return rpc_scenarios.bench_evaluate(baseline, quick=quick)
+            return rpc_scenarios.bench_evaluate(baseline, quick=quick, processes=processes)
         case "get_my_data":
-            return rpc_scenarios.bench_get_my_data(baseline, quick=quick)
+            return rpc_scenarios.bench_get_my_data(baseline, quick=quick, processes=processes)
         case "log_append":
             return store_scenarios.bench_log_append(quick=quick, postgres_url=postgres_url)
         case "proofs":
@@ -53,7 +60,16 @@ def _scenario(name: str, quick: bool, baseline: dict[str, Any], postgres_url: st
     raise ConfigurationError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
 
 
-def run_bench(*, quick: bool, only: Sequence[str] | None, postgres_url: str | None, progress: Progress) -> BenchRun:
+def run_bench(
+    *,
+    quick: bool,
+    only: Sequence[str] | None,
+    postgres_url: str | None,
+    progress: Progress,
+    processes: int | None = None,
+) -> BenchRun:
+    """The baseline, then each scenario. RPC scenarios serve from ``processes`` server processes
+    (default: one per core), and so does the baseline they are judged against."""
     from veilgate_server.bench import rpc_scenarios
     from veilgate_server.bench.report import machine_facts
 
@@ -65,15 +81,18 @@ def run_bench(*, quick: bool, only: Sequence[str] | None, postgres_url: str | No
     machine = machine_facts(url)
     if machine["postgres"] is None:
         url = None
+    processes = default_processes() if processes is None else processes
+    if processes < 1:
+        raise ConfigurationError("--processes must be at least 1")
     baseline: dict[str, Any] = {}
     if any(n in RPC_SCENARIOS for n in names):
         progress("baseline: bare grpcio over TLS and mTLS ...")
-        baseline = rpc_scenarios.bench_baseline(quick=quick)
+        baseline = rpc_scenarios.bench_baseline(quick=quick, processes=processes)
     results = []
     for index, name in enumerate(names, 1):
         progress(f"[{index}/{len(names)}] {name} ...")
         started = time.perf_counter()
-        result = _scenario(name, quick, baseline, url)
+        result = _scenario(name, quick, baseline, url, processes)
         result.details.setdefault("wall_seconds", round(time.perf_counter() - started, 1))
         results.append(result)
     return BenchRun(machine=machine, baseline=baseline, scenarios=results)

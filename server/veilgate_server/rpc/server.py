@@ -97,9 +97,14 @@ def build_server(
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     mtls_address: str | None = None,
     checkpoint_interval: float = 1.0,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Bind and start the server. Addresses may end in ``:0`` for a free port (see ``.port`` and
-    ``.mtls_port``). ``mtls_address`` (with ``tls.client_ca``) opens the institutions' port."""
+    ``.mtls_port``). ``mtls_address`` (with ``tls.client_ca``) opens the institutions' port.
+
+    ``reuse_port`` lets several server processes listen on the same ports (``SO_REUSEPORT``; the
+    kernel spreads connections over them). It is off otherwise, so that a second gateway started by
+    mistake on a port in use fails to start instead of quietly taking half the connections."""
     writer = LogWriter(gateway.store.log)
     auditor = Auditor(gateway.store, writer, clock=gateway.clock, status_of=status_name)
     checkpointer = Checkpointer(gateway.store, gateway.log_signer, interval=checkpoint_interval)
@@ -116,7 +121,7 @@ def build_server(
         ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     citizen_pb2_grpc.add_CitizenServiceServicer_to_server(CitizenServicer(gateway, auditor, checkpointer), server)

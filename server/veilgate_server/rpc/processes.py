@@ -1,0 +1,196 @@
+"""A server run as several processes: one per core, each with its own interpreter and GIL.
+
+One gateway process is bound by its GIL at a little over one core however many threads it has, so a
+host runs one process per core. A :class:`ServerProcesses` starts ``count`` copies of one server,
+each in a process started with ``spawn`` (never ``fork``: gRPC's threads do not survive it):
+
+* ``veilgate serve --processes N`` starts N gateways that share one port through ``SO_REUSEPORT``;
+  the kernel spreads incoming connections over them;
+* the benchmark starts N copies of the bare baseline or of the gateway, each on its own ports, and
+  its load generator balances calls over them round robin (:func:`balanced_target`), as a load
+  balancer in front of a gateway host would.
+
+The processes share nothing but the store, which every gateway already shares with its replicas
+(see :class:`~veilgate_server.gateway.Gateway`). Each child ignores SIGINT and SIGTERM: the parent
+decides when they stop. A child answers three requests on its pipe:
+
+* ``ports``: sent once when it serves: its TLS and mutual-TLS ports;
+* ``usage``: its CPU time (user + system, all threads) and voluntary context switches so far, which
+  the benchmark sums over the children at the two edges of its measured window;
+* ``stop``: stop serving, close what it opened, exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import resource
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from types import TracebackType
+from typing import Protocol
+
+from veilgate.errors import InternalError, VeilgateError
+
+__all__ = ["ServerFactory", "ServerProcesses", "Started", "balanced_target"]
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A server running in the child: its ports, and how to stop it."""
+
+    tls_port: int
+    mtls_port: int
+    stop: Callable[[], None]
+
+
+class ServerFactory(Protocol):
+    """What to serve. Instances are pickled into each child and started there."""
+
+    def start(self) -> Started: ...
+
+
+def balanced_target(ports: tuple[int, ...]) -> str:
+    """A gRPC target naming every server's port; the channel balances calls over them round robin."""
+    return "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
+
+
+def _usage() -> tuple[float, int]:
+    """This process's CPU seconds (all threads) and voluntary context switches."""
+    return time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+
+def _child_main(factory: ServerFactory, pipe: Connection, log_level: int) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    # A spawned process starts with no logging set up: log as the parent does, naming the process.
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    try:
+        started = factory.start()
+    except Exception as e:  # reported as one line; the parent raises it
+        message = e.message if isinstance(e, VeilgateError) else f"{type(e).__name__}: {e}"
+        pipe.send(("failed", message))
+        pipe.close()
+        return
+    try:
+        pipe.send(("ports", (started.tls_port, started.mtls_port)))
+        while True:
+            try:
+                request = pipe.recv()
+            except EOFError:  # the parent is gone
+                break
+            if request == "usage":
+                pipe.send(("usage", _usage()))
+            elif request == "stop":
+                break
+    finally:
+        started.stop()
+        pipe.close()
+
+
+class ServerProcesses:
+    """``count`` copies of a server, each in its own process (see the module docstring)."""
+
+    def __init__(
+        self, factory: ServerFactory, *, count: int = 1, name: str = "veilgate-server", start_timeout: float = 60.0
+    ) -> None:
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        context = multiprocessing.get_context("spawn")
+        self._children: list[tuple[BaseProcess, Connection]] = []
+        tls: list[int] = []
+        mtls: list[int] = []
+        try:
+            for n in range(count):
+                parent_end, child_end = context.Pipe()
+                process = context.Process(
+                    target=_child_main,
+                    args=(factory, child_end, logging.getLogger().getEffectiveLevel()),
+                    name=f"{name}-{n}",
+                    daemon=True,
+                )
+                process.start()
+                child_end.close()
+                self._children.append((process, parent_end))
+            for child, pipe in self._children:
+                kind, value = self._receive(child, pipe, start_timeout)
+                if kind != "ports" or not isinstance(value, tuple):
+                    raise InternalError(f"a server process could not start: {value}")
+                tls.append(value[0])
+                mtls.append(value[1])
+        except BaseException:
+            self.stop()
+            raise
+        self.tls_ports = tuple(tls)
+        self.mtls_ports = tuple(mtls)
+
+    @staticmethod
+    def _receive(child: BaseProcess, pipe: Connection, timeout: float) -> tuple[str, object]:
+        if not pipe.poll(timeout):
+            raise InternalError(f"server process {child.name} did not answer in {timeout:.0f} s")
+        try:
+            kind, value = pipe.recv()
+        except EOFError:
+            raise InternalError(f"server process {child.name} exited (exit code {child.exitcode})") from None
+        return kind, value
+
+    @property
+    def count(self) -> int:
+        return len(self._children)
+
+    def exited(self) -> list[str]:
+        """The server processes that are no longer running, each as "name (exit code N)"."""
+        return [f"{child.name} (exit code {child.exitcode})" for child, _ in self._children if not child.is_alive()]
+
+    @property
+    def target(self) -> str:
+        return balanced_target(self.tls_ports)
+
+    @property
+    def mtls_target(self) -> str:
+        return balanced_target(self.mtls_ports)
+
+    def usage_each(self) -> list[tuple[float, int]]:
+        """Each server process's CPU seconds and voluntary context switches so far."""
+        for _, pipe in self._children:
+            pipe.send("usage")
+        each: list[tuple[float, int]] = []
+        for child, pipe in self._children:
+            kind, value = self._receive(child, pipe, 10.0)
+            if kind != "usage" or not isinstance(value, tuple):
+                raise InternalError(f"server process {child.name} answered {kind!r} to a usage request")
+            each.append((float(value[0]), int(value[1])))
+        return each
+
+    def usage(self) -> tuple[float, int]:
+        """CPU seconds and voluntary context switches, summed over every server process so far."""
+        each = self.usage_each()
+        return sum(cpu for cpu, _ in each), sum(switches for _, switches in each)
+
+    def stop(self) -> None:
+        for _, pipe in self._children:
+            with contextlib.suppress(OSError):  # already gone
+                pipe.send("stop")
+        for child, pipe in self._children:
+            child.join(30)
+            if child.is_alive():
+                child.terminate()
+                child.join(5)
+            if child.is_alive():
+                child.kill()
+                child.join()
+            pipe.close()
+        self._children = []
+
+    def __enter__(self) -> ServerProcesses:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,88 @@
+"""Start a gateway the way ``veilgate serve`` does: in this process, or as one of several processes.
+
+Everything a serving gateway needs comes from :class:`~veilgate_server.config.Settings` and a
+:class:`ServeOptions`, both plain data, so a server process started with ``spawn`` builds exactly what
+the single-process server builds (see :mod:`veilgate_server.rpc.processes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from veilgate_server.config import Settings
+from veilgate_server.crypto.institutions import TRUST_DOMAIN as DEFAULT_TRUST_DOMAIN
+from veilgate_server.gateway import DEFAULT_DAILY_BUDGET, Gateway
+from veilgate_server.rpc.processes import Started
+from veilgate_server.rpc.server import RunningServer, ServerTls, build_server
+
+__all__ = ["GatewayProcess", "ServeOptions", "open_gateway", "serve"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """How to listen and what to allow: the ``veilgate serve`` flags, as data."""
+
+    address: str
+    tls: ServerTls | None
+    mtls_address: str | None = None
+    insecure_plaintext: bool = False
+    reflection: bool = False
+    workers: int = 8
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    daily_budget: int = DEFAULT_DAILY_BUDGET
+    reuse_port: bool = False  # several processes share the ports (``--processes``)
+
+
+def open_gateway(settings: Settings, *, daily_budget: int = DEFAULT_DAILY_BUDGET) -> Gateway:
+    """The gateway the settings describe. Refuses to start on a bad or missing policy manifest."""
+    catalog = settings.load_catalog()
+    policies = settings.load_reviewed_policies(catalog)
+    signer, log_signer = settings.load_signer(), settings.load_log_signer()
+    return Gateway(
+        gateway_id=settings.gateway_id,
+        catalog=catalog,
+        store=settings.open_store(),
+        signer=signer,
+        log_signer=log_signer,
+        policies=policies,
+        daily_budget=daily_budget,
+    )
+
+
+def serve(settings: Settings, options: ServeOptions) -> tuple[Gateway, RunningServer]:
+    """Open the gateway and start its server; the store is closed again if the server cannot start."""
+    gateway = open_gateway(settings, daily_budget=options.daily_budget)
+    try:
+        running = build_server(
+            gateway,
+            address=options.address,
+            tls=options.tls,
+            insecure_plaintext=options.insecure_plaintext,
+            reflection_enabled=options.reflection,
+            workers=options.workers,
+            trust_domain=options.trust_domain,
+            mtls_address=options.mtls_address if options.tls else None,
+            reuse_port=options.reuse_port,
+        )
+    except BaseException:
+        gateway.store.close()
+        raise
+    return gateway, running
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayProcess:
+    """One gateway server process (a :class:`~veilgate_server.rpc.processes.ServerFactory`)."""
+
+    settings: Settings
+    options: ServeOptions
+    stop_grace: float | None = 5.0
+
+    def start(self) -> Started:
+        gateway, running = serve(self.settings, self.options)
+
+        def stop() -> None:
+            running.stop(grace=self.stop_grace)
+            gateway.store.close()
+
+        return Started(tls_port=running.port, mtls_port=running.mtls_port or 0, stop=stop)
