@@ -242,7 +242,9 @@ def _read_subtrees(connection: Connection, keys: Sequence[SubtreeKey]) -> dict[S
             params.append(level)
         params.extend(sorted(indices))
     sql = " UNION ALL ".join(parts)  # only placeholders and fixed text: no value is ever interpolated
-    rows = connection.exec_driver_sql(sql, tuple(params))
+    with driver_cursor(connection) as cursor:  # SQLAlchemy's execution would cost more than the read
+        cursor.execute(sql, tuple(params))
+        rows = cursor.fetchall()
     return {(int(level), int(index)): bytes(value) for level, index, value in rows}
 
 
