@@ -259,6 +259,36 @@ def test_when_one_server_process_dies_serve_stops_and_says_so(tmp_path: Path) ->
         assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text()
 
 
+def test_a_server_process_that_cannot_listen_fails_serve_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "gw"
+    policies, vkey = signed_policies(tmp_path)
+    data.mkdir()
+    (data / "governance.vkey").write_text(vkey + "\n")
+    with socket.socket() as taken:  # a listener that does not share its port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = veilgate(
+            "serve",
+            "--processes",
+            "2",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--listen-mtls",
+            f"127.0.0.1:{_free_port()}",
+            "--data-dir",
+            str(data),
+            "--policies-dir",
+            str(policies),
+            check=False,
+        )
+    assert result.returncode == 1
+    # gRPC's core logs its own line about the bind before it; ours is the last, and says what failed.
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"veilgate: error: a server process could not start: could not listen on 127.0.0.1:{port}")
+    assert "Traceback" not in result.stderr
+
+
 def test_several_processes_need_fixed_ports(tmp_path: Path) -> None:
     result = veilgate("serve", "--processes", "2", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), check=False)
     assert result.returncode == 1
