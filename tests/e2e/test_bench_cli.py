@@ -46,6 +46,8 @@ def test_the_quick_set_runs_every_scenario_and_reports_its_figures() -> None:
     assert set(report) == {"machine", "baseline", "scenarios"}
     for transport in ("tls", "mtls"):
         assert report["baseline"][transport]["qps"] > 0
+    cores = os.cpu_count() or 1
+    assert report["baseline"]["processes"] == cores  # one server process per core by default
     scenarios = {scenario["name"]: scenario for scenario in report["scenarios"]}
     assert list(scenarios) == list(SCENARIOS)
     for name, scenario in scenarios.items():
@@ -58,6 +60,7 @@ def test_the_quick_set_runs_every_scenario_and_reports_its_figures() -> None:
         assert 0 < rpc["p50_ms"] <= rpc["p99_ms"], name
         assert rpc["ratio"] == pytest.approx(rpc["qps"] / rpc["baseline_qps"], abs=1e-3), name
         assert rpc["details"]["cpu_us_per_call"] > 0, name
+        assert rpc["details"]["processes"] == cores, name
     assert scenarios["log_append"]["rate"] > 0
     assert scenarios["proofs"]["p99_ms"] > 0
     assert scenarios["audit_verify"]["rate"] > 0
@@ -75,3 +78,6 @@ def test_a_table_by_default_and_a_clear_error_for_an_unknown_scenario() -> None:
     assert unknown.returncode == 1
     assert unknown.stderr.startswith("veilgate: error: unknown scenario 'warp_speed'")
     assert "Traceback" not in unknown.stderr
+    no_servers = _bench("--quick", "--scenario", "evaluate", "--processes", "0")
+    assert no_servers.returncode == 1
+    assert no_servers.stderr.strip() == "veilgate: error: --processes must be at least 1"
