@@ -45,7 +45,7 @@ from veilgate.delivery import GatewayKey
 from veilgate.errors import InternalError
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
 from veilgate_server.bench.results import LatencyStats
-from veilgate_server.rpc.processes import Started
+from veilgate_server.rpc.processes import Started, end_process
 
 __all__ = [
     "BARE_METHOD",
@@ -472,13 +472,7 @@ def run_load(spec: LoadSpec, *, usage: Usage, start_timeout: float = 60.0) -> Lo
                 break
     finally:
         receiver.close()
-        child.join(10)
-        if child.is_alive():
-            child.terminate()
-            child.join(5)
-        if child.is_alive():
-            child.kill()
-            child.join()
+        end_process(child, wait=10)
     stats = latency_stats(report.latencies_s, seconds=report.seconds, errors=report.window_errors)
     cpu = switches = None
     if cpu_start is not None and cpu_end is not None and stats.calls:

@@ -37,7 +37,7 @@ from typing import Protocol
 
 from veilgate.errors import InternalError, VeilgateError
 
-__all__ = ["ServerFactory", "ServerProcesses", "Started", "balanced_target"]
+__all__ = ["ServerFactory", "ServerProcesses", "Started", "balanced_target", "end_process"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,17 @@ class ServerFactory(Protocol):
 def balanced_target(ports: tuple[int, ...]) -> str:
     """A gRPC target naming every server's port; the channel balances calls over them round robin."""
     return "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
+
+
+def end_process(process: BaseProcess, *, wait: float) -> None:
+    """Wait up to ``wait`` seconds for ``process`` to exit, then terminate it, then kill it."""
+    process.join(wait)
+    if process.is_alive():
+        process.terminate()
+        process.join(5)
+    if process.is_alive():
+        process.kill()
+        process.join()
 
 
 def _usage() -> tuple[float, int]:
@@ -177,13 +188,7 @@ class ServerProcesses:
             with contextlib.suppress(OSError):  # already gone
                 pipe.send("stop")
         for child, pipe in self._children:
-            child.join(30)
-            if child.is_alive():
-                child.terminate()
-                child.join(5)
-            if child.is_alive():
-                child.kill()
-                child.join()
+            end_process(child, wait=30)
             pipe.close()
         self._children = []
 
