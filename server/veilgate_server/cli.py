@@ -324,6 +324,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         postgres_url=args.postgres_url,
         progress=progress,
         processes=args.processes,
+        rpc_store=args.rpc_store,
     )
     if args.json == "-":
         print(render_json(run.machine, run.baseline, run.scenarios))
@@ -502,6 +503,12 @@ def _parser() -> argparse.ArgumentParser:
         "--processes",
         type=int,
         help="server processes for the gateway and the bare baseline alike (default: one per core)",
+    )
+    p.add_argument(
+        "--rpc-store",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="the gateway's store in the RPC scenarios (default sqlite; postgresql: the --postgres-url server)",
     )
 
     add("migrate", cmd_migrate, "create or upgrade the database schema")

@@ -81,3 +81,14 @@ def test_a_table_by_default_and_a_clear_error_for_an_unknown_scenario() -> None:
     no_servers = _bench("--quick", "--scenario", "evaluate", "--processes", "0")
     assert no_servers.returncode == 1
     assert no_servers.stderr.strip() == "veilgate: error: --processes must be at least 1"
+    unreachable = _bench(
+        "--quick",
+        "--scenario",
+        "evaluate",
+        "--rpc-store",
+        "postgresql",
+        "--postgres-url",
+        "postgresql://nobody@127.0.0.1:1/x",
+    )
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.strip() == "veilgate: error: --rpc-store postgresql: no PostgreSQL answers at 127.0.0.1:1"

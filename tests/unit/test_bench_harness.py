@@ -6,6 +6,7 @@ was: timing is not a test on a shared machine."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from veilgate_server.bench.harness import (
     BareServer,
@@ -26,6 +27,7 @@ from veilgate_server.bench.rpc_scenarios import (
     bench_get_my_data,
 )
 from veilgate_server.rpc.processes import ServerProcesses
+from veilgate_server.storage import Store
 
 SMOKE_SECONDS = (0.2, 0.4)  # warm-up, measured
 
@@ -158,3 +160,27 @@ def test_the_load_is_spread_over_every_server_process() -> None:
     assert result.stats.calls > 100
     spent = [end[0] - start[0] for start, end in zip(before, after, strict=True)]
     assert min(spent) > 0.3 * sum(spent), spent
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
+def test_the_gateway_scenarios_run_on_postgresql_and_leave_nothing(database_url: str) -> None:
+    """``--rpc-store postgresql``: the gateway, in two processes, keeps its store in a fresh schema
+    of the server, dropped afterwards."""
+
+    def bench_schemas() -> int:
+        with Store.open(database_url) as store, store.engine.connect() as connection:
+            count = connection.execute(
+                text("SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'vg_bench_%'")
+            ).scalar_one()
+        return int(count)
+
+    before = bench_schemas()
+    baseline = bench_baseline(True, seconds=SMOKE_SECONDS)
+    evaluate = bench_evaluate(baseline, True, seconds=SMOKE_SECONDS, processes=2, postgres_url=database_url)
+    _check_scenario(evaluate, "evaluate", baseline["mtls"]["qps"])
+    assert evaluate.details["store"].startswith("PostgreSQL at ")
+    get_my_data = bench_get_my_data(baseline, True, seconds=SMOKE_SECONDS, postgres_url=database_url)
+    _check_scenario(get_my_data, "get_my_data", baseline["tls"]["qps"])
+    assert get_my_data.details["items_delivered"] == DELIVERY_ITEMS
+    assert bench_schemas() == before

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy.engine import make_url
 
 from veilgate import CitizenWallet, GatewayKey, PolicyPin
 from veilgate._internal import jose
@@ -56,6 +57,7 @@ from veilgate_server.bench.harness import (
     run_load,
 )
 from veilgate_server.bench.results import ScenarioResult, Target
+from veilgate_server.bench.store_scenarios import postgres_schema
 from veilgate_server.config import Settings, default_policies_dir
 from veilgate_server.crypto import CertificateAuthority
 from veilgate_server.crypto.institutions import InstitutionCA
@@ -305,50 +307,70 @@ def _reviewed_policies(root: Path, *, pad_to: int | None) -> tuple[Path, str]:
 
 @contextlib.contextmanager
 def _bench_gateway(
-    *, pad_to: int | None = None, citizens: int = BENCH_CITIZENS, processes: int = 1
+    *, pad_to: int | None = None, citizens: int = BENCH_CITIZENS, processes: int = 1, postgres_url: str | None = None
 ) -> Iterator[_BenchGateway]:
-    """A gateway on SQLite in a temporary directory, served by ``processes`` server processes as
-    ``veilgate serve --processes`` would; everything is removed afterwards."""
+    """A gateway served by ``processes`` server processes as ``veilgate serve --processes`` would,
+    on SQLite in a temporary directory, or in a fresh schema of the PostgreSQL server at
+    ``postgres_url``; everything is removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="veilgate-bench-"))
     try:
-        policies_dir, governance_key = _reviewed_policies(root, pad_to=pad_to)
-        settings = Settings(
-            data_dir=root, policies_dir=policies_dir, gateway_id=GATEWAY_ID, governance_keys=(governance_key,)
-        )
-        gateway = open_gateway(settings, daily_budget=BENCH_DAILY_BUDGET)
-        try:
-            seed_population(gateway.store, gateway.catalog, citizens=citizens, seed=7)
-            options = ServeOptions(
-                address="127.0.0.1:0",
-                tls=_certificates().server,
-                mtls_address="127.0.0.1:0",
-                workers=SERVER_WORKERS,
-                daily_budget=BENCH_DAILY_BUDGET,
-            )
-            serving = GatewayProcess(settings, options, stop_grace=None)
-            with ServerProcesses(serving, count=processes, name="veilgate-bench-gateway") as servers:
-                yield _BenchGateway(
-                    gateway=gateway,
-                    store=gateway.store,
-                    servers=servers,
-                    root=root,
-                    citizen_ids=tuple(gateway.store.records.citizen_ids(limit=citizens)),
-                    catalog_items=len(gateway.catalog.items),
-                )
-        finally:
-            gateway.store.close()
+        with contextlib.ExitStack() as stack:
+            database_url = stack.enter_context(postgres_schema(postgres_url)) if postgres_url else None
+            yield stack.enter_context(_gateway_in(root, database_url, pad_to, citizens, processes))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _common_details(seconds: Seconds, concurrency: int, processes: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def _gateway_in(
+    root: Path, database_url: str | None, pad_to: int | None, citizens: int, processes: int
+) -> Iterator[_BenchGateway]:
+    policies_dir, governance_key = _reviewed_policies(root, pad_to=pad_to)
+    settings = Settings(
+        data_dir=root,
+        database_url=database_url,
+        policies_dir=policies_dir,
+        gateway_id=GATEWAY_ID,
+        governance_keys=(governance_key,),
+    )
+    gateway = open_gateway(settings, daily_budget=BENCH_DAILY_BUDGET)
+    try:
+        seed_population(gateway.store, gateway.catalog, citizens=citizens, seed=7)
+        options = ServeOptions(
+            address="127.0.0.1:0",
+            tls=_certificates().server,
+            mtls_address="127.0.0.1:0",
+            workers=SERVER_WORKERS,
+            daily_budget=BENCH_DAILY_BUDGET,
+        )
+        serving = GatewayProcess(settings, options, stop_grace=None)
+        with ServerProcesses(serving, count=processes, name="veilgate-bench-gateway") as servers:
+            yield _BenchGateway(
+                gateway=gateway,
+                store=gateway.store,
+                servers=servers,
+                root=root,
+                citizen_ids=tuple(gateway.store.records.citizen_ids(limit=citizens)),
+                catalog_items=len(gateway.catalog.items),
+            )
+    finally:
+        gateway.store.close()
+
+
+def _common_details(
+    seconds: Seconds, concurrency: int, processes: int, postgres_url: str | None = None
+) -> dict[str, Any]:
     warmup, measured = seconds
+    store = "SQLite (WAL) in a temporary directory"
+    if postgres_url:
+        url = make_url(postgres_url)
+        store = f"PostgreSQL at {url.host}:{url.port}, a fresh schema dropped afterwards"
     return {
         "processes": processes,
         "concurrency": concurrency,
         "warmup_s": warmup,
         "measured_s": measured,
-        "store": "SQLite (WAL) in a temporary directory",
+        "store": store,
         "server": "build_server: sync grpc.server, 8 workers per process, full interceptor chain",
         "daily_budget": f"{BENCH_DAILY_BUDGET} evaluations per citizen per day, counted per use",
         "unchanged": "consent-use accounting, token replay protection, signatures, durable audit append",
@@ -413,15 +435,16 @@ def bench_audited_call(
     concurrency: int = CONCURRENCY,
     seconds: Seconds | None = None,
     processes: int = 1,
+    postgres_url: str | None = None,
 ) -> ScenarioResult:
     """GetGatewayInfo over TLS: the interceptor chain and a durable audit-log entry, and no other
     work. No target: it is the floor under every gateway call, and answers "what does the audit log
     cost" per call. Judged against nothing; reported against the bare TLS baseline."""
     durations = _durations(quick, seconds)
-    details = _common_details(durations, concurrency, processes)
+    details = _common_details(durations, concurrency, processes, postgres_url)
     details["call"] = "CitizenService.GetGatewayInfo: no store read, one durable log entry"
     try:
-        with _bench_gateway(processes=processes) as bench:
+        with _bench_gateway(processes=processes, postgres_url=postgres_url) as bench:
             tls = ClientTls(_certificates().root_certificates)
             result = bench.load(
                 _spec(bench.target, tls, GatewayInfoWorkload(GATEWAY_ID), seconds=durations, concurrency=concurrency)
@@ -491,17 +514,18 @@ def bench_evaluate(
     concurrency: int = CONCURRENCY,
     seconds: Seconds | None = None,
     processes: int = 1,
+    postgres_url: str | None = None,
 ) -> ScenarioResult:
     """An institution over mutual TLS calls Evaluate(credit.consumer_loan) under valid consents:
     consent JWS verify, consent-use accounting, CEL policy, signed result, durable audit append.
     Judged against the bare mTLS baseline (``baseline`` is what :func:`bench_baseline` returned)."""
     warmup, measured = _durations(quick, seconds)
-    details = _common_details((warmup, measured), concurrency, processes)
+    details = _common_details((warmup, measured), concurrency, processes, postgres_url)
     # The gateway cannot beat the bare server: its QPS bounds the calls one run can make. One
     # citizen per consent (see BENCH_DAILY_BUDGET).
     needed = _consents_for(float(baseline["mtls"]["qps"]), warmup + measured)
     try:
-        with _bench_gateway(citizens=needed, processes=processes) as bench:
+        with _bench_gateway(citizens=needed, processes=processes, postgres_url=postgres_url) as bench:
             started = time.perf_counter()
             wallets = [bench.enroll(citizen_id) for citizen_id in bench.citizen_ids]
             tls = _register_bank(bench)
@@ -547,14 +571,15 @@ def bench_get_my_data(
     concurrency: int = CONCURRENCY,
     seconds: Seconds | None = None,
     processes: int = 1,
+    postgres_url: str | None = None,
 ) -> ScenarioResult:
     """A citizen over TLS fetches all their records (188 items): request-token verify and spend,
     records decrypted, gateway-signed delivery sealed to the citizen's key, durable audit append.
     Judged against the bare TLS baseline."""
     durations = _durations(quick, seconds)
-    details = _common_details(durations, concurrency, processes)
+    details = _common_details(durations, concurrency, processes, postgres_url)
     try:
-        with _bench_gateway(pad_to=DELIVERY_ITEMS, processes=processes) as bench:
+        with _bench_gateway(pad_to=DELIVERY_ITEMS, processes=processes, postgres_url=postgres_url) as bench:
             workload = _citizen_workload(bench)
             details.update(
                 catalog_items=bench.catalog_items,

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from veilgate.errors import ConfigurationError
 from veilgate_server.bench.results import ScenarioResult
 
@@ -17,6 +19,7 @@ RPC_SCENARIOS = ("audited_call", "evaluate", "get_my_data")
 STORE_SCENARIOS = ("log_append", "proofs", "audit_verify", "audit_export", "ingest", "rss")
 SCENARIOS = RPC_SCENARIOS + STORE_SCENARIOS
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+RPC_STORES = ("sqlite", "postgresql")
 
 Progress = Callable[[str], None]
 
@@ -34,17 +37,22 @@ def default_processes() -> int:
 
 
 def _scenario(
-    name: str, quick: bool, baseline: dict[str, Any], postgres_url: str | None, processes: int
+    name: str, quick: bool, baseline: dict[str, Any], postgres_url: str | None, processes: int, rpc_postgres: bool
 ) -> ScenarioResult:
     from veilgate_server.bench import rpc_scenarios, store_scenarios
 
+    gateway_store = postgres_url if rpc_postgres else None
     match name:
         case "audited_call":
-            return rpc_scenarios.bench_audited_call(baseline, quick=quick, processes=processes)
+            return rpc_scenarios.bench_audited_call(
+                baseline, quick=quick, processes=processes, postgres_url=gateway_store
+            )
         case "evaluate":
-            return rpc_scenarios.bench_evaluate(baseline, quick=quick, processes=processes)
+            return rpc_scenarios.bench_evaluate(baseline, quick=quick, processes=processes, postgres_url=gateway_store)
         case "get_my_data":
-            return rpc_scenarios.bench_get_my_data(baseline, quick=quick, processes=processes)
+            return rpc_scenarios.bench_get_my_data(
+                baseline, quick=quick, processes=processes, postgres_url=gateway_store
+            )
         case "log_append":
             return store_scenarios.bench_log_append(quick=quick, postgres_url=postgres_url)
         case "proofs":
@@ -67,9 +75,14 @@ def run_bench(
     postgres_url: str | None,
     progress: Progress,
     processes: int | None = None,
+    rpc_store: str = "sqlite",
 ) -> BenchRun:
     """The baseline, then each scenario. RPC scenarios serve from ``processes`` server processes
-    (default: one per core), and so does the baseline they are judged against."""
+    (default: one per core), and so does the baseline they are judged against; their gateway keeps
+    its store on SQLite, or (``rpc_store="postgresql"``) on the PostgreSQL server of ``log_append``."""
+    if rpc_store not in RPC_STORES:
+        choices = ", ".join(RPC_STORES)
+        raise ConfigurationError(f"unknown store {rpc_store!r} for the RPC scenarios; choose from {choices}")
     from veilgate_server.bench import rpc_scenarios
     from veilgate_server.bench.report import machine_facts
 
@@ -77,9 +90,13 @@ def run_bench(
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ConfigurationError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
-    url: str | None = postgres_url or os.environ.get("VEILGATE_BENCH_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+    given = postgres_url or os.environ.get("VEILGATE_BENCH_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+    url: str | None = given
     machine = machine_facts(url)
     if machine["postgres"] is None:
+        if rpc_store == "postgresql" and any(n in RPC_SCENARIOS for n in names):
+            where = make_url(given)
+            raise ConfigurationError(f"--rpc-store postgresql: no PostgreSQL answers at {where.host}:{where.port}")
         url = None
     processes = default_processes() if processes is None else processes
     if processes < 1:
@@ -92,7 +109,7 @@ def run_bench(
     for index, name in enumerate(names, 1):
         progress(f"[{index}/{len(names)}] {name} ...")
         started = time.perf_counter()
-        result = _scenario(name, quick, baseline, url, processes)
+        result = _scenario(name, quick, baseline, url, processes, rpc_store == "postgresql")
         result.details.setdefault("wall_seconds", round(time.perf_counter() - started, 1))
         results.append(result)
     return BenchRun(machine=machine, baseline=baseline, scenarios=results)

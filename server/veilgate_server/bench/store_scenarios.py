@@ -62,6 +62,7 @@ __all__ = [
     "bench_rss",
     "bulk_load",
     "gateway_like_entries",
+    "postgres_schema",
 ]
 
 WRITER_COUNTS: Final = (1, 16, 64)
@@ -189,7 +190,7 @@ def _sqlite_store(directory: Path | None = None) -> Iterator[Store]:
 
 
 @contextlib.contextmanager
-def _postgres_schema(base_url: str) -> Iterator[str]:
+def postgres_schema(base_url: str) -> Iterator[str]:
     """A fresh schema on the server at ``base_url``, selected through the URL; dropped afterwards."""
     schema = f"vg_bench_{secrets.token_hex(6)}"
     parsed = make_url(base_url)
@@ -318,7 +319,7 @@ def bench_log_append(
         details["sqlite"] = _append_matrix(sqlite_url(Path(tmp)), requests, warmup=warmup, seconds=seconds)
     reason = _postgres_unreachable(postgres_url)
     if reason is None and postgres_url is not None:
-        with _postgres_schema(postgres_url) as url:
+        with postgres_schema(postgres_url) as url:
             details["postgresql"] = _append_matrix(url, requests, warmup=warmup, seconds=seconds)
     else:
         details["postgresql"] = {"skipped": reason}
