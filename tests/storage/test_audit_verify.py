@@ -152,3 +152,28 @@ def test_export_verifies_offline_with_only_rfc9162_and_the_key(store: Store, tmp
     assert checkpoint.root_hash == _rfc9162_root(leaves)
     body = note.split("\n\n")[0].split("\n")
     assert body == ["veilgate.test/log", "28", base64.b64encode(_rfc9162_root(leaves)).decode()]
+
+
+def test_periodic_signers_of_several_processes_sign_about_one_checkpoint_an_interval(store: Store) -> None:
+    """Two processes' periodic signers, half an interval apart in phase: between them
+    one checkpoint an interval, not one each."""
+    now = [1_700_000_000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    first = Checkpointer(store, SIGNER, interval=1.0, clock=clock)
+    second = Checkpointer(store, SIGNER, interval=1.0, clock=clock)
+    signed = []
+    for step in range(8):  # every half interval, the two signers' rounds alternate; the log grows
+        store.log.append_batch([AppendRequest(entry=f'{{"n":{step}}}'.encode(), subject_citizen_id=None)])
+        checkpointer = first if step % 2 == 0 else second
+        latest = checkpointer.sign_if_due()
+        assert latest is not None
+        signed.append(latest.tree_size)
+        now[0] += 0.5
+    assert signed == [1, 1, 3, 3, 5, 5, 7, 7]
+    assert [c.tree_size for c in store.log.checkpoints()] == [1, 3, 5, 7]
+    # On demand, a checkpoint is still signed at once: a citizen's receipt must be covered now.
+    assert first.covering(8) is not None
+    assert store.log.latest_checkpoint().tree_size == 8  # type: ignore[union-attr]
