@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -348,6 +349,27 @@ def _fixed_port(address: str) -> bool:
     return not address.endswith(":0")
 
 
+def _refuse_if_in_use(address: str) -> None:
+    """Server processes share their ports (``SO_REUSEPORT``), so a second gateway started on the same
+    ports by mistake would quietly take part of the connections. Binding the port without sharing
+    fails while anything listens on it: refuse then, before any process starts."""
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigurationError(f"cannot listen on {address}: {e}") from e
+    family, kind, proto, _, where = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As gRPC does: connections of a gateway just stopped (TIME_WAIT) do not hold the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(where)
+        except OSError as e:
+            raise ConfigurationError(f"cannot listen on {address}: {e.strerror} (is another gateway on it?)") from e
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from veilgate_server.crypto import TlsFiles, ensure_local_tls
     from veilgate_server.crypto.institutions import InstitutionCA
@@ -393,6 +415,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         running.stop(grace=5.0)
         gateway.store.close()
         return 0
+    for address in (args.listen, args.listen_mtls) if tls else (args.listen,):
+        _refuse_if_in_use(address)
     # Open the gateway once here first: a bad manifest, key or database fails before any process
     # starts, and the keys and the schema are created once rather than raced by the processes.
     gateway = open_gateway(settings, daily_budget=args.daily_budget)
