@@ -243,6 +243,14 @@ _SQLITE_RECORDS_OF_CITIZEN_JOINED = DriverSql("JoinedRecords", ["joined"], _SQLI
 _SQLITE_RECORDS_OF_CITIZEN_AMONG_JOINED = DriverSql(
     "JoinedRecords", ["joined"], _SQLITE_JOINED.format(among=" AND item_id IN (SELECT value FROM json_each(:item_ids))")
 )
+# PostgreSQL hands the rows over in one round trip anyway; read on the driver's cursor they cost
+# less than half of SQLAlchemy's rows made into records (measured: 241-339 against 544-560 µs of
+# CPU for 188 records).
+_DELIVERY_RECORDS = DriverSql(
+    "DeliveryRecord",
+    ["item_id", "as_of", "value_json"],
+    "SELECT item_id, as_of, value_json FROM records WHERE citizen_id = :citizen_id",
+)
 
 
 def _split_records(joined: str | None) -> list[list[str]]:
@@ -554,6 +562,10 @@ class RecordStore:
         ISO date, value_json)``, in no particular order (a delivery lists items in catalog order).
         No record object, no date and no sort per call only to be undone again (188 records)."""
         if self._dialect != "sqlite":
+            if item_ids is None:  # psycopg reads a DATE as a date
+                with storage_errors("read records"):
+                    rows = read_driver_rows(self._sessions, _DELIVERY_RECORDS, {"citizen_id": citizen_id})
+                return {row.item_id: (row.as_of.isoformat(), row.value_json) for row in rows}
             return {r.item_id: (r.as_of.isoformat(), r.value_json) for r in self.for_citizen(citizen_id, item_ids)}
         if item_ids is not None and not item_ids:
             return {}
