@@ -40,7 +40,7 @@ from veilgate_server.storage import (
     sqlite_url,
     upgrade_schema,
 )
-from veilgate_server.storage._session import KEPT_READ_CONNECTIONS
+from veilgate_server.storage._session import KEPT_READ_CONNECTIONS, DriverSql
 from veilgate_server.storage.models import UsedRequestToken
 
 T0 = dt.datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=dt.UTC)
@@ -542,3 +542,12 @@ def test_sqlite_writers_of_several_processes_queue_on_the_writer_lock(store: Sto
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+def test_a_driver_statement_written_for_one_backend_refuses_another(store: Store) -> None:
+    """A policy's inputs on PostgreSQL are read with an array parameter, which SQLite cannot read:
+    that statement is narrowed to PostgreSQL, and run on SQLite it fails by name, not by syntax."""
+    only_postgres = DriverSql("One", ["one"], "SELECT 1 WHERE 1 = ANY(:ones)", backends=("postgresql",))
+    with store.engine.connect() as connection, pytest.raises(StorageError, match="not implemented for the sqlite"):
+        only_postgres.run(connection, {"ones": [1]})

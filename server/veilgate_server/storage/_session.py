@@ -377,9 +377,14 @@ class DriverSql:
 
     __slots__ = ("_row", "_sql")
 
-    def __init__(self, name: str, columns: Sequence[str], sql: str) -> None:
+    def __init__(
+        self, name: str, columns: Sequence[str], sql: str, *, backends: Sequence[str] = ("sqlite", "postgresql")
+    ) -> None:
+        """``backends`` narrows the statement to the backends that read ``sql`` (the default is both);
+        on another it raises StorageError rather than run."""
         self._row: Callable[[Sequence[Any]], Any] = namedtuple(name, columns)._make  # type: ignore[attr-defined]
-        self._sql = {"sqlite": sql, "postgresql": _PLACEHOLDER.sub(r"%(\1)s", sql)}
+        written = {"sqlite": sql, "postgresql": _PLACEHOLDER.sub(r"%(\1)s", sql)}
+        self._sql = {backend: written[backend] for backend in backends}
 
     @classmethod
     def select(cls, name: str, table: str, columns: Sequence[str], where: str) -> DriverSql:

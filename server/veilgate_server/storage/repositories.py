@@ -246,6 +246,14 @@ _SQLITE_RECORDS_OF_CITIZEN_AMONG_JOINED = DriverSql(
 # PostgreSQL hands the rows over in one round trip anyway; read on the driver's cursor they cost
 # less than half of SQLAlchemy's rows made into records (measured: 241-339 against 544-560 µs of
 # CPU for 188 records).
+# A policy's inputs on PostgreSQL (SQLite reads them joined, above): an array parameter, one plan.
+_POSTGRES_RECORDS_AMONG = DriverSql(
+    "Record",
+    ["item_id", "department", "as_of", "value_json"],
+    "SELECT item_id, department, as_of, value_json FROM records "
+    "WHERE citizen_id = :citizen_id AND item_id = ANY(:item_ids) ORDER BY item_id",
+    backends=("postgresql",),
+)
 _DELIVERY_RECORDS = DriverSql(
     "DeliveryRecord",
     ["item_id", "as_of", "value_json"],
@@ -548,6 +556,11 @@ class RecordStore:
                 for i, d, a, v in records
             ]
         params: dict[str, Any] = {"citizen_id": citizen_id}
+        if item_ids is not None and self._dialect == "postgresql":  # every evaluation's read
+            params["item_ids"] = sorted(set(item_ids))
+            with storage_errors("read records"):
+                rows = read_driver_rows(self._sessions, _POSTGRES_RECORDS_AMONG, params)
+            return [StoredRecord(citizen_id, r.item_id, r.department, r.as_of, r.value_json) for r in rows]
         statement = _RECORDS_OF_CITIZEN
         if item_ids is not None:
             statement, params["item_ids"] = _RECORDS_OF_CITIZEN_AMONG, sorted(set(item_ids))
