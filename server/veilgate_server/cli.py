@@ -314,7 +314,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from veilgate_server.bench.report import render_json, render_table
-    from veilgate_server.bench.run import default_processes, run_bench
+    from veilgate_server.bench.run import run_bench
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -339,8 +339,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from veilgate_server.bench.rpc_scenarios import latency_sweep
 
         progress("latency sweep for the plot ...")
-        processes = args.processes or default_processes()
-        write_plot(latency_sweep(quick=args.quick, processes=processes), Path(args.plot))
+        write_plot(latency_sweep(quick=args.quick, processes=run.processes), Path(args.plot))
         progress(f"plot written to {args.plot}")
     return 0
 

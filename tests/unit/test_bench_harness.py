@@ -5,6 +5,8 @@ was: timing is not a test on a shared machine."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from sqlalchemy import text
 
@@ -20,6 +22,7 @@ from veilgate_server.bench.harness import (
 from veilgate_server.bench.results import ScenarioResult, Target
 from veilgate_server.bench.rpc_scenarios import (
     DELIVERY_ITEMS,
+    RpcRun,
     _certificates,
     bench_audited_call,
     bench_baseline,
@@ -30,6 +33,8 @@ from veilgate_server.rpc.processes import ServerProcesses
 from veilgate_server.storage import Store
 
 SMOKE_SECONDS = (0.2, 0.4)  # warm-up, measured
+SMOKE = RpcRun(quick=True, seconds=SMOKE_SECONDS)
+TWO_PROCESSES = replace(SMOKE, processes=2)
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -107,7 +112,7 @@ def _check_scenario(result: ScenarioResult, name: str, baseline_qps: float, *, t
 
 def test_rpc_scenarios_run_and_report_every_figure() -> None:
     """Served by two processes each, the gateway and the baseline; the baseline also by one."""
-    baseline = bench_baseline(True, seconds=SMOKE_SECONDS, processes=2)
+    baseline = bench_baseline(TWO_PROCESSES)
     assert (baseline["concurrency"], baseline["processes"]) == (16, 2)
     assert (baseline["warmup_s"], baseline["measured_s"]) == SMOKE_SECONDS
     assert set(baseline["runs"]) == {"1", "2"}
@@ -119,17 +124,17 @@ def test_rpc_scenarios_run_and_report_every_figure() -> None:
         # Judged against the faster bare server.
         assert baseline[transport] == max(runs, key=lambda figures: figures["qps"])
 
-    floor = bench_audited_call(baseline, True, seconds=SMOKE_SECONDS, processes=2)
+    floor = bench_audited_call(baseline, TWO_PROCESSES)
     _check_scenario(floor, "audited_call", baseline["tls"]["qps"], targeted=False)
     assert floor.details["probe"]["gateway_id"]
     assert floor.details["processes"] == 2
 
-    evaluate = bench_evaluate(baseline, True, seconds=SMOKE_SECONDS, processes=2)
+    evaluate = bench_evaluate(baseline, TWO_PROCESSES)
     _check_scenario(evaluate, "evaluate", baseline["mtls"]["qps"])
     assert evaluate.details["probe"]["decision"] in {"ELIGIBLE", "NOT_ELIGIBLE", "REFER"}
     assert evaluate.details["consents"] * evaluate.details["consent_max_uses"] > evaluate.details["calls"]
 
-    get_my_data = bench_get_my_data(baseline, True, seconds=SMOKE_SECONDS)  # one process
+    get_my_data = bench_get_my_data(baseline, SMOKE)  # one process
     _check_scenario(get_my_data, "get_my_data", baseline["tls"]["qps"])
     assert get_my_data.details["items_delivered"] == DELIVERY_ITEMS
     assert get_my_data.details["catalog_items"] == DELIVERY_ITEMS
@@ -176,11 +181,11 @@ def test_the_gateway_scenarios_run_on_postgresql_and_leave_nothing(database_url:
         return int(count)
 
     before = bench_schemas()
-    baseline = bench_baseline(True, seconds=SMOKE_SECONDS)
-    evaluate = bench_evaluate(baseline, True, seconds=SMOKE_SECONDS, processes=2, postgres_url=database_url)
+    baseline = bench_baseline(SMOKE)
+    evaluate = bench_evaluate(baseline, replace(TWO_PROCESSES, postgres_url=database_url))
     _check_scenario(evaluate, "evaluate", baseline["mtls"]["qps"])
     assert evaluate.details["store"].startswith("PostgreSQL at ")
-    get_my_data = bench_get_my_data(baseline, True, seconds=SMOKE_SECONDS, postgres_url=database_url)
+    get_my_data = bench_get_my_data(baseline, replace(SMOKE, postgres_url=database_url))
     _check_scenario(get_my_data, "get_my_data", baseline["tls"]["qps"])
     assert get_my_data.details["items_delivered"] == DELIVERY_ITEMS
     assert bench_schemas() == before

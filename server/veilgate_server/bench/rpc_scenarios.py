@@ -75,6 +75,7 @@ __all__ = [
     "EVALUATE_TARGETS",
     "GET_MY_DATA_TARGETS",
     "SWEEP_LEVELS",
+    "RpcRun",
     "bench_audited_call",
     "bench_baseline",
     "bench_evaluate",
@@ -112,11 +113,50 @@ Seconds = tuple[float, float]
 """(warm-up, measured) seconds of one load run."""
 
 
-def _durations(quick: bool, seconds: Seconds | None = None) -> Seconds:
-    """(warm-up, measured) seconds of one load run: quick 1 + 4, full 3 + 15, unless given."""
-    if seconds is not None:
-        return seconds
-    return (1.0, 4.0) if quick else (3.0, 15.0)
+@dataclass(frozen=True, slots=True)
+class RpcRun:
+    """How the baseline and every gateway scenario of one benchmark run are measured, alike."""
+
+    quick: bool = False
+    concurrency: int = CONCURRENCY
+    seconds: Seconds | None = None  # (warm-up, measured); None: quick 1 + 4, full 3 + 15
+    processes: int = 1  # server processes, for the gateway and the bare baseline alike
+    postgres_url: str | None = None  # the gateway's store in a fresh schema there; None: SQLite
+
+    @property
+    def durations(self) -> Seconds:
+        if self.seconds is not None:
+            return self.seconds
+        return (1.0, 4.0) if self.quick else (3.0, 15.0)
+
+    def spec(self, target: str, tls: ClientTls, workload: Workload) -> LoadSpec:
+        return _spec(target, tls, workload, seconds=self.durations, concurrency=self.concurrency)
+
+    def details(self) -> dict[str, Any]:
+        """What every gateway scenario records about how it ran."""
+        warmup, measured = self.durations
+        store = "SQLite (WAL) in a temporary directory"
+        if self.postgres_url:
+            url = make_url(self.postgres_url)
+            store = f"PostgreSQL at {url.host}:{url.port}, a fresh schema dropped afterwards"
+        return {
+            "processes": self.processes,
+            "concurrency": self.concurrency,
+            "warmup_s": warmup,
+            "measured_s": measured,
+            "store": store,
+            "server": "build_server: sync grpc.server, 8 workers per process, full interceptor chain",
+            "daily_budget": f"{BENCH_DAILY_BUDGET} evaluations per citizen per day, counted per use",
+            "unchanged": "consent-use accounting, token replay protection, signatures, durable audit append",
+        }
+
+    def gateway(
+        self, *, pad_to: int | None = None, citizens: int = BENCH_CITIZENS
+    ) -> contextlib.AbstractContextManager[_BenchGateway]:
+        """The gateway under test, served and stored as this run says (see :func:`_bench_gateway`)."""
+        return _bench_gateway(
+            pad_to=pad_to, citizens=citizens, processes=self.processes, postgres_url=self.postgres_url
+        )
 
 
 # --- certificates shared by the baseline and the gateway -------------------------------------------
@@ -190,9 +230,7 @@ def _measure_bare(processes: int, *, seconds: Seconds, concurrency: int) -> dict
     return figures
 
 
-def bench_baseline(
-    quick: bool, *, concurrency: int = CONCURRENCY, seconds: Seconds | None = None, processes: int = 1
-) -> dict[str, Any]:
+def bench_baseline(run: RpcRun) -> dict[str, Any]:
     """The bare grpcio no-op over TLS and over mutual TLS; the JSON ``baseline`` section::
 
         {"server": str, "processes": int, "concurrency": int, "warmup_s": float, "measured_s": float,
@@ -201,22 +239,22 @@ def bench_baseline(
          "mtls": {... the same ...},
          "runs": {"<processes>": {"tls": {...}, "mtls": {...}}, ...}}
 
-    The bare server is measured in ``processes`` server processes, as the gateway scenarios are
+    The bare server is measured in ``run.processes`` server processes, as the gateway scenarios are
     served, and (when that is more than one) in a single process too. On a machine whose cores the
     load generator shares, one bare process can be the faster: ``tls`` and ``mtls`` are each the
     faster of the runs, so that a gateway served by several processes is never judged against a
     baseline slowed down by them. Every run is kept under ``runs``.
 
     Raises :class:`InternalError` when the baseline cannot be measured (nothing else can be judged)."""
-    durations = _durations(quick, seconds)
+    durations = run.durations
     runs = {
-        str(count): _measure_bare(count, seconds=durations, concurrency=concurrency)
-        for count in sorted({processes, 1}, reverse=True)
+        str(count): _measure_bare(count, seconds=durations, concurrency=run.concurrency)
+        for count in sorted({run.processes, 1}, reverse=True)
     }
     section: dict[str, Any] = {
         "server": "sync grpc.server, ThreadPoolExecutor(8) per process, generic handler, bytes no-op",
-        "processes": processes,
-        "concurrency": concurrency,
+        "processes": run.processes,
+        "concurrency": run.concurrency,
         "warmup_s": durations[0],
         "measured_s": durations[1],
     }
@@ -357,26 +395,6 @@ def _gateway_in(
         gateway.store.close()
 
 
-def _common_details(
-    seconds: Seconds, concurrency: int, processes: int, postgres_url: str | None = None
-) -> dict[str, Any]:
-    warmup, measured = seconds
-    store = "SQLite (WAL) in a temporary directory"
-    if postgres_url:
-        url = make_url(postgres_url)
-        store = f"PostgreSQL at {url.host}:{url.port}, a fresh schema dropped afterwards"
-    return {
-        "processes": processes,
-        "concurrency": concurrency,
-        "warmup_s": warmup,
-        "measured_s": measured,
-        "store": store,
-        "server": "build_server: sync grpc.server, 8 workers per process, full interceptor chain",
-        "daily_budget": f"{BENCH_DAILY_BUDGET} evaluations per citizen per day, counted per use",
-        "unchanged": "consent-use accounting, token replay protection, signatures, durable audit append",
-    }
-
-
 def _judged(
     name: str,
     result: LoadResult,
@@ -428,27 +446,16 @@ def _not_measured(name: str, targets: tuple[Target, ...], message: str, details:
 # --- audited_call ---------------------------------------------------------------------------------
 
 
-def bench_audited_call(
-    baseline: Mapping[str, Any],
-    quick: bool,
-    *,
-    concurrency: int = CONCURRENCY,
-    seconds: Seconds | None = None,
-    processes: int = 1,
-    postgres_url: str | None = None,
-) -> ScenarioResult:
+def bench_audited_call(baseline: Mapping[str, Any], run: RpcRun) -> ScenarioResult:
     """GetGatewayInfo over TLS: the interceptor chain and a durable audit-log entry, and no other
     work. No target: it is the floor under every gateway call, and answers "what does the audit log
     cost" per call. Judged against nothing; reported against the bare TLS baseline."""
-    durations = _durations(quick, seconds)
-    details = _common_details(durations, concurrency, processes, postgres_url)
+    details = run.details()
     details["call"] = "CitizenService.GetGatewayInfo: no store read, one durable log entry"
     try:
-        with _bench_gateway(processes=processes, postgres_url=postgres_url) as bench:
+        with run.gateway() as bench:
             tls = ClientTls(_certificates().root_certificates)
-            result = bench.load(
-                _spec(bench.target, tls, GatewayInfoWorkload(GATEWAY_ID), seconds=durations, concurrency=concurrency)
-            )
+            result = bench.load(run.spec(bench.target, tls, GatewayInfoWorkload(GATEWAY_ID)))
     except VeilgateError as e:
         return _not_measured("audited_call", (), e.message, details)
     return _judged("audited_call", result, baseline=baseline, transport="tls", details=details, targets=())
@@ -507,25 +514,17 @@ def _evaluate_workload(bench: _BenchGateway, consents: tuple[str, ...]) -> Evalu
     )
 
 
-def bench_evaluate(
-    baseline: Mapping[str, Any],
-    quick: bool,
-    *,
-    concurrency: int = CONCURRENCY,
-    seconds: Seconds | None = None,
-    processes: int = 1,
-    postgres_url: str | None = None,
-) -> ScenarioResult:
+def bench_evaluate(baseline: Mapping[str, Any], run: RpcRun) -> ScenarioResult:
     """An institution over mutual TLS calls Evaluate(credit.consumer_loan) under valid consents:
     consent JWS verify, consent-use accounting, CEL policy, signed result, durable audit append.
     Judged against the bare mTLS baseline (``baseline`` is what :func:`bench_baseline` returned)."""
-    warmup, measured = _durations(quick, seconds)
-    details = _common_details((warmup, measured), concurrency, processes, postgres_url)
+    warmup, measured = run.durations
+    details = run.details()
     # The gateway cannot beat the bare server: its QPS bounds the calls one run can make. One
     # citizen per consent (see BENCH_DAILY_BUDGET).
     needed = _consents_for(float(baseline["mtls"]["qps"]), warmup + measured)
     try:
-        with _bench_gateway(citizens=needed, processes=processes, postgres_url=postgres_url) as bench:
+        with run.gateway(citizens=needed) as bench:
             started = time.perf_counter()
             wallets = [bench.enroll(citizen_id) for citizen_id in bench.citizen_ids]
             tls = _register_bank(bench)
@@ -542,9 +541,7 @@ def bench_evaluate(
                 pseudonym_keys="created in setup (a citizen's first logged call creates theirs, once)",
             )
             workload = _evaluate_workload(bench, consents)
-            result = bench.load(
-                _spec(bench.mtls_target, tls, workload, seconds=(warmup, measured), concurrency=concurrency)
-            )
+            result = bench.load(run.spec(bench.mtls_target, tls, workload))
     except VeilgateError as e:
         return _not_measured("evaluate", EVALUATE_TARGETS, e.message, details)
     return _judged("evaluate", result, baseline=baseline, transport="mtls", details=details, targets=EVALUATE_TARGETS)
@@ -564,22 +561,13 @@ def _citizen_workload(bench: _BenchGateway) -> GetMyDataWorkload:
     )
 
 
-def bench_get_my_data(
-    baseline: Mapping[str, Any],
-    quick: bool,
-    *,
-    concurrency: int = CONCURRENCY,
-    seconds: Seconds | None = None,
-    processes: int = 1,
-    postgres_url: str | None = None,
-) -> ScenarioResult:
+def bench_get_my_data(baseline: Mapping[str, Any], run: RpcRun) -> ScenarioResult:
     """A citizen over TLS fetches all their records (188 items): request-token verify and spend,
     records decrypted, gateway-signed delivery sealed to the citizen's key, durable audit append.
     Judged against the bare TLS baseline."""
-    durations = _durations(quick, seconds)
-    details = _common_details(durations, concurrency, processes, postgres_url)
+    details = run.details()
     try:
-        with _bench_gateway(pad_to=DELIVERY_ITEMS, processes=processes, postgres_url=postgres_url) as bench:
+        with run.gateway(pad_to=DELIVERY_ITEMS) as bench:
             workload = _citizen_workload(bench)
             details.update(
                 catalog_items=bench.catalog_items,
@@ -590,7 +578,7 @@ def bench_get_my_data(
                 request_tokens="a fresh single-use token per call, signed in the client process",
             )
             tls = ClientTls(_certificates().root_certificates)
-            result = bench.load(_spec(bench.target, tls, workload, seconds=durations, concurrency=concurrency))
+            result = bench.load(run.spec(bench.target, tls, workload))
     except VeilgateError as e:
         return _not_measured("get_my_data", GET_MY_DATA_TARGETS, e.message, details)
     delivered = result.probe.get("items")

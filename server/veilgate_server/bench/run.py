@@ -6,14 +6,17 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 
 from veilgate.errors import ConfigurationError
 from veilgate_server.bench.results import ScenarioResult
 
-__all__ = ["RPC_SCENARIOS", "SCENARIOS", "BenchRun", "default_processes", "run_bench"]
+if TYPE_CHECKING:
+    from veilgate_server.bench.rpc_scenarios import RpcRun
+
+__all__ = ["RPC_SCENARIOS", "SCENARIOS", "BenchRun", "run_bench"]
 
 RPC_SCENARIOS = ("audited_call", "evaluate", "get_my_data")
 STORE_SCENARIOS = ("log_append", "proofs", "audit_verify", "audit_export", "ingest", "rss")
@@ -29,30 +32,25 @@ class BenchRun:
     machine: dict[str, Any]
     baseline: dict[str, Any]
     scenarios: list[ScenarioResult]
+    processes: int  # server processes the RPC scenarios were (or would have been) served by
 
 
-def default_processes() -> int:
+def _default_processes() -> int:
     """One server process per core, as a deployment would run them (``veilgate serve --processes``)."""
     return max(1, os.cpu_count() or 1)
 
 
-def _scenario(
-    name: str, quick: bool, baseline: dict[str, Any], postgres_url: str | None, processes: int, rpc_postgres: bool
-) -> ScenarioResult:
+def _scenario(name: str, baseline: dict[str, Any], postgres_url: str | None, rpc: RpcRun) -> ScenarioResult:
     from veilgate_server.bench import rpc_scenarios, store_scenarios
 
-    gateway_store = postgres_url if rpc_postgres else None
+    quick = rpc.quick
     match name:
         case "audited_call":
-            return rpc_scenarios.bench_audited_call(
-                baseline, quick=quick, processes=processes, postgres_url=gateway_store
-            )
+            return rpc_scenarios.bench_audited_call(baseline, rpc)
         case "evaluate":
-            return rpc_scenarios.bench_evaluate(baseline, quick=quick, processes=processes, postgres_url=gateway_store)
+            return rpc_scenarios.bench_evaluate(baseline, rpc)
         case "get_my_data":
-            return rpc_scenarios.bench_get_my_data(
-                baseline, quick=quick, processes=processes, postgres_url=gateway_store
-            )
+            return rpc_scenarios.bench_get_my_data(baseline, rpc)
         case "log_append":
             return store_scenarios.bench_log_append(quick=quick, postgres_url=postgres_url)
         case "proofs":
@@ -98,18 +96,21 @@ def run_bench(
             where = make_url(given)
             raise ConfigurationError(f"--rpc-store postgresql: no PostgreSQL answers at {where.host}:{where.port}")
         url = None
-    processes = default_processes() if processes is None else processes
+    processes = _default_processes() if processes is None else processes
     if processes < 1:
         raise ConfigurationError("--processes must be at least 1")
+    rpc = rpc_scenarios.RpcRun(
+        quick=quick, processes=processes, postgres_url=url if rpc_store == "postgresql" else None
+    )
     baseline: dict[str, Any] = {}
     if any(n in RPC_SCENARIOS for n in names):
         progress("baseline: bare grpcio over TLS and mTLS ...")
-        baseline = rpc_scenarios.bench_baseline(quick=quick, processes=processes)
+        baseline = rpc_scenarios.bench_baseline(rpc)
     results = []
     for index, name in enumerate(names, 1):
         progress(f"[{index}/{len(names)}] {name} ...")
         started = time.perf_counter()
-        result = _scenario(name, quick, baseline, url, processes, rpc_store == "postgresql")
+        result = _scenario(name, baseline, url, rpc)
         result.details.setdefault("wall_seconds", round(time.perf_counter() - started, 1))
         results.append(result)
-    return BenchRun(machine=machine, baseline=baseline, scenarios=results)
+    return BenchRun(machine=machine, baseline=baseline, scenarios=results, processes=processes)
