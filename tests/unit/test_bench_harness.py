@@ -6,6 +6,7 @@ was: timing is not a test on a shared machine."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -19,6 +20,7 @@ from veilgate_server.bench.harness import (
     percentile,
     run_load,
 )
+from veilgate_server.bench.report import write_plot
 from veilgate_server.bench.results import ScenarioResult, Target
 from veilgate_server.bench.rpc_scenarios import (
     DELIVERY_ITEMS,
@@ -28,6 +30,7 @@ from veilgate_server.bench.rpc_scenarios import (
     bench_baseline,
     bench_evaluate,
     bench_get_my_data,
+    latency_sweep,
 )
 from veilgate_server.rpc.processes import ServerProcesses
 from veilgate_server.storage import Store
@@ -189,3 +192,16 @@ def test_the_gateway_scenarios_run_on_postgresql_and_leave_nothing(database_url:
     _check_scenario(get_my_data, "get_my_data", baseline["tls"]["qps"])
     assert get_my_data.details["items_delivered"] == DELIVERY_ITEMS
     assert bench_schemas() == before
+
+
+def test_the_latency_sweep_writes_a_plot_of_every_series(tmp_path: Path) -> None:
+    """`veilgate bench --plot`: latency against calls in flight for the bare server and both gateway
+    scenarios, measured in one sweep and written as a PNG."""
+    series = latency_sweep(quick=True, levels=(1, 4))
+    assert set(series) == {"bare TLS", "bare mTLS", "evaluate", "get_my_data"}
+    for label, points in series.items():
+        assert [n for n, _, _ in points] == [1, 4], label
+        assert all(0 < p50 <= p99 for _, p50, p99 in points), label
+    plot = tmp_path / "latency.png"
+    write_plot(series, plot)
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
