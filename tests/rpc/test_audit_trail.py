@@ -17,9 +17,10 @@ from sqlalchemy import text
 from veilgate import AuditClient, CitizenWallet
 from veilgate.audit import parse_entry, sha256_b64, subject_tag
 from veilgate.citizen import GET_MY_DATA
-from veilgate.errors import ProofInvalid, StorageError
+from veilgate.errors import ProofInvalid, RequestTooLarge, StorageError
 from veilgate.v1 import audit_pb2, audit_pb2_grpc, citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
 from veilgate_server.rpc.errors import status_name
+from veilgate_server.rpc.server import MAX_MESSAGE_BYTES, TRANSPORT_LIMIT_BYTES
 from veilgate_server.storage import StoredRecord
 
 LOAN = "credit.consumer_loan"
@@ -305,3 +306,54 @@ def test_calls_that_never_reach_a_handler_are_refused_clearly_and_logged(gateway
     logged = [(e.method.rsplit("/", 1)[-1], e.code, e.reason, e.request) for e in entries]
     assert ("GetMyData", "INVALID_ARGUMENT", "REQUEST_MALFORMED", sha256_b64(garbage)) in logged
     assert ("NoSuchMethod", "UNIMPLEMENTED", "METHOD_UNKNOWN", sha256_b64(b"")) in logged
+
+
+def _refusal(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "a refusal by the gateway carries a google.rpc.Status"
+    detail = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(detail)
+    return error.code(), detail.reason  # type: ignore[attr-defined]
+
+
+def test_an_oversized_request_is_refused_and_logged(gateway_harness: GatewayHarness) -> None:
+    gw = gateway_harness
+    oversized = citizen_pb2.GetMyDataRequest(request_token="x" * (MAX_MESSAGE_BYTES + 1)).SerializeToString()
+    at_limit = citizen_pb2.GetMyDataRequest(request_token="y" * (MAX_MESSAGE_BYTES - 8)).SerializeToString()
+    assert len(at_limit) <= MAX_MESSAGE_BYTES < len(oversized)
+    with gw.channel() as channel:
+        get_my_data = channel.unary_unary(
+            "/veilgate.v1.CitizenService/GetMyData", request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            get_my_data(oversized, timeout=5)
+        with pytest.raises(grpc.RpcError) as parsed:  # at the limit: parsed, and refused for its token
+            get_my_data(at_limit, timeout=5)
+    assert _refusal(refused.value) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_TOO_LARGE")
+    assert f"at most {MAX_MESSAGE_BYTES}" in refused.value.details()  # type: ignore[attr-defined]
+    assert "request token" in parsed.value.details()  # type: ignore[attr-defined]
+    with gw.audit() as audit:
+        entries = [parse_entry(e) for _, e in _all_entries(gw, audit)]
+    logged = [(e.method.rsplit("/", 1)[-1], e.code, e.reason, e.request) for e in entries]
+    assert ("GetMyData", "INVALID_ARGUMENT", "REQUEST_TOO_LARGE", sha256_b64(oversized)) in logged
+
+
+def test_unlogged_methods_refuse_an_oversized_request_cleanly(gateway_harness: GatewayHarness) -> None:
+    gw = gateway_harness
+    size_before = gw.store.log.tree_size()
+    padded = audit_pb2.GetCheckpointRequest(min_tree_size=0).SerializeToString() + b"\x9a\x3e" + b"\x80\x80\x04"
+    oversized = padded + bytes(MAX_MESSAGE_BYTES)  # an unknown length-delimited field, 64 KiB and more
+    with gw.channel() as channel:
+        get_checkpoint = channel.unary_unary(
+            "/veilgate.v1.AuditService/GetCheckpoint", request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            get_checkpoint(oversized, timeout=5)
+    assert _refusal(refused.value) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_TOO_LARGE")
+    assert gw.store.log.tree_size() == size_before  # reads of the log are not logged, refused or not
+
+
+def test_a_request_past_the_transport_limit_is_refused_by_grpc(gateway_harness: GatewayHarness) -> None:
+    wallet = gateway_harness.enroll(gateway_harness.citizen_ids[0])
+    with gateway_harness.client(wallet) as client, pytest.raises(RequestTooLarge):
+        client.send_get_my_data("x" * (TRANSPORT_LIMIT_BYTES + 1))

@@ -119,7 +119,7 @@ class BareServer:
 
     def start(self) -> Started:
         # Imported here so the load generator's process does not load the whole gateway.
-        from veilgate_server.rpc.server import MAX_MESSAGE_BYTES
+        from veilgate_server.rpc.server import TRANSPORT_LIMIT_BYTES
 
         handler = grpc.method_handlers_generic_handler(
             BARE_METHOD.split("/")[1], {BARE_METHOD.split("/")[2]: grpc.unary_unary_rpc_method_handler(_noop)}
@@ -127,7 +127,7 @@ class BareServer:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="bench-bare"),
             handlers=[handler],
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
+            options=[("grpc.max_receive_message_length", TRANSPORT_LIMIT_BYTES), ("grpc.so_reuseport", 0)],
         )
         pair = [(self.private_key, self.certificate_chain)]
         port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(pair))

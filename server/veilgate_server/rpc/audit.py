@@ -7,11 +7,14 @@ with its reason, or INTERNAL. A handler that needs its receipt (the log index in
 the record itself through :meth:`Auditor.commit`; the interceptor then does not append again. If
 the entry cannot be made durable the call fails UNAVAILABLE instead (fail closed).
 
-Calls that never reach a handler are logged as well: an unknown method (METHOD_UNKNOWN) and request
-bytes that do not parse as the method's message (REQUEST_MALFORMED).
+Calls that never reach a handler are logged as well: an unknown method (METHOD_UNKNOWN), a request
+over the gateway's size limit (REQUEST_TOO_LARGE; gRPC receives more than the limit so that the
+refusal happens here, where it is logged) and request bytes that do not parse as the method's
+message (REQUEST_MALFORMED).
 
 AuditService reads, health checks and reflection are not logged: they are public, hold no personal
-data, and logging reads of the log would make the log grow by being read.
+data, and logging reads of the log would make the log grow by being read. Their unary requests are
+held to the same size limit, refused with REQUEST_TOO_LARGE.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import grpc
 
 from veilgate.audit import sha256_b64
-from veilgate.errors import InternalError, MethodUnknown, RequestMalformed, VeilgateError
+from veilgate.errors import InternalError, MethodUnknown, RequestMalformed, RequestTooLarge, VeilgateError
 from veilgate_server.audit import Auditor, CallRecord
 from veilgate_server.rpc.errors import status_name
 
@@ -42,8 +45,14 @@ def current_call() -> CallRecord:
 
 
 class AuditTrail(grpc.ServerInterceptor):
-    def __init__(self, auditor: Auditor) -> None:
+    """Logs every call (see the module docstring); refuses, and logs, a request of more than
+    ``max_request_bytes`` before parsing it."""
+
+    def __init__(self, auditor: Auditor, *, max_request_bytes: int) -> None:
+        if max_request_bytes < 1:
+            raise ValueError("max_request_bytes must be at least 1")
         self._auditor = auditor
+        self._limit = max_request_bytes
 
     def intercept_service(
         self,
@@ -52,19 +61,21 @@ class AuditTrail(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         method: str = handler_call_details.method
+        limit = self._limit
         if method.startswith(UNLOGGED_PREFIXES):
-            return handler
+            return _size_limited(handler, limit)
         if handler is not None and handler.unary_unary is None:  # every Veilgate RPC is unary
             raise InternalError(f"{method} is not unary and cannot be audited")
-        # Calls that never reach a servicer are logged too: an unknown method (no handler) and a
-        # request whose bytes do not parse. Both get a specific reason instead of gRPC's bare
-        # UNIMPLEMENTED or INTERNAL "Exception deserializing request".
+        # Calls that never reach a servicer are logged too: an unknown method (no handler), a
+        # request over the limit (never parsed) and one whose bytes do not parse. Each gets a
+        # specific reason instead of gRPC's bare UNIMPLEMENTED, RESOURCE_EXHAUSTED or INTERNAL
+        # "Exception deserializing request".
         inner = handler.unary_unary if handler is not None else None
         deserialize = handler.request_deserializer if handler is not None else None
         auditor = self._auditor
 
         def tolerant_deserialize(data: bytes) -> Any:
-            if deserialize is None:
+            if deserialize is None or len(data) > limit:
                 return _Unparsed(data)
             try:
                 return deserialize(data)
@@ -79,6 +90,8 @@ class AuditTrail(grpc.ServerInterceptor):
             try:
                 if inner is None:
                     raise MethodUnknown(f"this gateway has no method {method}")
+                if unparsed is not None and len(raw) > limit:
+                    raise _too_large(len(raw), limit)
                 if unparsed is not None:
                     raise RequestMalformed(f"the request is not a valid protobuf message for {method}")
                 reply = inner(request, context)
@@ -103,8 +116,36 @@ class AuditTrail(grpc.ServerInterceptor):
         )
 
 
+def _too_large(size: int, limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"the request is {size} bytes; this gateway takes at most {limit}")
+
+
+def _size_limited(
+    handler: grpc.RpcMethodHandler[Any, Any] | None, limit: int
+) -> grpc.RpcMethodHandler[Any, Any] | None:
+    """An unlogged unary handler that refuses a request over ``limit`` bytes before parsing it."""
+    if handler is None or handler.unary_unary is None:
+        return handler  # streaming (the health Watch): left to gRPC's own limit
+    inner, deserialize = handler.unary_unary, handler.request_deserializer
+
+    def bounded_deserialize(data: bytes) -> Any:
+        if len(data) > limit:
+            return _Unparsed(data)
+        return deserialize(data) if deserialize is not None else data
+
+    def bounded(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Unparsed):
+            raise _too_large(len(request.data), limit)
+        return inner(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        bounded, request_deserializer=bounded_deserialize, response_serializer=handler.response_serializer
+    )
+
+
 class _Unparsed:
-    """Request bytes that did not become a message (malformed, or for an unknown method)."""
+    """Request bytes that did not become a message (over the size limit, malformed, or for an
+    unknown method)."""
 
     __slots__ = ("data",)
 

@@ -37,12 +37,16 @@ from veilgate_server.rpc.errors import status_name
 from veilgate_server.rpc.interceptors import ErrorBoundary, HandlerCache
 from veilgate_server.storage.log import LogWriter
 
-__all__ = ["MAX_MESSAGE_BYTES", "RunningServer", "ServerTls", "build_server"]
+__all__ = ["MAX_MESSAGE_BYTES", "TRANSPORT_LIMIT_BYTES", "RunningServer", "ServerTls", "build_server"]
 
 _log = logging.getLogger("veilgate.server")
 
-# Requests are small (a token of at most 16 KiB); anything far larger is refused by gRPC itself.
+# Requests are small (a token of at most 16 KiB). The audit trail refuses a larger one, and logs it
+# like every other call, with REQUEST_TOO_LARGE. To let it, gRPC itself receives up to
+# TRANSPORT_LIMIT_BYTES: only a request past that (RESOURCE_EXHAUSTED) is refused before any
+# interceptor runs, and so is not logged; it bounds what one request can make the gateway hold.
 MAX_MESSAGE_BYTES = 64 * 1024
+TRANSPORT_LIMIT_BYTES = 1024 * 1024
 _SERVICE_DESCRIPTORS = (
     citizen_pb2.DESCRIPTOR.services_by_name["CitizenService"],
     eligibility_pb2.DESCRIPTOR.services_by_name["EligibilityService"],
@@ -116,11 +120,11 @@ def build_server(
         interceptors=[
             HandlerCache(_METHODS),
             ErrorBoundary(),
-            AuditTrail(auditor),
+            AuditTrail(auditor, max_request_bytes=MAX_MESSAGE_BYTES),
             InstitutionAuthentication(gateway, trust_domain=trust_domain),
         ],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", TRANSPORT_LIMIT_BYTES),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
