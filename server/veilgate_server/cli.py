@@ -566,7 +566,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_policy_keygen)
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="veilgate-governance")
-    p = policy.add_parser("sign", parents=[common], help="sign MANIFEST over every policy")
+    p = policy.add_parser("sign", parents=[common], help="sign MANIFEST over the catalog and every policy")
     p.set_defaults(func=cmd_policy_sign)
     p.add_argument("--key", required=True, help="governance key file from `veilgate policy keygen`")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from veilgate._internal.jose import b64url_encode
 from veilgate.errors import ConfigurationError
 from veilgate_server.core.catalog import Catalog, load_catalog
-from veilgate_server.core.manifest import require_listed
+from veilgate_server.core.manifest import require_catalog, require_listed
 from veilgate_server.core.policy import Policy, load_policies
 from veilgate_server.crypto import GatewaySigner
 from veilgate_server.crypto.keys import write_private_file
@@ -108,13 +108,15 @@ class Settings:
         return tuple(lines)
 
     def load_reviewed_policies(self, catalog: Catalog) -> dict[str, Policy]:
-        """The policies, only if the signed manifest lists every one with the exact bytes loaded."""
+        """The policies, only if the signed manifest lists the catalog and every policy with the exact
+        bytes loaded (``catalog`` as :meth:`load_catalog` read it)."""
         directory = self.policies_path
-        entries = verify_manifest(directory, self.trusted_governance_keys())
+        manifest = verify_manifest(directory, self.trusted_governance_keys())
+        require_catalog(manifest, sha256=catalog.sha256)
         policies = load_policies(directory, catalog)
         for policy in policies.values():
             path = policy.source.resolve().relative_to(directory.resolve()).as_posix()
-            require_listed(entries, path=path, sha256=policy.sha256)
+            require_listed(manifest.policies, path=path, sha256=policy.sha256)
         return policies
 
     @property

@@ -1,13 +1,13 @@
 """Policy governance: the operator signs the set of policy files; the gateway refuses any other set.
 
 ``policies/MANIFEST`` is a C2SP signed note (:mod:`veilgate_server.crypto.note`) whose text is the
-policy manifest (:mod:`veilgate_server.core.manifest`): the SHA-256 of every
+policy manifest (:mod:`veilgate_server.core.manifest`): the SHA-256 of ``catalog.yaml`` and of every
 ``<domain>/<name>/v<N>/policy.yaml``. The governance key that signs it is an offline operator key in
 Go ``sumdb/note`` format; the gateway is configured only with its verifier key string(s).
 
 At start-up the gateway calls :func:`verify_manifest`. It raises :class:`ManifestInvalid` when the
-manifest is missing, not signed by a configured governance key, malformed, or when any policy file
-was changed, added or removed since signing. There is deliberately no parameter or mode that skips
+manifest is missing, not signed by a configured governance key, malformed, or when the catalog or
+any policy file was changed, added or removed since signing. There is deliberately no parameter or mode that skips
 the check: an unsigned policy set is a configuration error, not a warning.
 """
 
@@ -23,9 +23,11 @@ from typing import Final
 
 from veilgate.errors import ConfigurationError
 from veilgate_server.core.manifest import (
+    CATALOG_PATH,
+    Manifest,
     ManifestEntry,
     ManifestInvalid,
-    check_policies_match,
+    check_files_match,
     parse_manifest,
     policy_id_for_path,
     render_manifest,
@@ -36,6 +38,7 @@ from veilgate_server.crypto.note import NoteInvalid, NoteSigner, NoteVerifier, o
 __all__ = [
     "DEFAULT_GOVERNANCE_KEY_NAME",
     "MANIFEST_NAME",
+    "catalog_digest",
     "create_governance_key",
     "load_governance_key",
     "policy_files",
@@ -65,13 +68,28 @@ def policy_files(policies_dir: Path) -> dict[str, str]:
     return found
 
 
+def catalog_digest(policies_dir: Path) -> str | None:
+    """The sha256 hex of ``policies_dir/catalog.yaml``'s bytes; None when there is no such file."""
+    path = policies_dir / CATALOG_PATH
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ManifestInvalid(f"{path}: cannot read: {e.strerror}") from e
+
+
 def sign_manifest(policies_dir: Path, signer: NoteSigner) -> Path:
-    """Hash every policy file, sign the manifest and write ``policies_dir/MANIFEST`` atomically."""
-    entries = [
+    """Hash the catalog and every policy file, sign the manifest and write ``policies_dir/MANIFEST``
+    atomically."""
+    catalog = catalog_digest(policies_dir)
+    if catalog is None:
+        raise ManifestInvalid(f"{policies_dir / CATALOG_PATH} is missing: the manifest signs the catalog too")
+    entries = tuple(
         ManifestEntry(sha256=digest, policy_id=policy_id_for_path(path), path=path)
         for path, digest in policy_files(policies_dir).items()
-    ]
-    note = signer.sign(render_manifest(entries))
+    )
+    note = signer.sign(render_manifest(Manifest(catalog_sha256=catalog, policies=entries)))
     target = policies_dir / MANIFEST_NAME
     try:
         _write_atomically(target, note.encode("utf-8"))
@@ -80,12 +98,13 @@ def sign_manifest(policies_dir: Path, signer: NoteSigner) -> Path:
     return target
 
 
-def verify_manifest(policies_dir: Path, verifier_keys: Sequence[str]) -> tuple[ManifestEntry, ...]:
-    """The gateway's start-up check; returns the signed entries or raises :class:`ManifestInvalid`.
+def verify_manifest(policies_dir: Path, verifier_keys: Sequence[str]) -> Manifest:
+    """The gateway's start-up check; returns the signed manifest or raises :class:`ManifestInvalid`.
 
     ``verifier_keys`` are the governance verifier key strings the gateway trusts (Go ``sumdb/note``
-    format). The caller should also check each policy it then loads with
-    :func:`veilgate_server.core.manifest.require_listed`, using the hash of the bytes the loader read.
+    format). The caller should also check the catalog and each policy it then loads with
+    :func:`~veilgate_server.core.manifest.require_catalog` and
+    :func:`~veilgate_server.core.manifest.require_listed`, using the hash of the bytes the loader read.
     """
     if isinstance(verifier_keys, str):
         raise TypeError("verifier_keys is a sequence of verifier key strings, not one string")
@@ -113,14 +132,14 @@ def verify_manifest(policies_dir: Path, verifier_keys: Sequence[str]) -> tuple[M
             f"{path}: signature check failed ({e.message}; trusted keys: {trusted}); {_SIGN_HINT}"
         ) from e
     try:
-        entries = parse_manifest(text)
+        manifest = parse_manifest(text)
     except ManifestInvalid as e:
-        raise ManifestInvalid(f"{path}: {e.message}") from e
+        raise ManifestInvalid(f"{path}: {e.message}; {_SIGN_HINT}") from e
     try:
-        check_policies_match(entries, policy_files(policies_dir))
+        check_files_match(manifest, policy_files(policies_dir), catalog_sha256=catalog_digest(policies_dir))
     except ManifestInvalid as e:
         raise ManifestInvalid(f"{e.message}; {_SIGN_HINT}") from e
-    return entries
+    return manifest
 
 
 def create_governance_key(path: Path, name: str = DEFAULT_GOVERNANCE_KEY_NAME) -> NoteSigner:

@@ -427,11 +427,17 @@ def test_server_refuses_to_start_without_a_valid_signed_manifest(tmp_path: Path)
     changed = veilgate("serve", *data, "--governance-key", vkey, check=False)
     assert changed.returncode == 1
     assert "credit/sme_loan/v1/policy.yaml was changed since the manifest was signed" in changed.stderr
+    policy.write_text(policy.read_text().replace("up_to_301k", "up_to_300k"))  # as signed again
+    catalog = policies / "catalog.yaml"
+    catalog.write_text(catalog.read_text().replace("sensitivity: 4", "sensitivity: 1", 1))
+    recatalogued = veilgate("serve", *data, "--governance-key", vkey, check=False)
+    assert recatalogued.returncode == 1
+    assert "catalog.yaml was changed since the manifest was signed" in recatalogued.stderr
     (policies / "MANIFEST").unlink()
     missing = veilgate("serve", *data, "--governance-key", vkey, check=False)
     assert missing.returncode == 1
     assert "veilgate policy sign" in missing.stderr
-    for result in (no_key, changed, missing):
+    for result in (no_key, changed, recatalogued, missing):
         assert "Traceback" not in result.stderr
 
 

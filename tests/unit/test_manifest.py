@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,12 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veilgate.errors import ConfigurationError
+from veilgate_server.config import Settings, default_policies_dir
+from veilgate_server.core.catalog import parse_catalog
 from veilgate_server.core.manifest import (
+    Manifest,
     ManifestEntry,
     ManifestInvalid,
-    check_policies_match,
+    check_files_match,
     parse_manifest,
     render_manifest,
+    require_catalog,
     require_listed,
 )
 from veilgate_server.core.policy import PolicyInvalid
@@ -33,11 +39,13 @@ from veilgate_server.governance import (
 
 A = "a" * 64
 B = "b" * 64
+C = "c" * 64
 LOAN = ManifestEntry(sha256=A, policy_id="credit.consumer_loan", path="credit/consumer_loan/v1/policy.yaml")
 CLAIM = ManifestEntry(sha256=B, policy_id="insurance.inpatient_claim", path="insurance/inpatient_claim/v1/policy.yaml")
+MANIFEST = Manifest(catalog_sha256=C, policies=(LOAN, CLAIM))
+HEADER = f"veilgate policy manifest v2\n{C}  catalog  catalog.yaml\n"
 TEXT = (
-    "veilgate policy manifest v1\n"
-    f"{A}  credit.consumer_loan  credit/consumer_loan/v1/policy.yaml\n"
+    HEADER + f"{A}  credit.consumer_loan  credit/consumer_loan/v1/policy.yaml\n"
     f"{B}  insurance.inpatient_claim  insurance/inpatient_claim/v1/policy.yaml\n"
 )
 
@@ -46,10 +54,18 @@ TEXT = (
 
 
 def test_render_is_sorted_and_canonical() -> None:
-    assert render_manifest([CLAIM, LOAN]) == TEXT
-    assert parse_manifest(TEXT) == (LOAN, CLAIM)
-    assert render_manifest([]) == "veilgate policy manifest v1\n"
-    assert parse_manifest("veilgate policy manifest v1\n") == ()
+    assert render_manifest(Manifest(catalog_sha256=C, policies=(CLAIM, LOAN))) == TEXT
+    assert parse_manifest(TEXT) == MANIFEST
+    assert render_manifest(Manifest(catalog_sha256=C, policies=())) == HEADER
+    assert parse_manifest(HEADER) == Manifest(catalog_sha256=C, policies=())
+
+
+def test_a_version_1_manifest_is_refused_with_the_remedy() -> None:
+    v1 = "veilgate policy manifest v1\n" + TEXT.split("\n", 2)[2]
+    with pytest.raises(
+        ManifestInvalid, match=r"line 1: a version 1 manifest does not cover catalog\.yaml; sign it again"
+    ):
+        parse_manifest(v1)
 
 
 def test_manifest_invalid_is_a_policy_configuration_error() -> None:
@@ -60,7 +76,9 @@ def test_manifest_invalid_is_a_policy_configuration_error() -> None:
 
 def test_render_refuses_duplicates() -> None:
     with pytest.raises(ManifestInvalid, match="twice"):
-        render_manifest([LOAN, LOAN])
+        render_manifest(Manifest(catalog_sha256=C, policies=(LOAN, LOAN)))
+    with pytest.raises(ManifestInvalid, match=r"catalog\.yaml: sha256"):
+        Manifest(catalog_sha256=C.upper(), policies=())
 
 
 @pytest.mark.parametrize(
@@ -87,19 +105,25 @@ def test_entries_are_checked(sha256: str, policy_id: str, path: str) -> None:
     [
         ("", "newline"),
         (TEXT.removesuffix("\n"), "newline"),
-        (TEXT.replace("v1\n", "v2\n", 1), "line 1"),
+        (TEXT.replace("v2\n", "v3\n", 1), "line 1"),
         ("\n" + TEXT, "line 1"),
-        (TEXT + "\n", "line 4"),
-        (TEXT + "trailing junk\n", "line 4"),
-        (TEXT.replace(f"{A}  ", f"{A} "), "line 2"),
-        (TEXT.replace(f"{A}  ", f"{A}   "), "line 2"),
-        (TEXT.replace(f"{A}  ", f"{A}\t"), "line 2"),
-        (TEXT.replace(A, A.upper()), "line 2"),
-        (TEXT.replace("policy.yaml\n", "policy.yaml \n", 1), "line 2"),
-        (TEXT.replace("credit.consumer_loan", "credit.mortgage"), "line 2"),
+        ("veilgate policy manifest v2\n", "line 2"),
+        (TEXT.replace(f"{C}  catalog  catalog.yaml\n", ""), "line 2"),
+        (TEXT.replace(f"{C}  catalog  ", f"{C}  catalogue  "), "line 2"),
+        (TEXT.replace(f"{C}  catalog  catalog.yaml", f"{C}  catalog  policies/catalog.yaml"), "line 2"),
+        (TEXT.replace(C, C.upper()), "line 2"),
+        (TEXT.replace(C, C[:-1]), "line 2"),
+        (TEXT + "\n", "line 5"),
+        (TEXT + "trailing junk\n", "line 5"),
+        (TEXT.replace(f"{A}  ", f"{A} "), "line 3"),
+        (TEXT.replace(f"{A}  ", f"{A}   "), "line 3"),
+        (TEXT.replace(f"{A}  ", f"{A}\t"), "line 3"),
+        (TEXT.replace(A, A.upper()), "line 3"),
+        (TEXT.replace("policy.yaml\n", "policy.yaml \n", 1), "line 3"),
+        (TEXT.replace("credit.consumer_loan", "credit.mortgage"), "line 3"),
         (TEXT.replace("\n", "\r\n"), "line 1"),
-        (TEXT + TEXT.splitlines(keepends=True)[2], "line 4.*twice"),
-        ("veilgate policy manifest v1\n" + "".join(reversed(TEXT.splitlines(keepends=True)[1:])), "line 3.*sorted"),
+        (TEXT + TEXT.splitlines(keepends=True)[3], "line 5.*twice"),
+        (HEADER + "".join(reversed(TEXT.splitlines(keepends=True)[2:])), "line 4.*sorted"),
     ],
 )
 def test_parse_is_strict(text: str, message: str) -> None:
@@ -108,26 +132,47 @@ def test_parse_is_strict(text: str, message: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(), st.text(alphabet="veilgatpocymnfsab0123456789/. \nv_", max_size=200)))
+@given(
+    st.one_of(
+        st.text(),
+        st.text(alphabet="veilgatpocymnfsab0123456789/. \nv_", max_size=200),
+        st.text(alphabet="veilgatpocymnfsab0123456789/. \nv_", max_size=200).map(lambda tail: HEADER + tail),
+    )
+)
 def test_parse_raises_only_manifest_invalid(text: str) -> None:
     try:
-        entries = parse_manifest(text)
+        manifest = parse_manifest(text)
     except ManifestInvalid:
         return
-    assert render_manifest(entries) == text  # whatever parses is the one canonical spelling
+    assert render_manifest(manifest) == text  # whatever parses is the one canonical spelling
 
 
-def test_check_policies_match_names_every_difference() -> None:
-    check_policies_match([LOAN, CLAIM], {LOAN.path: A, CLAIM.path: B})
+def test_check_files_match_names_every_difference() -> None:
+    check_files_match(MANIFEST, {LOAN.path: A, CLAIM.path: B}, catalog_sha256=C)
     with pytest.raises(ManifestInvalid) as raised:
-        check_policies_match(
-            [LOAN, CLAIM], {LOAN.path: B, "credit/mortgage/v1/policy.yaml": A, "credit/consumer_loan/v2/policy.yaml": A}
+        check_files_match(
+            MANIFEST,
+            {LOAN.path: B, "credit/mortgage/v1/policy.yaml": A, "credit/consumer_loan/v2/policy.yaml": A},
+            catalog_sha256=A,
         )
     message = raised.value.message
+    assert "catalog.yaml was changed" in message
     assert f"{LOAN.path} was changed" in message
     assert "credit/mortgage/v1/policy.yaml is not in the signed manifest" in message
     assert "credit/consumer_loan/v2/policy.yaml is not in the signed manifest" in message
     assert f"{CLAIM.path} is in the signed manifest but missing" in message
+
+
+def test_check_files_match_requires_the_catalog() -> None:
+    with pytest.raises(ManifestInvalid, match=r"catalog\.yaml is in the signed manifest but missing"):
+        check_files_match(MANIFEST, {LOAN.path: A, CLAIM.path: B}, catalog_sha256=None)
+
+
+def test_require_catalog() -> None:
+    require_catalog(MANIFEST, sha256=C)
+    for other in (A, "", C.upper()):
+        with pytest.raises(ManifestInvalid, match=r"catalog\.yaml was changed since the manifest was signed"):
+            require_catalog(MANIFEST, sha256=other)
 
 
 def test_require_listed() -> None:
@@ -179,12 +224,13 @@ def test_sign_then_verify(policies: Path, governance: NoteSigner) -> None:
     assert path == policies / MANIFEST_NAME
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [p.name for p in policies.iterdir() if p.name.startswith(".")] == []  # no temporary left over
-    entries = verify_manifest(policies, [governance.verifier_key_string()])
-    assert [e.path for e in entries] == sorted(POLICIES)
-    assert {e.policy_id for e in entries} == {"credit.consumer_loan", "insurance.inpatient_claim"}
+    manifest = verify_manifest(policies, [governance.verifier_key_string()])
+    assert [e.path for e in manifest.policies] == sorted(POLICIES)
+    assert {e.policy_id for e in manifest.policies} == {"credit.consumer_loan", "insurance.inpatient_claim"}
+    assert manifest.catalog_sha256 == hashlib.sha256((policies / "catalog.yaml").read_bytes()).hexdigest()
     # The file is an ordinary signed note any sumdb/note verifier opens.
     text = open_note(path.read_text(), verifiers=[governance.verifier()])
-    assert text.startswith("veilgate policy manifest v1\n")
+    assert text.startswith(f"veilgate policy manifest v2\n{manifest.catalog_sha256}  catalog  catalog.yaml\n")
 
 
 def test_re_signing_replaces_the_manifest(policies: Path, governance: NoteSigner) -> None:
@@ -207,6 +253,18 @@ def test_modified_policy_is_refused_naming_the_file(policies: Path, governance: 
     changed.write_bytes(changed.read_bytes() + b"# one more line\n")
     with pytest.raises(ManifestInvalid, match=r"insurance/inpatient_claim/v1/policy\.yaml was changed"):
         verify_manifest(policies, [governance.verifier_key_string()])
+
+
+def test_modified_catalog_is_refused(policies: Path, governance: NoteSigner) -> None:
+    sign_manifest(policies, governance)
+    (policies / "catalog.yaml").write_text("items: [changed]\n")
+    with pytest.raises(ManifestInvalid, match=r"catalog\.yaml was changed since the manifest was signed"):
+        verify_manifest(policies, [governance.verifier_key_string()])
+    (policies / "catalog.yaml").unlink()
+    with pytest.raises(ManifestInvalid, match=r"catalog\.yaml is in the signed manifest but missing"):
+        verify_manifest(policies, [governance.verifier_key_string()])
+    with pytest.raises(ManifestInvalid, match=r"catalog\.yaml is missing: the manifest signs the catalog too"):
+        sign_manifest(policies, governance)
 
 
 def test_added_policy_is_refused(policies: Path, governance: NoteSigner) -> None:
@@ -259,8 +317,11 @@ def test_unsigned_manifest_text_is_refused(policies: Path, governance: NoteSigne
 
 
 def test_a_signed_but_malformed_manifest_is_refused(policies: Path, governance: NoteSigner) -> None:
-    (policies / MANIFEST_NAME).write_text(governance.sign("veilgate policy manifest v2\n"))
+    (policies / MANIFEST_NAME).write_text(governance.sign("veilgate policy manifest v3\n"))
     with pytest.raises(ManifestInvalid, match="line 1"):
+        verify_manifest(policies, [governance.verifier_key_string()])
+    (policies / MANIFEST_NAME).write_text(governance.sign("veilgate policy manifest v2\n"))
+    with pytest.raises(ManifestInvalid, match=r"line 2.*veilgate policy sign"):
         verify_manifest(policies, [governance.verifier_key_string()])
 
 
@@ -320,3 +381,27 @@ def test_load_refuses_a_readable_or_malformed_key(tmp_path: Path) -> None:
         load_governance_key(path)
     with pytest.raises(ConfigurationError, match="cannot read"):
         load_governance_key(tmp_path / "absent.key")
+
+
+# --- the gateway's start-up: the catalog it loaded is the signed one -------------------------------
+
+
+def test_reviewed_policies_need_the_signed_catalog(tmp_path: Path, governance: NoteSigner) -> None:
+    policies = tmp_path / "shipped"
+    shutil.copytree(default_policies_dir(), policies, ignore=shutil.ignore_patterns("MANIFEST"))
+    sign_manifest(policies, governance)
+    settings = Settings(
+        data_dir=tmp_path / "data", policies_dir=policies, governance_keys=(governance.verifier_key_string(),)
+    )
+    catalog = settings.load_catalog()
+    assert catalog.sha256 == hashlib.sha256((policies / "catalog.yaml").read_bytes()).hexdigest()
+    assert settings.load_reviewed_policies(catalog)
+    # A catalog that is not the bytes signed -- parsed from text, or read before the file changed --
+    # is refused even though the directory still matches the manifest.
+    text = (policies / "catalog.yaml").read_text(encoding="utf-8")
+    for other in (
+        parse_catalog(text, source="catalog.yaml"),
+        replace(catalog, sha256=hashlib.sha256(b"x").hexdigest()),
+    ):
+        with pytest.raises(ManifestInvalid, match=r"catalog\.yaml was changed since the manifest was signed"):
+            settings.load_reviewed_policies(other)

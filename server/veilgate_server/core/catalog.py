@@ -28,9 +28,10 @@ messages end up in logs.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
@@ -128,11 +129,15 @@ class CatalogItem:
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
-    """The parsed catalog; ``departments`` and ``items`` keep the file's order and are read-only."""
+    """The parsed catalog; ``departments`` and ``items`` keep the file's order and are read-only.
+
+    ``sha256`` is the hex SHA-256 of the file's bytes that were parsed (:func:`load_catalog`), which
+    the gateway holds to the signed manifest; empty for a catalog parsed from text."""
 
     version: int
     departments: Mapping[DepartmentId, Department]
     items: Mapping[ItemId, CatalogItem]
+    sha256: str = ""
 
     def item(self, item_id: str) -> CatalogItem:
         found = self.items.get(ItemId(item_id))
@@ -392,12 +397,13 @@ def load_catalog(path: Path) -> Catalog:
     """Read and parse a catalog file; an unreadable file is a :class:`CatalogError` too."""
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CatalogError(f"{source}: not UTF-8 text at byte {e.start}") from e
     except OSError as e:
         raise CatalogError(f"{source}: cannot read catalog: {e.strerror or type(e).__name__}") from e
-    return parse_catalog(text, source=source)
+    return replace(parse_catalog(text, source=source), sha256=hashlib.sha256(data).hexdigest())
 
 
 def _parse_departments(check: _Checker, root: _Map) -> dict[DepartmentId, Department]:

@@ -1,21 +1,28 @@
-"""The policy manifest: the list of policy files, by SHA-256, that the governance key signed.
+"""The policy manifest: the data catalog and the policy files, by SHA-256, that the governance key signed.
 
 The manifest is the text of a C2SP signed note (``policies/MANIFEST``). Its text is exactly::
 
-    veilgate policy manifest v1
+    veilgate policy manifest v2
+    <sha256 of catalog.yaml, 64 lowercase hex>  catalog  catalog.yaml
     <sha256 of policy.yaml, 64 lowercase hex>  <policy id>  <path of policy.yaml>
     ...
 
-one line per policy version, fields separated by two spaces, lines sorted by path (byte order) with no
-duplicate, every line ending in a newline, nothing else. The path is relative to the policies
-directory, ``<domain>/<name>/v<N>/policy.yaml``, and the policy id is ``<domain>.<name>``, derived
-from the path (the loader checks that the file's ``id:`` agrees), so the id cannot be edited apart
-from the path.
+the catalog on the second line, then one line per policy version, fields separated by two spaces,
+policy lines sorted by path (byte order) with no duplicate, every line ending in a newline, nothing
+else. The path is relative to the policies directory, ``<domain>/<name>/v<N>/policy.yaml``, and the
+policy id is ``<domain>.<name>``, derived from the path (the loader checks that the file's ``id:``
+agrees), so the id cannot be edited apart from the path.
 
-There is one spelling of every manifest, so the signed bytes are determined by the set of policy
-files: :func:`parse_manifest` accepts exactly what :func:`render_manifest` produces and refuses
-anything else with a message naming the line. :func:`check_policies_match` is the gate: the policy
-files on disk must be exactly the ones listed, byte for byte.
+The catalog is signed with the policies because it is part of what they mean: it types every input
+a policy reads and says which items a citizen's delivery holds. Version 1 of the manifest listed the
+policy files alone; it is refused with the remedy (sign again), so that no catalog is ever served
+unreviewed.
+
+There is one spelling of every manifest, so the signed bytes are determined by the catalog and the
+set of policy files: :func:`parse_manifest` accepts exactly what :func:`render_manifest` produces and
+refuses anything else with a message naming the line. :func:`check_files_match` is the gate: the
+catalog and the policy files on disk must be exactly the ones listed, byte for byte, and :func:`require_catalog`
+holds the catalog the gateway loaded to the signed one.
 """
 
 from __future__ import annotations
@@ -29,17 +36,23 @@ from typing import Final
 from veilgate_server.core.policy import PolicyInvalid
 
 __all__ = [
+    "CATALOG_PATH",
     "MANIFEST_HEADER",
+    "Manifest",
     "ManifestEntry",
     "ManifestInvalid",
-    "check_policies_match",
+    "check_files_match",
     "parse_manifest",
     "policy_id_for_path",
     "render_manifest",
+    "require_catalog",
     "require_listed",
 ]
 
-MANIFEST_HEADER: Final = "veilgate policy manifest v1"
+MANIFEST_HEADER: Final = "veilgate policy manifest v2"
+CATALOG_PATH: Final = "catalog.yaml"
+_CATALOG_ID: Final = "catalog"
+_V1_HEADER: Final = "veilgate policy manifest v1"
 
 _PATH: Final = re.compile(r"([a-z][a-z0-9_]*)/([a-z][a-z0-9_]*)/v[1-9][0-9]*/policy\.yaml")
 _SHA256: Final = re.compile(r"[0-9a-f]{64}")
@@ -69,6 +82,18 @@ class ManifestEntry:
             raise ManifestInvalid(f"{self.path}: policy id must be {expected!r}, not {self.policy_id!r}")
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """What the governance key signed: the catalog's SHA-256 (hex) and the policy files."""
+
+    catalog_sha256: str
+    policies: tuple[ManifestEntry, ...]
+
+    def __post_init__(self) -> None:
+        if not _SHA256.fullmatch(self.catalog_sha256):
+            raise ManifestInvalid(f"{CATALOG_PATH}: sha256 must be 64 lowercase hex digits")
+
+
 def policy_id_for_path(path: str) -> str:
     """``credit/consumer_loan/v1/policy.yaml`` -> ``credit.consumer_loan``; refuses any other layout."""
     match = _PATH.fullmatch(path)
@@ -77,25 +102,34 @@ def policy_id_for_path(path: str) -> str:
     return f"{match.group(1)}.{match.group(2)}"
 
 
-def render_manifest(entries: Sequence[ManifestEntry]) -> str:
-    """The canonical manifest text for these entries (sorted by path; duplicates refused)."""
-    ordered = sorted(entries, key=lambda entry: entry.path)
+def render_manifest(manifest: Manifest) -> str:
+    """The canonical manifest text (policies sorted by path; duplicates refused)."""
+    ordered = sorted(manifest.policies, key=lambda entry: entry.path)
     for previous, current in pairwise(ordered):
         if previous.path == current.path:
             raise ManifestInvalid(f"{current.path}: listed twice")
-    lines = [MANIFEST_HEADER, *(f"{e.sha256}  {e.policy_id}  {e.path}" for e in ordered)]
+    lines = [
+        MANIFEST_HEADER,
+        f"{manifest.catalog_sha256}  {_CATALOG_ID}  {CATALOG_PATH}",
+        *(f"{e.sha256}  {e.policy_id}  {e.path}" for e in ordered),
+    ]
     return "".join(line + "\n" for line in lines)
 
 
-def parse_manifest(text: str) -> tuple[ManifestEntry, ...]:
+def parse_manifest(text: str) -> Manifest:
     """Parse the canonical manifest text strictly; :class:`ManifestInvalid` names the first bad line."""
     if not text.endswith("\n"):
         raise ManifestInvalid("manifest: the text must end with a newline")
     lines = text[:-1].split("\n")
+    if lines[0] == _V1_HEADER:
+        raise ManifestInvalid("manifest line 1: a version 1 manifest does not cover catalog.yaml; sign it again")
     if lines[0] != MANIFEST_HEADER:
         raise ManifestInvalid(f"manifest line 1: expected the header {MANIFEST_HEADER!r}")
+    catalog = lines[1].split("  ") if len(lines) > 1 else []
+    if len(catalog) != 3 or catalog[1:] != [_CATALOG_ID, CATALOG_PATH]:
+        raise ManifestInvalid(f"manifest line 2: expected '<sha256>  {_CATALOG_ID}  {CATALOG_PATH}'")
     entries: list[ManifestEntry] = []
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in enumerate(lines[2:], start=3):
         fields = line.split("  ")
         if len(fields) != 3 or any(not field or field != field.strip() for field in fields):
             raise ManifestInvalid(f"manifest line {number}: expected '<sha256>  <policy id>  <path>'")
@@ -108,19 +142,29 @@ def parse_manifest(text: str) -> tuple[ManifestEntry, ...]:
             problem = "listed twice" if entry.path == entries[-1].path else "lines must be sorted by path"
             raise ManifestInvalid(f"manifest line {number}: {path}: {problem}")
         entries.append(entry)
-    return tuple(entries)
+    try:
+        return Manifest(catalog_sha256=catalog[0], policies=tuple(entries))
+    except ManifestInvalid as e:
+        raise ManifestInvalid(f"manifest line 2: {e.message}") from e
 
 
-def check_policies_match(entries: Sequence[ManifestEntry], actual: Mapping[str, str]) -> None:
-    """Require the policy files found (``{relative path: sha256 hex}``) to be exactly those signed.
+def check_files_match(manifest: Manifest, policies: Mapping[str, str], *, catalog_sha256: str | None) -> None:
+    """Require the files found to be exactly those signed: the policy files (``{relative path: sha256
+    hex}``) and the catalog (its sha256 hex; None when there is no catalog file).
 
     Raises :class:`ManifestInvalid` naming every changed, unsigned (extra) and missing file.
     """
-    signed = {entry.path: entry.sha256 for entry in entries}
-    changed = sorted(path for path in signed.keys() & actual.keys() if signed[path] != actual[path])
-    extra = sorted(actual.keys() - signed.keys())
-    missing = sorted(signed.keys() - actual.keys())
+    signed = {entry.path: entry.sha256 for entry in manifest.policies}
+    changed = sorted(path for path in signed.keys() & policies.keys() if signed[path] != policies[path])
+    extra = sorted(policies.keys() - signed.keys())
+    missing = sorted(signed.keys() - policies.keys())
     problems = [
+        *([f"{CATALOG_PATH} is in the signed manifest but missing"] if catalog_sha256 is None else []),
+        *(
+            [f"{CATALOG_PATH} was changed since the manifest was signed"]
+            if catalog_sha256 not in (None, manifest.catalog_sha256)
+            else []
+        ),
         *(f"{path} was changed since the manifest was signed" for path in changed),
         *(f"{path} is not in the signed manifest" for path in extra),
         *(f"{path} is in the signed manifest but missing" for path in missing),
@@ -139,3 +183,10 @@ def require_listed(entries: Sequence[ManifestEntry], *, path: str, sha256: str) 
                 raise ManifestInvalid(f"{path} was changed since the manifest was signed")
             return
     raise ManifestInvalid(f"{path} is not in the signed manifest")
+
+
+def require_catalog(manifest: Manifest, *, sha256: str) -> None:
+    """Require the catalog the gateway loaded (the SHA-256 of the bytes the loader parsed) to be the
+    signed one, as :func:`require_listed` does for each policy file."""
+    if sha256 != manifest.catalog_sha256:
+        raise ManifestInvalid(f"{CATALOG_PATH} was changed since the manifest was signed")
