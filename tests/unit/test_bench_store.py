@@ -22,6 +22,8 @@ from veilgate_server.bench.store_scenarios import (
     bulk_load,
     gateway_like_entries,
 )
+from veilgate_server.config import default_policies_dir
+from veilgate_server.core.catalog import load_catalog
 from veilgate_server.core.merkle import root_of
 from veilgate_server.storage import LogWriter, Store, sqlite_url
 
@@ -124,5 +126,9 @@ def test_rss_measures_a_fresh_serving_process() -> None:
     assert result.details["citizens"] == 3
     assert result.details["records"] > 0
     assert 10 < result.details["rss_mb"] < 2000
+    # The process served what was seeded, under the signed copy of every packaged policy.
+    assert result.details["records_visible"] == result.details["records"]
+    assert result.details["sample_citizen_items"] == len(load_catalog(default_policies_dir() / "catalog.yaml").items)
+    assert result.details["policies_served"] == len(list(default_policies_dir().glob("*/*/v*/policy.yaml")))
     assert result.meets is None
     assert "100k" in result.details["not_judged"]

@@ -9,9 +9,10 @@ the baseline, so both sides do the same handshakes and the same record-layer wor
 
 What is and is not changed for the benchmark (every scenario records it in ``details``):
 
-* the per-citizen daily query budget is raised to 10**9: it bounds what one institution may learn
-  about one citizen per day and would otherwise stop the run after 20 evaluations; the budget is
-  still counted, in the same transaction as every other consent use;
+* the per-citizen daily query budget is raised to 100 (the gateway's default is lower): it bounds
+  what one institution may learn about one citizen per day, and each evaluating citizen grants one
+  consent of 100 uses; the budget is still counted, in the same transaction as every other consent
+  use;
 * consent-use accounting, request-token replay protection, signatures and the durable audit append
   stay on;
 * ``get_my_data`` needs 188 items (the Quancheng-chain figure); the shipped catalog has fewer, so the
@@ -35,7 +36,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy.engine import make_url
 
 from veilgate import CitizenWallet, GatewayKey, PolicyPin
@@ -57,12 +57,12 @@ from veilgate_server.bench.harness import (
     run_load,
 )
 from veilgate_server.bench.results import ScenarioResult, Target
+from veilgate_server.bench.reviewed import PADDING_DEPARTMENT, reviewed_policies
 from veilgate_server.bench.store_scenarios import postgres_schema
-from veilgate_server.config import Settings, default_policies_dir
+from veilgate_server.config import Settings
 from veilgate_server.crypto import CertificateAuthority
 from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.gateway import Gateway
-from veilgate_server.governance import create_governance_key, sign_manifest
 from veilgate_server.rpc.processes import ServerProcesses
 from veilgate_server.rpc.server import ServerTls
 from veilgate_server.serving import GatewayProcess, ServeOptions, open_gateway
@@ -94,7 +94,6 @@ BANK = "bench-bank"
 LOAN = "credit.consumer_loan"
 LOAN_PARAMETERS = {"requested_amount_band": "50k_to_200k"}
 BENCH_CITIZENS = 8
-PADDING_DEPARTMENT = "bench_padding"
 _REGISTER_CONSENT = "/veilgate.v1.CitizenService/RegisterConsent"
 
 EVALUATE_TARGETS = (
@@ -303,46 +302,6 @@ class _BenchGateway:
         return wallet
 
 
-def _padded_catalog(shipped: Path, total: int) -> str:
-    """The shipped catalog plus a ``bench_padding`` department holding copies of the shipped items
-    (same type, fields, values, unit, sensitivity) up to ``total`` items in all."""
-    doc = yaml.safe_load(shipped.read_text(encoding="utf-8"))
-    items: list[dict[str, Any]] = doc["items"]
-    missing = total - len(items)
-    if missing <= 0:
-        return shipped.read_text(encoding="utf-8")
-    doc["departments"].append(
-        {
-            "id": PADDING_DEPARTMENT,
-            "name_en": "Benchmark padding (copies of catalog items)",
-            "name_zh": "基准测试填充数据",
-        }
-    )
-    padding = []
-    for n in range(missing):
-        original = items[n % len(items)]
-        copy = dict(original)
-        copy["id"] = f"{PADDING_DEPARTMENT}.{original['id'].split('.', 1)[1]}_p{n // len(items) + 1}"
-        copy["department"] = PADDING_DEPARTMENT
-        copy["name_en"] = f"{original['name_en']} (benchmark copy)"
-        padding.append(copy)
-    doc["items"] = [*items, *padding]
-    return str(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=200))
-
-
-def _reviewed_policies(root: Path, *, pad_to: int | None) -> tuple[Path, str]:
-    """A copy of the packaged policies signed by a throwaway governance key, with the catalog
-    padded to ``pad_to`` items when asked."""
-    policies = root / "policies"
-    shutil.copytree(default_policies_dir(), policies, ignore=shutil.ignore_patterns("MANIFEST"))
-    if pad_to is not None:
-        catalog = policies / "catalog.yaml"
-        catalog.write_text(_padded_catalog(default_policies_dir() / "catalog.yaml", pad_to), encoding="utf-8")
-    signer = create_governance_key(root / "governance.key")
-    sign_manifest(policies, signer)
-    return policies, signer.verifier_key_string()
-
-
 @contextlib.contextmanager
 def _bench_gateway(
     *, pad_to: int | None = None, citizens: int = BENCH_CITIZENS, processes: int = 1, postgres_url: str | None = None
@@ -363,7 +322,7 @@ def _bench_gateway(
 def _gateway_in(
     root: Path, database_url: str | None, pad_to: int | None, citizens: int, processes: int
 ) -> Iterator[_BenchGateway]:
-    policies_dir, governance_key = _reviewed_policies(root, pad_to=pad_to)
+    policies_dir, governance_key = reviewed_policies(root, pad_to=pad_to)
     settings = Settings(
         data_dir=root,
         database_url=database_url,

@@ -48,6 +48,7 @@ from veilgate.merkle import leaf_hash, verify_consistency, verify_inclusion
 from veilgate_server.audit import Checkpointer
 from veilgate_server.audit_tools import export_log, verify_log
 from veilgate_server.bench.results import ScenarioResult, Target
+from veilgate_server.bench.reviewed import reviewed_policies
 from veilgate_server.core.merkle import consistency_proof, inclusion_proof, root_of
 from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.storage import AppendRequest, AuditLog, LogWriter, Store, sqlite_url
@@ -517,38 +518,23 @@ def _seed_child(data_dir: str, citizens: int, reply: Connection) -> None:
     reply.close()
 
 
-def _serve_child(data_dir: str, sample_citizen: str, reply: Connection) -> None:
-    """Process body: start a gateway the way ``veilgate serve`` does, report its RSS, stop."""
+def _serve_child(data_dir: str, policies_dir: str, governance_key: str, sample_citizen: str, reply: Connection) -> None:
+    """Process body: start a gateway as ``veilgate serve`` does (:func:`~veilgate_server.serving.serve`:
+    the signed manifest checked, the store, keys, TLS and mutual-TLS ports, the log writer and the
+    checkpointer), touch what the first requests read, report its RSS, stop."""
     from veilgate_server.config import Settings
-    from veilgate_server.core.policy import load_policies
     from veilgate_server.crypto import ensure_local_tls
     from veilgate_server.crypto.institutions import InstitutionCA
-    from veilgate_server.gateway import Gateway
-    from veilgate_server.rpc.server import ServerTls, build_server
+    from veilgate_server.rpc.server import ServerTls
+    from veilgate_server.serving import ServeOptions, serve
 
     now = datetime.now(UTC)
-    settings = Settings(data_dir=Path(data_dir))
-    catalog = settings.load_catalog()
-    # The manifest's signature check (load_reviewed_policies) needs a governance key; it reads a few
-    # files and keeps nothing, so it does not change the memory measured.
-    policies = load_policies(settings.policies_path, catalog)
+    settings = Settings(data_dir=Path(data_dir), policies_dir=Path(policies_dir), governance_keys=(governance_key,))
     files, _ = ensure_local_tls(settings.tls_dir, now=now)
     chain, key = files.load()
     institution_ca = InstitutionCA.load_or_create(settings.tls_dir, now=now)
-    gateway = Gateway(
-        gateway_id=settings.gateway_id,
-        catalog=catalog,
-        store=settings.open_store(migrate=False),
-        signer=settings.load_signer(),
-        log_signer=settings.load_log_signer(),
-        policies=policies,
-    )
-    running = build_server(
-        gateway,
-        address="127.0.0.1:0",
-        tls=ServerTls(certificate_chain=chain, private_key=key, client_ca=institution_ca.certificate_pem),
-        mtls_address="127.0.0.1:0",
-    )
+    tls = ServerTls(certificate_chain=chain, private_key=key, client_ca=institution_ca.certificate_pem)
+    gateway, running = serve(settings, ServeOptions(address="127.0.0.1:0", tls=tls, mtls_address="127.0.0.1:0"))
     try:
         # What the first requests touch: the population's size and one citizen's records.
         records = gateway.store.records.count()
@@ -559,7 +545,7 @@ def _serve_child(data_dir: str, sample_citizen: str, reply: Connection) -> None:
                 "hwm_kb": _read_status_kb("VmHWM"),
                 "records_visible": records,
                 "sample_items": items,
-                "policies": len(policies),
+                "policies": len(gateway.policies),
             }
         )
     finally:
@@ -591,9 +577,10 @@ def bench_rss(quick: bool, *, citizens: int | None = None) -> ScenarioResult:
     """Resident memory of a serving gateway process after seeding a population.
 
     A spawned child seeds the population into a SQLite store (every catalog item per citizen) and
-    exits; a second, fresh spawned child then starts the gateway as ``veilgate serve`` would (store,
-    catalog, policies, keys, TLS and mTLS ports, log writer, checkpointer), touches the data the first
-    requests read, and reports ``VmRSS`` from ``/proc/self/status``. The full run seeds 100k citizens;
+    exits; a second, fresh spawned child then starts the gateway as ``veilgate serve`` does, under a
+    copy of the packaged policies signed by a throwaway governance key (store, catalog, policies,
+    keys, TLS and mTLS ports, log writer, checkpointer), touches the data the first requests read, and
+    reports ``VmRSS`` from ``/proc/self/status``. The full run seeds 100k citizens;
     the quick run seeds 10k and reports that, leaving ``meets`` None (the target is at 100k; nothing
     is extrapolated).
     """
@@ -602,7 +589,8 @@ def bench_rss(quick: bool, *, citizens: int | None = None) -> ScenarioResult:
         t0 = time.perf_counter()
         seeded = _in_child(_seed_child, tmp, citizens, timeout=3600)
         seed_seconds = time.perf_counter() - t0
-        served = _in_child(_serve_child, tmp, seeded["sample"], timeout=300)
+        policies_dir, governance_key = reviewed_policies(Path(tmp), pad_to=None)
+        served = _in_child(_serve_child, tmp, str(policies_dir), governance_key, seeded["sample"], timeout=300)
         db_bytes = sum(p.stat().st_size for p in Path(tmp).glob("veilgate.db*"))
     rss_mb = round(served["rss_kb"] / 1024, 1)
     details: dict[str, Any] = {
@@ -612,6 +600,9 @@ def bench_rss(quick: bool, *, citizens: int | None = None) -> ScenarioResult:
         "peak_rss_mb": round(served["hwm_kb"] / 1024, 1),
         "db_mb": round(db_bytes / 2**20, 1),
         "seed_seconds": round(seed_seconds, 1),
+        "records_visible": served["records_visible"],
+        "sample_citizen_items": served["sample_items"],
+        "policies_served": served["policies"],
         "backend": "sqlite",
         "measured": "a fresh spawned process, started like `veilgate serve`, after the seeder exited",
     }
