@@ -1,4 +1,4 @@
-"""Policy governance: the operator signs the set of policy files; the gateway refuses any other set.
+"""Policy governance: the operator signs the catalog and the set of policy files; the gateway refuses any other set.
 
 ``policies/MANIFEST`` is a C2SP signed note (:mod:`veilgate_server.crypto.note`) whose text is the
 policy manifest (:mod:`veilgate_server.core.manifest`): the SHA-256 of ``catalog.yaml`` and of every
@@ -7,8 +7,8 @@ Go ``sumdb/note`` format; the gateway is configured only with its verifier key s
 
 At start-up the gateway calls :func:`verify_manifest`. It raises :class:`ManifestInvalid` when the
 manifest is missing, not signed by a configured governance key, malformed, or when the catalog or
-any policy file was changed, added or removed since signing. There is deliberately no parameter or mode that skips
-the check: an unsigned policy set is a configuration error, not a warning.
+any policy file was changed, added or removed since signing. There is deliberately no parameter or
+mode that skips the check: an unsigned policy set is a configuration error, not a warning.
 """
 
 from __future__ import annotations

@@ -113,6 +113,7 @@ def test_entries_are_checked(sha256: str, policy_id: str, path: str) -> None:
         (TEXT.replace(f"{C}  catalog  catalog.yaml", f"{C}  catalog  policies/catalog.yaml"), "line 2"),
         (TEXT.replace(C, C.upper()), "line 2"),
         (TEXT.replace(C, C[:-1]), "line 2"),
+        (TEXT.replace(C, C.upper()) + "junk\n", "line 2"),  # the first bad line is named
         (TEXT + "\n", "line 5"),
         (TEXT + "trailing junk\n", "line 5"),
         (TEXT.replace(f"{A}  ", f"{A} "), "line 3"),

@@ -21,8 +21,8 @@ unreviewed.
 There is one spelling of every manifest, so the signed bytes are determined by the catalog and the
 set of policy files: :func:`parse_manifest` accepts exactly what :func:`render_manifest` produces and
 refuses anything else with a message naming the line. :func:`check_files_match` is the gate: the
-catalog and the policy files on disk must be exactly the ones listed, byte for byte, and :func:`require_catalog`
-holds the catalog the gateway loaded to the signed one.
+catalog and the policy files on disk must be exactly the ones listed, byte for byte, and
+:func:`require_catalog` holds the catalog the gateway loaded to the signed one.
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ def parse_manifest(text: str) -> Manifest:
     catalog = lines[1].split("  ") if len(lines) > 1 else []
     if len(catalog) != 3 or catalog[1:] != [_CATALOG_ID, CATALOG_PATH]:
         raise ManifestInvalid(f"manifest line 2: expected '<sha256>  {_CATALOG_ID}  {CATALOG_PATH}'")
+    if not _SHA256.fullmatch(catalog[0]):
+        raise ManifestInvalid(f"manifest line 2: {CATALOG_PATH}: sha256 must be 64 lowercase hex digits")
     entries: list[ManifestEntry] = []
     for number, line in enumerate(lines[2:], start=3):
         fields = line.split("  ")
@@ -142,10 +144,7 @@ def parse_manifest(text: str) -> Manifest:
             problem = "listed twice" if entry.path == entries[-1].path else "lines must be sorted by path"
             raise ManifestInvalid(f"manifest line {number}: {path}: {problem}")
         entries.append(entry)
-    try:
-        return Manifest(catalog_sha256=catalog[0], policies=tuple(entries))
-    except ManifestInvalid as e:
-        raise ManifestInvalid(f"manifest line 2: {e.message}") from e
+    return Manifest(catalog_sha256=catalog[0], policies=tuple(entries))
 
 
 def check_files_match(manifest: Manifest, policies: Mapping[str, str], *, catalog_sha256: str | None) -> None:
