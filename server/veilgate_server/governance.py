@@ -136,7 +136,9 @@ def verify_manifest(policies_dir: Path, verifier_keys: Sequence[str]) -> Manifes
     except ManifestInvalid as e:
         raise ManifestInvalid(f"{path}: {e.message}; {_SIGN_HINT}") from e
     try:
-        check_files_match(manifest, policy_files(policies_dir), catalog_sha256=catalog_digest(policies_dir))
+        catalog = catalog_digest(policies_dir)
+        found = policy_files(policies_dir) | ({CATALOG_PATH: catalog} if catalog is not None else {})
+        check_files_match(manifest, found)
     except ManifestInvalid as e:
         raise ManifestInvalid(f"{e.message}; {_SIGN_HINT}") from e
     return manifest

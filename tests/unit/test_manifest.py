@@ -149,12 +149,16 @@ def test_parse_raises_only_manifest_invalid(text: str) -> None:
 
 
 def test_check_files_match_names_every_difference() -> None:
-    check_files_match(MANIFEST, {LOAN.path: A, CLAIM.path: B}, catalog_sha256=C)
+    check_files_match(MANIFEST, {"catalog.yaml": C, LOAN.path: A, CLAIM.path: B})
     with pytest.raises(ManifestInvalid) as raised:
         check_files_match(
             MANIFEST,
-            {LOAN.path: B, "credit/mortgage/v1/policy.yaml": A, "credit/consumer_loan/v2/policy.yaml": A},
-            catalog_sha256=A,
+            {
+                "catalog.yaml": A,
+                LOAN.path: B,
+                "credit/mortgage/v1/policy.yaml": A,
+                "credit/consumer_loan/v2/policy.yaml": A,
+            },
         )
     message = raised.value.message
     assert "catalog.yaml was changed" in message
@@ -166,7 +170,7 @@ def test_check_files_match_names_every_difference() -> None:
 
 def test_check_files_match_requires_the_catalog() -> None:
     with pytest.raises(ManifestInvalid, match=r"catalog\.yaml is in the signed manifest but missing"):
-        check_files_match(MANIFEST, {LOAN.path: A, CLAIM.path: B}, catalog_sha256=None)
+        check_files_match(MANIFEST, {LOAN.path: A, CLAIM.path: B})
 
 
 def test_require_catalog() -> None:

@@ -147,23 +147,17 @@ def parse_manifest(text: str) -> Manifest:
     return Manifest(catalog_sha256=catalog[0], policies=tuple(entries))
 
 
-def check_files_match(manifest: Manifest, policies: Mapping[str, str], *, catalog_sha256: str | None) -> None:
-    """Require the files found to be exactly those signed: the policy files (``{relative path: sha256
-    hex}``) and the catalog (its sha256 hex; None when there is no catalog file).
+def check_files_match(manifest: Manifest, found: Mapping[str, str]) -> None:
+    """Require the files found (``{relative path: sha256 hex}``: the catalog and the policy files) to
+    be exactly those signed.
 
     Raises :class:`ManifestInvalid` naming every changed, unsigned (extra) and missing file.
     """
-    signed = {entry.path: entry.sha256 for entry in manifest.policies}
-    changed = sorted(path for path in signed.keys() & policies.keys() if signed[path] != policies[path])
-    extra = sorted(policies.keys() - signed.keys())
-    missing = sorted(signed.keys() - policies.keys())
+    signed = {CATALOG_PATH: manifest.catalog_sha256, **{entry.path: entry.sha256 for entry in manifest.policies}}
+    changed = sorted(path for path in signed.keys() & found.keys() if signed[path] != found[path])
+    extra = sorted(found.keys() - signed.keys())
+    missing = sorted(signed.keys() - found.keys())
     problems = [
-        *([f"{CATALOG_PATH} is in the signed manifest but missing"] if catalog_sha256 is None else []),
-        *(
-            [f"{CATALOG_PATH} was changed since the manifest was signed"]
-            if catalog_sha256 not in (None, manifest.catalog_sha256)
-            else []
-        ),
         *(f"{path} was changed since the manifest was signed" for path in changed),
         *(f"{path} is not in the signed manifest" for path in extra),
         *(f"{path} is in the signed manifest but missing" for path in missing),
