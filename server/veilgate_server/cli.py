@@ -371,10 +371,9 @@ def _refuse_if_in_use(address: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from veilgate_server.crypto import TlsFiles, ensure_local_tls
-    from veilgate_server.crypto.institutions import InstitutionCA
     from veilgate_server.rpc.processes import ServerProcesses
     from veilgate_server.rpc.server import ServerTls
-    from veilgate_server.serving import GatewayProcess, ServeOptions, open_gateway, serve
+    from veilgate_server.serving import GatewayProcess, ServeOptions, open_gateway, serve, server_tls
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigurationError("--tls-cert and --tls-key go together")
@@ -390,9 +389,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             files, created = ensure_local_tls(settings.tls_dir, now=_now())
             print(f"{'created' if created else 'using'} local CA: {files.ca_certificate}  (clients trust this)")
-        chain, key = files.load()
-        institution_ca = InstitutionCA.load_or_create(settings.tls_dir, now=_now())
-        tls = ServerTls(certificate_chain=chain, private_key=key, client_ca=institution_ca.certificate_pem)
+        tls = server_tls(settings, files, now=_now())
     options = ServeOptions(
         address=args.listen,
         tls=tls,

@@ -8,14 +8,17 @@ the single-process server builds (see :mod:`veilgate_server.rpc.processes`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from veilgate_server.config import Settings
+from veilgate_server.crypto import TlsFiles
 from veilgate_server.crypto.institutions import TRUST_DOMAIN as DEFAULT_TRUST_DOMAIN
+from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.gateway import DEFAULT_DAILY_BUDGET, Gateway
 from veilgate_server.rpc.processes import Started
 from veilgate_server.rpc.server import RunningServer, ServerTls, build_server
 
-__all__ = ["GatewayProcess", "ServeOptions", "open_gateway", "serve"]
+__all__ = ["GatewayProcess", "ServeOptions", "open_gateway", "serve", "server_tls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,14 @@ class ServeOptions:
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     daily_budget: int = DEFAULT_DAILY_BUDGET
     reuse_port: bool = False  # several processes share the ports (``--processes``)
+
+
+def server_tls(settings: Settings, files: TlsFiles, *, now: datetime) -> ServerTls:
+    """The server's certificate and key from ``files``; the institutions' CA of the settings' TLS
+    directory (created if absent) verifies client certificates on the mutual-TLS port."""
+    chain, key = files.load()
+    institution_ca = InstitutionCA.load_or_create(settings.tls_dir, now=now)
+    return ServerTls(certificate_chain=chain, private_key=key, client_ca=institution_ca.certificate_pem)
 
 
 def open_gateway(settings: Settings, *, daily_budget: int = DEFAULT_DAILY_BUDGET) -> Gateway:

@@ -524,16 +524,11 @@ def _serve_child(data_dir: str, policies_dir: str, governance_key: str, sample_c
     checkpointer), touch what the first requests read, report its RSS, stop."""
     from veilgate_server.config import Settings
     from veilgate_server.crypto import ensure_local_tls
-    from veilgate_server.crypto.institutions import InstitutionCA
-    from veilgate_server.rpc.server import ServerTls
-    from veilgate_server.serving import ServeOptions, serve
+    from veilgate_server.serving import ServeOptions, serve, server_tls
 
     now = datetime.now(UTC)
     settings = Settings(data_dir=Path(data_dir), policies_dir=Path(policies_dir), governance_keys=(governance_key,))
-    files, _ = ensure_local_tls(settings.tls_dir, now=now)
-    chain, key = files.load()
-    institution_ca = InstitutionCA.load_or_create(settings.tls_dir, now=now)
-    tls = ServerTls(certificate_chain=chain, private_key=key, client_ca=institution_ca.certificate_pem)
+    tls = server_tls(settings, ensure_local_tls(settings.tls_dir, now=now)[0], now=now)
     gateway, running = serve(settings, ServeOptions(address="127.0.0.1:0", tls=tls, mtls_address="127.0.0.1:0"))
     try:
         # What the first requests touch: the population's size and one citizen's records.
