@@ -222,7 +222,7 @@ def test_oversized_requests(gateway_harness: GatewayHarness) -> None:
         "REQUEST_TOO_LARGE",
     )
     with gateway_harness.client(wallet) as client, pytest.raises(RequestTooLarge):
-        client.send_get_my_data("x" * 200_000)  # beyond gRPC's own message limit
+        client.send_get_my_data("x" * 200_000)  # beyond the gateway's request limit (64 KiB)
     with gateway_harness.client(wallet) as client, pytest.raises(RequestTooLarge):
         client.send_get_my_data("x" * 20_000)
 
