@@ -10,7 +10,6 @@ nothing behind, and a replayed one is refused by the ledger's unique key.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import time
@@ -39,7 +38,7 @@ from veilgate_server.core.catalog import Catalog
 from veilgate_server.core.consent import ConsentClaims, check_use, read_consent_token
 from veilgate_server.core.delivery import DeliveryEncoder, select_items
 from veilgate_server.core.merkle import inclusion_proof
-from veilgate_server.core.policy import Policy, evaluate
+from veilgate_server.core.policy import Policy, evaluate_stored
 from veilgate_server.core.tokens import CitizenId, RequestClaims, read_request_token
 from veilgate_server.crypto import GatewaySigner, seal
 from veilgate_server.crypto.note import NoteSigner
@@ -341,7 +340,7 @@ class Gateway:
             policy_purpose=policy.purpose,
             now=int(now),
         )
-        outcome = evaluate(
+        outcome = evaluate_stored(
             policy,
             records=self._inputs_of(consent.citizen_id, policy),
             params=parameters,
@@ -381,10 +380,11 @@ class Gateway:
         assert change.result_jws is not None  # set by apply, which returned
         return change.result_jws
 
-    def _inputs_of(self, citizen_id: str, policy: Policy) -> dict[str, tuple[date, object]]:
-        """Only the records the policy declares: nothing else is read or handed to CEL."""
+    def _inputs_of(self, citizen_id: str, policy: Policy) -> dict[str, tuple[date, str]]:
+        """Only the records the policy declares: nothing else is read or handed to CEL. Their values
+        stay the stored JSON text, which the policy reads (see ``evaluate_stored``)."""
         records = self.store.records.for_citizen(citizen_id, [item.id for item in policy.inputs])
-        return {r.item_id: (r.as_of, json.loads(r.value_json)) for r in records}
+        return {r.item_id: (r.as_of, r.value_json) for r in records}
 
 
 def _replay(row: EvaluationRow, asked: str, call: CallRecord) -> str:

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from veilgate._internal.jose import canonical_json
 from veilgate.errors import VeilgateError
 from veilgate_server.core.catalog import Catalog, _Map, _Seq
-from veilgate_server.core.policy import Policy, evaluate, load_policy, load_strict_yaml
+from veilgate_server.core.policy import Policy, evaluate_stored, load_policy, load_strict_yaml
 
 __all__ = ["PolicyTestReport", "run_policy_tests"]
 
@@ -118,14 +119,17 @@ def _run_case(policy: Policy, defaults: object, case: object, expected_reasons: 
     values = {**_mapping(defaults.get("records", {}), "records"), **_mapping(case.get("records", {}), "records")}
     for item_id in _list(case.get("missing", []), "missing"):
         values.pop(str(item_id), None)
-    records = {str(k): (data_as_of, _wire(v)) for k, v in values.items()}
+    records = {str(k): (data_as_of, _stored(str(k), v)) for k, v in values.items()}
     expect = _mapping(case.get("expect"), "expect")
     if set(expect) - {"decision", "bands", "reasons"} or "decision" not in expect:
         raise _CaseError("'expect' needs 'decision' and may have 'bands' and 'reasons'")
     reasons = tuple(str(r) for r in _list(expect.get("reasons", []), "reasons"))
     expected_reasons.update(reasons)
 
-    outcome = evaluate(policy, records=records, params={k: str(_wire(v)) for k, v in params.items()}, as_of=as_of)
+    # As the gateway evaluates: from each value's canonical JSON text, as the record store keeps it.
+    outcome = evaluate_stored(
+        policy, records=records, params={k: str(_wire(v)) for k, v in params.items()}, as_of=as_of
+    )
     problems: list[str] = []
     if outcome.decision != expect["decision"]:
         problems.append(f"decision {outcome.decision}, expected {expect['decision']}")
@@ -151,6 +155,14 @@ def _day(value: object, what: str) -> date:
         except ValueError:
             pass
     raise _CaseError(f"{what!r} must be a date YYYY-MM-DD")
+
+
+def _stored(item_id: str, value: object) -> str:
+    """A record's value as the record store keeps it: canonical JSON text."""
+    try:
+        return canonical_json(_wire(value)).decode()
+    except (TypeError, ValueError):
+        raise _CaseError(f"record {item_id!r} is not a JSON value") from None
 
 
 def _wire(value: object) -> object:

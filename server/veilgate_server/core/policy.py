@@ -41,6 +41,7 @@ input item          the item id as a qualified name, e.g. ``social_insurance.ins
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ __all__ = [
     "Rule",
     "date_to_days",
     "evaluate",
+    "evaluate_stored",
     "load_policies",
     "load_policy",
 ]
@@ -183,6 +185,10 @@ class _Compiled:
     band_names: tuple[str, ...]
     readers: Mapping[ItemId, _Reader]
     """Per input: checks a JSON value against the catalog and makes it the CEL value."""
+    stored_readers: Mapping[ItemId, _StoredReader]
+    """Per input: the same from the store's canonical JSON text (see :func:`evaluate_stored`)."""
+    row_classes: Mapping[str, type[Message]]
+    """Per input of rows: the message each row becomes."""
 
 
 @dataclass(frozen=True)
@@ -522,7 +528,10 @@ def _compile(
     except RuntimeError as e:  # each part compiled above; a failure here is ours, not the author's
         raise PolicyInvalid(f"the policy's expressions do not compile together: {_cel_message(e)}") from None
     readers = {item.id: _reader(item, row_classes.get(item.id)) for item in inputs}
-    return _Compiled(env, program, tuple(bands), MappingProxyType(readers))
+    stored = {item.id: _stored_reader(item, row_classes.get(item.id), readers[item.id]) for item in inputs}
+    return _Compiled(
+        env, program, tuple(bands), MappingProxyType(readers), MappingProxyType(stored), MappingProxyType(row_classes)
+    )
 
 
 def _whole_policy(rules: tuple[Rule, ...], bands: Mapping[str, tuple[Band, ...]]) -> str:
@@ -561,6 +570,26 @@ def evaluate(
     policy's inputs are ignored and never reach CEL. Raises :class:`PolicyParameterInvalid` for bad
     caller parameters; every data or evaluation problem is a ``REFER`` outcome instead.
     """
+    return _evaluate(policy, records, policy._compiled.readers, params, as_of)
+
+
+def evaluate_stored(
+    policy: Policy, *, records: Mapping[str, tuple[date, str]], params: Mapping[str, str], as_of: date
+) -> PolicyOutcome:
+    """:func:`evaluate` over each value's JSON text as the record store keeps it (canonical JSON), with
+    the same outcome as decoding the text and calling :func:`evaluate`: text that does not decode is
+    a stored value the catalog refuses (``EVALUATION_ERROR``). Record lists are read straight from
+    the text where they can be (see :func:`_stored_reader`)."""
+    return _evaluate(policy, records, policy._compiled.stored_readers, params, as_of)
+
+
+def _evaluate(
+    policy: Policy,
+    records: Mapping[str, tuple[date, Any]],
+    readers: Mapping[ItemId, Callable[[Any], object]],
+    params: Mapping[str, str],
+    as_of: date,
+) -> PolicyOutcome:
     variables: dict[str, Any] = _parameter_values(policy, params)
     variables["as_of"] = date_to_days(as_of)
 
@@ -583,7 +612,7 @@ def evaluate(
     compiled = policy._compiled
     try:
         for item in policy.inputs:
-            variables[item.id] = compiled.readers[item.id](records[item.id][1])
+            variables[item.id] = readers[item.id](records[item.id][1])
         passed, labels = _run(compiled.program, compiled.env.Activation(variables), len(policy.rules))
         bands = dict(zip(compiled.band_names, labels, strict=True))
     except (_EvaluationFailed, CatalogValueError, ValueError, TypeError, RuntimeError):
@@ -745,3 +774,111 @@ def _reader(item: CatalogItem, row_class: type[Message] | None) -> _Reader:
         return rows
 
     return read_rows
+
+
+# --- inputs from the store's canonical JSON text -------------------------------------------------------
+
+_StoredReader = Callable[[str], object]
+"""Stored canonical JSON text -> CEL value; raises as the item's :data:`_Reader` does."""
+
+# A field of a row in canonical JSON (sorted keys, no whitespace), as one capturing group per value.
+# Each pattern accepts exactly the text of a value the item's scalar reader accepts (a decimal's at
+# most 32 characters by the lookahead); ints are range-checked, dates calendar-checked, after it.
+_CANONICAL_FIELD: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "decimal": f'"((?=[-.0-9]{{1,{_MAX_DECIMAL_LENGTH}}}")(?:{_DECIMAL.pattern}))"',
+        "date": f'"({_CATALOG_DATE.pattern})"',
+        "bool": "(true|false)",
+        "int": "(-?(?:0|[1-9][0-9]*))",
+    }
+)
+
+
+def _days_column(texts: list[str]) -> list[int]:
+    return [day.toordinal() - _EPOCH_ORDINAL for day in map(date.fromisoformat, texts)]
+
+
+def _ints_column(texts: list[str]) -> list[int]:
+    values = list(map(int, texts))
+    if values and (min(values) < _INT_MIN or max(values) > _INT_MAX):
+        raise ValueError("out of range")
+    return values
+
+
+def _json_text(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)  # as canonical JSON writes a string
+
+
+def _stored_reader(item: CatalogItem, row_class: type[Message] | None, read: _Reader) -> _StoredReader:
+    """The reader of an input's stored text: ``read(json.loads(text))``, except for a list of rows
+    that :func:`_rows_from_text` takes whole, on the largest piece of an evaluation."""
+    fast = _rows_from_text(item, row_class)
+
+    def read_stored(text: str) -> object:
+        if fast is not None:
+            rows = fast(text)
+            if rows is not None:
+                return rows
+        return read(json.loads(text))
+
+    return read_stored
+
+
+def _rows_from_text(item: CatalogItem, row_class: type[Message] | None) -> Callable[[str], list[Message] | None] | None:
+    """For a list of rows whose fields are numbers, dates, booleans or plain enums: a function that
+    reads the rows straight from the list's canonical JSON text, or returns None for text it does not
+    take whole. None for any other input.
+
+    Such a list in canonical JSON is ``[{"a":..,"b":..},...]``, keys in sorted order and no spaces,
+    and one regular expression splits it into the rows' values, converted column by column: about
+    half the time of decoding the JSON and then checking and converting each value in Python (76
+    against 134 µs for 33 rows of five fields). Anything it does not take whole (other spacing,
+    another key order, a value the catalog refuses, more rows than the catalog allows) returns None
+    and goes the general way, which decides it. The tests hold both ways to the same result on
+    arbitrary text, and hold this one to take every canonical list the catalog accepts."""
+    if item.type != "records" or row_class is None:
+        return None
+    specs = sorted(item.fields, key=lambda spec: spec.name)  # canonical JSON's member order
+    patterns: list[str] = []
+    columns: list[Callable[[list[str]], list[Any]]] = []
+    for spec in specs:
+        if spec.type == "enum" and spec.values and all(_json_text(v) == f'"{v}"' for v in spec.values):
+            patterns.append('"(' + "|".join(re.escape(v) for v in sorted(spec.values)) + ')"')
+            columns.append(list)
+        elif spec.type in _CANONICAL_FIELD:
+            patterns.append(_CANONICAL_FIELD[spec.type])
+            columns.append(_COLUMN_OF[spec.type])
+        else:
+            return None  # strings, and enums that JSON escapes: the general way only
+    members = (re.escape(_json_text(spec.name)) + ":" + p for spec, p in zip(specs, patterns, strict=True))
+    row = re.compile(r"\{" + ",".join(members) + r"\}")
+    names = tuple(spec.name for spec in specs)
+    stride = len(specs) + 1  # split() gives the text between rows, then each row's values
+
+    def rows_from_text(text: str) -> list[Message] | None:
+        if text == "[]":
+            return []
+        pieces = row.split(text)
+        rows = (len(pieces) - 1) // stride
+        between = pieces[::stride]  # "[", "," * (rows - 1), "]" when the rows tile the text
+        if not (0 < rows <= MAX_RECORD_ROWS and between[0] == "[" and between[-1] == "]"):
+            return None
+        if between.count(",") != rows - 1:
+            return None
+        try:
+            values = [column(pieces[1 + j :: stride]) for j, column in enumerate(columns)]
+        except ValueError:  # a date not in the calendar, an int out of range: for the general way
+            return None
+        return [row_class(**dict(zip(names, fields, strict=True))) for fields in zip(*values, strict=True)]
+
+    return rows_from_text
+
+
+_COLUMN_OF: Final[Mapping[str, Callable[[list[str]], list[Any]]]] = MappingProxyType(
+    {
+        "decimal": lambda texts: list(map(float, texts)),
+        "date": _days_column,
+        "bool": lambda texts: [text == "true" for text in texts],
+        "int": _ints_column,
+    }
+)
