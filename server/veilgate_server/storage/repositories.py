@@ -232,8 +232,10 @@ _RECORDS_OF_CITIZEN_AMONG = _RECORDS_OF_CITIZEN.where(
 # SQLite hands rows over one step at a time, and the sqlite3 module releases the GIL around every
 # step: a full read of 188 records meant 188 hand-offs of the GIL under load. Concatenated into one
 # text it is a single step, and splitting it costs less than parsing it as a JSON array (measured:
-# 278 against 441 µs for 188 records). The separators, ASCII record and unit separators, cannot
-# occur in an item id, an ISO date or any JSON text (JSON escapes every control character).
+# 278 against 441 µs for 188 records). One separator, the ASCII unit separator, goes between every
+# field and every record, so the text splits in one call (:func:`_split_records`); it cannot occur
+# in an item id, an ISO date or any JSON text (JSON escapes every control character), and a stored
+# value that holds it, or the record separator that an earlier version used, is refused.
 _RECORD_SEPARATOR, _FIELD_SEPARATOR = "\x1e", "\x1f"
 _SQLITE_JOINED = (
     "SELECT count(*), group_concat(item_id || char(31) || department || char(31) || as_of || char(31) || value_json, "
