@@ -235,7 +235,7 @@ _RECORDS_OF_CITIZEN_AMONG = _RECORDS_OF_CITIZEN.where(
 # 278 against 441 µs for 188 records). One separator, the ASCII unit separator, goes between every
 # field and every record, so the text splits in one call (:func:`_split_records`); it cannot occur
 # in an item id, an ISO date or any JSON text (JSON escapes every control character), and a stored
-# value that holds it, or the record separator that an earlier version used, is refused.
+# value that holds it (or the record separator) breaks that invariant and is refused.
 _RECORD_SEPARATOR, _FIELD_SEPARATOR = "\x1e", "\x1f"
 _SQLITE_JOINED = (
     "SELECT count(*), group_concat(item_id || char(31) || department || char(31) || as_of || char(31) || value_json, "
