@@ -326,6 +326,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         progress=progress,
         processes=args.processes,
         rpc_store=args.rpc_store,
+        pin=not args.no_pin,
     )
     if args.json == "-":
         print(render_json(run.machine, run.baseline, run.scenarios))
@@ -339,7 +340,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from veilgate_server.bench.rpc_scenarios import latency_sweep
 
         progress("latency sweep for the plot ...")
-        write_plot(latency_sweep(quick=args.quick, processes=run.processes), Path(args.plot))
+        write_plot(latency_sweep(quick=args.quick, processes=run.processes, pin=not args.no_pin), Path(args.plot))
         progress(f"plot written to {args.plot}")
     return 0
 
@@ -417,7 +418,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # starts, and the keys and the schema are created once rather than raced by the processes.
     gateway = open_gateway(settings, daily_budget=args.daily_budget)
     gateway.store.close()
-    with ServerProcesses(GatewayProcess(settings, options), count=args.processes, name="veilgate-serve") as servers:
+    with ServerProcesses(
+        GatewayProcess(settings, options), count=args.processes, name="veilgate-serve", pin=not args.no_pin
+    ) as servers:
         _print_serving(
             settings,
             gateway,
@@ -425,6 +428,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=servers.tls_ports[0],
             mtls_port=servers.mtls_ports[0] or None,
             processes=args.processes,
+            pinned=servers.pinned,
         )
         while not stop.wait(1.0):
             exited = servers.exited()
@@ -435,10 +439,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _print_serving(
-    settings: Settings, gateway: Gateway, options: ServeOptions, *, port: int, mtls_port: int | None, processes: int
+    settings: Settings,
+    gateway: Gateway,
+    options: ServeOptions,
+    *,
+    port: int,
+    mtls_port: int | None,
+    processes: int,
+    pinned: tuple[int, ...] | None = None,
 ) -> None:
     mode = "TLS" if options.tls else "PLAINTEXT"
     across = f", {processes} processes" if processes > 1 else ""
+    if processes > 1:
+        across += f" pinned to CPUs {', '.join(map(str, pinned))}" if pinned else ", not pinned to CPUs"
     print(f"veilgate {settings.gateway_id} serving on port {port} ({mode}{across})")
     if mtls_port:
         print(f"institutions (mutual TLS) on port {mtls_port}")
@@ -489,6 +502,11 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="server processes sharing the ports (SO_REUSEPORT); one per core (default 1)",
     )
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="with --processes: leave the processes to the scheduler instead of pinning each to a CPU of its own",
+    )
     p.add_argument("--gateway-id", help="the aud citizens sign for (env VEILGATE_GATEWAY_ID)")
     p.add_argument("--listen-mtls", default="127.0.0.1:7444", help="institutions' mutual-TLS host:port (default 7444)")
     p.add_argument("--governance-key", help="trusted policy governance verifier key (env VEILGATE_GOVERNANCE_KEY)")
@@ -529,6 +547,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["sqlite", "postgresql"],
         default="sqlite",
         help="the gateway's store in the RPC scenarios (default sqlite; postgresql: the --postgres-url server)",
+    )
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave server processes (and log_append's writers) to the scheduler instead of one CPU each",
     )
 
     add("migrate", cmd_migrate, "create or upgrade the database schema")

@@ -209,6 +209,10 @@ def test_several_processes_share_the_ports_and_append_to_one_log(tmp_path: Path,
     calls = 32
     try:
         assert (server.port, server.mtls_port) == (port, mtls_port)
+        # Each process on a CPU of its own, where there are two to give.
+        cpus = sorted(os.sched_getaffinity(0))
+        pinned = f"2 processes pinned to CPUs {cpus[0]}, {cpus[1]})" if len(cpus) >= 2 else "not pinned to CPUs"
+        assert pinned in "".join(server.stdout)
         # A second gateway on the same ports by mistake would quietly share them: it is refused.
         second = veilgate(
             "serve",
@@ -257,10 +261,12 @@ def test_when_one_server_process_dies_serve_stops_and_says_so(tmp_path: Path) ->
         str(policies),
         "--processes",
         "2",
+        "--no-pin",
         listen=f"127.0.0.1:{_free_port()}",
         listen_mtls=f"127.0.0.1:{_free_port()}",
     )
     try:
+        assert "2 processes, not pinned to CPUs)" in "".join(server.stdout)
         listed = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
         # The server processes, not multiprocessing's resource tracker beside them.
         children = [pid for pid in listed if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]

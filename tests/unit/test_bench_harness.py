@@ -5,6 +5,8 @@ was: timing is not a test on a shared machine."""
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,7 +34,7 @@ from veilgate_server.bench.rpc_scenarios import (
     bench_get_my_data,
     latency_sweep,
 )
-from veilgate_server.rpc.processes import ServerProcesses
+from veilgate_server.rpc.processes import ServerProcesses, cpus_for, pinned_to
 from veilgate_server.storage import Store
 
 SMOKE_SECONDS = (0.2, 0.4)  # warm-up, measured
@@ -168,6 +170,58 @@ def test_the_load_is_spread_over_every_server_process() -> None:
     assert result.stats.calls > 100
     spent = [end[0] - start[0] for start, end in zip(before, after, strict=True)]
     assert min(spent) > 0.3 * sum(spent), spent
+
+
+def _cpus_of_every_thread(pid: int) -> set[frozenset[int]]:
+    """The CPU sets of each thread of process ``pid``, as the kernel has them."""
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_cpus_for_takes_the_first_cpus_this_process_may_use() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    assert cpus_for(1) == (allowed[0],)
+    assert cpus_for(len(allowed)) == tuple(allowed)
+    assert cpus_for(len(allowed) + 1) is None  # more processes than CPUs: not pinned at all
+    with pytest.raises(ValueError, match="at least 1"):
+        cpus_for(0)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin two processes apart")
+@pytest.mark.parametrize("pin", [True, False])
+def test_each_server_process_runs_pinned_to_a_cpu_of_its_own(pin: bool) -> None:
+    """Every thread of server process n (gRPC's included, started after the pin) runs on CPU
+    ``pinned[n]``; without pinning, on every CPU the parent may use."""
+    certs = _certificates()
+    bare = BareServer(
+        certificate_chain=certs.server.certificate_chain,
+        private_key=certs.server.private_key,
+        client_ca=certs.institution_ca.certificate_pem,
+    )
+    allowed = frozenset(os.sched_getaffinity(0))
+    with ServerProcesses(bare, count=2, pin=pin) as servers:
+        threads = [_cpus_of_every_thread(pid) for pid in servers.pids]
+        assert all(len(os.listdir(f"/proc/{pid}/task")) > 2 for pid in servers.pids)  # the server's threads too
+        if pin:
+            assert servers.pinned is not None
+            assert len(set(servers.pinned)) == 2
+            assert threads == [{frozenset({cpu})} for cpu in servers.pinned]
+        else:
+            assert servers.pinned is None
+            assert threads == [{allowed}, {allowed}]
+    assert frozenset(os.sched_getaffinity(0)) == allowed  # the parent is never pinned
+
+
+def test_pinned_to_holds_threads_started_inside_and_restores_afterwards() -> None:
+    allowed = os.sched_getaffinity(0)
+    cpu = min(allowed)
+    seen: list[set[int]] = []
+    with pinned_to(cpu):
+        thread = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+        thread.start()
+        thread.join()
+        assert os.sched_getaffinity(0) == {cpu}
+    assert seen == [{cpu}]
+    assert os.sched_getaffinity(0) == allowed
 
 
 @pytest.mark.postgres

@@ -63,7 +63,7 @@ from veilgate_server.config import Settings
 from veilgate_server.crypto import CertificateAuthority
 from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.gateway import Gateway
-from veilgate_server.rpc.processes import ServerProcesses
+from veilgate_server.rpc.processes import ServerProcesses, cpus_for
 from veilgate_server.rpc.server import ServerTls
 from veilgate_server.serving import GatewayProcess, ServeOptions, open_gateway
 from veilgate_server.storage import Store
@@ -121,6 +121,7 @@ class RpcRun:
     seconds: Seconds | None = None  # (warm-up, measured); None: quick 1 + 4, full 3 + 15
     processes: int = 1  # server processes, for the gateway and the bare baseline alike
     postgres_url: str | None = None  # the gateway's store in a fresh schema there; None: SQLite
+    pin: bool = True  # each server process on a CPU of its own, as ``veilgate serve --processes`` runs them
 
     @property
     def durations(self) -> Seconds:
@@ -140,6 +141,7 @@ class RpcRun:
             store = f"PostgreSQL at {url.host}:{url.port}, a fresh schema dropped afterwards"
         return {
             "processes": self.processes,
+            "pinned_cpus": _pinned(self.processes, self.pin),
             "concurrency": self.concurrency,
             "warmup_s": warmup,
             "measured_s": measured,
@@ -154,7 +156,7 @@ class RpcRun:
     ) -> contextlib.AbstractContextManager[_BenchGateway]:
         """The gateway under test, served and stored as this run says (see :func:`_bench_gateway`)."""
         return _bench_gateway(
-            pad_to=pad_to, citizens=citizens, processes=self.processes, postgres_url=self.postgres_url
+            pad_to=pad_to, citizens=citizens, processes=self.processes, postgres_url=self.postgres_url, pin=self.pin
         )
 
 
@@ -201,21 +203,27 @@ def _spec(target: str, tls: ClientTls, workload: Workload, *, seconds: Seconds, 
 # --- baseline -------------------------------------------------------------------------------------
 
 
-def _bare_servers(processes: int) -> ServerProcesses:
+def _pinned(processes: int, pin: bool) -> list[int] | None:
+    """The CPUs ``processes`` server processes are pinned to (see ``rpc.processes.cpus_for``)."""
+    cpus = cpus_for(processes) if pin else None
+    return list(cpus) if cpus is not None else None
+
+
+def _bare_servers(processes: int, *, pin: bool) -> ServerProcesses:
     certs = _certificates()
     bare = BareServer(
         certificate_chain=certs.server.certificate_chain,
         private_key=certs.server.private_key,
         client_ca=certs.institution_ca.certificate_pem,
     )
-    return ServerProcesses(bare, count=processes, name="veilgate-bench-bare")
+    return ServerProcesses(bare, count=processes, name="veilgate-bench-bare", pin=pin)
 
 
-def _measure_bare(processes: int, *, seconds: Seconds, concurrency: int) -> dict[str, dict[str, Any]]:
+def _measure_bare(processes: int, *, seconds: Seconds, concurrency: int, pin: bool) -> dict[str, dict[str, Any]]:
     """The bare server in ``processes`` processes, over TLS and over mutual TLS."""
     certs = _certificates()
     figures: dict[str, dict[str, Any]] = {}
-    with _bare_servers(processes) as bare:
+    with _bare_servers(processes, pin=pin) as bare:
         runs = {
             "tls": (bare.target, ClientTls(certs.root_certificates)),
             "mtls": (bare.mtls_target, certs.baseline_client),
@@ -225,7 +233,7 @@ def _measure_bare(processes: int, *, seconds: Seconds, concurrency: int) -> dict
             result = run_load(spec, usage=bare.usage)
             if result.stats.calls == 0:
                 raise InternalError(f"the bare {name} baseline completed no call: {result.first_error}")
-            figures[name] = {**result.figures(), "processes": processes}
+            figures[name] = {**result.figures(), "processes": processes, "pinned_cpus": bare.pinned}
     return figures
 
 
@@ -247,12 +255,13 @@ def bench_baseline(run: RpcRun) -> dict[str, Any]:
     Raises :class:`InternalError` when the baseline cannot be measured (nothing else can be judged)."""
     durations = run.durations
     runs = {
-        str(count): _measure_bare(count, seconds=durations, concurrency=run.concurrency)
+        str(count): _measure_bare(count, seconds=durations, concurrency=run.concurrency, pin=run.pin)
         for count in sorted({run.processes, 1}, reverse=True)
     }
     section: dict[str, Any] = {
         "server": "sync grpc.server, ThreadPoolExecutor(8) per process, generic handler, bytes no-op",
         "processes": run.processes,
+        "pinned_cpus": _pinned(run.processes, run.pin),
         "concurrency": run.concurrency,
         "warmup_s": durations[0],
         "measured_s": durations[1],
@@ -304,7 +313,12 @@ class _BenchGateway:
 
 @contextlib.contextmanager
 def _bench_gateway(
-    *, pad_to: int | None = None, citizens: int = BENCH_CITIZENS, processes: int = 1, postgres_url: str | None = None
+    *,
+    pad_to: int | None = None,
+    citizens: int = BENCH_CITIZENS,
+    processes: int = 1,
+    postgres_url: str | None = None,
+    pin: bool = True,
 ) -> Iterator[_BenchGateway]:
     """A gateway served by ``processes`` server processes as ``veilgate serve --processes`` would,
     on SQLite in a temporary directory, or in a fresh schema of the PostgreSQL server at
@@ -313,14 +327,14 @@ def _bench_gateway(
     try:
         with contextlib.ExitStack() as stack:
             database_url = stack.enter_context(postgres_schema(postgres_url)) if postgres_url else None
-            yield stack.enter_context(_gateway_in(root, database_url, pad_to, citizens, processes))
+            yield stack.enter_context(_gateway_in(root, database_url, pad_to, citizens, processes, pin))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def _gateway_in(
-    root: Path, database_url: str | None, pad_to: int | None, citizens: int, processes: int
+    root: Path, database_url: str | None, pad_to: int | None, citizens: int, processes: int, pin: bool
 ) -> Iterator[_BenchGateway]:
     policies_dir, governance_key = reviewed_policies(root, pad_to=pad_to)
     settings = Settings(
@@ -341,7 +355,7 @@ def _gateway_in(
             daily_budget=BENCH_DAILY_BUDGET,
         )
         serving = GatewayProcess(settings, options, stop_grace=None)
-        with ServerProcesses(serving, count=processes, name="veilgate-bench-gateway") as servers:
+        with ServerProcesses(serving, count=processes, name="veilgate-bench-gateway", pin=pin) as servers:
             yield _BenchGateway(
                 gateway=gateway,
                 store=gateway.store,
@@ -559,7 +573,7 @@ SWEEP_LEVELS = (1, 4, 16, 64)
 
 
 def latency_sweep(
-    *, quick: bool, levels: tuple[int, ...] = SWEEP_LEVELS, processes: int = 1
+    *, quick: bool, levels: tuple[int, ...] = SWEEP_LEVELS, processes: int = 1, pin: bool = True
 ) -> dict[str, list[tuple[int, float, float]]]:
     """Latency versus calls in flight, for ``report.write_plot``: ``{label: [(in flight, p50 ms,
     p99 ms), ...]}`` for the bare server (TLS, mTLS), ``evaluate`` and ``get_my_data``. One bare server
@@ -576,7 +590,7 @@ def latency_sweep(
             raise InternalError(f"{label} at {n} in flight: {result.total_errors} failed calls: {result.first_error}")
         series.setdefault(label, []).append((n, result.stats.p50_ms, result.stats.p99_ms))
 
-    with _bare_servers(processes) as bare:
+    with _bare_servers(processes, pin=pin) as bare:
         for n in levels:
             tls = _spec(bare.target, ClientTls(certs.root_certificates), NoopWorkload(), seconds=seconds, concurrency=n)
             point("bare TLS", n, run_load(tls, usage=bare.usage))
@@ -587,7 +601,9 @@ def latency_sweep(
             point("bare mTLS", n, mtls)
             bare_qps[n] = mtls.stats.qps
     needed = {n: _consents_for(bare_qps[n], sum(seconds)) for n in levels}
-    with _bench_gateway(pad_to=DELIVERY_ITEMS, citizens=1 + sum(needed.values()), processes=processes) as bench:
+    with _bench_gateway(
+        pad_to=DELIVERY_ITEMS, citizens=1 + sum(needed.values()), processes=processes, pin=pin
+    ) as bench:
         citizen = _citizen_workload(bench)  # citizen_ids[0]: the one who fetches their data
         bank = _register_bank(bench)
         evaluating = iter(bench.citizen_ids[1:])  # one consent per citizen, as in bench_evaluate

@@ -52,7 +52,7 @@ def _scenario(name: str, baseline: dict[str, Any], postgres_url: str | None, rpc
         case "get_my_data":
             return rpc_scenarios.bench_get_my_data(baseline, rpc)
         case "log_append":
-            return store_scenarios.bench_log_append(quick=quick, postgres_url=postgres_url)
+            return store_scenarios.bench_log_append(quick=quick, postgres_url=postgres_url, pin=rpc.pin)
         case "proofs":
             return store_scenarios.bench_proofs(quick=quick)
         case "audit_verify":
@@ -74,10 +74,13 @@ def run_bench(
     progress: Progress,
     processes: int | None = None,
     rpc_store: str = "sqlite",
+    pin: bool = True,
 ) -> BenchRun:
     """The baseline, then each scenario. RPC scenarios serve from ``processes`` server processes
     (default: one per core), and so does the baseline they are judged against; their gateway keeps
-    its store on SQLite, or (``rpc_store="postgresql"``) on the PostgreSQL server of ``log_append``."""
+    its store on SQLite, or (``rpc_store="postgresql"``) on the PostgreSQL server of ``log_append``.
+    ``pin``: each server process on a CPU of its own, as ``veilgate serve --processes`` runs them,
+    and ``log_append``'s writers on one CPU, as in a server process."""
     if rpc_store not in RPC_STORES:
         choices = ", ".join(RPC_STORES)
         raise ConfigurationError(f"unknown store {rpc_store!r} for the RPC scenarios; choose from {choices}")
@@ -100,7 +103,7 @@ def run_bench(
     if processes < 1:
         raise ConfigurationError("--processes must be at least 1")
     rpc = rpc_scenarios.RpcRun(
-        quick=quick, processes=processes, postgres_url=url if rpc_store == "postgresql" else None
+        quick=quick, processes=processes, postgres_url=url if rpc_store == "postgresql" else None, pin=pin
     )
     baseline: dict[str, Any] = {}
     if any(n in RPC_SCENARIOS for n in names):

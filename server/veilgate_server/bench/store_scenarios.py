@@ -51,6 +51,7 @@ from veilgate_server.bench.results import ScenarioResult, Target
 from veilgate_server.bench.reviewed import reviewed_policies
 from veilgate_server.core.merkle import consistency_proof, inclusion_proof, root_of
 from veilgate_server.crypto.note import NoteSigner
+from veilgate_server.rpc.processes import cpus_for, pinned_to
 from veilgate_server.storage import AppendRequest, AuditLog, LogWriter, Store, sqlite_url
 from veilgate_server.storage.db import create_engine_for
 
@@ -298,7 +299,12 @@ def _append_matrix(url: str, requests: Sequence[AppendRequest], *, warmup: float
 
 
 def bench_log_append(
-    quick: bool, postgres_url: str | None, *, seconds: float | None = None, warmup: float | None = None
+    quick: bool,
+    postgres_url: str | None,
+    *,
+    seconds: float | None = None,
+    warmup: float | None = None,
+    pin: bool = True,
 ) -> ScenarioResult:
     """Durable appends/s through the group-commit writer at 1, 16 and 64 writer threads.
 
@@ -306,7 +312,8 @@ def bench_log_append(
     (enqueue to commit acknowledged); the scenario's figures are SQLite at 64 writers. PostgreSQL runs
     in a schema of its own at ``postgres_url`` (dropped afterwards), or is skipped with the reason.
     Each cell warms up for ``warmup`` seconds, then measures for ``seconds`` (quick: 0.3 + 1 s;
-    full: 1 + 5 s).
+    full: 1 + 5 s). With ``pin``, the writers and the log writer run on one CPU, as they do in a
+    server process of ``veilgate serve --processes`` (``details["pinned_cpu"]``).
     """
     warmup = (0.3 if quick else 1.0) if warmup is None else warmup
     seconds = (1.0 if quick else 5.0) if seconds is None else seconds
@@ -316,14 +323,17 @@ def bench_log_append(
         "entry_bytes_mean": round(sum(len(r.entry) for r in requests) / len(requests), 1),
         "window_seconds": seconds,
     }
-    with tempfile.TemporaryDirectory(prefix="veilgate-bench-") as tmp:
-        details["sqlite"] = _append_matrix(sqlite_url(Path(tmp)), requests, warmup=warmup, seconds=seconds)
-    reason = _postgres_unreachable(postgres_url)
-    if reason is None and postgres_url is not None:
-        with postgres_schema(postgres_url) as url:
-            details["postgresql"] = _append_matrix(url, requests, warmup=warmup, seconds=seconds)
-    else:
-        details["postgresql"] = {"skipped": reason}
+    cpus = cpus_for(1) if pin else None
+    details["pinned_cpu"] = cpus[0] if cpus else None
+    with pinned_to(cpus[0]) if cpus else contextlib.nullcontext():
+        with tempfile.TemporaryDirectory(prefix="veilgate-bench-") as tmp:
+            details["sqlite"] = _append_matrix(sqlite_url(Path(tmp)), requests, warmup=warmup, seconds=seconds)
+        reason = _postgres_unreachable(postgres_url)
+        if reason is None and postgres_url is not None:
+            with postgres_schema(postgres_url) as url:
+                details["postgresql"] = _append_matrix(url, requests, warmup=warmup, seconds=seconds)
+        else:
+            details["postgresql"] = {"skipped": reason}
     at64 = details["sqlite"][str(WRITER_COUNTS[-1])]
     result = ScenarioResult(
         name="log_append", rate=at64["rate"], p50_ms=at64.get("p50_ms"), p99_ms=at64.get("p99_ms"), details=details
