@@ -17,7 +17,7 @@ Each process is pinned to a CPU of its own (:func:`cpus_for`), when there are as
 processes and the platform allows it (Linux). A process uses about one core of Python anyway, and
 pinned, the wake-ups of its threads (gRPC's, the workers', the log writer's), dozens per call, stay
 on one CPU: on a 2-vCPU virtual machine an unpinned wake-up was measured to cost far more than
-the work it woke (evaluate 712-789 against 1,034-1,093 QPS pinned, docs/performance.md).
+the work it woke (evaluate 712-826 against 884-1,093 QPS pinned; docs/performance.md, item 34).
 
 Each child ignores SIGINT and SIGTERM: the parent decides when they stop. A child answers three
 requests on its pipe:
