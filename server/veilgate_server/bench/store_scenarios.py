@@ -237,16 +237,25 @@ def _append_cell(
 ) -> dict[str, Any]:
     """``writers`` closed-loop threads appending through one LogWriter (the gateway's settings).
 
-    Calls that start in the measured window count; the window ends when the last of them returns.
+    The warm-up starts once every thread runs (starting 64 threads that contend for the GIL on one
+    CPU can take longer than a short warm-up). Calls that start in the measured window count; the
+    window ends when the last of them returns.
     """
     writer = LogWriter(store.log)
     latencies: list[list[float]] = [[] for _ in range(writers)]
     ends = [0.0] * writers
     errors = [0] * writers
-    start = time.perf_counter() + warmup + 0.05  # threads are all running by then
-    stop = start + seconds
+    edges: list[float] = []  # the measured window's start and stop, set when the last thread is ready
+
+    def set_edges() -> None:
+        start = time.perf_counter() + warmup
+        edges.extend((start, start + seconds))
+
+    ready = threading.Barrier(writers + 1, action=set_edges)
 
     def run(k: int) -> None:
+        ready.wait()
+        start, stop = edges
         mine = latencies[k]
         i = k
         n = len(requests)
@@ -269,6 +278,8 @@ def _append_cell(
         threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(writers)]
         for thread in threads:
             thread.start()
+        ready.wait()
+        start = edges[0]
         time.sleep(max(0.0, start - time.perf_counter()))
         before = writer.stats
         for thread in threads:
