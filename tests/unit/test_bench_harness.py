@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from veilgate.errors import ConfigurationError
 from veilgate_server.bench.harness import (
     BareServer,
     ClientTls,
@@ -221,6 +222,13 @@ def test_pinned_to_holds_threads_started_inside_and_restores_afterwards() -> Non
         thread.join()
         assert os.sched_getaffinity(0) == {cpu}
     assert seen == [{cpu}]
+    assert os.sched_getaffinity(0) == allowed
+
+
+def test_a_cpu_that_cannot_be_pinned_to_is_a_clear_error_and_changes_nothing() -> None:
+    allowed = os.sched_getaffinity(0)
+    with pytest.raises(ConfigurationError, match="--no-pin"), pinned_to(max(allowed) + 4096):
+        pass
     assert os.sched_getaffinity(0) == allowed
 
 

@@ -44,7 +44,7 @@ from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Protocol
 
-from veilgate.errors import InternalError, VeilgateError
+from veilgate.errors import ConfigurationError, InternalError, VeilgateError
 
 __all__ = [
     "ServerFactory",
@@ -116,7 +116,11 @@ def pinned_to(cpu: int) -> Iterator[None]:
     CPUs the process had before on the way out. For measuring in process what a pinned server
     process does (the benchmark's log writer)."""
     before = os.sched_getaffinity(0)
-    _pin_threads({cpu})
+    try:
+        _pin_threads({cpu})
+    except OSError as e:
+        _pin_threads(before)
+        raise ConfigurationError(f"cannot pin threads to CPU {cpu} ({e.strerror}); run with --no-pin") from None
     try:
         yield
     finally:
@@ -131,12 +135,14 @@ def _usage() -> tuple[float, int]:
 def _child_main(factory: ServerFactory, pipe: Connection, log_level: int, cpu: int | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    if cpu is not None:
-        _pin_threads({cpu})  # before the server starts its threads, which inherit it
     # A spawned process starts with no logging set up: log as the parent does, naming the process.
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     if cpu is not None:
-        _log.info("pinned to CPU %d", cpu)
+        try:
+            _pin_threads({cpu})  # before the server starts its threads, which inherit it
+            _log.info("pinned to CPU %d", cpu)
+        except OSError as e:  # a container that forbids it: serve unpinned rather than not at all
+            _log.warning("could not pin to CPU %d (%s); serving unpinned", cpu, e.strerror)
     try:
         started = factory.start()
     except Exception as e:  # reported as one line; the parent raises it
