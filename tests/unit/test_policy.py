@@ -464,6 +464,25 @@ def test_the_histories_are_read_from_text_and_rows_with_free_text_are_not(shippe
                 assert item.id not in read_from_text
 
 
+def test_the_gateways_reader_takes_histories_without_decoding_json(
+    shipped: dict[str, Policy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``evaluate_stored``'s readers use the text path where there is one: with JSON decoding made
+    to fail, a canonical history is still read, and an input without a text path is not."""
+    policy = shipped["credit.consumer_loan"]
+    history = [{"month": "2026-09-01", "gross_income": "9000.00", "tax_withheld": "300.00"}]
+    text = canonical_json(history).decode()
+    expected = policy._compiled.readers["taxation.monthly_income_history"](history)
+
+    def no_decoding(_: str) -> object:
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(json, "loads", no_decoding)
+    assert policy._compiled.stored_readers["taxation.monthly_income_history"](text) == expected
+    with pytest.raises(AssertionError, match="decoded"):
+        policy._compiled.stored_readers["court_enforcement.enforcement_cases"]("[]x")
+
+
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_every_canonical_list_the_catalog_accepts_is_read_from_its_text(

@@ -814,14 +814,14 @@ def _stored_reader(item: CatalogItem, row_class: type[Message] | None, read: _Re
     that :func:`_rows_from_text` takes whole, on the largest piece of an evaluation."""
     fast = _rows_from_text(item, row_class)
 
-    def read_stored(text: str) -> object:
-        if fast is not None:
-            rows = fast(text)
-            if rows is not None:
-                return rows
+    def decoded(text: str) -> object:
         return read(json.loads(text))
 
-    return read_stored
+    def read_stored(text: str) -> object:
+        rows = fast(text) if fast is not None else None
+        return rows if rows is not None else decoded(text)
+
+    return read_stored if fast is not None else decoded
 
 
 def _rows_from_text(item: CatalogItem, row_class: type[Message] | None) -> Callable[[str], list[Message] | None] | None:
