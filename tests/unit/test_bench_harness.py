@@ -15,7 +15,6 @@ from sqlalchemy import text
 
 from veilgate.errors import ConfigurationError
 from veilgate_server.bench.harness import (
-    BareServer,
     ClientTls,
     LoadSpec,
     NoopWorkload,
@@ -28,6 +27,7 @@ from veilgate_server.bench.results import ScenarioResult, Target
 from veilgate_server.bench.rpc_scenarios import (
     DELIVERY_ITEMS,
     RpcRun,
+    _bare_servers,
     _certificates,
     bench_audited_call,
     bench_baseline,
@@ -35,7 +35,7 @@ from veilgate_server.bench.rpc_scenarios import (
     bench_get_my_data,
     latency_sweep,
 )
-from veilgate_server.rpc.processes import ServerProcesses, cpus_for, pinned_to
+from veilgate_server.rpc.processes import cpus_for, pinned_to
 from veilgate_server.storage import Store
 
 SMOKE_SECONDS = (0.2, 0.4)  # warm-up, measured
@@ -150,12 +150,7 @@ def test_the_load_is_spread_over_every_server_process() -> None:
     """Two bare server processes share the calls of one load generator: each spends a fair part of
     the servers' CPU (round robin gives each half the calls)."""
     certs = _certificates()
-    bare = BareServer(
-        certificate_chain=certs.server.certificate_chain,
-        private_key=certs.server.private_key,
-        client_ca=certs.institution_ca.certificate_pem,
-    )
-    with ServerProcesses(bare, count=2) as servers:
+    with _bare_servers(2, pin=True) as servers:
         assert len(set(servers.tls_ports)) == 2
         before = servers.usage_each()
         spec = LoadSpec(
@@ -192,14 +187,8 @@ def test_cpus_for_takes_the_first_cpus_this_process_may_use() -> None:
 def test_each_server_process_runs_pinned_to_a_cpu_of_its_own(pin: bool) -> None:
     """Every thread of server process n (gRPC's included, started after the pin) runs on CPU
     ``pinned[n]``; without pinning, on every CPU the parent may use."""
-    certs = _certificates()
-    bare = BareServer(
-        certificate_chain=certs.server.certificate_chain,
-        private_key=certs.server.private_key,
-        client_ca=certs.institution_ca.certificate_pem,
-    )
     allowed = frozenset(os.sched_getaffinity(0))
-    with ServerProcesses(bare, count=2, pin=pin) as servers:
+    with _bare_servers(2, pin=pin) as servers:
         threads = [_cpus_of_every_thread(pid) for pid in servers.pids]
         assert all(len(os.listdir(f"/proc/{pid}/task")) > 2 for pid in servers.pids)  # the server's threads too
         if pin:
