@@ -6,6 +6,7 @@ runs the real path to the end, reports the figures the issue names, and judges `
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,7 @@ def test_log_append_reports_the_matrix_and_skips_an_unreachable_postgres() -> No
         assert cell["p50_ms"] <= cell["p99_ms"]
     assert result.rate == sqlite["64"]["rate"]
     assert "not reachable" in result.details["postgresql"]["skipped"]
+    assert result.details["pinned_cpu"] == min(os.sched_getaffinity(0))  # as in a pinned server process
     assert result.meets is not None
     assert "20000" in result.target
 
