@@ -20,8 +20,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from veilgate._internal import jose
 from veilgate._internal.jose import b64url_decode
 from veilgate.citizen import GET_MY_DATA
+from veilgate.consent import CONSENT_TYP
 from veilgate.delivery import DELIVERY_TYP
 from veilgate.errors import (
     ConsentRevoked,
@@ -35,7 +37,13 @@ from veilgate.errors import (
 from veilgate.result import RESULT_TYP, request_hash
 from veilgate_server.audit import CallRecord, Checkpointer
 from veilgate_server.core.catalog import Catalog
-from veilgate_server.core.consent import ConsentClaims, check_use, read_consent_token
+from veilgate_server.core.consent import (
+    ConsentClaims,
+    VerifiedToken,
+    check_use,
+    consent_id_claimed,
+    read_consent_token,
+)
 from veilgate_server.core.delivery import DeliveryEncoder, select_items
 from veilgate_server.core.merkle import inclusion_proof
 from veilgate_server.core.policy import Policy, evaluate_stored
@@ -48,6 +56,7 @@ from veilgate_server.storage import (
     ConsentRow,
     EvaluationRow,
     Institution,
+    RegisteredConsent,
     RequestLedger,
     StateChange,
     Store,
@@ -191,8 +200,12 @@ class Gateway:
         policies, so that a consent that could never be used is refused while the citizen is there."""
         call = call or _unrecorded(REGISTER_CONSENT)
         now = self.clock()
-        claims, _ = self._authenticate_citizen(request_token, REGISTER_CONSENT, ("consent",), now=now, call=call)
-        consent = read_consent_token(consent_token, public_key_of=self._public_key_of)
+        claims, keys = self._authenticate_citizen(request_token, REGISTER_CONSENT, ("consent",), now=now, call=call)
+
+        def public_key_of(citizen_id: CitizenId) -> bytes:  # the key the request just verified with
+            return keys.signing_key if citizen_id == claims.citizen_id else self._public_key_of(citizen_id)
+
+        consent = read_consent_token(consent_token, public_key_of=public_key_of)
         call.consent = consent.consent_id
         if consent.citizen_id != claims.citizen_id or claims.extra.get("consent") != consent.consent_id:
             raise TokenInvalid("the request must name the consent it registers, signed by the same citizen")
@@ -218,6 +231,7 @@ class Gateway:
             expires_at=_utc(consent.expires_at),
             max_uses=consent.max_uses,
             token=consent_token,
+            signing_key=keys.signing_key,  # what verified it: an Evaluate need not verify it again
             at=_utc(now),
         )
         self._spend(claims, now=now, call=call)
@@ -291,8 +305,31 @@ class Gateway:
     def policies_for(self, institution: Institution) -> list[Policy]:
         return [p for p in self.policies.values() if institution.kind in p.institution_kinds]
 
-    def _registered_consent(self, consent: ConsentClaims, consent_token: str) -> ConsentRow:
-        row = self.store.consents.get(consent.consent_id)
+    def _read_consent(self, consent_token: str) -> tuple[ConsentClaims, RegisteredConsent | None]:
+        """The consent token's claims, checked, and the consent as registered (None if it is not),
+        with its citizen's enrolled key: one read for both. A token byte-identical to the registered
+        one, whose citizen still has the key that verified it then, is not verified again (see
+        :func:`~veilgate_server.core.consent.read_consent_token`)."""
+        parsed = jose.unverified_claims(consent_token, typ=CONSENT_TYP)
+        consent_id = consent_id_claimed(parsed)
+        registered = None if consent_id is None else self.store.consents.registered(consent_id)
+        if registered is None or registered.enrolled_key is None:
+            return read_consent_token(parsed, public_key_of=self._public_key_of), registered
+        row, enrolled_key = registered.consent, registered.enrolled_key
+
+        def public_key_of(citizen_id: CitizenId) -> bytes:
+            return enrolled_key if citizen_id == row.citizen_id else self._public_key_of(citizen_id)
+
+        verified = None if row.signing_key is None else VerifiedToken(row.token, row.signing_key)
+        return read_consent_token(parsed, public_key_of=public_key_of, verified=verified), registered
+
+    @staticmethod
+    def _registered_consent(
+        consent: ConsentClaims, consent_token: str, registered: RegisteredConsent | None
+    ) -> ConsentRow:
+        if registered is None:
+            raise ConsentUnknown("this consent is not registered; the citizen must register it first")
+        row = registered.consent
         if row.citizen_id != consent.citizen_id or row.token != consent_token:
             raise ConsentUnknown("this consent is not registered; the citizen must register it first")
         if row.revoked_at is not None:
@@ -320,7 +357,7 @@ class Gateway:
             raise RequestInvalid("request_id must be 8-128 characters of [A-Za-z0-9_.:-]")
         policy = self._policy(policy_id)
         call.policy_id, call.policy_sha256 = policy.id, policy.sha256
-        consent = read_consent_token(consent_token, public_key_of=self._public_key_of)
+        consent, registered = self._read_consent(consent_token)
         call.about_citizen(consent.citizen_id, as_caller=False)
         call.consent = consent.consent_id
         asked = request_hash(
@@ -330,7 +367,7 @@ class Gateway:
         recorded = self.store.consents.find_evaluation(institution.institution_id, request_id)
         if recorded is not None:
             return _replay(recorded, asked_hex, call)
-        self._registered_consent(consent, consent_token)
+        self._registered_consent(consent, consent_token, registered)
         check_use(
             consent,
             institution_id=institution.institution_id,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import nacl.signing
 import pytest
 from conftest import GatewayHarness, InstitutionCredentials
 from google.rpc import error_details_pb2
@@ -236,6 +237,32 @@ def test_consent_rules_each_with_their_own_reason(scene: Scene) -> None:
             bank.evaluate(LOAN, token, LOAN_PARAMS)
 
 
+def test_a_registered_consent_is_not_verified_again_while_its_key_stands(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Registration verified the token with the citizen's key and recorded it: an Evaluate that
+    presents the very token, under the very key, does not verify it again. A consent registered
+    before the key was recorded (revision 0005) is verified on every use, and still works."""
+    token = scene.consent()
+    citizen_key = scene.wallet.signing_public_key
+    checked: list[bytes] = []
+    verify = nacl.signing.VerifyKey.verify
+
+    def counted(key: nacl.signing.VerifyKey, *args: Any, **kwargs: Any) -> Any:
+        if bytes(key) == citizen_key:
+            checked.append(bytes(key))
+        return verify(key, *args, **kwargs)
+
+    monkeypatch.setattr(nacl.signing.VerifyKey, "verify", counted)
+    with scene.gw.institution_client(scene.bank) as bank:
+        bank.evaluate(LOAN, token, LOAN_PARAMS)
+        assert checked == []
+        with scene.gw.store.engine.begin() as connection:
+            connection.execute(text("UPDATE consents SET signing_key = NULL"))
+        bank.evaluate(LOAN, token, LOAN_PARAMS)
+        assert checked == [citizen_key]
+
+
 def test_purpose_must_fit_the_institution_kind(scene: Scene) -> None:
     # The gateway refuses to register a consent that could never be used ...
     with pytest.raises(ConsentPurposeNotAllowed):
@@ -259,6 +286,7 @@ def test_purpose_must_fit_the_institution_kind(scene: Scene) -> None:
         expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         max_uses=1,
         token=token,
+        signing_key=scene.wallet.signing_public_key,
         at=datetime.now(UTC),
     )
     with scene.gw.institution_client(scene.insurer) as insurer, pytest.raises(ConsentPurposeNotAllowed):

@@ -43,6 +43,7 @@ OTHER_CITIZEN = "370102198505054321"
 BANK = "bank.qilu"
 POLICY = ("credit.consumer_loan/v1", "a" * 64)
 BUDGET = 50
+SIGNING_KEY = bytes(range(32))
 
 
 def _hex(tag: int) -> str:
@@ -60,6 +61,7 @@ def _consent(store: Store, consent_id: str = "consent-1", **overrides: Any) -> C
         "expires_at": T0 + dt.timedelta(days=30),
         "max_uses": 3,
         "token": f"header.{consent_id}.signature",
+        "signing_key": SIGNING_KEY,
         "at": T0,
     }
     values.update(overrides)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import nacl.signing
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +24,7 @@ from veilgate.errors import (
     TokenError,
     TokenInvalid,
 )
-from veilgate_server.core.consent import ConsentClaims, check_use, read_consent_token
+from veilgate_server.core.consent import ConsentClaims, VerifiedToken, check_use, consent_id_claimed, read_consent_token
 from veilgate_server.core.tokens import CitizenId
 
 NOW = 1_790_000_000
@@ -163,3 +164,67 @@ def test_malformed_consents_are_refused(change: dict[str, Any], match: str) -> N
 def test_arbitrary_signed_consents_raise_only_token_errors(change: dict[str, Any]) -> None:
     with contextlib.suppress(TokenError, CitizenNotEnrolled):
         read_consent_token(_signed({**BASE, **change}), public_key_of=_keys)
+
+
+# --- a token verified before (at registration) -----------------------------------------------------
+
+
+def _forged(token: str) -> str:
+    """``token`` with its claims changed (more uses) and its signature kept: it verifies with no key."""
+    header, _, signature = token.split(".")
+    claims = jose.unverified_claims(token, typ=CONSENT_TYP).claims
+    return f"{header}.{jose.b64url_encode(jose.canonical_json({**claims, 'max_uses': 100}))}.{signature}"
+
+
+def test_a_token_verified_before_with_the_enrolled_key_is_not_verified_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    token = ALICE.consent_token(
+        institution_id="bank-a", purpose="credit.consumer_loan", policies=[PIN], max_uses=3, valid_for=3600, now=NOW
+    )
+    verified = VerifiedToken(token, ALICE.signing_public_key)
+    expected = read_consent_token(token, public_key_of=_keys)
+
+    def no_verification(*_: object) -> None:
+        raise AssertionError("the signature was verified again")
+
+    monkeypatch.setattr(nacl.signing.VerifyKey, "verify", no_verification)
+    assert read_consent_token(token, public_key_of=_keys, verified=verified) == expected
+    parsed = jose.unverified_claims(token, typ=CONSENT_TYP)
+    assert read_consent_token(parsed, public_key_of=_keys, verified=verified) == expected
+
+
+def _refused_for_its_signature(token: str, public_key_of: Any, verified: VerifiedToken) -> None:
+    with pytest.raises(TokenInvalid) as refused:
+        read_consent_token(token, public_key_of=public_key_of, verified=verified)
+    assert jose.rejection_detail(refused.value) == "signature does not verify"
+
+
+def test_any_other_token_or_key_is_verified() -> None:
+    token = ALICE.consent_token(
+        institution_id="bank-a", purpose="credit.consumer_loan", policies=[PIN], max_uses=3, valid_for=3600, now=NOW
+    )
+    verified = VerifiedToken(token, ALICE.signing_public_key)
+    forged = _forged(token)
+    assert consent_id_claimed(jose.unverified_claims(forged, typ=CONSENT_TYP)) == consent_id_claimed(
+        jose.unverified_claims(token, typ=CONSENT_TYP)
+    )
+    # The same consent id with other claims: verified, and refused.
+    _refused_for_its_signature(forged, _keys, verified)
+    # The very token, verified before with a key the citizen no longer has (rotated): verified again.
+    rotated = ALICE.with_new_keys()
+    _refused_for_its_signature(token, lambda _: rotated.signing_public_key, verified)
+    # The registered header and claims with another signature.
+    header, payload, _ = token.split(".")
+    _refused_for_its_signature(f"{header}.{payload}.{jose.b64url_encode(bytes(64))}", _keys, verified)
+
+
+def test_the_claims_of_a_token_verified_before_are_still_checked() -> None:
+    token = _signed({**BASE, "max_uses": 0})
+    with pytest.raises(TokenInvalid, match="max_uses"):
+        read_consent_token(token, public_key_of=_keys, verified=VerifiedToken(token, ALICE.signing_public_key))
+
+
+@pytest.mark.parametrize("jti", [None, 7, "short", "c" * 129, "has space" * 3])
+def test_only_a_well_formed_consent_id_is_claimed(jti: object) -> None:
+    claims = {**BASE, "jti": jti} if jti is not None else {k: v for k, v in BASE.items() if k != "jti"}
+    assert consent_id_claimed(jose.unverified_claims(_signed(claims), typ=CONSENT_TYP)) is None
+    assert consent_id_claimed(jose.unverified_claims(_signed(BASE), typ=CONSENT_TYP)) == BASE["jti"]

@@ -213,6 +213,9 @@ def verify_jws(
         raise _invalid(f"typ must be {typ}")
     try:
         nacl.signing.VerifyKey(public_key).verify(parsed.signing_input, parsed.signature)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError) as e:
-        raise _invalid("signature does not verify") from e
+        verifies = True
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
+        verifies = False
+    if not verifies:  # raised outside the handler: the cause stays the detail (see rejection_detail)
+        raise _invalid("signature does not verify")
     return parsed.claims

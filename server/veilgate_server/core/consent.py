@@ -2,7 +2,9 @@
 
 Two steps, both pure. :func:`read_consent_token` checks structure and the citizen's signature (with
 the citizen's *currently enrolled* key, so rotating keys retires old consents) and the claim shapes;
-the gateway runs it when the citizen registers a consent and again on every use. :func:`check_use`
+the gateway runs it when the citizen registers a consent and again on every use (where a token
+byte-identical to the registered one, whose citizen still has the key it verified with, is not
+verified a second time: see :class:`VerifiedToken`). :func:`check_use`
 then applies the rules that depend on the call: the caller is the institution named in ``aud``, the
 purpose fits the institution's kind, the policy is pinned with the text loaded now, and the time
 window holds. Uses, revocation and budgets are counted in the store, in the same transaction as the
@@ -29,7 +31,7 @@ from veilgate.errors import (
 )
 from veilgate_server.core.tokens import LEEWAY, CitizenId
 
-__all__ = ["ConsentClaims", "check_use", "read_consent_token"]
+__all__ = ["ConsentClaims", "VerifiedToken", "check_use", "consent_id_claimed", "read_consent_token"]
 
 _REQUIRED = frozenset({"iss", "sub", "aud", "jti", "iat", "nbf", "exp", "purpose", "policies", "max_uses"})
 _ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
@@ -75,13 +77,42 @@ def _pins(value: object) -> tuple[PolicyPin, ...]:
     return tuple(pins)
 
 
-def read_consent_token(token: str, *, public_key_of: Callable[[CitizenId], bytes]) -> ConsentClaims:
-    """Verify a consent's signature by its citizen's enrolled key and the shape of every claim."""
-    parsed = jose.unverified_claims(token, typ=CONSENT_TYP)
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """A consent token whose signature verified with ``key`` (when the citizen registered it)."""
+
+    token: str
+    key: bytes
+
+
+def consent_id_claimed(parsed: jose.ParsedJws) -> str | None:
+    """The consent id an unverified consent token claims (its ``jti``), if it is one at all: only to
+    find the registered consent, never trusted before :func:`read_consent_token`."""
+    jti = parsed.claims.get("jti")
+    return jti if isinstance(jti, str) and _JTI.fullmatch(jti) else None
+
+
+def read_consent_token(
+    token: str | jose.ParsedJws,
+    *,
+    public_key_of: Callable[[CitizenId], bytes],
+    verified: VerifiedToken | None = None,
+) -> ConsentClaims:
+    """Verify a consent's signature by its citizen's enrolled key and the shape of every claim.
+
+    ``token`` is the compact JWS, or what :func:`veilgate._internal.jose.unverified_claims` parsed of
+    it. When ``verified`` holds these very bytes and the key ``public_key_of`` gives is the one they
+    verified with, the signature is not checked again: Ed25519 verification is deterministic, so it
+    would give the same answer. Any other token or key (a rotated one) is verified as always."""
+    parsed = token if isinstance(token, jose.ParsedJws) else jose.unverified_claims(token, typ=CONSENT_TYP)
     issuer = parsed.claims.get("iss")
     if not isinstance(issuer, str) or not _ID.fullmatch(issuer):
         raise TokenInvalid("token is not a valid Veilgate JWS")
-    claims = dict(jose.verify_jws(parsed, public_key=public_key_of(CitizenId(issuer)), typ=CONSENT_TYP))
+    key = public_key_of(CitizenId(issuer))
+    if verified is not None and verified.key == key and _same_token(verified.token, parsed):
+        claims = dict(parsed.claims)
+    else:
+        claims = dict(jose.verify_jws(parsed, public_key=key, typ=CONSENT_TYP))
 
     missing, unknown = _REQUIRED - set(claims), set(claims) - _REQUIRED
     if missing:
@@ -115,6 +146,12 @@ def read_consent_token(token: str, *, public_key_of: Callable[[CitizenId], bytes
         expires_at=expires_at,
         max_uses=_int(claims, "max_uses", 1, MAX_USES),
     )
+
+
+def _same_token(token: str, parsed: jose.ParsedJws) -> bool:
+    """Whether ``parsed`` was parsed from exactly ``token``: its segments are canonical base64url
+    (the parser refuses any other), so the signature's bytes spell its segment."""
+    return token == f"{parsed.signing_input.decode('ascii')}.{jose.b64url_encode(parsed.signature)}"
 
 
 def check_use(

@@ -196,6 +196,9 @@ class Consent(Base):
     max_uses: Mapped[int] = mapped_column(Integer)
     uses: Mapped[int] = mapped_column(Integer, default=0)
     token: Mapped[str] = mapped_column(Text)
+    signing_key: Mapped[bytes | None] = mapped_column(LargeBinary(KEY_LENGTH), nullable=True, default=None)
+    """The citizen's Ed25519 key that verified ``token`` at registration; NULL for consents
+    registered before revision 0005, whose token is verified on every use."""
     registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True, default=None)
 

@@ -84,6 +84,7 @@ __all__ = [
     "Institution",
     "InstitutionRegistry",
     "RecordStore",
+    "RegisteredConsent",
     "RequestLedger",
     "Store",
     "StoredRecord",
@@ -142,6 +143,16 @@ class ConsentRow:
     token: str
     registered_at: dt.datetime
     revoked_at: dt.datetime | None
+    signing_key: bytes | None = None
+    """The citizen's key that verified ``token`` at registration (None: registered before it was kept)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredConsent:
+    """A registered consent and its citizen's currently enrolled signing key (None: not enrolled)."""
+
+    consent: ConsentRow
+    enrolled_key: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +186,14 @@ _READ_CITIZEN = _driver_select(Citizen, "citizen_id = :citizen_id")
 _READ_INSTITUTION = _driver_select(RegisteredInstitution, "institution_id = :institution_id")
 _READ_CONSENT = _driver_select(Consent, "consent_id = :consent_id")
 _READ_EVALUATION = _driver_select(Evaluation, "institution_id = :institution_id AND request_id = :request_id")
+_CONSENT_COLUMNS = [column.name for column in Consent.__table__.c]
+_READ_CONSENT_WITH_ENROLLED_KEY = DriverSql(
+    "ConsentWithEnrolledKey",
+    [*_CONSENT_COLUMNS, "enrolled_key"],
+    f"SELECT {', '.join(f'consents.{name}' for name in _CONSENT_COLUMNS)}, citizens.signing_key"  # noqa: S608
+    " FROM consents LEFT JOIN citizens ON citizens.citizen_id = consents.citizen_id"
+    " WHERE consents.consent_id = :consent_id",
+)
 
 # The writes of every Evaluate and every citizen call, made in the audit log writer's transaction,
 # which other calls' entries share: a conflict must not raise there (on PostgreSQL an error aborts
@@ -382,6 +401,7 @@ def _consent(row: Consent | Row[Any]) -> ConsentRow:
         token=row.token,
         registered_at=_utc(row.registered_at),
         revoked_at=None if row.revoked_at is None else _utc(row.revoked_at),
+        signing_key=None if row.signing_key is None else bytes(row.signing_key),
     )
 
 
@@ -766,12 +786,14 @@ class ConsentLedger:
         expires_at: dt.datetime,
         max_uses: int,
         token: str,
+        signing_key: bytes,
         at: dt.datetime,
     ) -> ConsentRow:
         """Store a verified consent with no use spent; :class:`ConsentAlreadyRegistered` if its id is taken.
 
-        ``policies`` lists ``(policy_id, sha256 hex)`` pairs, each id at most once. Malformed values
-        (empty or over-long strings, a window that ends before it starts, ``max_uses < 1``, naive
+        ``policies`` lists ``(policy_id, sha256 hex)`` pairs, each id at most once; ``signing_key``
+        is the citizen's key that verified ``token``. Malformed values (empty or over-long strings, a
+        window that ends before it starts, ``max_uses < 1``, a key that is not 32 bytes, naive
         datetimes) are a ValueError: the caller should have refused the token already.
         """
         _require_length(consent_id, "consent_id", 128)
@@ -787,6 +809,7 @@ class ConsentLedger:
             raise ValueError("max_uses must be at least 1")
         if not token:
             raise ValueError("token must not be empty")
+        _require_key(signing_key, "signing_key")
         row = Consent(
             consent_id=consent_id,
             citizen_id=citizen_id,
@@ -798,6 +821,7 @@ class ConsentLedger:
             max_uses=max_uses,
             uses=0,
             token=token,
+            signing_key=signing_key,
             registered_at=at,
             revoked_at=None,
         )
@@ -816,6 +840,16 @@ class ConsentLedger:
         if not rows:
             raise ConsentUnknown("consent is not registered")
         return _consent(rows[0])
+
+    def registered(self, consent_id: str) -> RegisteredConsent | None:
+        """The consent and its citizen's enrolled signing key, in one read (every Evaluate reads
+        both); None if no consent has this id."""
+        with storage_errors("read the consent"):
+            rows = read_driver_rows(self._sessions, _READ_CONSENT_WITH_ENROLLED_KEY, {"consent_id": consent_id})
+        if not rows:
+            return None
+        row = rows[0]
+        return RegisteredConsent(_consent(row), None if row.enrolled_key is None else bytes(row.enrolled_key))
 
     def for_citizen(self, citizen_id: str) -> list[ConsentRow]:
         """The citizen's consents, revoked ones included, newest registration first."""
