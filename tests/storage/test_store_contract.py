@@ -19,7 +19,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import func, select
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import make_url
 
 from veilgate.errors import (
@@ -36,6 +38,7 @@ from veilgate_server.storage import (
     StoredRecord,
     check_schema,
     create_engine_for,
+    db,
     repositories,
     sqlite_url,
     upgrade_schema,
@@ -407,6 +410,28 @@ def test_concurrent_consume_of_distinct_jtis_all_succeed(store: Store) -> None:
 # --- schema and failures --------------------------------------------------------------------------
 
 
+def test_records_survive_their_rekeying_both_ways(store: Store, db_backend: str) -> None:
+    """Revision 0006 rebuilds the records table keyed by (citizen, item), clustered on that key on
+    SQLite: every record survives it, and its undoing, as it was."""
+    store.records.put_many(
+        [_record(f"c-{n % 3}", f"item.{n}", f'{{"n":{n},"text":"济南 {n}"}}') for n in range(40)]
+        + [_record("c-9", "big.history", "[" + ",".join(['{"month":"2025-01-01","paid":true}'] * 200) + "]")]
+    )
+    before = {citizen: store.records.for_citizen(citizen) for citizen in ("c-0", "c-1", "c-2", "c-9")}
+    config = Config()
+    config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0005")
+        assert "id" in {column["name"] for column in inspect(connection).get_columns("records")}
+        command.upgrade(config, "head")
+        assert inspect(connection).get_pk_constraint("records")["constrained_columns"] == ["citizen_id", "item_id"]
+        if db_backend == "sqlite":
+            [sql] = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'records'").scalars()
+            assert sql.rstrip().endswith("WITHOUT ROWID")
+    assert {citizen: store.records.for_citizen(citizen) for citizen in before} == before
+
+
 def test_migration_is_idempotent(store: Store) -> None:
     store.citizens.enroll("c-1", signing_key=_key(1), encryption_key=_key(2), at=T0)
 
@@ -453,7 +478,7 @@ def test_check_schema_on_an_empty_database(database_url: str) -> None:
 
     engine = create_engine_for(database_url)
     try:
-        with pytest.raises(StorageError, match=r"revision <none>, expected 0005"):
+        with pytest.raises(StorageError, match=r"revision <none>, expected 0006"):
             check_schema(engine)
         upgrade_schema(engine)
         check_schema(engine)

@@ -25,7 +25,6 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
-    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -117,19 +116,18 @@ class Record(Base):
     """One data item a department holds about a citizen, as last pushed by that department.
 
     ``citizen_id`` is deliberately not a foreign key: departments push records before the citizen
-    enrols, and enrolment must not be a precondition for ingestion. Lookups by citizen use the
-    unique ``(citizen_id, item_id)`` index, whose leading column is ``citizen_id``.
+    enrols, and enrolment must not be a precondition for ingestion. A record is only ever reached
+    by ``(citizen_id, item_id)``, its primary key, and every read is one citizen's records. On
+    SQLite the table is clustered on that key (``WITHOUT ROWID``): a citizen's records lie together
+    in key order, and a read scans them in place instead of looking each up by rowid from an index
+    (revision 0006; a delivery's 188 records: 159 against 114 µs, measured).
     """
 
     __tablename__ = "records"
-    __table_args__ = (UniqueConstraint("citizen_id", "item_id"),)
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
-    # BIGINT on PostgreSQL; plain INTEGER on SQLite so that the column aliases the rowid.
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
-    )
-    citizen_id: Mapped[str] = mapped_column(String(64))
-    item_id: Mapped[str] = mapped_column(String(96))
+    citizen_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(96), primary_key=True)
     department: Mapped[str] = mapped_column(String(64))
     as_of: Mapped[dt.date] = mapped_column(Date)
     value_json: Mapped[str] = mapped_column(Text)
