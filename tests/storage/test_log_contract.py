@@ -20,6 +20,8 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Connection, func, inspect, select, text
 
 from veilgate.errors import StorageError, TokenReplayed
@@ -213,6 +215,40 @@ def test_replicas_take_turns_on_one_database(database_url: str) -> None:
         assert second.log.leaf_hashes(0, n) == leaves
         for size in range(n + 1):
             assert root_of(size, first.log) == _mth(leaves[:size])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(turns=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 90)), min_size=1, max_size=8))
+def test_replicas_in_any_order_store_every_subtree_right(database_url: str, turns: list[tuple[int, int]]) -> None:
+    """Three replicas append in any order and batch sizes: each finds its cached frontier stale by
+    none, a few (caught up leaf by leaf) or many entries (read back from the stored subtrees), and
+    every complete subtree must still be stored with its reference hash."""
+    with Store.open(database_url) as a, Store.open(database_url) as b, Store.open(database_url) as c:
+        replicas = (a, b, c)
+        start = a.log.tree_size()  # the database is shared by every example: the log only grows
+        for replica, count in turns:
+            store = replicas[replica]
+            store.log.append_batch(_requests(store.log.tree_size(), count))
+        n = a.log.tree_size()
+        assert n == start + sum(count for _, count in turns)
+        leaves = [_leaf(_entry(i)) for i in range(n)]
+        assert b.log.leaf_hashes(0, n) == leaves
+        for level in range(1, n.bit_length()):
+            width = 1 << level
+            expected = {(level, i): _mth(leaves[i * width : (i + 1) * width]) for i in range(n >> level)}
+            assert c.log.subtree_range(level, 0, n >> level) == expected
+
+
+def test_a_replica_does_not_extend_a_log_missing_what_it_must_catch_up(database_url: str) -> None:
+    with Store.open(database_url) as first, Store.open(database_url) as second:
+        second.log.append_batch(_requests(second.log.tree_size(), 2))  # its cached frontier: here
+        size = first.log.tree_size()
+        first.log.append_batch(_requests(size, 3))
+        with first.engine.begin() as connection:
+            connection.execute(text("DELETE FROM log_entries WHERE idx = :idx"), {"idx": size + 1})
+        with pytest.raises(StorageError, match="stored hashes are incomplete"):
+            second.log.append_batch(_requests(size + 3, 1))
+        assert second.log.tree_size() == size + 3
 
 
 def test_entries_and_leaf_hashes_in_pages(store: Store) -> None:
