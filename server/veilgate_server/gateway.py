@@ -327,10 +327,8 @@ class Gateway:
     def _registered_consent(
         consent: ConsentClaims, consent_token: str, registered: RegisteredConsent | None
     ) -> ConsentRow:
-        if registered is None:
-            raise ConsentUnknown("this consent is not registered; the citizen must register it first")
-        row = registered.consent
-        if row.citizen_id != consent.citizen_id or row.token != consent_token:
+        row = None if registered is None else registered.consent
+        if row is None or row.citizen_id != consent.citizen_id or row.token != consent_token:
             raise ConsentUnknown("this consent is not registered; the citizen must register it first")
         if row.revoked_at is not None:
             raise ConsentRevoked("the citizen revoked this consent")
