@@ -37,10 +37,18 @@ from veilgate.errors import (
 )
 from veilgate_server.admin import CitizenIdentity, enroll, seed_population
 from veilgate_server.config import Settings, default_policies_dir
+from veilgate_server.core.manifest import ManifestInvalid
 from veilgate_server.crypto import canonical_json, ensure_local_tls
 from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.gateway import Gateway
-from veilgate_server.governance import create_governance_key, sign_manifest
+from veilgate_server.governance import (
+    MANIFEST_NAME,
+    catalog_digest,
+    create_governance_key,
+    policy_files,
+    sign_manifest,
+    verify_manifest,
+)
 from veilgate_server.rpc.server import ServerTls, build_server
 from veilgate_server.storage import Store
 
@@ -68,17 +76,34 @@ def run_demo(*, data_dir: Path | None, database_url: str | None, citizens: int, 
 
 
 def _reviewed_policies(root: Path) -> tuple[Path, str]:
-    """A copy of the packaged policies, signed by a throwaway governance key (the demo's reviewer)."""
-    policies = root / "policies"
-    if not (policies / "MANIFEST").exists():
-        shutil.rmtree(policies, ignore_errors=True)
-        shutil.copytree(default_policies_dir(), policies, ignore=shutil.ignore_patterns("MANIFEST"))
-        key_path = root / "governance.key"
-        key_path.unlink(missing_ok=True)
-        signer = create_governance_key(key_path)
-        sign_manifest(policies, signer)
-        (root / "governance.vkey").write_text(signer.verifier_key_string() + "\n")
-    return policies, (root / "governance.vkey").read_text().strip()
+    """A copy of the packaged policies, signed by a throwaway governance key (the demo's reviewer).
+
+    Kept state (``--data-dir``) keeps its copy while it is still the packaged policies under a
+    manifest this version accepts; a copy from another version (other policy files, or a manifest
+    of an older format) is replaced and signed again, so that the demo runs on what it ships."""
+    policies, vkey_path = root / "policies", root / "governance.vkey"
+    if _kept_copy_is_current(policies, vkey_path):
+        return policies, vkey_path.read_text().strip()
+    shutil.rmtree(policies, ignore_errors=True)
+    shutil.copytree(default_policies_dir(), policies, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    key_path = root / "governance.key"
+    key_path.unlink(missing_ok=True)
+    signer = create_governance_key(key_path)
+    sign_manifest(policies, signer)
+    vkey_path.write_text(signer.verifier_key_string() + "\n")
+    return policies, vkey_path.read_text().strip()
+
+
+def _kept_copy_is_current(policies: Path, vkey_path: Path) -> bool:
+    if not vkey_path.exists():
+        return False
+    try:
+        verify_manifest(policies, [vkey_path.read_text().strip()])
+        kept = policy_files(policies), catalog_digest(policies)
+    except (ManifestInvalid, OSError):
+        return False
+    packaged = default_policies_dir()
+    return kept == (policy_files(packaged), catalog_digest(packaged))
 
 
 def _demo_citizen(store: Store) -> tuple[str, dict[str, str]]:
