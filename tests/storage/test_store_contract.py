@@ -478,7 +478,7 @@ def test_check_schema_on_an_empty_database(database_url: str) -> None:
 
     engine = create_engine_for(database_url)
     try:
-        with pytest.raises(StorageError, match=r"revision <none>, expected 0006"):
+        with pytest.raises(StorageError, match=r"revision <none>, expected 0007"):
             check_schema(engine)
         upgrade_schema(engine)
         check_schema(engine)

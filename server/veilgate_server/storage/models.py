@@ -206,7 +206,8 @@ class Evaluation(Base):
 
     The key makes a retry idempotent: the stored ``result_jws`` is returned verbatim and no further
     use of the consent is spent. ``(citizen_id, created_at)`` is indexed for the per-citizen daily
-    budget and for the citizen's own history.
+    budget and for the citizen's own history. Nothing reads evaluations by consent, so no index
+    keeps them by it (revision 0007 dropped one: every evaluation wrote a leaf of it at random).
     """
 
     __tablename__ = "evaluations"
@@ -214,7 +215,7 @@ class Evaluation(Base):
 
     institution_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    consent_id: Mapped[str] = mapped_column(String(128), index=True)
+    consent_id: Mapped[str] = mapped_column(String(128))
     citizen_id: Mapped[str] = mapped_column(String(64))
     policy_id: Mapped[str] = mapped_column(String(128))
     policy_sha256: Mapped[str] = mapped_column(String(64))
