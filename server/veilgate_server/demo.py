@@ -90,8 +90,9 @@ def _reviewed_policies(root: Path) -> tuple[Path, str]:
     key_path.unlink(missing_ok=True)
     signer = create_governance_key(key_path)
     sign_manifest(policies, signer)
-    vkey_path.write_text(signer.verifier_key_string() + "\n")
-    return policies, vkey_path.read_text().strip()
+    vkey = signer.verifier_key_string()
+    vkey_path.write_text(vkey + "\n")
+    return policies, vkey
 
 
 def _kept_copy_is_current(policies: Path, vkey_path: Path) -> bool:

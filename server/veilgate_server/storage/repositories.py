@@ -174,10 +174,14 @@ class EvaluationRow:
 # --- the statements of every call, on the driver's cursor (see _session.DriverSql) -----------------
 
 
+def _columns(model: Any) -> list[str]:
+    """``model``'s column names, in table order."""
+    return [column.name for column in model.__table__.c]
+
+
 def _driver_select(model: Any, where: str) -> DriverSql:
     """All of ``model``'s columns, in table order, on the driver's cursor (see DriverSql)."""
-    table = model.__table__
-    return DriverSql.select(f"{model.__name__}Row", table.name, [column.name for column in table.c], where)
+    return DriverSql.select(f"{model.__name__}Row", model.__table__.name, _columns(model), where)
 
 
 # The reads every call makes, on the driver's cursor: each costs a few µs there against 40-90 µs
@@ -186,11 +190,10 @@ _READ_CITIZEN = _driver_select(Citizen, "citizen_id = :citizen_id")
 _READ_INSTITUTION = _driver_select(RegisteredInstitution, "institution_id = :institution_id")
 _READ_CONSENT = _driver_select(Consent, "consent_id = :consent_id")
 _READ_EVALUATION = _driver_select(Evaluation, "institution_id = :institution_id AND request_id = :request_id")
-_CONSENT_COLUMNS = [column.name for column in Consent.__table__.c]
 _READ_CONSENT_WITH_ENROLLED_KEY = DriverSql(
     "ConsentWithEnrolledKey",
-    [*_CONSENT_COLUMNS, "enrolled_key"],
-    f"SELECT {', '.join(f'consents.{name}' for name in _CONSENT_COLUMNS)}, citizens.signing_key"  # noqa: S608
+    [*_columns(Consent), "enrolled_key"],
+    f"SELECT {', '.join(f'consents.{name}' for name in _columns(Consent))}, citizens.signing_key"  # noqa: S608
     " FROM consents LEFT JOIN citizens ON citizens.citizen_id = consents.citizen_id"
     " WHERE consents.consent_id = :consent_id",
 )
