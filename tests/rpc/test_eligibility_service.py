@@ -325,6 +325,38 @@ def test_idempotent_retry_spends_one_use(scene: Scene) -> None:
     assert [(e.institution_id, e.policy_id) for e in history] == [("bank-a", LOAN)] * 2
 
 
+def test_a_retry_gets_its_recorded_answer_when_no_new_evaluation_would_be_allowed(scene: Scene) -> None:
+    """A bank that lost a reply asks again with the same request id: it gets the answer it was given,
+    even once the consent is used up, the citizen's budget is spent or the consent is revoked, and
+    the retry spends nothing. Another request under that id is refused as a reused id, even with
+    parameters the policy refuses."""
+    scene.gw.gateway.daily_budget = 2
+    token = scene.consent(max_uses=2)
+    other = scene.consent(max_uses=5)
+    with scene.gw.institution_client(scene.bank) as bank:
+        first = bank.evaluate(LOAN, token, LOAN_PARAMS, request_id="retry-first-0001")
+        second = bank.evaluate(LOAN, token, LOAN_PARAMS, request_id="retry-second-0002")
+        # the consent is used up, and the citizen's daily budget with it
+        again = bank.evaluate(LOAN, token, LOAN_PARAMS, request_id="retry-first-0001")
+        assert again.signed_result == first.signed_result
+        with pytest.raises(CitizenBudgetExhausted):
+            bank.evaluate(LOAN, other, LOAN_PARAMS, request_id="retry-other-0003")
+        with pytest.raises(RequestIdReused):
+            bank.evaluate(LOAN, token, {"requested_amount_band": "no_such_band"}, request_id="retry-first-0001")
+        with scene.gw.client(scene.wallet) as citizen:
+            consent_id = jose.unverified_claims(token, typ="veilgate-consent+jwt").claims["jti"]
+            citizen.revoke_consent(consent_id)
+        again = bank.evaluate(LOAN, token, LOAN_PARAMS, request_id="retry-second-0002")
+        assert again.signed_result == second.signed_result
+        with pytest.raises(ConsentRevoked):
+            bank.evaluate(LOAN, token, LOAN_PARAMS, request_id="retry-third-0004")
+    with scene.gw.client(scene.wallet) as citizen:
+        uses = {c.consent_id: c.uses for c in citizen.list_consents()}
+        history = citizen.list_evaluations()
+    assert sorted(uses.values()) == [0, 2]
+    assert len(history) == 2
+
+
 def test_concurrent_callers_get_exactly_max_uses(scene: Scene) -> None:
     token = scene.consent(max_uses=3)
     outcomes: list[str] = []
