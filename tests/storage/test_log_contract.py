@@ -35,6 +35,7 @@ from veilgate_server.storage import (
     Store,
     db,
 )
+from veilgate_server.storage.log import _Pending
 from veilgate_server.storage.models import AuditLogSubject, AuditLogSubtree, Base, CitizenLogKey
 
 T0 = dt.datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=dt.UTC)
@@ -617,3 +618,73 @@ def test_a_timed_out_caller_is_withdrawn_if_its_batch_has_not_started() -> None:
         writer.close()
     assert blocker_out == [0]
     assert [entry for batch in log.batches for entry in batch] == [b"blocker", b"later"]
+
+
+class _HeldTwiceLog(_GatedLog):
+    """Holds its first batch until ``gate`` and its second until ``second_gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.second_gate = threading.Event()
+        self.second_entered = threading.Event()
+
+    def append_batch(self, requests: Sequence[AppendRequest]) -> list[int]:
+        if self.batches:
+            self.second_entered.set()
+            assert self.second_gate.wait(timeout=30)
+        return super().append_batch(requests)
+
+
+def test_callers_who_gave_up_do_not_keep_the_rest_of_their_batch_waiting() -> None:
+    """A batch's callers wake one another in turn; one that timed out while its batch committed is
+    passed over, so the callers after it still get their indices at once."""
+    log = _HeldTwiceLog()
+    writer = _writer(log, linger_seconds=0)
+    try:
+        first, first_out = _in_thread(lambda: writer.append(AppendRequest(b"first")))
+        assert log.entered.wait(timeout=30)
+        patience = {b"a": 0.5, b"b": 60.0, b"c": 0.5, b"d": 60.0, b"e": 0.5}  # in queue order
+        callers: dict[bytes, tuple[threading.Thread, list[object]]] = {}
+        for entry, timeout in patience.items():
+            callers[entry] = _in_thread(lambda e=entry, t=timeout: writer.append(AppendRequest(e), timeout=t))
+            while len(writer._batches[0].items if writer._batches else []) < len(callers):
+                threading.Event().wait(0.001)
+        log.gate.set()  # the first batch commits; the second is taken and held
+        assert log.second_entered.wait(timeout=30)
+        for entry in (b"a", b"c", b"e"):
+            callers[entry][0].join(timeout=30)  # they time out while their batch is held
+        log.second_gate.set()
+        for entry in (b"b", b"d"):
+            callers[entry][0].join(timeout=10)  # far less than their own 60 s timeout
+            assert not callers[entry][0].is_alive(), "a caller after one who gave up was not woken"
+        first.join(timeout=30)
+    finally:
+        writer.close()
+    assert first_out == [0]
+    assert log.batches[1] == list(patience)  # taken before anyone gave up: all of it committed
+    assert [callers[entry][1] for entry in (b"b", b"d")] == [[2], [4]]
+    for entry in (b"a", b"c", b"e"):
+        [error] = callers[entry][1]
+        assert isinstance(error, StorageError)
+        assert "waiting for the commit" in str(error)
+
+
+def test_a_caller_released_as_it_gives_up_gets_its_outcome_and_passes_on_once() -> None:
+    """The hand-over between a releaser and a caller whose wait just timed out, in both orders:
+    the next caller is woken exactly once either way."""
+    released_first, released_after = _Pending(AppendRequest(b"x")), _Pending(AppendRequest(b"y"))
+    next_of_first, next_of_after = _Pending(AppendRequest(b"x2")), _Pending(AppendRequest(b"y2"))
+    released_first.next, released_after.next = next_of_first, next_of_after
+
+    released_first.wake()  # not abandoned yet: the caller itself passes on
+    assert released_first.give_up() is True
+    assert next_of_first.done.acquire(blocking=False)
+
+    assert released_after.give_up() is False  # abandoned: whoever releases it passes on
+    released_after.wake()
+    assert next_of_after.done.acquire(blocking=False)
+
+    released_first.pass_on()  # a second pass-on is refused: the next caller is not released again
+    released_after.pass_on()
+    assert not next_of_first.done.acquire(blocking=False)
+    assert not next_of_after.done.acquire(blocking=False)

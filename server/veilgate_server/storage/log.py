@@ -30,6 +30,7 @@ batch, so no index is ever handed out for an entry that is not durable.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import secrets
 import threading
@@ -622,18 +623,55 @@ class AuditLog:
 
 
 class _Pending:
-    """One caller's entry. ``done`` is held from birth and released by the writer when the outcome
-    is known: the cheapest wake-up CPython has (one waiter per lock, no shared condition to fight
-    over when a whole batch of callers wakes at once)."""
+    """One caller's entry. ``done`` is held from birth and released when the outcome is known: the
+    cheapest wake-up CPython has (one waiter per lock, no shared condition to fight over).
 
-    __slots__ = ("cancelled", "done", "index", "request")
+    A batch's callers are woken one after another, not all at once: the writer releases the first,
+    and each caller, once awake, releases the one after it (``next``). Woken together, the callers
+    of a batch of 64 all became runnable at once, and most of them woke only to find another holding
+    the GIL and sleep again; each such wake-up is a context switch, and switches were the largest
+    part of an append's CPU (see docs/performance.md). Passed on, a caller is woken about when the
+    one before it is done with the GIL.
+
+    Passing on is done exactly once per caller, by whoever takes ``passing`` first: the caller when
+    it wakes, or, for a caller that gave up waiting (``abandoned``), whoever released it. So a
+    caller that timed out never breaks the chain behind it.
+    """
+
+    __slots__ = ("abandoned", "cancelled", "done", "index", "next", "passing", "request")
 
     def __init__(self, request: AppendRequest) -> None:
         self.request = request
         self.index: int | None = None
         self.cancelled = False
+        self.abandoned = False
+        self.next: _Pending | None = None
         self.done = threading.Lock()
         self.done.acquire()
+        self.passing = threading.Lock()
+
+    def wake(self) -> None:
+        """Release this caller; if it has given up waiting, wake the next in its stead."""
+        pending: _Pending | None = self
+        while pending is not None:
+            pending.done.release()
+            if not (pending.abandoned and pending.passing.acquire(blocking=False)):
+                return
+            pending = pending.next
+
+    def pass_on(self) -> None:
+        """Called by the woken caller: wake the next one, unless its releaser already did."""
+        if self.next is not None and self.passing.acquire(blocking=False):
+            self.next.wake()
+
+    def give_up(self) -> bool:
+        """Called by a caller whose wait timed out: True if it was released meanwhile after all
+        (it passed on, and its outcome is known), False if it is now abandoned."""
+        self.abandoned = True
+        if self.done.acquire(blocking=False):
+            self.pass_on()
+            return True
+        return False
 
 
 class _Batch:
@@ -740,12 +778,15 @@ class LogWriter:
             enough = self._linger_target > 0 and (len(batches) > 1 or len(batch.items) >= self._linger_target)
             if first_arrival or enough:
                 self._cond.notify()
-        if not pending.done.acquire(timeout=timeout):
+        if pending.done.acquire(timeout=timeout):
+            pending.pass_on()
+        else:
             with self._cond:
                 if not batch.taken:
-                    pending.cancelled = True
+                    pending.cancelled = pending.abandoned = True  # the chain passes over it
                     raise StorageError("could not append to the audit log: timed out before the commit began")
-            raise StorageError("could not append to the audit log: timed out waiting for the commit")
+            if not pending.give_up():
+                raise StorageError("could not append to the audit log: timed out waiting for the commit")
         if batch.error is not None:
             raise StorageError("could not append to the audit log: the commit failed") from batch.error
         assert pending.index is not None
@@ -797,5 +838,7 @@ class LogWriter:
                     # callers (an RPC thread logs, replies, takes the next call) that is how many will
                     # be back for the next batch. One caller alone gives 1: no lingering at all.
                     self._expected = len(live) + sum(len(queued.items) for queued in self._batches)
-            for pending in batch.items:
-                pending.done.release()
+            items = batch.items
+            for before, after in itertools.pairwise(items):
+                before.next = after
+            items[0].wake()  # each caller wakes the next (see _Pending)
