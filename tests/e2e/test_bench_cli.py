@@ -44,8 +44,14 @@ def test_the_quick_set_runs_every_scenario_and_reports_its_figures() -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) == {"machine", "baseline", "scenarios"}
+    baseline = report["baseline"]
     for transport in ("tls", "mtls"):
-        assert report["baseline"][transport]["qps"] > 0
+        assert baseline[transport]["qps"] > 0
+        again = baseline["after"][transport]  # measured again once the RPC scenarios had run
+        assert again["qps"] > 0
+        assert again["processes"] == baseline[transport]["processes"]
+        drift = baseline["after"]["drift"][transport]
+        assert drift == pytest.approx(again["qps"] / baseline[transport]["qps"] - 1, abs=1e-3)
     cores = os.cpu_count() or 1
     assert report["baseline"]["processes"] == cores  # one server process per core by default
     scenarios = {scenario["name"]: scenario for scenario in report["scenarios"]}

@@ -3,7 +3,7 @@
 JSON schema (stable; other tools read it)::
 
     {"machine": {"cpu", "cores", "python", "grpcio", "sqlite", "postgres"},
-     "baseline": {...},
+     "baseline": {..., "after"?: {"tls", "mtls", "drift": {"tls", "mtls"}}},
      "scenarios": [{"name", "qps" | "rate", "p50_ms", "p99_ms", "baseline_qps", "ratio",
                     "target", "meets", "skipped"?, "details"}]}
 """
@@ -22,7 +22,11 @@ import grpc
 
 from veilgate_server.bench.results import ScenarioResult
 
-__all__ = ["machine_facts", "render_json", "render_table", "write_plot"]
+__all__ = ["DRIFT_WARNING", "machine_facts", "render_json", "render_table", "write_plot"]
+
+DRIFT_WARNING = 0.10
+"""A bare server this much faster or slower after the gateway scenarios than before them: the
+machine's speed moved during the run, and the table says the ratios may be off by as much."""
 
 
 def _cpu_model() -> str:
@@ -94,6 +98,24 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
             f"{_fmt(s.baseline_qps, ',.0f'):>10} {_fmt(s.ratio, '.2f'):>7}  {meets:<6} "
             f"{s.skipped or s.target}"
         )
+    after = baseline.get("after")
+    if after:
+        drift = after["drift"]
+        lines += [
+            "",
+            "bare baseline again after the RPC scenarios: "
+            + ", ".join(
+                f"{label} {float(baseline[name]['qps']):,.0f} -> {float(after[name]['qps']):,.0f} QPS "
+                f"({drift[name]:+.1%})"
+                for name, label in (("tls", "TLS"), ("mtls", "mTLS"))
+            )
+            + "; ratios are against the first",
+        ]
+        if max(abs(drift["tls"]), abs(drift["mtls"])) > DRIFT_WARNING:
+            lines.append(
+                f"the machine's speed moved by more than {DRIFT_WARNING:.0%} during the run: "
+                "the ratios may be off by as much"
+            )
     return "\n".join(lines)
 
 

@@ -272,6 +272,31 @@ def bench_baseline(run: RpcRun) -> dict[str, Any]:
     return section
 
 
+def bench_baseline_again(run: RpcRun, baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """The bare server measured again, as before, once the gateway scenarios have run: how far the
+    machine's own speed moved meanwhile (machines here are shared). The JSON ``baseline.after``::
+
+        {"tls": {...figures...}, "mtls": {...}, "drift": {"tls": float, "mtls": float}}
+
+    Each transport is measured in the process count its first figure came from; ``drift`` is the
+    second QPS over the first, minus one. The ratios stay against the first measurement, which the
+    issue asks for; this says how much to trust them. Raises :class:`InternalError` as
+    :func:`bench_baseline` does."""
+    counts = {int(baseline[name]["processes"]) for name in ("tls", "mtls")}
+    again = {
+        count: _measure_bare(count, seconds=run.durations, concurrency=run.concurrency, pin=run.pin)
+        for count in sorted(counts, reverse=True)
+    }
+    section: dict[str, Any] = {}
+    drift: dict[str, float] = {}
+    for name in ("tls", "mtls"):
+        figures = again[int(baseline[name]["processes"])][name]
+        section[name] = figures
+        drift[name] = round(float(figures["qps"]) / float(baseline[name]["qps"]) - 1, 3)
+    section["drift"] = drift
+    return section
+
+
 # --- the gateway under test -----------------------------------------------------------------------
 
 

@@ -76,11 +76,13 @@ def run_bench(
     rpc_store: str = "sqlite",
     pin: bool = True,
 ) -> BenchRun:
-    """The baseline, then each scenario. RPC scenarios serve from ``processes`` server processes
-    (default: one per core), and so does the baseline they are judged against; their gateway keeps
-    its store on SQLite, or (``rpc_store="postgresql"``) on the PostgreSQL server of ``log_append``.
-    ``pin``: each server process on a CPU of its own, as ``veilgate serve --processes`` runs them,
-    and ``log_append``'s writers on one CPU, as in a server process."""
+    """The baseline, then each scenario, and the baseline again after the last RPC scenario (see
+    :func:`~veilgate_server.bench.rpc_scenarios.bench_baseline_again`). RPC scenarios serve from
+    ``processes`` server processes (default: one per core), and so does the baseline they are
+    judged against; their gateway keeps its store on SQLite, or (``rpc_store="postgresql"``) on the
+    PostgreSQL server of ``log_append``. ``pin``: each server process on a CPU of its own, as
+    ``veilgate serve --processes`` runs them, and ``log_append``'s writers on one CPU, as in a
+    server process."""
     if rpc_store not in RPC_STORES:
         choices = ", ".join(RPC_STORES)
         raise ConfigurationError(f"unknown store {rpc_store!r} for the RPC scenarios; choose from {choices}")
@@ -109,6 +111,7 @@ def run_bench(
     if any(n in RPC_SCENARIOS for n in names):
         progress("baseline: bare grpcio over TLS and mTLS ...")
         baseline = rpc_scenarios.bench_baseline(rpc)
+    last_rpc = [n for n in names if n in RPC_SCENARIOS][-1:]
     results = []
     for index, name in enumerate(names, 1):
         progress(f"[{index}/{len(names)}] {name} ...")
@@ -116,4 +119,7 @@ def run_bench(
         result = _scenario(name, baseline, url, rpc)
         result.details.setdefault("wall_seconds", round(time.perf_counter() - started, 1))
         results.append(result)
+        if [name] == last_rpc:
+            progress("baseline again: has the machine's speed moved since? ...")
+            baseline["after"] = rpc_scenarios.bench_baseline_again(rpc, baseline)
     return BenchRun(machine=machine, baseline=baseline, scenarios=results, processes=processes)

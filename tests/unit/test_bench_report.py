@@ -1,0 +1,33 @@
+"""The benchmark's table: what it says about a machine whose speed moved during the run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from veilgate_server.bench.report import render_table
+from veilgate_server.bench.results import ScenarioResult
+
+MACHINE = {"cpu": "test cpu", "cores": 2, "python": "3", "grpcio": "1", "sqlite": "3", "postgres": None}
+
+
+def _baseline(tls_after: float | None) -> dict[str, Any]:
+    baseline: dict[str, Any] = {"tls": {"qps": 5000.0}, "mtls": {"qps": 4000.0}}
+    if tls_after is not None:
+        drift = {"tls": round(tls_after / 5000.0 - 1, 3), "mtls": 0.0}
+        baseline["after"] = {"tls": {"qps": tls_after}, "mtls": {"qps": 4000.0}, "drift": drift}
+    return baseline
+
+
+def test_the_table_reports_the_baseline_measured_again_and_warns_when_the_machine_moved() -> None:
+    scenarios = [ScenarioResult(name="audited_call", qps=2000.0, baseline_qps=5000.0, ratio=0.4)]
+
+    steady = render_table(MACHINE, _baseline(4750.0), scenarios)
+    assert "TLS 5,000 -> 4,750 QPS (-5.0%), mTLS 4,000 -> 4,000 QPS (+0.0%)" in steady
+    assert "speed moved" not in steady
+
+    moved = render_table(MACHINE, _baseline(5600.0), scenarios)
+    assert "TLS 5,000 -> 5,600 QPS (+12.0%)" in moved
+    assert "the machine's speed moved by more than 10% during the run" in moved
+
+    store_only = render_table(MACHINE, {}, scenarios)  # no RPC scenario ran: nothing measured again
+    assert "baseline again" not in store_only
