@@ -213,9 +213,10 @@ def verify_jws(
         raise _invalid(f"typ must be {typ}")
     try:
         nacl.signing.VerifyKey(public_key).verify(parsed.signing_input, parsed.signature)
-        verifies = True
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
-        verifies = False
-    if not verifies:  # raised outside the handler: the cause stays the detail (see rejection_detail)
-        raise _invalid("signature does not verify")
-    return parsed.claims
+        pass
+    else:
+        return parsed.claims
+    # Raised outside the handler, so that this is the detail and not the library's cause (see
+    # rejection_detail).
+    raise _invalid("signature does not verify")
