@@ -29,5 +29,12 @@ def test_the_table_reports_the_baseline_measured_again_and_warns_when_the_machin
     assert "TLS 5,000 -> 5,600 QPS (+12.0%)" in moved
     assert "the machine's speed moved by more than 10% during the run" in moved
 
+    failed = render_table(
+        MACHINE, {**_baseline(None), "after": {"error": "the bare tls baseline completed no call"}}, scenarios
+    )
+    assert (
+        "bare baseline again after the RPC scenarios: not measured (the bare tls baseline completed no call)" in failed
+    )
+
     store_only = render_table(MACHINE, {}, scenarios)  # no RPC scenario ran: nothing measured again
     assert "baseline again" not in store_only

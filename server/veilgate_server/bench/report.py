@@ -3,7 +3,7 @@
 JSON schema (stable; other tools read it)::
 
     {"machine": {"cpu", "cores", "python", "grpcio", "sqlite", "postgres"},
-     "baseline": {..., "after"?: {"tls", "mtls", "drift": {"tls", "mtls"}}},
+     "baseline": {..., "after"?: {"tls", "mtls", "drift": {"tls", "mtls"}} | {"error"}},
      "scenarios": [{"name", "qps" | "rate", "p50_ms", "p99_ms", "baseline_qps", "ratio",
                     "target", "meets", "skipped"?, "details"}]}
 """
@@ -99,7 +99,9 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
             f"{s.skipped or s.target}"
         )
     after = baseline.get("after")
-    if after:
+    if after and "error" in after:
+        lines += ["", f"bare baseline again after the RPC scenarios: not measured ({after['error']})"]
+    elif after:
         drift = after["drift"]
         lines += [
             "",

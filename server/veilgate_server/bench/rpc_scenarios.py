@@ -281,7 +281,7 @@ def bench_baseline_again(run: RpcRun, baseline: Mapping[str, Any]) -> dict[str, 
     Each transport is measured in the process count its first figure came from; ``drift`` is the
     second QPS over the first, minus one. The ratios stay against the first measurement, which the
     issue asks for; this says how much to trust them. Raises :class:`InternalError` as
-    :func:`bench_baseline` does."""
+    :func:`bench_baseline` does (``run_bench`` then records ``{"error": ...}`` and keeps the run)."""
     counts = {int(baseline[name]["processes"]) for name in ("tls", "mtls")}
     again = {
         count: _measure_bare(count, seconds=run.durations, concurrency=run.concurrency, pin=run.pin)

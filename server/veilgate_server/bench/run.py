@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 
-from veilgate.errors import ConfigurationError
+from veilgate.errors import ConfigurationError, VeilgateError
 from veilgate_server.bench.results import ScenarioResult
 
 if TYPE_CHECKING:
@@ -121,5 +121,8 @@ def run_bench(
         results.append(result)
         if [name] == last_rpc:
             progress("baseline again: has the machine's speed moved since? ...")
-            baseline["after"] = rpc_scenarios.bench_baseline_again(rpc, baseline)
+            try:
+                baseline["after"] = rpc_scenarios.bench_baseline_again(rpc, baseline)
+            except VeilgateError as e:  # a check on the figures: its failure must not discard them
+                baseline["after"] = {"error": e.message}
     return BenchRun(machine=machine, baseline=baseline, scenarios=results, processes=processes)
