@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from veilgate.errors import CatalogError, DepartmentUnknown, ItemUnknown, RequestInvalid
+from veilgate_server.core import catalog as catalog_module
 from veilgate_server.core.catalog import (
     Catalog,
     CatalogItem,
@@ -656,9 +657,16 @@ def test_value_never_appears_in_the_error(kind: str) -> None:
         assert str(10**30) not in str(caught.value)
 
 
+# Everything an error message may say without echoing a value: the validator's own wording and the
+# declarations of the items under test. A value that is a piece of this text ('decima', '1234.5')
+# would be "found" in a message that never echoed it.
+WORDING = Path(catalog_module.__file__).read_text(encoding="utf-8") + repr(ITEMS)
+
+
 @settings(max_examples=300, deadline=None)
 @given(kind=st.sampled_from(sorted(ITEMS)), value=st.text(min_size=6, max_size=40))
 def test_value_never_appears_in_the_error_for_any_text(kind: str, value: str) -> None:
+    assume(value not in WORDING)
     for candidate in (value, [{"month": value, "amount": value, "paid": value}], -int.from_bytes(value.encode())):
         try:
             validate_value(ITEMS[kind], candidate)
