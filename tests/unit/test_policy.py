@@ -345,7 +345,7 @@ def _input_values(item: CatalogItem) -> st.SearchStrategy[object]:
 def test_input_readers_accept_exactly_what_the_catalog_accepts(shipped: dict[str, Policy], data: st.DataObject) -> None:
     """Each policy reads its inputs in one pass that both checks (as ``validate_value``) and makes
     the CEL value. It must refuse exactly what the catalog refuses, and make what the two passes
-    made: decimals as doubles, dates as days since 1970-01-01, rows as the item's messages."""
+    made: decimals as doubles, dates as days since 1970-01-01, rows as maps of the item's fields."""
     policy = data.draw(st.sampled_from(sorted(shipped.values(), key=lambda p: p.id)))
     item = data.draw(st.sampled_from(policy.inputs))
     value = data.draw(_input_values(item))
@@ -372,9 +372,13 @@ def test_input_readers_accept_exactly_what_the_catalog_accepts(shipped: dict[str
     assert isinstance(value, list)
     assert isinstance(converted, list)
     assert len(converted) == len(value)
-    for row, message in zip(value, converted, strict=True):
+    for row, made in zip(value, converted, strict=True):
+        assert list(made) == [spec.name for spec in item.fields]
         for spec in item.fields:
-            assert getattr(message, spec.name) == expected(spec.type, row[spec.name])
+            # The exact type too: CEL types a map's values by their Python type, so an int where a
+            # double is declared would make ``r.amount >= 4000.0`` an error at run time.
+            assert made[spec.name] == expected(spec.type, row[spec.name])
+            assert type(made[spec.name]) is type(expected(spec.type, row[spec.name]))
 
 
 @settings(max_examples=400, deadline=None)
@@ -451,7 +455,7 @@ def _text_read_items(shipped: dict[str, Policy]) -> list[tuple[Policy, CatalogIt
         (policy, item)
         for policy in sorted(shipped.values(), key=lambda p: p.id)
         for item in policy.inputs
-        if _rows_from_text(item, policy._compiled.row_classes.get(item.id)) is not None
+        if _rows_from_text(item) is not None
     ]
 
 
@@ -490,17 +494,23 @@ def test_every_canonical_list_the_catalog_accepts_is_read_from_its_text(
 ) -> None:
     """Rows of numbers, dates, booleans and enums are read straight from their canonical text
     (about half the time of decoding them): every list the catalog accepts, edges included, and
-    into the very messages the general reader makes."""
+    into the very rows the general reader makes, each value of the same type."""
     policy, item = data.draw(st.sampled_from(_text_read_items(shipped)))
     row = st.fixed_dictionaries({spec.name: _any_valid(spec.type, spec.values) for spec in item.fields})
     rows = data.draw(st.lists(row, max_size=40))
     validate_value(item, rows)
-    fast = _rows_from_text(item, policy._compiled.row_classes[item.id])
+    fast = _rows_from_text(item)
     assert fast is not None
     expected = policy._compiled.readers[item.id](rows)
     text = canonical_json(rows).decode()
-    assert fast(text) == expected
-    assert policy._compiled.stored_readers[item.id](text) == expected
+    assert _typed(fast(text)) == _typed(expected)
+    assert _typed(policy._compiled.stored_readers[item.id](text)) == _typed(expected)
+
+
+def _typed(rows: object) -> list[list[tuple[str, type, object]]]:
+    """Rows compared with each value's type: ``1 == 1.0`` in Python, not in CEL."""
+    assert isinstance(rows, list)
+    return [sorted((name, type(value), value) for name, value in row.items()) for row in rows]
 
 
 def test_a_policy_decides_alike_from_stored_text_and_from_values(catalog: Catalog, shipped: dict[str, Policy]) -> None:
@@ -580,14 +590,14 @@ def test_stored_rows_at_the_catalogs_edges(edge_policy: Policy, change: dict[str
     taken whole by the fast way when it is valid, and both ways agree either way."""
     read = edge_policy._compiled.readers["dept.rows"]
     stored = edge_policy._compiled.stored_readers["dept.rows"]
-    fast = _rows_from_text(edge_policy.inputs[0], edge_policy._compiled.row_classes["dept.rows"])
+    fast = _rows_from_text(edge_policy.inputs[0])
     assert fast is not None
     rows = [EDGE_ROW, {**EDGE_ROW, **change}]
     text = canonical_json(rows).decode()
     assert _read(stored, text) == _read(read, rows)
     assert (_read(read, rows)[0] == "ok") is accepted
     if accepted:
-        assert fast(text) == read(rows)
+        assert _typed(fast(text)) == _typed(read(rows))
     else:
         assert fast(text) is None
 
@@ -622,7 +632,7 @@ def test_stored_text_that_is_not_canonical_is_read_as_decoding_it_does(
 
 def test_stored_rows_up_to_the_catalogs_row_limit(edge_policy: Policy) -> None:
     stored = edge_policy._compiled.stored_readers["dept.rows"]
-    fast = _rows_from_text(edge_policy.inputs[0], edge_policy._compiled.row_classes["dept.rows"])
+    fast = _rows_from_text(edge_policy.inputs[0])
     assert fast is not None
     most = canonical_json([EDGE_ROW] * MAX_RECORD_ROWS).decode()
     too_many = canonical_json([EDGE_ROW] * (MAX_RECORD_ROWS + 1)).decode()
@@ -673,9 +683,14 @@ def _parameter(parameter: Parameter) -> st.SearchStrategy[str]:
 
 
 def _one_by_one(policy: Policy, variables: dict[str, object]) -> tuple[list[bool] | None, dict[str, str] | None]:
-    """The reference: every expression compiled and evaluated alone, bands first-true in order."""
-    env = policy._compiled.env
-    activation = env.Activation(variables)
+    """The reference: every expression compiled and evaluated alone, bands first-true in order, in
+    the environment the policy was checked in, each row the message of its declared fields (the
+    policy itself runs with rows as maps)."""
+    env = policy._compiled.checked_env
+    as_messages = dict(variables)
+    for item_id, row_class in policy._compiled.row_classes.items():
+        as_messages[item_id] = [row_class(**row) for row in variables[item_id]]  # type: ignore[attr-defined]
+    activation = env.Activation(as_messages)
 
     def run(expression: str) -> bool | None:
         result = env.compile(expression).eval(activation)

@@ -31,8 +31,9 @@ input item          the item id as a qualified name, e.g. ``social_insurance.ins
 ``string``/``enum`` ``string``
 ``date``            ``int``: days since 1970-01-01, so dates compare and subtract (``as_of - 365``)
 ``bool``            ``bool``
-``records``         ``list`` of a protobuf message built from the catalog's fields (types as above), so
-                    ``r.monthh`` fails at load time
+``records``         ``list`` of rows, checked at load time as a protobuf message built from the catalog's
+                    fields (types as above), so ``r.monthh`` fails there; evaluated as maps of those
+                    fields, so every field is always present (``has(r.paid)`` is true, even when false)
 ``params.<name>``   ``string`` for ``enum``/``string`` parameters, ``int`` days for ``date`` parameters
 ``as_of``           ``int`` days: the evaluation date, injected by the caller (the core has no clock)
 =================== =======================================================================================
@@ -180,15 +181,18 @@ class _Compiled:
     """The CEL environment and programs of one policy; built at load time, immutable afterwards."""
 
     env: cel.Env
+    """Where the policy runs: each input of rows a ``list`` of ``map(string, dyn)`` (see :func:`_compile`)."""
     program: cel.Expression
     """Every rule's result in order, then each band group's label: see :func:`_whole_policy`."""
+    checked_env: cel.Env
+    """Where the policy was checked: each row a message of the item's declared fields and types."""
     band_names: tuple[str, ...]
     readers: Mapping[ItemId, _Reader]
     """Per input: checks a JSON value against the catalog and makes it the CEL value."""
     stored_readers: Mapping[ItemId, _StoredReader]
     """Per input: the same from the store's canonical JSON text (see :func:`evaluate_stored`)."""
     row_classes: Mapping[str, type[Message]]
-    """Per input of rows: the message each row becomes."""
+    """Per input of rows: the message each row is checked as (in ``checked_env``)."""
 
 
 @dataclass(frozen=True)
@@ -483,7 +487,15 @@ def _compile(
     rules: tuple[Rule, ...],
     bands: Mapping[str, tuple[Band, ...]],
 ) -> _Compiled:
-    """Declare the typed variables and compile every expression, requiring a bool result."""
+    """Declare the typed variables and compile every expression, requiring a bool result.
+
+    The checks are made with each row typed as a message of its item's fields, so a misspelled field
+    or a type mismatch fails here, with its line. The policy then runs in a second environment where
+    the same rows are maps: CEL takes a Python dict in about half the time it takes a message (53
+    against 119 µs for a citizen's 63 rows), and a dict costs a third of a message to build. What
+    the checked program can do, the map program does alike: every field of a row is present, with
+    the declared type; ``test_one_program_decides_as_one_program_per_expression`` holds the two to
+    the same outcomes."""
     file_proto = descriptor_pb2.FileDescriptorProto(
         name="veilgate_policy_rows.proto", package=_ROW_PACKAGE, syntax="proto3"
     )
@@ -507,11 +519,11 @@ def _compile(
             variables[item.id] = _CEL_SCALAR[item.type]
     for parameter in parameters.values():
         variables[f"params.{parameter.name}"] = cel.Type.INT if parameter.type == "date" else cel.Type.STRING
-    env = cel.NewEnv(pool, variables=variables)
+    checked_env = cel.NewEnv(pool, variables=variables)
 
     def compile_bool(expression: str, line: int, where: str) -> cel.Expression:
         try:
-            program = env.compile(expression)
+            program = checked_env.compile(expression)
         except RuntimeError as e:
             check.fail(line, where, f"CEL does not compile: {_cel_message(e)}")
         if program.return_type() != cel.Type.BOOL:
@@ -523,15 +535,28 @@ def _compile(
     for name, entries in bands.items():
         for band in entries:
             compile_bool(band.when, band.line, f"band {name!r} {band.label!r}: 'when'")
+    whole = _whole_policy(rules, bands)
+    as_maps = {name: _ROWS_AS_MAPS if name in row_classes else kind for name, kind in variables.items()}
+    env = cel.NewEnv(variables=as_maps)
     try:
-        program = env.compile(_whole_policy(rules, bands))
+        checked_env.compile(whole)
+        program = env.compile(whole)
     except RuntimeError as e:  # each part compiled above; a failure here is ours, not the author's
         raise PolicyInvalid(f"the policy's expressions do not compile together: {_cel_message(e)}") from None
-    readers = {item.id: _reader(item, row_classes.get(item.id)) for item in inputs}
-    stored = {item.id: _stored_reader(item, row_classes.get(item.id), readers[item.id]) for item in inputs}
+    readers = {item.id: _reader(item) for item in inputs}
+    stored = {item.id: _stored_reader(item, readers[item.id]) for item in inputs}
     return _Compiled(
-        env, program, tuple(bands), MappingProxyType(readers), MappingProxyType(stored), MappingProxyType(row_classes)
+        env,
+        program,
+        checked_env,
+        tuple(bands),
+        MappingProxyType(readers),
+        MappingProxyType(stored),
+        MappingProxyType(row_classes),
     )
+
+
+_ROWS_AS_MAPS: Final = cel.Type.List(cel.Type.Map(cel.Type.STRING, cel.Type.DYN))
 
 
 def _whole_policy(rules: tuple[Rule, ...], bands: Mapping[str, tuple[Band, ...]]) -> str:
@@ -755,11 +780,10 @@ def _scalar_reader(item_id: str, kind: ScalarType, values: tuple[str, ...]) -> _
     raise ValueError(f"unsupported type {kind!r}")
 
 
-def _reader(item: CatalogItem, row_class: type[Message] | None) -> _Reader:
-    """The reader of one input: a scalar, or a list of rows made into the item's row messages."""
+def _reader(item: CatalogItem) -> _Reader:
+    """The reader of one input: a scalar, or a list of rows, each a dict of its fields' CEL values."""
     if item.type != "records":
         return _scalar_reader(item.id, item.type, item.values)
-    assert row_class is not None
     names = frozenset(spec.name for spec in item.fields)
     fields = tuple((spec.name, _scalar_reader(item.id, spec.type, spec.values)) for spec in item.fields)
 
@@ -770,7 +794,7 @@ def _reader(item: CatalogItem, row_class: type[Message] | None) -> _Reader:
         for row in value:
             if type(row) is not dict or row.keys() != names:
                 raise _refused(item.id)
-            rows.append(row_class(**{name: read(row[name]) for name, read in fields}))
+            rows.append({name: read(row[name]) for name, read in fields})
         return rows
 
     return read_rows
@@ -809,10 +833,10 @@ def _json_text(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # as canonical JSON writes a string
 
 
-def _stored_reader(item: CatalogItem, row_class: type[Message] | None, read: _Reader) -> _StoredReader:
+def _stored_reader(item: CatalogItem, read: _Reader) -> _StoredReader:
     """The reader of an input's stored text: ``read(json.loads(text))``, except for a list of rows
     that :func:`_rows_from_text` takes whole, on the largest piece of an evaluation."""
-    fast = _rows_from_text(item, row_class)
+    fast = _rows_from_text(item)
 
     def decoded(text: str) -> object:
         return read(json.loads(text))
@@ -824,7 +848,7 @@ def _stored_reader(item: CatalogItem, row_class: type[Message] | None, read: _Re
     return read_stored if fast is not None else decoded
 
 
-def _rows_from_text(item: CatalogItem, row_class: type[Message] | None) -> Callable[[str], list[Message] | None] | None:
+def _rows_from_text(item: CatalogItem) -> Callable[[str], list[dict[str, Any]] | None] | None:
     """For a list of rows whose fields are numbers, dates, booleans or plain enums: a function that
     reads the rows straight from the list's canonical JSON text, or returns None for text it does not
     take whole. None for any other input.
@@ -836,7 +860,7 @@ def _rows_from_text(item: CatalogItem, row_class: type[Message] | None) -> Calla
     another key order, a value the catalog refuses, more rows than the catalog allows) returns None
     and goes the general way, which decides it. The tests hold both ways to the same result on
     arbitrary text, and hold this one to take every canonical list the catalog accepts."""
-    if item.type != "records" or row_class is None:
+    if item.type != "records":
         return None
     specs = sorted(item.fields, key=lambda spec: spec.name)  # canonical JSON's member order
     patterns: list[str] = []
@@ -855,7 +879,7 @@ def _rows_from_text(item: CatalogItem, row_class: type[Message] | None) -> Calla
     names = tuple(spec.name for spec in specs)
     stride = len(specs) + 1  # split() gives the text between rows, then each row's values
 
-    def rows_from_text(text: str) -> list[Message] | None:
+    def rows_from_text(text: str) -> list[dict[str, Any]] | None:
         if text == "[]":
             return []
         pieces = row.split(text)
@@ -869,7 +893,7 @@ def _rows_from_text(item: CatalogItem, row_class: type[Message] | None) -> Calla
             values = [column(pieces[1 + j :: stride]) for j, column in enumerate(columns)]
         except ValueError:  # a date not in the calendar, an int out of range: for the general way
             return None
-        return [row_class(**dict(zip(names, fields, strict=True))) for fields in zip(*values, strict=True)]
+        return [dict(zip(names, fields, strict=True)) for fields in zip(*values, strict=True)]
 
     return rows_from_text
 
