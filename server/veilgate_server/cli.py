@@ -312,13 +312,31 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_output(value: str, option: str) -> Path:
+    """Where ``option`` asks the results to go, checked before a run of several minutes rather than
+    found unwritable at its end."""
+    path = Path(value)
+    directory = path.parent
+    if path.is_dir():
+        raise ConfigurationError(f"{option} {value}: is a directory; name a file")
+    if not directory.is_dir():
+        raise ConfigurationError(f"{option} {value}: there is no directory {directory}")
+    if not os.access(directory, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigurationError(f"{option} {value}: not writable")
+    return path
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from veilgate_server.bench.report import render_json, render_table
+    from veilgate_server.bench.report import render_json, render_table, require_plotting
     from veilgate_server.bench.run import run_bench
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    json_path = _bench_output(args.json, "--json") if args.json and args.json != "-" else None
+    plot_path = _bench_output(args.plot, "--plot") if args.plot else None
+    if plot_path is not None:
+        require_plotting()
     run = run_bench(
         quick=args.quick,
         only=[args.scenario] if args.scenario else None,
@@ -331,16 +349,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json == "-":
         print(render_json(run.machine, run.baseline, run.scenarios))
     else:
-        if args.json:
-            Path(args.json).write_text(render_json(run.machine, run.baseline, run.scenarios) + "\n")
-            progress(f"results written to {args.json}")
         print(render_table(run.machine, run.baseline, run.scenarios))
-    if args.plot:
+    if json_path is not None:
+        try:
+            json_path.write_text(render_json(run.machine, run.baseline, run.scenarios) + "\n")
+        except OSError as e:
+            raise ConfigurationError(f"cannot write the results to {args.json}: {e.strerror}") from e
+        progress(f"results written to {args.json}")
+    if plot_path is not None:
         from veilgate_server.bench.report import write_plot
         from veilgate_server.bench.rpc_scenarios import latency_sweep
 
         progress("latency sweep for the plot ...")
-        write_plot(latency_sweep(quick=args.quick, processes=run.processes, pin=not args.no_pin), Path(args.plot))
+        write_plot(latency_sweep(quick=args.quick, processes=run.processes, pin=not args.no_pin), plot_path)
         progress(f"plot written to {args.plot}")
     return 0
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,24 @@ def test_a_table_by_default_and_a_clear_error_for_an_unknown_scenario() -> None:
     )
     assert unreachable.returncode == 1
     assert unreachable.stderr.strip() == "veilgate: error: --rpc-store postgresql: no PostgreSQL answers at 127.0.0.1:1"
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_run(tmp_path: Path) -> None:
+    """A full run takes minutes: an output it could not write is refused before any of it runs."""
+    missing_dir = tmp_path / "no-such-dir" / "results.json"
+    for option, value, message in (
+        ("--json", str(missing_dir), f"--json {missing_dir}: there is no directory {missing_dir.parent}"),
+        ("--json", str(tmp_path), f"--json {tmp_path}: is a directory; name a file"),
+        ("--plot", str(missing_dir.with_suffix(".png")), "there is no directory"),
+    ):
+        refused = _bench("--quick", "--scenario", "ingest", option, value)
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr.startswith("veilgate: error: ")
+        assert message in refused.stderr
+        assert "ingest ..." not in refused.stderr  # nothing ran
+        assert "Traceback" not in refused.stderr
+    written = tmp_path / "results.json"
+    result = _bench("--quick", "--scenario", "ingest", "--json", str(written))
+    assert result.returncode == 0, result.stderr
+    assert "ingest" in result.stdout  # the table still goes to the terminal
+    assert json.loads(written.read_text())["scenarios"][0]["name"] == "ingest"

@@ -121,8 +121,12 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
     return "\n".join(lines)
 
 
-def write_plot(series: dict[str, list[tuple[int, float, float]]], path: Path) -> None:
-    """Latency versus concurrency: ``series`` maps a label to (calls in flight, p50 ms, p99 ms)."""
+def require_plotting() -> None:
+    """Refuse ``--plot`` before a run when matplotlib is missing, rather than after it."""
+    _pyplot()
+
+
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -132,6 +136,12 @@ def write_plot(series: dict[str, list[tuple[int, float, float]]], path: Path) ->
         from veilgate.errors import ConfigurationError
 
         raise ConfigurationError("--plot needs matplotlib: pip install 'veilgate[bench]'") from e
+    return plt
+
+
+def write_plot(series: dict[str, list[tuple[int, float, float]]], path: Path) -> None:
+    """Latency versus concurrency: ``series`` maps a label to (calls in flight, p50 ms, p99 ms)."""
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(8, 5), dpi=110)
     for label, points in series.items():
         xs = [p[0] for p in points]
