@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from veilgate_server.bench.report import render_table
+import pytest
+
+from veilgate.errors import ConfigurationError
+from veilgate_server.bench.report import render_table, write_plot
 from veilgate_server.bench.results import ScenarioResult
 
 MACHINE = {"cpu": "test cpu", "cores": 2, "python": "3", "grpcio": "1", "sqlite": "3", "postgres": None}
@@ -38,3 +42,12 @@ def test_the_table_reports_the_baseline_measured_again_and_warns_when_the_machin
 
     store_only = render_table(MACHINE, {}, scenarios)  # no RPC scenario ran: nothing measured again
     assert "baseline again" not in store_only
+
+
+def test_the_plot_is_written_or_refused_with_the_reason(tmp_path: Path) -> None:
+    series = {"bare TLS": [(1, 0.4, 0.9), (4, 0.8, 1.7)], "evaluate": [(1, 3.0, 5.0), (4, 7.0, 12.0)]}
+    written = tmp_path / "latency.png"
+    write_plot(series, written)
+    assert written.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ConfigurationError, match=r"cannot write the plot to .*missing.*: No such file or directory"):
+        write_plot(series, tmp_path / "missing" / "latency.png")

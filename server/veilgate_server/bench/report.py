@@ -154,5 +154,11 @@ def write_plot(series: dict[str, list[tuple[int, float, float]]], path: Path) ->
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    try:
+        figure.savefig(path)
+    except OSError as e:
+        from veilgate.errors import ConfigurationError
+
+        raise ConfigurationError(f"cannot write the plot to {path}: {e.strerror}") from e
+    finally:
+        plt.close(figure)
