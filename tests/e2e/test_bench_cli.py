@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,40 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_run(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     assert "ingest" in result.stdout  # the table still goes to the terminal
     assert json.loads(written.read_text())["scenarios"][0]["name"] == "ingest"
+
+
+def test_ctrl_c_stops_the_run_with_no_traceback_and_no_process_left() -> None:
+    """Ctrl-C reaches the whole foreground process group: the servers, the load generator and the
+    parent alike. The parent answers it (exit 130); no child prints a traceback or outlives it."""
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "veilgate_server.cli", "bench", "--quick", "--scenario", "audited_call"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not ignored, as in a terminal
+    )
+    assert bench.stderr is not None
+    lines: list[str] = []
+    for line in bench.stderr:  # the progress lines, until the gateway scenario starts
+        lines.append(line)
+        if line.startswith("[1/1] audited_call"):
+            break
+    time.sleep(5)  # the gateway started and the load generator is in its measured window
+    group = os.getpgid(bench.pid)
+    os.killpg(group, signal.SIGINT)
+    _, rest = bench.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert bench.returncode == 130, output
+    assert "Traceback" not in output
+    assert "KeyboardInterrupt" not in output
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("a process of the interrupted run outlived it")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import multiprocessing
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -420,7 +421,11 @@ def _generate_load(spec: LoadSpec, pipe: Connection) -> _ChildReport:
 
 
 def _child_main(spec: LoadSpec, pipe: Connection) -> None:
-    """Entry point of the load generator's process: report the result or one line saying why not."""
+    """Entry point of the load generator's process: report the result or one line saying why not.
+
+    It ignores SIGINT, as the server processes do: a Ctrl-C reaches the whole foreground process
+    group, and the parent, which stops the child, is the one to answer it (with no traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         report = _generate_load(spec, pipe)
     except Exception as e:  # everything goes back to the parent as text: no traceback in the child
@@ -470,6 +475,9 @@ def run_load(spec: LoadSpec, *, usage: Usage, start_timeout: float = 60.0) -> Lo
             else:
                 report: _ChildReport = value
                 break
+    except BaseException:  # interrupted, or failed: nothing more is wanted from the child
+        child.terminate()
+        raise
     finally:
         receiver.close()
         end_process(child, wait=10)
