@@ -535,12 +535,11 @@ def _compile(
     for name, entries in bands.items():
         for band in entries:
             compile_bool(band.when, band.line, f"band {name!r} {band.label!r}: 'when'")
-    whole = _whole_policy(rules, bands)
+    # Each part was checked above; the whole runs where the rows are maps (see the docstring).
     as_maps = {name: _ROWS_AS_MAPS if name in row_classes else kind for name, kind in variables.items()}
     env = cel.NewEnv(variables=as_maps)
     try:
-        checked_env.compile(whole)
-        program = env.compile(whole)
+        program = env.compile(_whole_policy(rules, bands))
     except RuntimeError as e:  # each part compiled above; a failure here is ours, not the author's
         raise PolicyInvalid(f"the policy's expressions do not compile together: {_cel_message(e)}") from None
     readers = {item.id: _reader(item) for item in inputs}
