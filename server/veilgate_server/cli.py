@@ -327,7 +327,7 @@ def _bench_output(value: str, option: str) -> Path:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from veilgate_server.bench.report import render_json, render_table, require_plotting
+    from veilgate_server.bench.report import pyplot, render_json, render_table
     from veilgate_server.bench.run import run_bench
 
     def progress(line: str) -> None:
@@ -336,7 +336,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     json_path = _bench_output(args.json, "--json") if args.json and args.json != "-" else None
     plot_path = _bench_output(args.plot, "--plot") if args.plot else None
     if plot_path is not None:
-        require_plotting()
+        pyplot()  # refused now when matplotlib is missing, not after the run
     run = run_bench(
         quick=args.quick,
         only=[args.scenario] if args.scenario else None,

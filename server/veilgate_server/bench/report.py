@@ -20,9 +20,10 @@ from typing import Any
 
 import grpc
 
+from veilgate.errors import ConfigurationError
 from veilgate_server.bench.results import ScenarioResult
 
-__all__ = ["DRIFT_WARNING", "machine_facts", "render_json", "render_table", "write_plot"]
+__all__ = ["DRIFT_WARNING", "machine_facts", "pyplot", "render_json", "render_table", "write_plot"]
 
 DRIFT_WARNING = 0.10
 """A bare server this much faster or slower after the gateway scenarios than before them: the
@@ -121,27 +122,22 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
     return "\n".join(lines)
 
 
-def require_plotting() -> None:
-    """Refuse ``--plot`` before a run when matplotlib is missing, rather than after it."""
-    _pyplot()
-
-
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot, set to draw without a display; :class:`ConfigurationError` naming the
+    extra to install when it is missing (``veilgate bench --plot`` asks before its run)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        from veilgate.errors import ConfigurationError
-
         raise ConfigurationError("--plot needs matplotlib: pip install 'veilgate[bench]'") from e
     return plt
 
 
 def write_plot(series: dict[str, list[tuple[int, float, float]]], path: Path) -> None:
     """Latency versus concurrency: ``series`` maps a label to (calls in flight, p50 ms, p99 ms)."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(8, 5), dpi=110)
     for label, points in series.items():
         xs = [p[0] for p in points]
@@ -157,8 +153,6 @@ def write_plot(series: dict[str, list[tuple[int, float, float]]], path: Path) ->
     try:
         figure.savefig(path)
     except OSError as e:
-        from veilgate.errors import ConfigurationError
-
         raise ConfigurationError(f"cannot write the plot to {path}: {e.strerror}") from e
     finally:
         plt.close(figure)
