@@ -111,7 +111,7 @@ def run_bench(
     if any(n in RPC_SCENARIOS for n in names):
         progress("baseline: bare grpcio over TLS and mTLS ...")
         baseline = rpc_scenarios.bench_baseline(rpc)
-    last_rpc = [n for n in names if n in RPC_SCENARIOS][-1:]
+    last_rpc = next((n for n in reversed(names) if n in RPC_SCENARIOS), None)
     results = []
     for index, name in enumerate(names, 1):
         progress(f"[{index}/{len(names)}] {name} ...")
@@ -119,7 +119,7 @@ def run_bench(
         result = _scenario(name, baseline, url, rpc)
         result.details.setdefault("wall_seconds", round(time.perf_counter() - started, 1))
         results.append(result)
-        if [name] == last_rpc:
+        if name == last_rpc:
             progress("baseline again: has the machine's speed moved since? ...")
             try:
                 baseline["after"] = rpc_scenarios.bench_baseline_again(rpc, baseline)
