@@ -142,6 +142,7 @@ def test_ctrl_c_stops_the_run_with_no_traceback_and_no_process_left() -> None:
         lines.append(line)
         if line.startswith("[1/1] audited_call"):
             break
+    assert lines and lines[-1].startswith("[1/1] audited_call"), "".join(lines)  # not ended before it
     time.sleep(5)  # the gateway started and the load generator is in its measured window
     group = os.getpgid(bench.pid)
     os.killpg(group, signal.SIGINT)
