@@ -142,7 +142,8 @@ def test_ctrl_c_stops_the_run_with_no_traceback_and_no_process_left() -> None:
         lines.append(line)
         if line.startswith("[1/1] audited_call"):
             break
-    assert lines and lines[-1].startswith("[1/1] audited_call"), "".join(lines)  # not ended before it
+    progress = "".join(lines)
+    assert "[1/1] audited_call" in progress, progress  # the run did not end before its gateway scenario
     time.sleep(5)  # the gateway started and the load generator is in its measured window
     group = os.getpgid(bench.pid)
     os.killpg(group, signal.SIGINT)
