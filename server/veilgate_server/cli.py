@@ -345,6 +345,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         processes=args.processes,
         rpc_store=args.rpc_store,
         pin=not args.no_pin,
+        concurrency=args.concurrency,
+        seconds=args.seconds,
     )
     if args.json == "-":
         print(render_json(run.machine, run.baseline, run.scenarios))
@@ -573,6 +575,18 @@ def _parser() -> argparse.ArgumentParser:
         "--no-pin",
         action="store_true",
         help="leave server processes (and log_append's writers) to the scheduler instead of one CPU each",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="calls in flight in the baseline and the RPC scenarios (default 16; 1 to 256)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        metavar="S",
+        help="measured seconds of each RPC load run, after its warm-up (default 15, or 4 with --quick; 1 to 600)",
     )
 
     add("migrate", cmd_migrate, "create or upgrade the database schema")

@@ -90,6 +90,15 @@ def test_a_table_by_default_and_a_clear_error_for_an_unknown_scenario() -> None:
     no_servers = _bench("--quick", "--scenario", "evaluate", "--processes", "0")
     assert no_servers.returncode == 1
     assert no_servers.stderr.strip() == "veilgate: error: --processes must be at least 1"
+    for option, value, message in (
+        ("--concurrency", "0", "--concurrency must be from 1 to 256 calls in flight"),
+        ("--concurrency", "257", "--concurrency must be from 1 to 256 calls in flight"),
+        ("--seconds", "0.5", "--seconds must be from 1 to 600"),
+        ("--seconds", "nan", "--seconds must be from 1 to 600"),
+    ):
+        refused = _bench("--quick", "--scenario", "evaluate", option, value)
+        assert refused.returncode == 1, (option, value)
+        assert refused.stderr.strip() == f"veilgate: error: {message}"
     unreachable = _bench(
         "--quick",
         "--scenario",
@@ -101,6 +110,24 @@ def test_a_table_by_default_and_a_clear_error_for_an_unknown_scenario() -> None:
     )
     assert unreachable.returncode == 1
     assert unreachable.stderr.strip() == "veilgate: error: --rpc-store postgresql: no PostgreSQL answers at 127.0.0.1:1"
+
+
+def test_calls_in_flight_and_the_measured_window_are_the_callers() -> None:
+    """A bank sizes at its own concurrency: `--concurrency` and `--seconds` set every RPC load run,
+    the baseline's too. With one call in flight, Little's law bounds what was measured: QPS times the
+    mean latency is the mean number in flight, at most 1, and the median is at most twice the mean
+    (Markov's inequality), so QPS x p50 <= 2. Sixteen in flight, the default, give about 16."""
+    result = _bench("--quick", "--scenario", "audited_call", "--concurrency", "1", "--seconds", "1", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    baseline = report["baseline"]
+    [scenario] = report["scenarios"]
+    assert (baseline["concurrency"], baseline["warmup_s"], baseline["measured_s"]) == (1, 1.0, 1.0)
+    details = scenario["details"]
+    assert (details["concurrency"], details["warmup_s"], details["measured_s"]) == (1, 1.0, 1.0)
+    for name, figures in (("bare TLS", baseline["tls"]), ("bare mTLS", baseline["mtls"]), ("audited", scenario)):
+        assert figures["qps"] > 0, name
+        assert figures["qps"] * figures["p50_ms"] / 1000 <= 2.0, (name, figures)
 
 
 def test_outputs_that_cannot_be_written_are_refused_before_the_run(tmp_path: Path) -> None:

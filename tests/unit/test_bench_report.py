@@ -1,4 +1,5 @@
-"""The benchmark's table: what it says about a machine whose speed moved during the run."""
+"""The benchmark's table: how its RPC figures were measured, and what it says about a machine whose
+speed moved during the run."""
 
 from __future__ import annotations
 
@@ -42,6 +43,16 @@ def test_the_table_reports_the_baseline_measured_again_and_warns_when_the_machin
 
     store_only = render_table(MACHINE, {}, scenarios)  # no RPC scenario ran: nothing measured again
     assert "baseline again" not in store_only
+
+
+def test_the_table_says_how_the_rpc_load_was_run() -> None:
+    scenarios = [ScenarioResult(name="audited_call", qps=2000.0, baseline_qps=5000.0, ratio=0.4)]
+    load = {"concurrency": 4, "warmup_s": 1.0, "measured_s": 2.5}
+    two = render_table(MACHINE, {**_baseline(None), **load, "processes": 2}, scenarios)
+    assert "RPC load: 4 calls in flight, 1 s warm-up and 2.5 s measured per run, 2 server processes" in two
+    one = render_table(MACHINE, {**_baseline(None), **load, "processes": 1}, scenarios)
+    assert "2.5 s measured per run, 1 server process\n" in one
+    assert "RPC load" not in render_table(MACHINE, {}, scenarios)  # no RPC scenario ran
 
 
 def test_the_plot_is_written_or_refused_with_the_reason(tmp_path: Path) -> None:

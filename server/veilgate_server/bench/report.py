@@ -83,10 +83,22 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _load_line(baseline: dict[str, Any]) -> list[str]:
+    """How every RPC figure was measured, when the run had RPC scenarios."""
+    if "concurrency" not in baseline:
+        return []
+    return [
+        f"RPC load: {baseline['concurrency']} calls in flight, {baseline['warmup_s']:g} s warm-up and "
+        f"{baseline['measured_s']:g} s measured per run, "
+        f"{baseline['processes']} server process{'' if baseline['processes'] == 1 else 'es'}"
+    ]
+
+
 def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: Sequence[ScenarioResult]) -> str:
     lines = [
         f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
         f"grpcio {machine['grpcio']}, SQLite {machine['sqlite']}, PostgreSQL {machine['postgres'] or 'n/a'}",
+        *_load_line(baseline),
         "",
         f"{'scenario':<16} {'qps/rate':>12} {'p50 ms':>8} {'p99 ms':>8} {'baseline':>10} {'ratio':>7}  "
         f"{'meets':<6} target",

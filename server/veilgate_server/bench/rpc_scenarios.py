@@ -80,6 +80,7 @@ __all__ = [
     "bench_baseline",
     "bench_evaluate",
     "bench_get_my_data",
+    "default_durations",
     "latency_sweep",
 ]
 
@@ -112,22 +113,25 @@ Seconds = tuple[float, float]
 """(warm-up, measured) seconds of one load run."""
 
 
+def default_durations(quick: bool) -> Seconds:
+    """A load run's (warm-up, measured) seconds unless the run says otherwise: quick 1 + 4, full 3 + 15."""
+    return (1.0, 4.0) if quick else (3.0, 15.0)
+
+
 @dataclass(frozen=True, slots=True)
 class RpcRun:
     """How the baseline and every gateway scenario of one benchmark run are measured, alike."""
 
     quick: bool = False
     concurrency: int = CONCURRENCY
-    seconds: Seconds | None = None  # (warm-up, measured); None: quick 1 + 4, full 3 + 15
+    seconds: Seconds | None = None  # (warm-up, measured); None: default_durations(quick)
     processes: int = 1  # server processes, for the gateway and the bare baseline alike
     postgres_url: str | None = None  # the gateway's store in a fresh schema there; None: SQLite
     pin: bool = True  # each server process on a CPU of its own, as ``veilgate serve --processes`` runs them
 
     @property
     def durations(self) -> Seconds:
-        if self.seconds is not None:
-            return self.seconds
-        return (1.0, 4.0) if self.quick else (3.0, 15.0)
+        return self.seconds if self.seconds is not None else default_durations(self.quick)
 
     def spec(self, target: str, tls: ClientTls, workload: Workload) -> LoadSpec:
         return _spec(target, tls, workload, seconds=self.durations, concurrency=self.concurrency)

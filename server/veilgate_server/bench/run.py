@@ -23,6 +23,8 @@ STORE_SCENARIOS = ("log_append", "proofs", "audit_verify", "audit_export", "inge
 SCENARIOS = RPC_SCENARIOS + STORE_SCENARIOS
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 RPC_STORES = ("sqlite", "postgresql")
+MAX_CONCURRENCY = 256  # one load-generator thread per call in flight
+MIN_SECONDS, MAX_SECONDS = 1.0, 600.0  # a measured window; evaluate's setup grows with it (a consent per 100 calls)
 
 Progress = Callable[[str], None]
 
@@ -75,6 +77,8 @@ def run_bench(
     processes: int | None = None,
     rpc_store: str = "sqlite",
     pin: bool = True,
+    concurrency: int | None = None,
+    seconds: float | None = None,
 ) -> BenchRun:
     """The baseline, then each scenario, and the baseline again after the last RPC scenario (see
     :func:`~veilgate_server.bench.rpc_scenarios.bench_baseline_again`). RPC scenarios serve from
@@ -82,10 +86,15 @@ def run_bench(
     judged against; their gateway keeps its store on SQLite, or (``rpc_store="postgresql"``) on the
     PostgreSQL server of ``log_append``. ``pin``: each server process on a CPU of its own, as
     ``veilgate serve --processes`` runs them, and ``log_append``'s writers on one CPU, as in a
-    server process."""
+    server process. ``concurrency`` (calls in flight) and ``seconds`` (each load run's measured
+    window) apply to the baseline and every RPC scenario alike; None: 16, and 15 s (4 s quick)."""
     if rpc_store not in RPC_STORES:
         choices = ", ".join(RPC_STORES)
         raise ConfigurationError(f"unknown store {rpc_store!r} for the RPC scenarios; choose from {choices}")
+    if concurrency is not None and not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ConfigurationError(f"--concurrency must be from 1 to {MAX_CONCURRENCY} calls in flight")
+    if seconds is not None and not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        raise ConfigurationError(f"--seconds must be from {MIN_SECONDS:g} to {MAX_SECONDS:g}")
     from veilgate_server.bench import rpc_scenarios
     from veilgate_server.bench.report import machine_facts
 
@@ -105,7 +114,12 @@ def run_bench(
     if processes < 1:
         raise ConfigurationError("--processes must be at least 1")
     rpc = rpc_scenarios.RpcRun(
-        quick=quick, processes=processes, postgres_url=url if rpc_store == "postgresql" else None, pin=pin
+        quick=quick,
+        processes=processes,
+        postgres_url=url if rpc_store == "postgresql" else None,
+        pin=pin,
+        concurrency=rpc_scenarios.CONCURRENCY if concurrency is None else concurrency,
+        seconds=None if seconds is None else (rpc_scenarios.default_durations(quick)[0], seconds),
     )
     baseline: dict[str, Any] = {}
     if any(n in RPC_SCENARIOS for n in names):
