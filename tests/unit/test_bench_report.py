@@ -49,10 +49,33 @@ def test_the_table_says_how_the_rpc_load_was_run() -> None:
     scenarios = [ScenarioResult(name="audited_call", qps=2000.0, baseline_qps=5000.0, ratio=0.4)]
     load = {"concurrency": 4, "warmup_s": 1.0, "measured_s": 2.5}
     two = render_table(MACHINE, {**_baseline(None), **load, "processes": 2}, scenarios)
-    assert "RPC load: 4 calls in flight, 1 s warm-up and 2.5 s measured per run, 2 server processes" in two
+    assert "RPC load: 4 calls in flight, 1 s warm-up and 2.5 s measured per run (2 server processes)" in two
     one = render_table(MACHINE, {**_baseline(None), **load, "processes": 1}, scenarios)
-    assert "2.5 s measured per run, 1 server process\n" in one
+    assert "2.5 s measured per run (1 server process)\n" in one
     assert "RPC load" not in render_table(MACHINE, {}, scenarios)  # no RPC scenario ran
+
+
+def test_the_table_shows_the_bare_baseline_and_the_servers_cpu_per_call() -> None:
+    """What a bank sizes from: calls per second and the server CPU each takes, the bare server's
+    beside the gateway's, without asking for the JSON."""
+    bare = {"qps": 5601.2, "p50_ms": 2.66, "p99_ms": 6.28, "cpu_us_per_call": 167.0, "processes": 1}
+    baseline = {"tls": bare, "mtls": {**bare, "qps": 5566.0, "cpu_us_per_call": 164.4, "processes": 2}}
+    evaluate = ScenarioResult(
+        name="evaluate", qps=977.0, p50_ms=15.5, p99_ms=33.2, baseline_qps=5566.0, ratio=0.176,
+        details={"cpu_us_per_call": 1580.3},
+    )  # fmt: skip
+    log_append = ScenarioResult(name="log_append", rate=15657.0, p50_ms=3.14, p99_ms=14.3)
+    lines = render_table(MACHINE, baseline, [evaluate, log_append]).splitlines()
+    header = next(line for line in lines if line.startswith("scenario"))
+    assert header.split()[:7] == ["scenario", "qps/rate", "p50", "ms", "p99", "ms", "CPU"]
+    rows = {line[:16].strip(): line for line in lines[lines.index(header) + 1 :] if line}
+    assert rows["bare TLS"].split()[:6] == ["bare", "TLS", "5,601", "2.66", "6.28", "167"]
+    assert rows["bare TLS"].endswith("the baseline (1 server process)")
+    assert rows["bare mTLS"].split()[:6] == ["bare", "mTLS", "5,566", "2.66", "6.28", "164"]
+    assert rows["bare mTLS"].endswith("the baseline (2 server processes)")
+    assert rows["evaluate"].split()[:7] == ["evaluate", "977", "15.50", "33.20", "1,580", "5,566", "0.18"]
+    assert rows["log_append"].split()[:6] == ["log_append", "15,657", "3.14", "14.30", "-", "-"]
+    assert "bare" not in render_table(MACHINE, {}, [log_append])  # no RPC scenario ran: no baseline rows
 
 
 def test_the_plot_is_written_or_refused_with_the_reason(tmp_path: Path) -> None:

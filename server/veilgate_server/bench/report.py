@@ -89,9 +89,16 @@ def _load_line(baseline: dict[str, Any]) -> list[str]:
         return []
     return [
         f"RPC load: {baseline['concurrency']} calls in flight, {baseline['warmup_s']:g} s warm-up and "
-        f"{baseline['measured_s']:g} s measured per run, "
-        f"{baseline['processes']} server process{'' if baseline['processes'] == 1 else 'es'}"
+        f"{baseline['measured_s']:g} s measured per run{_processes(baseline['processes'])}"
     ]
+
+
+def _processes(count: object) -> str:
+    return f" ({count} server process{'' if count == 1 else 'es'})" if isinstance(count, int) else ""
+
+
+def _row(name: str, value: float | None, p50: float | None, p99: float | None, cpu: float | None) -> str:
+    return f"{name:<16} {_fmt(value, ',.0f'):>12} {_fmt(p50, '.2f'):>8} {_fmt(p99, '.2f'):>8} {_fmt(cpu, ',.0f'):>11}"
 
 
 def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: Sequence[ScenarioResult]) -> str:
@@ -100,16 +107,22 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
         f"grpcio {machine['grpcio']}, SQLite {machine['sqlite']}, PostgreSQL {machine['postgres'] or 'n/a'}",
         *_load_line(baseline),
         "",
-        f"{'scenario':<16} {'qps/rate':>12} {'p50 ms':>8} {'p99 ms':>8} {'baseline':>10} {'ratio':>7}  "
-        f"{'meets':<6} target",
+        f"{'scenario':<16} {'qps/rate':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/call':>11} "
+        f"{'baseline':>10} {'ratio':>7}  {'meets':<6} target",
     ]
+    for name, label in (("tls", "bare TLS"), ("mtls", "bare mTLS")):
+        if name in baseline:
+            bare = baseline[name]
+            lines.append(
+                _row(label, bare.get("qps"), bare.get("p50_ms"), bare.get("p99_ms"), bare.get("cpu_us_per_call"))
+                + f" {'-':>10} {'-':>7}  {'-':<6} the baseline{_processes(bare.get('processes'))}"
+            )
     for s in scenarios:
         value = s.qps if s.qps is not None else s.rate
         meets = "skip" if s.skipped else {True: "yes", False: "NO", None: "-"}[s.meets]
         lines.append(
-            f"{s.name:<16} {_fmt(value, ',.0f'):>12} {_fmt(s.p50_ms, '.2f'):>8} {_fmt(s.p99_ms, '.2f'):>8} "
-            f"{_fmt(s.baseline_qps, ',.0f'):>10} {_fmt(s.ratio, '.2f'):>7}  {meets:<6} "
-            f"{s.skipped or s.target}"
+            _row(s.name, value, s.p50_ms, s.p99_ms, s.details.get("cpu_us_per_call"))
+            + f" {_fmt(s.baseline_qps, ',.0f'):>10} {_fmt(s.ratio, '.2f'):>7}  {meets:<6} {s.skipped or s.target}"
         )
     after = baseline.get("after")
     if after and "error" in after:
