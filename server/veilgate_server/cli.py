@@ -339,7 +339,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         pyplot()  # refused now when matplotlib is missing, not after the run
     run = run_bench(
         quick=args.quick,
-        only=[args.scenario] if args.scenario else None,
+        only=args.scenario,
         postgres_url=args.postgres_url,
         progress=progress,
         processes=args.processes,
@@ -556,7 +556,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("bench", cmd_bench, "measure every hot path against bare grpcio in the same run")
     p.add_argument("--quick", action="store_true", help="the short set (under 3 minutes on 2 cores)")
-    p.add_argument("--scenario", help="run one scenario (evaluate, get_my_data, log_append, proofs, ...)")
+    p.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME",
+        help="run only this scenario (evaluate, get_my_data, log_append, proofs, ...); repeat for several",
+    )
     p.add_argument("--json", help="write machine-readable results to FILE, or - for stdout")
     p.add_argument("--plot", help="also write a latency-versus-concurrency PNG to FILE")
     p.add_argument("--postgres-url", help="PostgreSQL for log_append (default: the local test server, if up)")

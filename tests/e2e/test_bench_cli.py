@@ -38,6 +38,19 @@ def test_json_output_follows_the_schema() -> None:
     assert "[1/1] ingest" in result.stderr  # the progress line
 
 
+def test_scenario_may_be_given_several_times() -> None:
+    """Each scenario named runs once, in the order given: a second --scenario adds to the first
+    rather than silently replacing it."""
+    named = ("--scenario", "ingest", "--scenario", "audit_export", "--scenario", "ingest")
+    result = _bench("--quick", *named, "--json", "-")
+    assert result.returncode == 0, result.stderr
+    assert [s["name"] for s in json.loads(result.stdout)["scenarios"]] == ["ingest", "audit_export"]
+    assert "[2/2] audit_export" in result.stderr
+    unknown = _bench("--scenario", "ingest", "--scenario", "warp_speed")
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("veilgate: error: unknown scenario 'warp_speed'")
+
+
 def test_the_quick_set_runs_every_scenario_and_reports_its_figures() -> None:
     """`veilgate bench --quick --json -`, as CI may run it: the schema, and figures from every
     scenario (never whether a target was met: timing is not a test)."""

@@ -98,7 +98,7 @@ def run_bench(
     from veilgate_server.bench import rpc_scenarios
     from veilgate_server.bench.report import machine_facts
 
-    names = list(only) if only else list(SCENARIOS)
+    names = list(dict.fromkeys(only)) if only else list(SCENARIOS)  # in the order given, each once
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ConfigurationError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
