@@ -89,16 +89,26 @@ def _load_line(baseline: dict[str, Any]) -> list[str]:
         return []
     return [
         f"RPC load: {baseline['concurrency']} calls in flight, {baseline['warmup_s']:g} s warm-up and "
-        f"{baseline['measured_s']:g} s measured per run{_processes(baseline['processes'])}"
+        f"{baseline['measured_s']:g} s measured per run ({_processes(baseline['processes'])})"
     ]
 
 
-def _processes(count: object) -> str:
-    return f" ({count} server process{'' if count == 1 else 'es'})" if isinstance(count, int) else ""
+def _processes(count: int) -> str:
+    return f"{count} server process{'' if count == 1 else 'es'}"
+
+
+def _baseline_note(bare: dict[str, Any], processes: object) -> str:
+    """Which bare server gave the baseline: the run's process count, or one process when that was the
+    faster (see ``rpc_scenarios.bench_baseline``)."""
+    count = bare.get("processes")
+    if not isinstance(count, int):
+        return "the baseline"
+    faster = f", faster than {processes}" if isinstance(processes, int) and processes != count else ""
+    return f"the baseline ({_processes(count)}{faster})"
 
 
 def _row(name: str, value: float | None, p50: float | None, p99: float | None, cpu: float | None) -> str:
-    return f"{name:<16} {_fmt(value, ',.0f'):>12} {_fmt(p50, '.2f'):>8} {_fmt(p99, '.2f'):>8} {_fmt(cpu, ',.0f'):>11}"
+    return f"{name:<16} {_fmt(value, ',.0f'):>12} {_fmt(p50, '.2f'):>8} {_fmt(p99, '.2f'):>8} {_fmt(cpu, ',.0f'):>12}"
 
 
 def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: Sequence[ScenarioResult]) -> str:
@@ -107,7 +117,7 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
         f"grpcio {machine['grpcio']}, SQLite {machine['sqlite']}, PostgreSQL {machine['postgres'] or 'n/a'}",
         *_load_line(baseline),
         "",
-        f"{'scenario':<16} {'qps/rate':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/call':>11} "
+        f"{'scenario':<16} {'qps/rate':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/call':>12} "
         f"{'baseline':>10} {'ratio':>7}  {'meets':<6} target",
     ]
     for name, label in (("tls", "bare TLS"), ("mtls", "bare mTLS")):
@@ -115,7 +125,7 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
             bare = baseline[name]
             lines.append(
                 _row(label, bare.get("qps"), bare.get("p50_ms"), bare.get("p99_ms"), bare.get("cpu_us_per_call"))
-                + f" {'-':>10} {'-':>7}  {'-':<6} the baseline{_processes(bare.get('processes'))}"
+                + f" {'-':>10} {'-':>7}  {'-':<6} {_baseline_note(bare, baseline.get('processes'))}"
             )
     for s in scenarios:
         value = s.qps if s.qps is not None else s.rate
