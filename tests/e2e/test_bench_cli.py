@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ def test_json_output_follows_the_schema() -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) == {"machine", "baseline", "scenarios"}
-    assert {"cpu", "cores", "python", "grpcio", "sqlite", "postgres"} <= set(report["machine"])
+    assert {"cpu", "cores", "python", "grpcio", "sqlite", "postgres", "veilgate"} <= set(report["machine"])
+    assert report["machine"]["veilgate"] == metadata.version("veilgate")  # which release measured it
     [scenario] = report["scenarios"]
     assert scenario["name"] == "ingest"
     assert scenario["meets"] is None

@@ -2,7 +2,7 @@
 
 JSON schema (stable; other tools read it)::
 
-    {"machine": {"cpu", "cores", "python", "grpcio", "sqlite", "postgres"},
+    {"machine": {"cpu", "cores", "python", "grpcio", "sqlite", "postgres", "veilgate"},
      "baseline": {..., "after"?: {"tls", "mtls", "drift": {"tls", "mtls"}} | {"error"}},
      "scenarios": [{"name", "qps" | "rate", "p50_ms", "p99_ms", "baseline_qps", "ratio",
                     "target", "meets", "skipped"?, "details"}]}
@@ -15,6 +15,7 @@ import os
 import platform
 import sqlite3
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,16 @@ def _postgres_version(url: str | None) -> str | None:
         return None
 
 
+def _veilgate_version() -> str | None:
+    try:
+        return metadata.version("veilgate")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return None
+
+
 def machine_facts(postgres_url: str | None) -> dict[str, Any]:
+    """What the figures were measured on, and with which release of the gateway: runs are compared
+    across both."""
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
@@ -67,6 +77,7 @@ def machine_facts(postgres_url: str | None) -> dict[str, Any]:
         "grpcio": grpc.__version__,
         "sqlite": sqlite3.sqlite_version,
         "postgres": _postgres_version(postgres_url),
+        "veilgate": _veilgate_version(),
     }
 
 
@@ -114,7 +125,8 @@ def _row(name: str, value: float | None, p50: float | None, p99: float | None, c
 def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: Sequence[ScenarioResult]) -> str:
     lines = [
         f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
-        f"grpcio {machine['grpcio']}, SQLite {machine['sqlite']}, PostgreSQL {machine['postgres'] or 'n/a'}",
+        f"grpcio {machine['grpcio']}, SQLite {machine['sqlite']}, PostgreSQL {machine['postgres'] or 'n/a'}; "
+        f"Veilgate {machine.get('veilgate') or 'n/a'}",
         *_load_line(baseline),
         "",
         f"{'scenario':<16} {'qps/rate':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/call':>12} "
