@@ -118,8 +118,20 @@ def _baseline_note(bare: dict[str, Any], processes: object) -> str:
     return f"the baseline ({_processes(count)}{faster})"
 
 
-def _row(name: str, value: float | None, p50: float | None, p99: float | None, cpu: float | None) -> str:
-    return f"{name:<16} {_fmt(value, ',.0f'):>12} {_fmt(p50, '.2f'):>8} {_fmt(p99, '.2f'):>8} {_fmt(cpu, ',.0f'):>12}"
+def _row(
+    name: str,
+    figures: tuple[float | None, float | None, float | None, float | None],
+    baseline_qps: float | None,
+    ratio: float | None,
+    meets: str,
+    target: str,
+) -> str:
+    """One line of the table; ``figures`` are QPS (or rate), p50 ms, p99 ms and CPU µs per call."""
+    value, p50, p99, cpu = figures
+    return (
+        f"{name:<16} {_fmt(value, ',.0f'):>12} {_fmt(p50, '.2f'):>8} {_fmt(p99, '.2f'):>8} {_fmt(cpu, ',.0f'):>12} "
+        f"{_fmt(baseline_qps, ',.0f'):>10} {_fmt(ratio, '.2f'):>7}  {meets:<6} {target}"
+    )
 
 
 def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: Sequence[ScenarioResult]) -> str:
@@ -135,17 +147,13 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
     for name, label in (("tls", "bare TLS"), ("mtls", "bare mTLS")):
         if name in baseline:
             bare = baseline[name]
-            lines.append(
-                _row(label, bare.get("qps"), bare.get("p50_ms"), bare.get("p99_ms"), bare.get("cpu_us_per_call"))
-                + f" {'-':>10} {'-':>7}  {'-':<6} {_baseline_note(bare, baseline.get('processes'))}"
-            )
+            figures = (bare.get("qps"), bare.get("p50_ms"), bare.get("p99_ms"), bare.get("cpu_us_per_call"))
+            lines.append(_row(label, figures, None, None, "-", _baseline_note(bare, baseline.get("processes"))))
     for s in scenarios:
         value = s.qps if s.qps is not None else s.rate
         meets = "skip" if s.skipped else {True: "yes", False: "NO", None: "-"}[s.meets]
-        lines.append(
-            _row(s.name, value, s.p50_ms, s.p99_ms, s.details.get("cpu_us_per_call"))
-            + f" {_fmt(s.baseline_qps, ',.0f'):>10} {_fmt(s.ratio, '.2f'):>7}  {meets:<6} {s.skipped or s.target}"
-        )
+        figures = (value, s.p50_ms, s.p99_ms, s.details.get("cpu_us_per_call"))
+        lines.append(_row(s.name, figures, s.baseline_qps, s.ratio, meets, s.skipped or s.target))
     after = baseline.get("after")
     if after and "error" in after:
         lines += ["", f"bare baseline again after the RPC scenarios: not measured ({after['error']})"]
