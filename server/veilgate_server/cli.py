@@ -34,6 +34,7 @@ __all__ = ["main"]
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+MAX_WORKERS = 256  # RPC threads per process; past a handful they only contend for the GIL
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -395,14 +396,19 @@ def _refuse_if_in_use(address: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from veilgate_server.crypto import TlsFiles, ensure_local_tls
-    from veilgate_server.rpc.processes import ServerProcesses
+    from veilgate_server.rpc.processes import ServerProcesses, process_count_problem
     from veilgate_server.rpc.server import ServerTls
     from veilgate_server.serving import GatewayProcess, ServeOptions, open_gateway, serve, server_tls
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigurationError("--tls-cert and --tls-key go together")
-    if args.processes < 1:
-        raise ConfigurationError("--processes must be at least 1")
+    problem = process_count_problem(args.processes)
+    if problem is not None:
+        raise ConfigurationError(problem)
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise ConfigurationError(f"--workers must be from 1 to {MAX_WORKERS} threads per process")
+    if args.daily_budget < 0:
+        raise ConfigurationError("--daily-budget must be 0 or more evaluations per citizen per 24 h")
     if args.processes > 1 and not (_fixed_port(args.listen) and _fixed_port(args.listen_mtls)):
         raise ConfigurationError("--processes share their ports: give --listen and --listen-mtls a port, not 0")
     settings = _settings(args)

@@ -122,6 +122,8 @@ class Gateway:
     _deliveries: DeliveryEncoder = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.daily_budget < 0:  # refused here, not by every evaluation's spend
+            raise ValueError("daily_budget must not be negative")
         self._deliveries = DeliveryEncoder(self.catalog)
 
     # --- citizens ---------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from veilgate_server.rpc.processes import max_processes
+
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -104,7 +106,10 @@ def test_a_table_by_default_and_a_clear_error_for_an_unknown_scenario() -> None:
     assert "Traceback" not in unknown.stderr
     no_servers = _bench("--quick", "--scenario", "evaluate", "--processes", "0")
     assert no_servers.returncode == 1
-    assert no_servers.stderr.strip() == "veilgate: error: --processes must be at least 1"
+    assert no_servers.stderr.startswith(f"veilgate: error: --processes must be from 1 to {max_processes()} (")
+    too_many = _bench("--quick", "--scenario", "evaluate", "--processes", str(max_processes() + 1))
+    assert too_many.returncode == 1
+    assert too_many.stderr.startswith(f"veilgate: error: --processes must be from 1 to {max_processes()} (")
     for option, value, message in (
         ("--concurrency", "0", "--concurrency must be from 1 to 256 calls in flight"),
         ("--concurrency", "257", "--concurrency must be from 1 to 256 calls in flight"),

@@ -23,6 +23,7 @@ from veilgate._internal.jose import b64url_decode
 from veilgate.errors import InstitutionDisabled
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
 from veilgate_server.config import default_policies_dir
+from veilgate_server.rpc.processes import max_processes
 from veilgate_server.storage import Store, StoredRecord
 
 PASSPHRASE = "e2e passphrase, long enough"
@@ -359,6 +360,11 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
         (["migrate", "--database-url", "postgresql://nobody@127.0.0.1:1/x"], "could not"),
         (["wallet", "fetch", "--wallet", "/nonexistent.wallet", "--target", "localhost:1"], "could not read wallet"),
         (["serve", "--tls-cert", "only-cert.pem"], "--tls-cert and --tls-key go together"),
+        (["serve", "--workers", "0"], "--workers must be from 1 to 256 threads per process"),
+        (["serve", "--workers", "257"], "--workers must be from 1 to 256 threads per process"),
+        (["serve", "--daily-budget", "-1"], "--daily-budget must be 0 or more"),
+        (["serve", "--processes", "0"], f"--processes must be from 1 to {max_processes()} (4 per CPU"),
+        (["serve", "--processes", str(max_processes() + 1)], f"--processes must be from 1 to {max_processes()}"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path: Path, args: list[str], message: str) -> None:
@@ -367,6 +373,8 @@ def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path: Path, args
     assert message in result.stderr
     assert result.stderr.startswith("veilgate: error: ")
     assert "Traceback" not in result.stderr
+    if args[0] == "serve":  # refused before a local CA, a key or a database is made
+        assert not (tmp_path / "d").exists()
 
 
 def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, Path, str], tmp_path: Path) -> None:

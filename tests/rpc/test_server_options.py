@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import grpc
@@ -50,3 +51,10 @@ def test_reflection_behind_its_flag(gateway_harness: GatewayHarness, test_tls: t
         assert "veilgate.v1.CitizenService" in names
     finally:
         running.stop(grace=None)
+
+
+def test_a_negative_daily_budget_is_refused_when_the_gateway_is_made(gateway_harness: GatewayHarness) -> None:
+    """Not by every evaluation's spend, as an internal error each time."""
+    with pytest.raises(ValueError, match="daily_budget must not be negative"):
+        dataclasses.replace(gateway_harness.gateway, daily_budget=-1)
+    assert dataclasses.replace(gateway_harness.gateway, daily_budget=0).daily_budget == 0

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 from veilgate.errors import ConfigurationError, VeilgateError
 from veilgate_server.bench.results import ScenarioResult
+from veilgate_server.rpc.processes import process_count_problem, usable_cpus
 
 if TYPE_CHECKING:
     from veilgate_server.bench.rpc_scenarios import RpcRun
@@ -39,7 +40,7 @@ class BenchRun:
 
 def _default_processes() -> int:
     """One server process per core, as a deployment would run them (``veilgate serve --processes``)."""
-    return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def _scenario(name: str, baseline: dict[str, Any], postgres_url: str | None, rpc: RpcRun) -> ScenarioResult:
@@ -111,8 +112,9 @@ def run_bench(
             raise ConfigurationError(f"--rpc-store postgresql: no PostgreSQL answers at {where.host}:{where.port}")
         url = None
     processes = _default_processes() if processes is None else processes
-    if processes < 1:
-        raise ConfigurationError("--processes must be at least 1")
+    problem = process_count_problem(processes)
+    if problem is not None:
+        raise ConfigurationError(problem)
     rpc = rpc_scenarios.RpcRun(
         quick=quick,
         processes=processes,

@@ -90,6 +90,36 @@ def end_process(process: BaseProcess, *, wait: float) -> None:
         process.join()
 
 
+PROCESSES_PER_CPU = 4
+"""At most this many server processes per CPU: beyond one per core a process adds no capacity (a
+third on two cores gained nothing, docs/performance.md), and thousands of them would exhaust the
+host before the first served a call."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def max_processes() -> int:
+    """The most server processes :class:`ServerProcesses` starts on this host."""
+    return PROCESSES_PER_CPU * usable_cpus()
+
+
+def process_count_problem(count: int, *, option: str = "--processes") -> str | None:
+    """Why ``count`` server processes will not be started, in words for the operator; None when
+    they will."""
+    if 1 <= count <= max_processes():
+        return None
+    cpus = usable_cpus()
+    return (
+        f"{option} must be from 1 to {max_processes()}"
+        f" ({PROCESSES_PER_CPU} per CPU; this host gives the gateway {cpus} CPU{'s' if cpus != 1 else ''})"
+    )
+
+
 def cpus_for(count: int) -> tuple[int, ...] | None:
     """The CPU each of ``count`` processes is pinned to: the first ``count`` of the CPUs this process
     may run on. None when they cannot be pinned one to a CPU: fewer CPUs than processes, or a
@@ -180,8 +210,9 @@ class ServerProcesses:
     ) -> None:
         """``pin``: pin each process to a CPU of its own when :func:`cpus_for` finds them
         (:attr:`pinned` says which); False leaves the processes to the scheduler."""
-        if count < 1:
-            raise ValueError("count must be at least 1")
+        problem = process_count_problem(count, option="count")
+        if problem is not None:
+            raise ValueError(problem)
         cpus = cpus_for(count) if pin else None
         self.pinned: tuple[int, ...] | None = cpus
         context = multiprocessing.get_context("spawn")
