@@ -664,6 +664,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread as Ctrl-C raises ``KeyboardInterrupt``: what the command
+    started (the benchmark's server and load processes, open stores) is stopped on the way out
+    instead of left to find its parent gone. ``serve`` answers SIGTERM itself, by stopping."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -671,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         result: int = args.func(args)
         return result
@@ -678,7 +689,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"veilgate: error: {e.message}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT
+    except _Terminated:
+        return 128 + signal.SIGTERM
     except (OSError, ValueError) as e:  # an environment problem the commands did not anticipate
         print(f"veilgate: error: {e}", file=sys.stderr)
         return EXIT_ERROR

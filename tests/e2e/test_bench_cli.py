@@ -171,9 +171,21 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_run(tmp_path: Pat
     assert json.loads(written.read_text())["scenarios"][0]["name"] == "ingest"
 
 
-def test_ctrl_c_stops_the_run_with_no_traceback_and_no_process_left() -> None:
+@pytest.mark.parametrize(
+    ("stop", "code"),
+    [
+        pytest.param("ctrl-c", 130, id="ctrl-c"),
+        pytest.param("sigterm", 143, id="sigterm"),
+        pytest.param("sigkill", -signal.SIGKILL, id="parent-killed"),
+    ],
+)
+def test_a_stopped_run_ends_with_no_traceback_and_no_process_left(stop: str, code: int) -> None:
     """Ctrl-C reaches the whole foreground process group: the servers, the load generator and the
-    parent alike. The parent answers it (exit 130); no child prints a traceback or outlives it."""
+    parent alike. SIGTERM (``kill``, a supervisor, a CI timeout) reaches the parent alone, which must
+    stop its children rather than leave them to find it gone. Either way the parent answers it
+    (exit 128 + the signal); no child prints a traceback or outlives it. A parent killed outright
+    (SIGKILL, the OOM killer) cannot answer: its children then stop on their own, quietly, when
+    they find it gone."""
     bench = subprocess.Popen(
         [sys.executable, "-m", "veilgate_server.cli", "bench", "--quick", "--scenario", "audited_call"],
         stdout=subprocess.DEVNULL,
@@ -193,10 +205,13 @@ def test_ctrl_c_stops_the_run_with_no_traceback_and_no_process_left() -> None:
     assert "[1/1] audited_call" in progress, progress  # the run did not end before its gateway scenario
     time.sleep(5)  # the gateway started and the load generator is in its measured window
     group = os.getpgid(bench.pid)
-    os.killpg(group, signal.SIGINT)
+    if stop == "ctrl-c":
+        os.killpg(group, signal.SIGINT)
+    else:
+        bench.send_signal(signal.SIGTERM if stop == "sigterm" else signal.SIGKILL)
     _, rest = bench.communicate(timeout=60)
     output = "".join(lines) + rest
-    assert bench.returncode == 130, output
+    assert bench.returncode == code, output
     assert "Traceback" not in output
     assert "KeyboardInterrupt" not in output
     deadline = time.monotonic() + 10

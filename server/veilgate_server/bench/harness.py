@@ -427,11 +427,14 @@ def _child_main(spec: LoadSpec, pipe: Connection) -> None:
     group, and the parent, which stops the child, is the one to answer it (with no traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        report = _generate_load(spec, pipe)
-    except Exception as e:  # everything goes back to the parent as text: no traceback in the child
-        pipe.send(("failed", _describe(e)))
-    else:
-        pipe.send(("result", report))
+        try:
+            report = _generate_load(spec, pipe)
+        except Exception as e:  # everything goes back to the parent as text: no traceback in the child
+            pipe.send(("failed", _describe(e)))
+        else:
+            pipe.send(("result", report))
+    except OSError:  # the parent is gone (a broken pipe): nobody is left to report to
+        pass
     finally:
         pipe.close()
 

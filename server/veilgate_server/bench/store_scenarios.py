@@ -580,6 +580,9 @@ def _in_child(target: Any, *args: Any, timeout: float) -> dict[str, Any]:
         if not receive.poll(timeout):
             raise RuntimeError(f"{target.__name__} did not report within {timeout:.0f} s")
         answer: dict[str, Any] = receive.recv()
+    except BaseException:  # failed or interrupted: nothing more is wanted from the child
+        process.kill()
+        raise
     finally:
         process.join(timeout=30)
         if process.is_alive():

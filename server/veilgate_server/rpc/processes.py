@@ -177,20 +177,20 @@ def _child_main(factory: ServerFactory, pipe: Connection, log_level: int, cpu: i
         started = factory.start()
     except Exception as e:  # reported as one line; the parent raises it
         message = e.message if isinstance(e, VeilgateError) else f"{type(e).__name__}: {e}"
-        pipe.send(("failed", message))
+        with contextlib.suppress(OSError):  # unless the parent is gone
+            pipe.send(("failed", message))
         pipe.close()
         return
     try:
         pipe.send(("ports", (started.tls_port, started.mtls_port)))
         while True:
-            try:
-                request = pipe.recv()
-            except EOFError:  # the parent is gone
-                break
+            request = pipe.recv()
             if request == "usage":
                 pipe.send(("usage", _usage()))
             elif request == "stop":
                 break
+    except (EOFError, OSError):  # the parent is gone (a broken pipe): stop, with nobody to tell
+        pass
     finally:
         started.stop()
         pipe.close()
