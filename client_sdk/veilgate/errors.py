@@ -91,9 +91,17 @@ class GatewayUnavailable(VeilgateError):
 
 
 class StorageError(VeilgateError):
-    """The store could not complete an operation; nothing was changed."""
+    """The store could not complete an operation; nothing was changed.
+
+    ``cause`` is the database's own words for an operational failure ("unable to open database
+    file", "connection refused"), for the operator: the server log and the CLI show it, a caller
+    never sees it. None when the failure's text could hold values (a constraint or a data error)."""
 
     reason = "STORAGE_UNAVAILABLE"
+
+    def __init__(self, message: str, *, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class ConfigurationError(VeilgateError):

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from veilgate.errors import (
@@ -43,7 +43,7 @@ from veilgate_server.storage import (
     sqlite_url,
     upgrade_schema,
 )
-from veilgate_server.storage._session import KEPT_READ_CONNECTIONS, DriverSql
+from veilgate_server.storage._session import KEPT_READ_CONNECTIONS, DriverSql, storage_errors
 from veilgate_server.storage.models import UsedRequestToken
 
 T0 = dt.datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=dt.UTC)
@@ -578,3 +578,33 @@ def test_a_driver_statement_written_for_one_backend_refuses_another(store: Store
     only_postgres = DriverSql("One", ["one"], "SELECT 1 WHERE 1 = ANY(:ones)", backends=("postgresql",))
     with store.engine.connect() as connection, pytest.raises(StorageError, match="not implemented for the sqlite"):
         only_postgres.run(connection, {"ones": [1]})
+
+
+def test_a_storage_error_gives_the_operator_the_database_words_only_when_they_hold_no_values(
+    store: Store, database_url: str
+) -> None:
+    """A constraint's text can quote the row (PostgreSQL: "Key (citizen_id)=(...) already exists"),
+    so it stays out of the error; an operational failure's text is about the database, not the data,
+    and is what an operator on call needs."""
+    canary = "canary-" + secrets.token_hex(8)
+    insert = text("INSERT INTO error_probe (v) VALUES (:v)")
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE error_probe (v VARCHAR(64) PRIMARY KEY)")
+        connection.execute(insert, {"v": canary})
+    with pytest.raises(StorageError) as duplicate, storage_errors("write a probe"), store.engine.begin() as connection:
+        connection.execute(insert, {"v": canary})
+    assert duplicate.value.cause is None
+    assert canary not in duplicate.value.message
+    with pytest.raises(StorageError) as missing, storage_errors("read a probe"), store.engine.begin() as connection:
+        connection.exec_driver_sql("SELECT v FROM no_such_table")
+    if store.engine.dialect.name == "sqlite":  # PostgreSQL's undefined table is a statement error
+        assert missing.value.cause == "no such table: no_such_table"
+    unreachable = (
+        "sqlite:////nonexistent-dir/veilgate.db"
+        if store.engine.dialect.name == "sqlite"
+        else "postgresql://nobody@127.0.0.1:1/x"
+    )
+    with pytest.raises(StorageError) as down:
+        Store.open(unreachable)
+    assert down.value.cause is not None
+    assert ("unable to open database file" in down.value.cause) or ("Connection refused" in down.value.cause)

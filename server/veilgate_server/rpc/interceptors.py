@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from veilgate.errors import InternalError, VeilgateError
+from veilgate.errors import InternalError, StorageError, VeilgateError
 from veilgate_server.rpc.errors import STATUS_OF_REASON, to_grpc_status
 
 __all__ = ["ErrorBoundary", "HandlerCache"]
@@ -77,7 +77,10 @@ class ErrorBoundary(grpc.ServerInterceptor):
             try:
                 reply = inner(request, context)
             except VeilgateError as e:
-                _log.info("%s -> %s %s (%.1f ms)", method, _code(e), e.reason, _ms(started))
+                if isinstance(e, StorageError) and e.cause is not None:  # for the operator, not the caller
+                    _log.warning("%s -> %s %s (%.1f ms): %s", method, _code(e), e.reason, _ms(started), e.cause)
+                else:
+                    _log.info("%s -> %s %s (%.1f ms)", method, _code(e), e.reason, _ms(started))
                 context.abort_with_status(to_grpc_status(e))
             except Exception:
                 _log.exception("%s -> INTERNAL (unhandled, %.1f ms)", method, _ms(started))

@@ -23,7 +23,7 @@ from sqlalchemy.sql import Executable
 
 from veilgate.errors import StorageError, VeilgateError
 
-from .db import SINGLE_STATEMENT_READ, WRITE_TRANSACTION
+from .db import SINGLE_STATEMENT_READ, WRITE_TRANSACTION, storage_error
 from .models import UTCDateTime
 
 __all__ = [
@@ -67,7 +67,7 @@ def storage_errors(action: str) -> Iterator[None]:
     try:
         yield
     except (SQLAlchemyError, sqlite3.Error, psycopg.Error) as e:
-        raise StorageError(f"could not {action}: the database reported {type(e).__name__}") from e
+        raise storage_error(action, e) from e
 
 
 class SqliteWriterLock:

@@ -33,7 +33,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from veilgate.errors import ConfigurationError, StorageError
@@ -91,6 +91,9 @@ def create_engine_for(url: str) -> Engine:
         raise ConfigurationError(f"database URL is not a valid URL; {_SUPPORTED}") from e
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite"):
+        if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
+            # Each connection would open a database of its own, and all of it is lost at exit.
+            raise ConfigurationError(f"an in-memory SQLite database cannot hold the gateway's state; {_SUPPORTED}")
         engine = create_engine(parsed.set(drivername="sqlite+pysqlite"), hide_parameters=True, **_POOL)
         _configure_sqlite(engine)
         return engine
@@ -146,13 +149,25 @@ def _head_revision() -> str | None:
     return ScriptDirectory(str(_MIGRATIONS_DIR)).get_current_head()
 
 
+def storage_error(action: str, error: Exception) -> StorageError:
+    """The StorageError for a driver or SQLAlchemy failure during ``action``: its message names the
+    action and the kind of failure, never SQL or values; its ``cause`` adds the driver's own words
+    when the failure is operational (a file that cannot be opened, a server that does not answer),
+    whose text holds no row values, unlike a constraint's or a conversion's."""
+    driver = error.orig if isinstance(error, DBAPIError) else error
+    cause = None
+    if isinstance(driver, sqlite3.OperationalError | psycopg.OperationalError) or type(driver) is sqlite3.DatabaseError:
+        cause = str(driver).strip().splitlines()[0] if str(driver).strip() else None
+    return StorageError(f"could not {action}: the database reported {type(error).__name__}", cause=cause)
+
+
 @contextmanager
 def _wrapped(action: str) -> Iterator[None]:
     """Turn driver and SQLAlchemy failures into StorageError without echoing SQL or values."""
     try:
         yield
     except (SQLAlchemyError, sqlite3.Error, psycopg.Error) as e:  # BEGIN goes to the driver itself
-        raise StorageError(f"could not {action}: the database reported {type(e).__name__}") from e
+        raise storage_error(action, e) from e
 
 
 def upgrade_schema(engine: Engine) -> None:

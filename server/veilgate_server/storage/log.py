@@ -68,6 +68,7 @@ from ._session import (
     write_connection,
     write_session,
 )
+from .db import storage_error
 from .models import (
     KEY_LENGTH,
     AuditLogCheckpoint,
@@ -468,7 +469,7 @@ class AuditLog:
                 cursor.execute(sql, (start, start + count))
                 rows: list[tuple[int, bytes, bytes]] = cursor.fetchall()
             except bind.dialect.loaded_dbapi.Error as e:
-                raise StorageError(f"could not read audit log entries: the database reported {type(e).__name__}") from e
+                raise storage_error("read audit log entries", e) from e
             finally:
                 cursor.close()
         return rows
