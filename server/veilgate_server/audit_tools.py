@@ -102,6 +102,8 @@ def verify_log(store: Store, verifier: LogVerifier) -> VerifySummary:
         for index, entry, stored_leaf in page:
             if index != frontier.size:
                 raise ProofInvalid(f"entry {frontier.size} is missing")
+            if not (isinstance(entry, bytes) and isinstance(stored_leaf, bytes)):  # SQLite keeps any type
+                raise ProofInvalid(f"entry {index} was changed: it is no longer stored as bytes")
             recomputed = leaf_hash(entry)
             if recomputed != stored_leaf:
                 raise ProofInvalid(f"entry {index} was changed: it no longer matches its leaf hash")
@@ -132,6 +134,7 @@ def verify_log(store: Store, verifier: LogVerifier) -> VerifySummary:
                 f"(entries before {unmatched_checkpoint} were changed)"
             )
         subtrees_checked += len(completed)
-    if log.entries(size, 1):
-        raise ProofInvalid(f"entry {size} was inserted beyond the log's size {size}")
+    stray = log.first_index_outside(size)
+    if stray is not None:
+        raise ProofInvalid(f"entry {stray} was inserted outside the log, whose size is {size}")
     return VerifySummary(entries=frontier.size, checkpoints=len(checkpoints), subtrees=subtrees_checked)

@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from veilgate.errors import ConfigurationError, VeilgateError
+from veilgate.errors import ConfigurationError, StorageError, VeilgateError
 from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ __all__ = ["main"]
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 MAX_WORKERS = 256  # RPC threads per process; past a handful they only contend for the GIL
+MAX_CITIZENS = 10_000_000  # a synthetic population; the benchmark's largest is 100k
+EARLIEST_AS_OF = date(1900, 1, 1)
+LATEST_AS_OF = date(2999, 12, 31)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -82,9 +85,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_population(citizens: int, as_of: date | None = None) -> None:
+    """Refuse a population that cannot be made, before a data directory or a database is."""
+    if not 1 <= citizens <= MAX_CITIZENS:
+        raise ConfigurationError(f"--citizens must be from 1 to {MAX_CITIZENS:,}")
+    if as_of is not None and not EARLIEST_AS_OF <= as_of <= LATEST_AS_OF:
+        # Birth dates and histories are counted back from it by up to 71 years.
+        raise ConfigurationError(f"--as-of must be from {EARLIEST_AS_OF} to {LATEST_AS_OF}")
+
+
 def cmd_seed(args: argparse.Namespace) -> int:
     from veilgate_server.admin import seed_population
 
+    _check_population(args.citizens, args.as_of)
     settings = _settings(args)
     catalog = settings.load_catalog()
     store = settings.open_store()
@@ -492,6 +505,11 @@ def _print_serving(
 def cmd_demo(args: argparse.Namespace) -> int:
     from veilgate_server.demo import run_demo
 
+    if args.policies_dir:
+        raise ConfigurationError(
+            "demo runs the packaged policies under a governance key of its own: --policies-dir does not apply"
+        )
+    _check_population(args.citizens)
     return run_demo(
         data_dir=Path(args.data_dir) if args.data_dir else None,
         database_url=args.database_url or os.environ.get("VEILGATE_DATABASE_URL"),
@@ -686,7 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
         return result
     except VeilgateError as e:
-        print(f"veilgate: error: {e.message}", file=sys.stderr)
+        cause = f" ({e.cause})" if isinstance(e, StorageError) and e.cause else ""
+        print(f"veilgate: error: {e.message}{cause}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
@@ -702,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_ERROR
     except Exception as e:  # a bug: say so in one line; the traceback only with --verbose
-        logging.getLogger("veilgate.cli").debug("unexpected failure", exc_info=True)
+        logging.getLogger("veilgate.cli").info("unexpected failure", exc_info=True)  # shown with -v
         print(f"veilgate: internal error ({type(e).__name__}); run again with -v for details", file=sys.stderr)
         return EXIT_ERROR
 

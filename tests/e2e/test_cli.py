@@ -352,12 +352,19 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["seed", "--citizens", "0", "--seed", "1"], "--citizens must be at least 1"),
+        (["seed", "--citizens", "0", "--seed", "1"], "--citizens must be from 1 to 10,000,000"),
+        (["seed", "--citizens", "10000001", "--seed", "1"], "--citizens must be from 1 to 10,000,000"),
+        (["seed", "--citizens", "5", "--seed", "1", "--as-of", "0001-01-01"], "--as-of must be from 1900-01-01"),
+        (["demo", "--citizens", "0"], "--citizens must be from 1 to 10,000,000"),
+        (["demo", "--policies-dir", "/nonexistent"], "--policies-dir does not apply"),
         (["enroll"], "give --identity FILE"),
         (["enroll", "--identity", "/nonexistent/identity.json"], "cannot read identity file"),
         (["enroll", "--citizen-id", "x", "--signing-key", "AAAA", "--encryption-key", "AAAA"], "32 bytes"),
         (["migrate", "--database-url", "mysql://nobody@127.0.0.1/x"], "unsupported"),
         (["migrate", "--database-url", "postgresql://nobody@127.0.0.1:1/x"], "could not"),
+        (["migrate", "--database-url", "sqlite://"], "an in-memory SQLite database cannot hold"),
+        (["migrate", "--database-url", "sqlite:///:memory:"], "an in-memory SQLite database cannot hold"),
+        (["migrate", "--database-url", "sqlite:////nonexistent/x.db"], "(unable to open database file)"),
         (["wallet", "fetch", "--wallet", "/nonexistent.wallet", "--target", "localhost:1"], "could not read wallet"),
         (["serve", "--tls-cert", "only-cert.pem"], "--tls-cert and --tls-key go together"),
         (["serve", "--workers", "0"], "--workers must be from 1 to 256 threads per process"),
@@ -373,7 +380,7 @@ def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path: Path, args
     assert message in result.stderr
     assert result.stderr.startswith("veilgate: error: ")
     assert "Traceback" not in result.stderr
-    if args[0] == "serve":  # refused before a local CA, a key or a database is made
+    if args[0] in ("serve", "seed", "demo"):  # refused before a local CA, a key or a database is made
         assert not (tmp_path / "d").exists()
 
 

@@ -74,8 +74,11 @@ def test_an_untouched_log_verifies(store: Store) -> None:
         ("UPDATE log_entries SET entry = :x WHERE idx = 13", "entry 13 was changed"),
         ("DELETE FROM log_entries WHERE idx = 17", "entry 17 is missing"),
         ("SWAP 6 7", "entry 6 was changed"),
-        ("INSERT", "entry 40 was inserted"),
+        ("INSERT 40", "entry 40 was inserted outside the log, whose size is 40"),
+        ("INSERT 45", "entry 45 was inserted outside the log, whose size is 40"),
         ("REHASH 22", "entry 22 was changed"),
+        # SQLite keeps text in a BLOB column as text; PostgreSQL casts it to bytes.
+        ("UPDATE log_entries SET entry = 'hello' WHERE idx = 13", "entry 13 was changed"),
     ],
 )
 def test_tampering_is_found_and_named(store: Store, tamper: str, message: str) -> None:
@@ -85,10 +88,11 @@ def test_tampering_is_found_and_named(store: Store, tamper: str, message: str) -
         rows = {i: store.log.entries(i, 1)[0].entry for i in (a, b)}
         _sql(store, "UPDATE log_entries SET entry = :e WHERE idx = :i", e=rows[b], i=a)
         _sql(store, "UPDATE log_entries SET entry = :e WHERE idx = :i", e=rows[a], i=b)
-    elif tamper == "INSERT":
+    elif tamper.startswith("INSERT"):
         _sql(
             store,
-            "INSERT INTO log_entries (idx, entry, leaf_hash, created_at) VALUES (40, :e, :h, :t)",
+            "INSERT INTO log_entries (idx, entry, leaf_hash, created_at) VALUES (:i, :e, :h, :t)",
+            i=int(tamper.split()[1]),
             e=b"{}",
             h=hashlib.sha256(b"\0{}").digest(),
             t=store.log.entries(0, 1)[0].created_at,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from veilgate.errors import ConfigurationError, VeilgateError
 from veilgate_server.bench.results import ScenarioResult
@@ -103,7 +104,16 @@ def run_bench(
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ConfigurationError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
-    given = postgres_url or os.environ.get("VEILGATE_BENCH_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+    if postgres_url is not None:
+        given = postgres_url
+    else:
+        given = os.environ.get("VEILGATE_BENCH_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+    try:
+        backend: str | None = make_url(given).get_backend_name()
+    except ArgumentError:
+        backend = None
+    if backend != "postgresql":
+        raise ConfigurationError("--postgres-url (or VEILGATE_BENCH_POSTGRES_URL) must be a postgresql:// URL")
     url: str | None = given
     machine = machine_facts(url)
     if machine["postgres"] is None:

@@ -435,6 +435,14 @@ class AuditLog:
             raise StorageError("could not read the audit log's size: its head row is missing")
         return int(size)
 
+    def first_index_outside(self, size: int) -> int | None:
+        """The lowest index of a stored entry outside ``0 <= i < size``, or None: a log whose head
+        says ``size`` holds no other entry, unless someone wrote one beside the gateway."""
+        statement = select(func.min(AuditLogEntry.idx)).where((AuditLogEntry.idx < 0) | (AuditLogEntry.idx >= size))
+        with storage_errors("read audit log entries"), self._sessions() as session:
+            index = session.scalar(statement)
+        return None if index is None else int(index)
+
     def subtree_hashes(self, keys: Sequence[SubtreeKey]) -> dict[SubtreeKey, bytes]:
         """The stored hash of each ``(level, index)`` in ``keys``, in one query (level 0: leaf hashes).
 
