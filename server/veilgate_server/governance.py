@@ -32,6 +32,7 @@ from veilgate_server.core.manifest import (
     policy_id_for_path,
     render_manifest,
 )
+from veilgate_server.core.policy import policy_sources
 from veilgate_server.crypto.keys import write_private_file
 from veilgate_server.crypto.note import NoteInvalid, NoteSigner, NoteVerifier, open_note
 
@@ -49,16 +50,15 @@ __all__ = [
 MANIFEST_NAME: Final = "MANIFEST"
 DEFAULT_GOVERNANCE_KEY_NAME: Final = "veilgate-governance"
 
-# The same pattern as veilgate_server.core.policy.load_policies, so that every file the loader can
-# load is covered; policy_id_for_path then refuses any match outside the strict layout.
-_POLICY_GLOB: Final = "*/*/v*/policy.yaml"
 _SIGN_HINT: Final = "run `veilgate policy sign` with the governance key after reviewing the policies"
 
 
 def policy_files(policies_dir: Path) -> dict[str, str]:
     """``{relative posix path: sha256 hex of the file's bytes}`` for every policy file under ``policies_dir``."""
     found: dict[str, str] = {}
-    for path in sorted(policies_dir.glob(_POLICY_GLOB)):
+    # The loader's own list, so that every file it can load is covered; policy_id_for_path then
+    # refuses any match outside the strict layout.
+    for path in policy_sources(policies_dir):
         relative = path.relative_to(policies_dir).as_posix()
         policy_id_for_path(relative)  # refuses a file the loader would see but the manifest cannot name
         try:

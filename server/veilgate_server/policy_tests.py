@@ -30,7 +30,7 @@ from pathlib import Path
 from veilgate._internal.jose import canonical_json
 from veilgate.errors import VeilgateError
 from veilgate_server.core.catalog import Catalog, _Map, _Seq
-from veilgate_server.core.policy import Policy, evaluate_stored, load_policy, load_strict_yaml
+from veilgate_server.core.policy import Policy, evaluate_stored, load_policy, load_strict_yaml, policy_sources
 
 __all__ = ["PolicyTestReport", "run_policy_tests"]
 
@@ -58,7 +58,7 @@ class _CaseError(Exception):
 def run_policy_tests(policies_dir: Path, catalog: Catalog) -> PolicyTestReport:
     """Load every policy version under ``policies_dir`` and run its ``tests.yaml`` cases."""
     report = PolicyTestReport()
-    for path in sorted(policies_dir.glob("*/*/v*/policy.yaml")):
+    for path in policy_sources(policies_dir):
         directory = path.parent
         report.policies += 1
         try:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
+import shutil
 from collections import Counter
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -15,6 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veilgate._internal.jose import canonical_json
+from veilgate.errors import ConfigurationError
+from veilgate_server.config import default_policies_dir
 from veilgate_server.core.catalog import (
     MAX_RECORD_ROWS,
     Catalog,
@@ -40,7 +45,10 @@ from veilgate_server.core.policy import (
     evaluate_stored,
     load_policies,
     load_policy,
+    policy_sources,
 )
+from veilgate_server.governance import policy_files
+from veilgate_server.policy_tests import run_policy_tests
 from veilgate_server.seed import DEFAULT_AS_OF, generate_population
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -732,3 +740,35 @@ def test_one_program_decides_as_one_program_per_expression(shipped: dict[str, Po
     assert outcome.decision == expected
     assert dict(outcome.bands) == bands
     assert list(outcome.reasons) == list(dict.fromkeys(r.reason for r in failing))[:4]
+
+
+def test_policy_sources_are_what_the_layout_pattern_finds() -> None:
+    packaged = default_policies_dir()
+    assert policy_sources(packaged) == sorted(packaged.glob("*/*/v*/policy.yaml"))
+    assert len(policy_sources(packaged)) >= 5
+
+
+def test_an_unreadable_policies_directory_is_an_error_not_a_policy_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalog: Catalog
+) -> None:
+    """``Path.glob`` skips a directory it cannot read, so `policy sign` would have signed, and `serve`
+    loaded, a manifest without the policies inside it. (The refusal is the operating system's; it is
+    made here for a root user, whom permissions do not stop.)"""
+    policies = tmp_path / "policies"
+    shutil.copytree(default_policies_dir(), policies)
+    unreadable = policies / "credit"
+    listing = Path.iterdir
+
+    def iterdir(self: Path) -> Iterator[Path]:
+        if self == unreadable:
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    expected = f"cannot read the policies directory {unreadable}: Permission denied"
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        load_policies(policies, catalog)
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        policy_files(policies)
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        run_policy_tests(policies, catalog)

@@ -57,7 +57,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from veilgate.consent import PURPOSES
-from veilgate.errors import PolicyInvalid, PolicyParameterInvalid
+from veilgate.errors import ConfigurationError, PolicyInvalid, PolicyParameterInvalid
 from veilgate_server.core.catalog import _DATE as _CATALOG_DATE
 from veilgate_server.core.catalog import (
     _DECIMAL,
@@ -310,10 +310,30 @@ def load_policy(directory: Path, catalog: Catalog) -> Policy:
     )
 
 
+def policy_sources(policies_dir: Path) -> list[Path]:
+    """Every ``<domain>/<name>/v*/policy.yaml`` under ``policies_dir``, sorted: what the loader loads,
+    the manifest signs and ``veilgate policy test`` runs. A directory on the way that cannot be read
+    is an error: ``Path.glob`` would skip it, and its policies would be left out of all three."""
+
+    def subdirectories(directory: Path) -> list[Path]:
+        try:
+            return [entry for entry in directory.iterdir() if entry.is_dir()]
+        except OSError as e:
+            raise ConfigurationError(f"cannot read the policies directory {directory}: {e.strerror}") from e
+
+    return sorted(
+        version / "policy.yaml"
+        for domain in subdirectories(policies_dir)
+        for name in subdirectories(domain)
+        for version in subdirectories(name)
+        if version.name.startswith("v") and (version / "policy.yaml").exists()
+    )
+
+
 def load_policies(policies_dir: Path, catalog: Catalog) -> dict[str, Policy]:
     """Load every ``<domain>/<name>/v<N>/policy.yaml``; the result maps each id to its latest version."""
     latest: dict[str, Policy] = {}
-    for path in sorted(policies_dir.glob("*/*/v*/policy.yaml")):
+    for path in policy_sources(policies_dir):
         policy = load_policy(path.parent, catalog)
         current = latest.get(policy.id)
         if current is None or policy.version > current.version:
