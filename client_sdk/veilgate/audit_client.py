@@ -13,6 +13,7 @@ from types import TracebackType
 
 import grpc
 
+from veilgate._internal.pem import require_certificate
 from veilgate._internal.status import error_from_rpc
 from veilgate.audit import AuditEntry, Checkpoint, LogVerifier, parse_entry, sha256_b64
 from veilgate.errors import ProofInvalid
@@ -35,6 +36,8 @@ class AuditClient:
     def connect(
         cls, target: str, *, root_certificates: bytes | None, log_verifier_key: str, timeout: float = 10.0
     ) -> AuditClient:
+        if root_certificates is not None:  # None: the system's roots
+            require_certificate(root_certificates, "root_certificates (the gateway's CA)")
         channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root_certificates))
         client = cls(channel, log_verifier_key=log_verifier_key, timeout=timeout)
         client._owns_channel = True

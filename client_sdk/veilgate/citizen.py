@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from veilgate._internal import jose
+from veilgate._internal.pem import require_certificate
 from veilgate._internal.status import error_from_rpc
 from veilgate.audit import AuditEntry, LogVerifier, parse_entry
 from veilgate.consent import CONSENT_TYP, PolicyPin
@@ -109,6 +110,8 @@ class CitizenClient:
             _log.warning("insecure plaintext channel to %s: for local development only", target)
             self._channel = grpc.insecure_channel(target)
         else:
+            if root_certificates is not None:  # None: the system's roots
+                require_certificate(root_certificates, "root_certificates (the gateway's CA)")
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             self._channel = grpc.secure_channel(target, credentials)
         self._stub = citizen_pb2_grpc.CitizenServiceStub(self._channel)

@@ -22,6 +22,7 @@ from types import TracebackType
 import grpc
 
 from veilgate._internal import jose
+from veilgate._internal.pem import require_certificate, require_private_key
 from veilgate._internal.status import error_from_rpc
 from veilgate.consent import CONSENT_TYP
 from veilgate.delivery import GatewayKey
@@ -63,6 +64,9 @@ class InstitutionClient:
         timeout: float = 10.0,
         max_attempts: int = 3,
     ) -> None:
+        require_certificate(root_certificates, "root_certificates (the gateway's CA)")
+        require_certificate(certificate_chain, "certificate_chain (the institution's certificate)")
+        require_private_key(private_key, "private_key (the institution's key)")
         credentials = grpc.ssl_channel_credentials(
             root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
         )

@@ -4,6 +4,7 @@ one SPIFFE URI SAN chosen by the operator, whatever a CSR asks for."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import stat
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from veilgate import AuditClient, CitizenClient, CitizenWallet, InstitutionClient
 from veilgate.errors import ConfigurationError
 from veilgate_server.core.identity import CallerIdentity, identity_from_uri_sans
 from veilgate_server.crypto.institutions import (
@@ -227,3 +229,35 @@ def test_load_refuses_garbage(tmp_path: Path) -> None:
     (tmp_path / CA_KEY_FILE).write_bytes(b"not a key")
     with pytest.raises(ConfigurationError, match="not valid PEM"):
         InstitutionCA.load_or_create(tmp_path, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("root", "root_certificates (the gateway's CA) holds no complete PEM certificate"),
+        ("chain", "certificate_chain (the institution's certificate) holds no complete PEM certificate"),
+        ("key", "private_key (the institution's key) holds no complete PEM private key"),
+        ("swapped", "certificate_chain (the institution's certificate) holds no complete PEM certificate"),
+    ],
+)
+def test_sdk_clients_refuse_pem_that_holds_no_certificate_or_key(ca: InstitutionCA, damage: str, message: str) -> None:
+    """Before connecting: gRPC would only fail every call as UNAVAILABLE, as if the gateway were down."""
+    cert, key, _ = ca.issue_client_certificate(BANK, now=NOW)
+    root = ca.certificate_pem
+    given = {"root_certificates": root, "certificate_chain": cert, "private_key": key}
+    if damage == "root":
+        given["root_certificates"] = root[: len(root) // 2]  # a truncated copy
+    elif damage == "chain":
+        given["certificate_chain"] = b"not a certificate"
+    elif damage == "key":
+        given["private_key"] = key.replace(b"PRIVATE KEY-----", b"PUBLIC KEY-----")
+    else:
+        given["certificate_chain"], given["private_key"] = key, cert
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        InstitutionClient("localhost:1", **given)
+    with InstitutionClient("localhost:1", root_certificates=root, certificate_chain=cert, private_key=key):
+        pass  # whole PEM is taken; nothing connects until a call
+    with pytest.raises(ConfigurationError, match="root_certificates"):
+        CitizenClient("localhost:1", CitizenWallet.generate("c-1"), root_certificates=b"")
+    with pytest.raises(ConfigurationError, match="root_certificates"):
+        AuditClient.connect("localhost:1", root_certificates=cert[:-40], log_verifier_key="unused")
