@@ -69,8 +69,8 @@ class CitizenWallet:
     def __init__(
         self, citizen_id: str, *, signing_key: nacl.signing.SigningKey, encryption_key: nacl.public.PrivateKey
     ) -> None:
-        if not citizen_id or len(citizen_id) > 64:
-            raise WalletError("a citizen id is 1 to 64 characters")
+        if not citizen_id or len(citizen_id) > 64 or not citizen_id.isprintable() or " " in citizen_id:
+            raise WalletError("a citizen id is 1 to 64 printable characters, without spaces")
         self.citizen_id = citizen_id
         self._signing_key = signing_key
         self._encryption_key = encryption_key

@@ -11,6 +11,7 @@ from veilgate.errors import ConfigurationError, TokenError
 from veilgate_server.core.catalog import Catalog
 from veilgate_server.seed import DEFAULT_AS_OF, generate_population
 from veilgate_server.storage import CitizenKeys, Store, StoredRecord
+from veilgate_server.storage.repositories import check_citizen_id
 
 __all__ = ["CitizenIdentity", "SeedSummary", "enroll", "seed_population"]
 
@@ -66,8 +67,10 @@ class CitizenIdentity:
             raise ConfigurationError("an identity needs citizen_id, signing_key and encryption_key (base64url)") from e
         if len(identity.signing_key) != 32 or len(identity.encryption_key) != 32:
             raise ConfigurationError("signing_key and encryption_key must each be 32 bytes")
-        if not 1 <= len(identity.citizen_id) <= 64:
-            raise ConfigurationError("citizen_id must be 1 to 64 characters")
+        try:
+            check_citizen_id(identity.citizen_id)
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from e
         return identity
 
 

@@ -8,6 +8,7 @@ a traceback is a bug.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import logging
@@ -21,8 +22,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from veilgate.errors import ConfigurationError, StorageError, VeilgateError
-from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN
+from veilgate.errors import (
+    ConfigurationError,
+    InstitutionAlreadyRegistered,
+    InstitutionUnknown,
+    StorageError,
+    VeilgateError,
+)
+from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN, check_caller_id, check_trust_domain
 
 if TYPE_CHECKING:
     from veilgate_server.config import Settings
@@ -131,7 +138,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     else:
         raise ConfigurationError("give --identity FILE, or --citizen-id with --signing-key and --encryption-key")
     identity = CitizenIdentity.from_json(doc)
-    store = _settings(args).open_store()
+    store = _settings(args).open_store(existing=args.rotate)
     try:
         keys = enroll(store, identity, rotate=args.rotate, at=_now())
     finally:
@@ -152,10 +159,20 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_wallet_create(args: argparse.Namespace) -> int:
     from veilgate import CitizenWallet
 
+    wallet_path = _output_file(args.out, "--out")
+    if wallet_path.exists():
+        raise ConfigurationError(f"--out {args.out}: exists; refusing to overwrite a wallet")
+    identity_path = _output_file(
+        args.identity_out if args.identity_out is not None else f"{args.out}.identity.json", "--identity-out"
+    )
     wallet = CitizenWallet.generate(args.citizen_id)
-    wallet.save(args.out, _passphrase(args, confirm=True))
-    identity_path = Path(args.identity_out or f"{args.out}.identity.json")
-    identity_path.write_text(json.dumps(wallet.public_identity(), indent=2) + "\n")
+    identity = json.dumps(wallet.public_identity(), indent=2) + "\n"
+    wallet.save(wallet_path, _passphrase(args, confirm=True))
+    try:
+        identity_path.write_text(identity)
+    except OSError as e:
+        wallet_path.unlink(missing_ok=True)  # a wallet whose identity was never handed out is of no use
+        raise ConfigurationError(f"cannot write {identity_path}: {e.strerror}") from e
     print(f"wallet written to {args.out}")
     print(f"public identity for enrollment: {identity_path}  (veilgate enroll --identity {identity_path})")
     return 0
@@ -164,6 +181,8 @@ def cmd_wallet_create(args: argparse.Namespace) -> int:
 def cmd_wallet_fetch(args: argparse.Namespace) -> int:
     from veilgate import CitizenClient, CitizenWallet, gateway_keys_from_jwks
 
+    _check_address(args.target, "--target", listen=False)
+    out = _output_file(args.out, "--out") if args.out is not None else None  # before a token is spent
     wallet = CitizenWallet.load(args.wallet, _passphrase(args, confirm=False))
     try:
         root = Path(args.ca).read_bytes() if args.ca else None
@@ -175,8 +194,11 @@ def cmd_wallet_fetch(args: argparse.Namespace) -> int:
     print(f"delivery {delivery.delivery_id}, watermark {delivery.watermark}, {len(delivery.items)} items")
     for department, items in delivery.by_department().items():
         print(f"  {department}: {len(items)} items")
-    if args.out:
-        Path(args.out).write_text(delivery.signed_jws + "\n")
+    if out is not None:
+        try:
+            out.write_text(delivery.signed_jws + "\n")
+        except OSError as e:
+            raise ConfigurationError(f"cannot write the delivery to {args.out}: {e.strerror}") from e
         print(f"signed delivery (JWS) written to {args.out}")
     return 0
 
@@ -185,7 +207,14 @@ def cmd_institution_add(args: argparse.Namespace) -> int:
     from veilgate_server.crypto import ensure_local_tls
     from veilgate_server.crypto.institutions import InstitutionCA
     from veilgate_server.crypto.keys import write_private_file
+    from veilgate_server.storage.repositories import check_display_name
 
+    try:  # before a CA, a database or a file is made
+        check_caller_id(args.id)
+        check_trust_domain(args.trust_domain)
+        check_display_name(args.name, "--name", 200)
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from e
     settings = _settings(args)
     csr = None
     if args.csr:
@@ -193,30 +222,45 @@ def cmd_institution_add(args: argparse.Namespace) -> int:
             csr = Path(args.csr).read_bytes()
         except OSError as e:
             raise ConfigurationError(f"cannot read CSR {args.csr}: {e.strerror}") from e
+    out = Path(args.out_dir) if args.out_dir else settings.institutions_dir / args.id
+    if out.exists() and not out.is_dir():
+        raise ConfigurationError(f"--out-dir {out}: is not a directory")
     ca = InstitutionCA.load_or_create(settings.tls_dir, now=_now())
     gateway_ca = ensure_local_tls(settings.tls_dir, now=_now())[0].ca_certificate
-    out = Path(args.out_dir) if args.out_dir else settings.institutions_dir / args.id
     store = settings.open_store()
+    written: list[Path] = []
     try:
-        # Issue first: a refused CSR must not leave a registered institution without a certificate.
+        with contextlib.suppress(InstitutionUnknown):  # before its files, which would replace the first's
+            store.institutions.get(args.id)
+            raise InstitutionAlreadyRegistered("institution is already registered")
+        # Issue and write first: a refused CSR or an unwritable directory must not leave a
+        # registered institution without a certificate. A registration that then fails takes its
+        # files back.
         key_pem: bytes | None = None
         if csr is not None:
             cert_pem, serial = ca.sign_csr(csr, args.id, trust_domain=args.trust_domain, now=_now())
         else:
             cert_pem, key_pem, serial = ca.issue_client_certificate(args.id, trust_domain=args.trust_domain, now=_now())
-        institution = store.institutions.register(args.id, kind=args.kind, name=args.name, at=_now())
-        store.institutions.record_certificate(args.id, serial)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            written.append(out / "client.pem")
+            written[-1].write_bytes(cert_pem)
+            if key_pem is not None:
+                written.append(out / "client.key")
+                written[-1].unlink(missing_ok=True)
+                write_private_file(written[-1], key_pem)
+            written.append(out / "gateway-ca.pem")
+            written[-1].write_bytes(gateway_ca.read_bytes())
+        except OSError as e:
+            raise ConfigurationError(f"cannot write the certificate to {out}: {e.strerror}") from e
+        institution = store.institutions.register(
+            args.id, kind=args.kind, name=args.name, at=_now(), certificate_serial=serial
+        )
+        written.clear()
     finally:
+        for path in written:  # not registered: nothing of it is left behind
+            path.unlink(missing_ok=True)
         store.close()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "client.pem").write_bytes(cert_pem)
-        if key_pem is not None:
-            (out / "client.key").unlink(missing_ok=True)
-            write_private_file(out / "client.key", key_pem)
-        (out / "gateway-ca.pem").write_bytes(gateway_ca.read_bytes())
-    except OSError as e:
-        raise ConfigurationError(f"registered, but cannot write the certificate to {out}: {e.strerror}") from e
     print(f"registered {institution.kind} {institution.institution_id} ({institution.name})")
     print(f"client certificate: {out / 'client.pem'} (serial {serial})")
     if key_pem is not None:
@@ -226,7 +270,7 @@ def cmd_institution_add(args: argparse.Namespace) -> int:
 
 
 def cmd_institution_list(args: argparse.Namespace) -> int:
-    store = _settings(args).open_store()
+    store = _settings(args).open_store(existing=True)
     try:
         institutions = store.institutions.list()
     finally:
@@ -240,7 +284,7 @@ def cmd_institution_list(args: argparse.Namespace) -> int:
 
 
 def cmd_institution_enable(args: argparse.Namespace) -> int:
-    store = _settings(args).open_store()
+    store = _settings(args).open_store(existing=True)
     try:
         institution = store.institutions.set_enabled(args.id, args.enable)
     finally:
@@ -291,8 +335,10 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     from veilgate_server.audit import Checkpointer
     from veilgate_server.audit_tools import export_log
 
+    if not args.out:
+        raise ConfigurationError("--out must name the directory to write the export to")
     settings = _settings(args)
-    store = settings.open_store()
+    store = settings.open_store(existing=True)
     try:
         summary = export_log(store, Checkpointer(store, settings.load_log_signer()), Path(args.out))
     finally:
@@ -314,9 +360,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             vkey = settings.log_vkey_path.read_text().strip()
         except OSError as e:
             raise ConfigurationError(f"no log verifier key: pass --log-key or keep {settings.log_vkey_path}") from e
-    store = settings.open_store(migrate=False)
+    verifier = LogVerifier(vkey)  # a bad key is refused before the store is opened
+    store = settings.open_store(migrate=False, existing=True)
     try:
-        summary = verify_log(store, LogVerifier(vkey))
+        summary = verify_log(store, verifier)
     finally:
         store.close()
     print(
@@ -326,9 +373,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_output(value: str, option: str) -> Path:
-    """Where ``option`` asks the results to go, checked before a run of several minutes rather than
-    found unwritable at its end."""
+def _output_file(value: str, option: str) -> Path:
+    """The file ``option`` names for output, checked before the command does its work (a benchmark
+    of several minutes, a delivery fetched and logged, a wallet written) rather than found
+    unwritable at its end."""
     path = Path(value)
     directory = path.parent
     if path.is_dir():
@@ -347,8 +395,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    json_path = _bench_output(args.json, "--json") if args.json and args.json != "-" else None
-    plot_path = _bench_output(args.plot, "--plot") if args.plot else None
+    json_path = _output_file(args.json, "--json") if args.json is not None and args.json != "-" else None
+    plot_path = _output_file(args.plot, "--plot") if args.plot is not None else None
     if plot_path is not None:
         pyplot()  # refused now when matplotlib is missing, not after the run
     run = run_bench(
@@ -382,6 +430,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_address(address: str, option: str, *, listen: bool) -> None:
+    """Refuse what is not ``host:port`` with a port gRPC would take as written: it reads a port
+    past 65535 modulo 65536, and a bare host as port 443. A server may listen on port 0 (a free
+    one) and on every interface (no host); a client must name both."""
+    host, colon, port = address.rpartition(":")
+    lowest = 0 if listen else 1
+    numeric = port.isascii() and port.isdigit()
+    if not (colon and (listen or host.strip("[]")) and numeric and lowest <= int(port) <= 65535):
+        raise ConfigurationError(f"{option} {address!r}: give host:port, with a port from {lowest} to 65535")
+
+
 def _fixed_port(address: str) -> bool:
     return not address.endswith(":0")
 
@@ -409,6 +468,7 @@ def _refuse_if_in_use(address: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from veilgate_server.crypto import TlsFiles, ensure_local_tls
+    from veilgate_server.governance import verify_manifest
     from veilgate_server.rpc.processes import ServerProcesses, process_count_problem
     from veilgate_server.rpc.server import ServerTls
     from veilgate_server.serving import GatewayProcess, ServeOptions, open_gateway, serve, server_tls
@@ -418,6 +478,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     problem = process_count_problem(args.processes)
     if problem is not None:
         raise ConfigurationError(problem)
+    for option, address in (("--listen", args.listen), ("--listen-mtls", args.listen_mtls)):
+        _check_address(address, option, listen=True)
+    try:
+        check_trust_domain(args.trust_domain)
+    except ValueError as e:
+        raise ConfigurationError(f"--trust-domain: {e}") from e
     if not 1 <= args.workers <= MAX_WORKERS:
         raise ConfigurationError(f"--workers must be from 1 to {MAX_WORKERS} threads per process")
     if args.daily_budget < 0:
@@ -425,6 +491,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.processes > 1 and not (_fixed_port(args.listen) and _fixed_port(args.listen_mtls)):
         raise ConfigurationError("--processes share their ports: give --listen and --listen-mtls a port, not 0")
     settings = _settings(args)
+    # The signed manifest first: a gateway that will not start must not leave a CA and keys behind.
+    verify_manifest(settings.policies_path, settings.trusted_governance_keys())
     tls: ServerTls | None = None
     if not args.insecure_plaintext:
         if args.tls_cert:

@@ -23,8 +23,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from veilgate._internal.jose import b64url_encode
 from veilgate.errors import ConfigurationError
@@ -40,6 +43,9 @@ from veilgate_server.storage import Store, sqlite_url
 __all__ = ["DEFAULT_GATEWAY_ID", "Settings", "default_policies_dir"]
 
 DEFAULT_GATEWAY_ID = "veilgate.local"
+GATEWAY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+"""A gateway id: the ``aud`` citizens sign for, the ``iss`` of its results and the name of its log's
+checkpoints (``<gateway id>/log``): a host name or a URL, with no space or '+'."""
 
 
 def default_policies_dir() -> Path:
@@ -71,11 +77,16 @@ class Settings:
     ) -> Settings:
         policies = policies_dir or os.environ.get("VEILGATE_POLICIES_DIR")
         governance = governance_key or os.environ.get("VEILGATE_GOVERNANCE_KEY")
+        gateway = gateway_id or os.environ.get("VEILGATE_GATEWAY_ID") or DEFAULT_GATEWAY_ID
+        if GATEWAY_ID_PATTERN.fullmatch(gateway) is None:
+            raise ConfigurationError(
+                f"the gateway id (--gateway-id, VEILGATE_GATEWAY_ID) must match {GATEWAY_ID_PATTERN.pattern}"
+            )
         return cls(
             data_dir=Path(data_dir or os.environ.get("VEILGATE_DATA_DIR") or "veilgate-data"),
             database_url=database_url or os.environ.get("VEILGATE_DATABASE_URL") or None,
             policies_dir=Path(policies) if policies else None,
-            gateway_id=gateway_id or os.environ.get("VEILGATE_GATEWAY_ID") or DEFAULT_GATEWAY_ID,
+            gateway_id=gateway,
             governance_keys=(governance,) if governance else (),
         )
 
@@ -144,8 +155,20 @@ class Settings:
     def load_catalog(self) -> Catalog:
         return load_catalog(self.policies_path / "catalog.yaml")
 
-    def open_store(self, *, migrate: bool = True) -> Store:
-        self.ensure_data_dir()
+    def open_store(self, *, migrate: bool = True, existing: bool = False) -> Store:
+        """The store, its schema brought up to date unless ``migrate`` is False. ``existing``: refuse
+        an SQLite file that is not there yet, for the commands that read or change a gateway's
+        state (a mistyped ``--data-dir`` must not answer "no institutions" from a database it just
+        made)."""
+        if existing:
+            database = make_url(self.store_url).database if self.store_url.startswith("sqlite") else None
+            if database and not Path(database).is_file():
+                raise ConfigurationError(
+                    f"no gateway state at {database}: check --data-dir or --database-url "
+                    "(`veilgate migrate` creates an empty one)"
+                )
+        if self.database_url is None:  # the embedded store lives in the data directory
+            self.ensure_data_dir()
         return Store.open(self.store_url, migrate=migrate)
 
     @property

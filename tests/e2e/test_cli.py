@@ -153,6 +153,13 @@ def test_citizen_journey_through_the_cli(served: tuple[ServeProcess, Path, str],
 
     fetch_args = ["wallet", "fetch", "--wallet", str(wallet), "--target", f"localhost:{server.port}"]
     fetch_args += ["--ca", str(data / "tls" / "ca.pem"), "--gateway-keys", str(data / "gateway-keys.json")]
+    with Store.open(database_url) as store:
+        logged = store.log.tree_size()
+    nowhere = veilgate(*fetch_args, "--out", str(tmp_path / "no-such-dir" / "delivery.jws"), env=env, check=False)
+    assert nowhere.returncode == 1
+    assert "there is no directory" in nowhere.stderr
+    with Store.open(database_url) as store:  # refused before the call: no request made, none logged
+        assert store.log.tree_size() == logged
     fetched = veilgate(*fetch_args, "--out", str(tmp_path / "delivery.jws"), env=env)
     assert "61 items" in fetched.stdout
     payload = (tmp_path / "delivery.jws").read_text().strip().split(".")[1]
@@ -367,6 +374,26 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
         (["migrate", "--database-url", "sqlite:////nonexistent/x.db"], "(unable to open database file)"),
         (["wallet", "fetch", "--wallet", "/nonexistent.wallet", "--target", "localhost:1"], "could not read wallet"),
         (["serve", "--tls-cert", "only-cert.pem"], "--tls-cert and --tls-key go together"),
+        (["institution", "add", "--id", "Bad/Id", "--kind", "bank", "--name", "B"], "id must match"),
+        (["institution", "add", "--id", "b", "--kind", "bank", "--name", "B", "--trust-domain", "BAD!"], "domain"),
+        (["institution", "add", "--id", "b", "--kind", "bank", "--name", "B\x1b[31mred"], "printable characters"),
+        (["institution", "add", "--id", "b", "--kind", "bank", "--name", "B", "--out-dir", "/dev/null"], "not a dir"),
+        (["institution", "list"], "no gateway state at"),
+        (["institution", "disable", "--id", "b"], "no gateway state at"),
+        (["audit", "verify", "--log-key", "garbage"], "the log verifier key is malformed"),
+        (["audit", "export", "--out", "x"], "no gateway state at"),
+        (["audit", "export", "--out", ""], "--out must name the directory"),
+        (["enroll", "--citizen-id", "a\nb", "--signing-key", "A" * 43, "--encryption-key", "A" * 43], "printable"),
+        (["wallet", "create", "--citizen-id", "a b", "--out", "{tmp}/w"], "printable characters, without spaces"),
+        (["wallet", "create", "--citizen-id", "ab", "--out", "{tmp}/w", "--identity-out", "/nonexistent/i"], "no dir"),
+        (["serve", "--listen", "127.0.0.1:99999"], "--listen '127.0.0.1:99999': give host:port, with a port from 0"),
+        (["serve", "--listen", "127.0.0.1"], "give host:port"),
+        (["serve", "--listen-mtls", "127.0.0.1:-1"], "--listen-mtls '127.0.0.1:-1': give host:port"),
+        (["serve", "--trust-domain", "BAD DOMAIN!"], "--trust-domain: a trust domain must be"),
+        (["serve", "--gateway-id", "a b+c"], "the gateway id (--gateway-id, VEILGATE_GATEWAY_ID) must match"),
+        (["wallet", "fetch", "--wallet", "/nonexistent.wallet", "--target", "localhost:70000"], "a port from 1"),
+        (["serve"], "no trusted policy governance key"),
+        (["serve", "--governance-key", "garbage"], "governance verifier key 1 is invalid"),
         (["serve", "--workers", "0"], "--workers must be from 1 to 256 threads per process"),
         (["serve", "--workers", "257"], "--workers must be from 1 to 256 threads per process"),
         (["serve", "--daily-budget", "-1"], "--daily-budget must be 0 or more"),
@@ -375,13 +402,31 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path: Path, args: list[str], message: str) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = veilgate(*args, "--data-dir", str(tmp_path / "d"), env={"VEILGATE_WALLET_PASSPHRASE": "x"}, check=False)
     assert result.returncode == 1
     assert message in result.stderr
     assert result.stderr.startswith("veilgate: error: ")
     assert "Traceback" not in result.stderr
-    if args[0] in ("serve", "seed", "demo"):  # refused before a local CA, a key or a database is made
-        assert not (tmp_path / "d").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before a directory, a key or a file is made
+
+
+def test_an_institution_whose_certificate_cannot_be_written_is_not_registered(tmp_path: Path) -> None:
+    """Otherwise it stays registered with no certificate anywhere, and adding it again is refused."""
+    data = ["--data-dir", str(tmp_path / "d")]
+    veilgate("migrate", *data)
+    add = ["institution", "add", "--id", "bank-w", "--kind", "bank", "--name", "Bank W", *data]
+    (tmp_path / "a-file").write_text("")
+    refused = veilgate(*add, "--out-dir", str(tmp_path / "a-file" / "sub"), check=False)
+    assert refused.returncode == 1
+    assert "cannot write the certificate to" in refused.stderr
+    assert "no institutions registered" in veilgate("institution", "list", *data).stdout
+    added = veilgate(*add, "--out-dir", str(tmp_path / "out"))
+    assert "registered bank bank-w" in added.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["client.key", "client.pem", "gateway-ca.pem"]
+    again = veilgate(*add, "--out-dir", str(tmp_path / "out2"), check=False)
+    assert "institution is already registered" in again.stderr
+    assert not (tmp_path / "out2").exists()  # the first one's files are not replaced, nor new ones made
 
 
 def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, Path, str], tmp_path: Path) -> None:

@@ -124,6 +124,28 @@ def test_register_and_get_institution(store: Store) -> None:
     assert store.institutions.get(BANK) == registered
 
 
+def test_an_institution_registers_with_its_certificate_in_one_write(store: Store) -> None:
+    registered = store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0, certificate_serial="0a1b")
+    assert registered.certificate_serial == "0a1b"
+    assert store.institutions.get(BANK).certificate_serial == "0a1b"
+    with pytest.raises(ValueError, match="certificate_serial"):
+        store.institutions.register("bank-2", kind="bank", name="B", at=T0, certificate_serial="0A1B")
+
+
+@pytest.mark.parametrize("name", ["", "Qilu\nBank", "Qilu \x1b[31mBank", "Qilu\u200bBank", "x" * 201])
+def test_an_institution_name_is_printable_text(store: Store, name: str) -> None:
+    """It is shown in listings and on terminals, where a control character could rewrite them."""
+    with pytest.raises(ValueError, match="name must be 1 to 200 printable characters"):
+        store.institutions.register(BANK, kind="bank", name=name, at=T0)
+    assert store.institutions.list() == []
+
+
+@pytest.mark.parametrize("citizen_id", ["", "a b", "a\nb", "a\tb", "x" * 65])
+def test_a_citizen_id_is_printable_and_without_spaces(store: Store, citizen_id: str) -> None:
+    with pytest.raises(ValueError, match="citizen_id"):
+        store.citizens.enroll(citizen_id, signing_key=b"\1" * 32, encryption_key=b"\2" * 32, at=T0)
+
+
 def test_register_institution_twice_is_refused(store: Store) -> None:
     store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0)
     with pytest.raises(InstitutionAlreadyRegistered):

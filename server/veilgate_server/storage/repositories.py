@@ -313,6 +313,26 @@ def _require_length(value: str, name: str, maximum: int) -> None:
         raise ValueError(f"{name} must be 1 to {maximum} characters long")
 
 
+def check_display_name(value: str, name: str, maximum: int) -> None:
+    """Raise ValueError unless ``value`` is 1 to ``maximum`` printable characters: a name shown in
+    listings and on terminals, where a control character could rewrite what is shown."""
+    if not value or len(value) > maximum or not value.isprintable():
+        raise ValueError(f"{name} must be 1 to {maximum} printable characters, without control characters")
+
+
+def check_citizen_id(citizen_id: str) -> None:
+    """Raise ValueError unless ``citizen_id`` is 1 to 64 printable characters without spaces (the
+    wallet holds its citizens to the same)."""
+    check_display_name(citizen_id, "citizen_id", 64)
+    if " " in citizen_id:
+        raise ValueError("citizen_id must not hold spaces")
+
+
+def _require_serial(serial_hex: str, name: str) -> None:
+    if _SERIAL_HEX.fullmatch(serial_hex) is None:
+        raise ValueError(f"{name} must be 1 to 64 lower-case hex characters")
+
+
 def _require_key(value: bytes, name: str) -> None:
     if len(value) != KEY_LENGTH:
         raise ValueError(f"{name} must be {KEY_LENGTH} bytes long")
@@ -449,7 +469,7 @@ class CitizenRegistry:
 
     def enroll(self, citizen_id: str, *, signing_key: bytes, encryption_key: bytes, at: dt.datetime) -> CitizenKeys:
         """Enrol ``citizen_id`` with key version 1; :class:`CitizenAlreadyEnrolled` if present."""
-        _require_length(citizen_id, "citizen_id", 64)
+        check_citizen_id(citizen_id)
         _require_key(signing_key, "signing_key")
         _require_key(encryption_key, "encryption_key")
         _require_aware(at, "at")
@@ -681,24 +701,30 @@ class InstitutionRegistry:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    def register(self, institution_id: str, *, kind: str, name: str, at: dt.datetime) -> Institution:
+    def register(
+        self, institution_id: str, *, kind: str, name: str, at: dt.datetime, certificate_serial: str | None = None
+    ) -> Institution:
         """Register an enabled institution; :class:`InstitutionAlreadyRegistered` if the id is taken.
 
         ``institution_id`` must match ``[a-z0-9][a-z0-9._-]{0,63}`` (it becomes part of a SPIFFE
-        ID) and ``kind`` be ``bank`` or ``insurer``; anything else is a ValueError.
+        ID), ``kind`` be ``bank`` or ``insurer`` and ``name`` printable; anything else is a
+        ValueError. ``certificate_serial`` records the certificate issued to it in the same write
+        (see :meth:`record_certificate`).
         """
         check_caller_id(institution_id)
         if kind not in INSTITUTION_KINDS:
             raise ValueError(f"institution kind must be one of {', '.join(INSTITUTION_KINDS)}")
-        _require_length(name, "name", 200)
+        check_display_name(name, "name", 200)
         _require_aware(at, "at")
+        if certificate_serial is not None:
+            _require_serial(certificate_serial, "certificate_serial")
         row = RegisteredInstitution(
             institution_id=institution_id,
             kind=kind,
             name=name,
             enabled=True,
             registered_at=at,
-            certificate_serial=None,
+            certificate_serial=certificate_serial,
         )
         return insert_unique(
             self._sessions,
@@ -722,8 +748,7 @@ class InstitutionRegistry:
 
     def record_certificate(self, institution_id: str, serial_hex: str) -> None:
         """Remember the serial (lower-case hex) of the certificate just issued to the institution."""
-        if _SERIAL_HEX.fullmatch(serial_hex) is None:
-            raise ValueError("serial_hex must be 1 to 64 lower-case hex characters")
+        _require_serial(serial_hex, "serial_hex")
         self._update(institution_id, "record the institution's certificate", certificate_serial=serial_hex)
 
     def list(self) -> builtins.list[Institution]:
