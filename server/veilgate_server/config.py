@@ -147,6 +147,8 @@ class Settings:
         return self.data_dir / "tls"
 
     def ensure_data_dir(self) -> None:
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ConfigurationError(f"data directory {self.data_dir} is a file, not a directory")
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -190,9 +192,12 @@ class Settings:
                 with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
                     write_private_file(path, signer.private_key_string().encode() + b"\n")
             signer = NoteSigner.from_private_key_string(path.read_text().strip())
-            self.log_vkey_path.write_text(signer.verifier_key_string() + "\n")
         except OSError as e:
             raise ConfigurationError(f"cannot read or create the log key {path}: {e.strerror}") from e
+        try:
+            self.log_vkey_path.write_text(signer.verifier_key_string() + "\n")
+        except OSError as e:
+            raise ConfigurationError(f"cannot write the log verifier key {self.log_vkey_path}: {e.strerror}") from e
         return signer
 
     def load_signer(self) -> GatewaySigner:

@@ -411,6 +411,18 @@ def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path: Path, args
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before a directory, a key or a file is made
 
 
+def test_files_in_the_wrong_place_are_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    as_data_dir = veilgate("migrate", "--data-dir", str(tmp_path / "a-file"), check=False)
+    assert as_data_dir.returncode == 1
+    assert f"data directory {tmp_path / 'a-file'} is a file, not a directory" in as_data_dir.stderr
+    key = tmp_path / "d" / "keys" / "gateway-signing.key"
+    key.mkdir(parents=True)
+    as_key = veilgate("keys", "--data-dir", str(tmp_path / "d"), check=False)
+    assert as_key.returncode == 1
+    assert f"cannot read gateway signing key {key}: Is a directory" in as_key.stderr
+
+
 def test_an_institution_whose_certificate_cannot_be_written_is_not_registered(tmp_path: Path) -> None:
     """Otherwise it stays registered with no certificate anywhere, and adding it again is refused."""
     data = ["--data-dir", str(tmp_path / "d")]

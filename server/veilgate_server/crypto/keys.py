@@ -63,8 +63,12 @@ class GatewaySigner:
             except OSError as e:
                 raise ConfigurationError(f"cannot create gateway signing key {path}: {e.strerror}") from e
         try:
-            loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as e:
+            pem = path.read_bytes()
+        except OSError as e:
+            raise ConfigurationError(f"cannot read gateway signing key {path}: {e.strerror}") from e
+        try:
+            loaded = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as e:
             raise ConfigurationError(f"cannot read gateway signing key {path}: not an unencrypted PKCS#8 PEM") from e
         if not isinstance(loaded, ed25519.Ed25519PrivateKey):
             raise ConfigurationError(f"gateway signing key {path} is not an Ed25519 key")
