@@ -42,6 +42,7 @@ __all__ = ["main"]
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 MAX_WORKERS = 256  # RPC threads per process; past a handful they only contend for the GIL
+MAX_DAILY_BUDGET = 1_000_000  # a citizen's evaluations a day; the budget is what bounds what repeated queries reveal
 MAX_CITIZENS = 10_000_000  # a synthetic population; the benchmark's largest is 100k
 EARLIEST_AS_OF = date(1900, 1, 1)
 LATEST_AS_OF = date(2999, 12, 31)
@@ -287,6 +288,10 @@ def cmd_institution_enable(args: argparse.Namespace) -> int:
     store = _settings(args).open_store(existing=True)
     try:
         institution = store.institutions.set_enabled(args.id, args.enable)
+    except InstitutionUnknown:
+        raise ConfigurationError(
+            f"no institution {args.id!r} is registered (`veilgate institution list` shows them)"
+        ) from None
     finally:
         store.close()
     print(f"institution {institution.institution_id} is now {'enabled' if institution.enabled else 'disabled'}")
@@ -486,8 +491,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--trust-domain: {e}") from e
     if not 1 <= args.workers <= MAX_WORKERS:
         raise ConfigurationError(f"--workers must be from 1 to {MAX_WORKERS} threads per process")
-    if args.daily_budget < 0:
-        raise ConfigurationError("--daily-budget must be 0 or more evaluations per citizen per 24 h")
+    if not 0 <= args.daily_budget <= MAX_DAILY_BUDGET:
+        raise ConfigurationError(
+            f"--daily-budget must be from 0 to {MAX_DAILY_BUDGET:,} evaluations per citizen per 24 h"
+        )
     if args.processes > 1 and not (_fixed_port(args.listen) and _fixed_port(args.listen_mtls)):
         raise ConfigurationError("--processes share their ports: give --listen and --listen-mtls a port, not 0")
     settings = _settings(args)

@@ -35,7 +35,7 @@ from veilgate_server.core.catalog import Catalog, load_catalog
 from veilgate_server.core.manifest import require_catalog, require_listed
 from veilgate_server.core.policy import Policy, load_policies
 from veilgate_server.crypto import GatewaySigner
-from veilgate_server.crypto.keys import write_private_file
+from veilgate_server.crypto.keys import warn_if_others_can_read, write_private_file
 from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.governance import verify_manifest
 from veilgate_server.storage import Store, sqlite_url
@@ -192,6 +192,7 @@ class Settings:
                 with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
                     write_private_file(path, signer.private_key_string().encode() + b"\n")
             signer = NoteSigner.from_private_key_string(path.read_text().strip())
+            warn_if_others_can_read(path, "log signing key")
         except OSError as e:
             raise ConfigurationError(f"cannot read or create the log key {path}: {e.strerror}") from e
         try:

@@ -396,7 +396,8 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
         (["serve", "--governance-key", "garbage"], "governance verifier key 1 is invalid"),
         (["serve", "--workers", "0"], "--workers must be from 1 to 256 threads per process"),
         (["serve", "--workers", "257"], "--workers must be from 1 to 256 threads per process"),
-        (["serve", "--daily-budget", "-1"], "--daily-budget must be 0 or more"),
+        (["serve", "--daily-budget", "-1"], "--daily-budget must be from 0 to 1,000,000"),
+        (["serve", "--daily-budget", "99999999999999999999"], "--daily-budget must be from 0 to 1,000,000"),
         (["serve", "--processes", "0"], f"--processes must be from 1 to {max_processes()} (4 per CPU"),
         (["serve", "--processes", str(max_processes() + 1)], f"--processes must be from 1 to {max_processes()}"),
     ],
@@ -471,6 +472,9 @@ def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, P
             )
         result = bank.evaluate("credit.mortgage_prequal", token, {"home_type": "first_home"})
         assert result.decision in {"ELIGIBLE", "NOT_ELIGIBLE", "REFER"}
+        unknown = veilgate("institution", "disable", "--id", "bank-e2f", *db, check=False)
+        assert unknown.returncode == 1
+        assert "no institution 'bank-e2f' is registered" in unknown.stderr
         veilgate("institution", "disable", "--id", "bank-e2e", *db)
         with pytest.raises(InstitutionDisabled):
             bank.list_policies()

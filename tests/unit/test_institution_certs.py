@@ -4,6 +4,7 @@ one SPIFFE URI SAN chosen by the operator, whatever a CSR asks for."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import stat
 from pathlib import Path
@@ -26,6 +27,7 @@ from veilgate_server.crypto.institutions import (
     InstitutionCA,
     institution_spiffe_id,
 )
+from veilgate_server.crypto.keys import GatewaySigner
 from veilgate_server.crypto.tls import CertificateAuthority
 
 NOW = dt.datetime(2025, 3, 1, 9, 30, tzinfo=dt.UTC)
@@ -261,3 +263,17 @@ def test_sdk_clients_refuse_pem_that_holds_no_certificate_or_key(ca: Institution
         CitizenClient("localhost:1", CitizenWallet.generate("c-1"), root_certificates=b"")
     with pytest.raises(ConfigurationError, match="root_certificates"):
         AuditClient.connect("localhost:1", root_certificates=cert[:-40], log_verifier_key="unused")
+
+
+def test_a_gateway_key_others_can_read_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "keys" / "gateway-signing.key"
+    path.parent.mkdir()
+    first = GatewaySigner.load_or_create(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with caplog.at_level(logging.WARNING, logger="veilgate.keys"):
+        assert GatewaySigner.load_or_create(path).key_id == first.key_id
+        assert caplog.records == []
+        path.chmod(0o644)
+        assert GatewaySigner.load_or_create(path).key_id == first.key_id  # still served: a warning
+    [warning] = caplog.records
+    assert warning.getMessage() == f"gateway signing key {path} is mode 0644: other users can read it; chmod 600 it"

@@ -7,6 +7,7 @@ substituted key cannot keep the old id.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,20 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from veilgate._internal import jose
 from veilgate.errors import ConfigurationError
 
-__all__ = ["GatewaySigner", "write_private_file"]
+_log = logging.getLogger("veilgate.keys")
+
+__all__ = ["GatewaySigner", "warn_if_others_can_read", "write_private_file"]
+
+
+def warn_if_others_can_read(path: Path, what: str) -> None:
+    """Log a warning when a private key file is readable or writable by anyone but its owner.
+    Not a refusal: a container's mounted secret is often mode 0644 inside a private volume."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        _log.warning("%s %s is mode %04o: other users can read it; chmod 600 it", what, path, mode & 0o7777)
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -66,6 +80,7 @@ class GatewaySigner:
             pem = path.read_bytes()
         except OSError as e:
             raise ConfigurationError(f"cannot read gateway signing key {path}: {e.strerror}") from e
+        warn_if_others_can_read(path, "gateway signing key")
         try:
             loaded = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError) as e:
