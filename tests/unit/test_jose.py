@@ -128,6 +128,20 @@ def test_duplicate_header_member_is_refused() -> None:
         jose.verify_jws(token, public_key=RFC8032_PUBLIC, typ="t")
 
 
+@pytest.mark.parametrize("escaped", [rb'"\ud800"', rb'"a\uDFFF"', rb'["x", {"y": "\udc00"}]', rb'"\ude00\ud83d"'])
+def test_a_signed_claim_escaping_half_a_surrogate_pair_is_refused(escaped: bytes) -> None:
+    """Legal JSON, but not Unicode text: no UTF-8 can hold it, so nothing that stores or logs the
+    claim could. It is refused with the token, like any other malformed claim."""
+    h = jose.b64url_encode(b'{"alg":"EdDSA","typ":"t"}')
+    p = jose.b64url_encode(b'{"consent":' + escaped + b"}")
+    token = f"{h}.{p}.{jose.b64url_encode(KEY.sign(f'{h}.{p}'.encode()).signature)}"
+    with pytest.raises(TokenInvalid):
+        jose.verify_jws(token, public_key=RFC8032_PUBLIC, typ="t")
+    whole = jose.b64url_encode(rb'{"consent":"\ud83d\ude00"}')  # a whole pair is text
+    signed = f"{h}.{whole}.{jose.b64url_encode(KEY.sign(f'{h}.{whole}'.encode()).signature)}"
+    assert jose.verify_jws(signed, public_key=RFC8032_PUBLIC, typ="t")["consent"] == "\U0001f600"
+
+
 def test_wrong_key_and_flipped_bits_are_refused() -> None:
     token = jose.sign_jws({"a": 1}, signing_key=KEY, typ="t", kid=None)
     other = bytes(nacl.signing.SigningKey.generate().verify_key)

@@ -119,6 +119,11 @@ def parse_json_object(data: bytes) -> dict[str, Any]:
         raise _invalid("not valid UTF-8 JSON") from e
     if not isinstance(value, dict):
         raise _invalid("JSON value is not an object")
+    if b"\\u" in data:  # only an escape can make a lone surrogate, which no UTF-8 can hold
+        try:
+            canonical_json(value)
+        except UnicodeEncodeError as e:
+            raise _invalid("a string escapes half of a surrogate pair: not Unicode text") from e
     return value
 
 
