@@ -197,6 +197,12 @@ def test_consent_rules_each_with_their_own_reason(scene: Scene) -> None:
             bank.evaluate("credit.sme_loan", token, {"requested_amount_band": "up_to_300k"})
         with pytest.raises(PolicyUnknown):
             bank.evaluate("credit.no_such_policy", token, LOAN_PARAMS)
+        # A refusal that quotes a long input still fits a client's 8 KiB of trailers, wide
+        # characters included: it arrives as itself, not as RESOURCE_EXHAUSTED.
+        with pytest.raises(PolicyUnknown):
+            bank.evaluate("\U0001f600" * 5000, token, LOAN_PARAMS)
+        with pytest.raises(PolicyParameterInvalid):
+            bank.evaluate(LOAN, token, {"requested_amount_band": "up_to_50k", "k" * 20000: "v"})
         with pytest.raises(PolicyParameterInvalid):
             bank.evaluate(LOAN, token, {"requested_amount_band": "1000000"})
         with pytest.raises(PolicyParameterInvalid):

@@ -70,11 +70,21 @@ def status_name(reason: str) -> str:
     return STATUS_OF_REASON.get(reason, _C.INTERNAL).name
 
 
+MAX_MESSAGE_CHARS = 256
+"""A status message's length at most. Messages may quote what the caller sent (an unknown policy id,
+a parameter's name), and the message travels twice, in ``grpc-message`` and in the status detail:
+unbounded, a long quote took the trailers past a client's 8 KiB metadata limit, and the caller got
+RESOURCE_EXHAUSTED with no reason instead of the refusal."""
+
+
 def to_grpc_status(error: VeilgateError) -> grpc.Status:
     code = STATUS_OF_REASON.get(error.reason, _C.INTERNAL)
     reason = error.reason if error.reason in STATUS_OF_REASON else "INTERNAL"
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=[detail])
+    message = error.message
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "\u2026"
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=[detail])
     result: grpc.Status = rpc_status.to_status(status)
     return result
