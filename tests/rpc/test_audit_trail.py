@@ -4,6 +4,7 @@ reply leaves, receipts verify, citizens see their trail, and nothing personal re
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Any
 
@@ -279,25 +280,39 @@ def test_audit_service_refuses_out_of_range_requests(gateway_harness: GatewayHar
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
 
 
-def test_calls_that_never_reach_a_handler_are_refused_clearly_and_logged(gateway_harness: GatewayHarness) -> None:
+def test_calls_that_never_reach_a_handler_are_refused_clearly_and_logged(
+    gateway_harness: GatewayHarness, caplog: pytest.LogCaptureFixture
+) -> None:
     gw = gateway_harness
     garbage = b"\xff\xff\xff\xff"
-    with gw.channel() as channel:
-        raw = {
-            name: channel.unary_unary(name, request_serializer=None, response_deserializer=None)
-            for name in ("/veilgate.v1.CitizenService/GetMyData", "/veilgate.v1.CitizenService/NoSuchMethod")
-        }
-        with pytest.raises(grpc.RpcError) as malformed:
-            raw["/veilgate.v1.CitizenService/GetMyData"](garbage, timeout=5)
-        with pytest.raises(grpc.RpcError) as unknown:
-            raw["/veilgate.v1.CitizenService/NoSuchMethod"](b"", timeout=5)
-    assert _refusal(malformed.value) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED")
-    assert _refusal(unknown.value) == (grpc.StatusCode.UNIMPLEMENTED, "METHOD_UNKNOWN")
+    forged = "/x\n2026-11-27 00:00:00,000 INFO veilgate.rpc: forged"
+    with gw.channel() as channel, caplog.at_level(logging.INFO):
+
+        def refusal(name: str, request: bytes) -> tuple[grpc.StatusCode, str]:
+            with pytest.raises(grpc.RpcError) as info:
+                channel.unary_unary(name, request_serializer=None, response_deserializer=None)(request, timeout=5)
+            return _refusal(info.value)
+
+        malformed = (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_MALFORMED")
+        unknown = (grpc.StatusCode.UNIMPLEMENTED, "METHOD_UNKNOWN")
+        assert refusal("/veilgate.v1.CitizenService/GetMyData", garbage) == malformed
+        assert refusal("/veilgate.v1.CitizenService/NoSuchMethod", b"") == unknown
+        assert refusal(forged, b"") == unknown
+        # The unlogged services refuse the same way (not INTERNAL "Exception deserializing request!").
+        assert refusal("/veilgate.v1.AuditService/GetEntries", garbage) == malformed
+        assert refusal("/grpc.health.v1.Health/Check", b"\x0a\x02\xc3\x28") == malformed  # not UTF-8
+        assert refusal("/veilgate.v1.AuditService/NoSuchMethod", b"") == unknown
     with gw.audit() as audit:
         entries = [parse_entry(e) for _, e in _all_entries(gw, audit)]
     logged = [(e.method.rsplit("/", 1)[-1], e.code, e.reason, e.request) for e in entries]
     assert ("GetMyData", "INVALID_ARGUMENT", "REQUEST_MALFORMED", sha256_b64(garbage)) in logged
     assert ("NoSuchMethod", "UNIMPLEMENTED", "METHOD_UNKNOWN", sha256_b64(b"")) in logged
+    # A path that is no method name is the caller's free text: neither the server's log nor the
+    # public log holds it, only its hash.
+    assert ("unrecognised:" + sha256_b64(forged.encode()), "UNIMPLEMENTED") in [(e.method, e.code) for e in entries]
+    assert not any("forged" in e.method for e in entries)
+    assert not any("forged" in r.getMessage() or "\n" in r.getMessage() for r in caplog.records)
+    assert not any(r.exc_info for r in caplog.records)
 
 
 def _refusal(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:

@@ -83,7 +83,7 @@ class AuditServiceServicer:
 
     def GetCheckpoint(self, request, context):
         """The latest signed checkpoint. With min_tree_size, one covering at least that many entries
-        (signed now if needed); FAILED_PRECONDITION if the log is not that large.
+        (signed now if needed); INVALID_ARGUMENT with reason REQUEST_INVALID if the log is not that large.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

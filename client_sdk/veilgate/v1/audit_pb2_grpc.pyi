@@ -46,7 +46,7 @@ class AuditServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]
     """The latest signed checkpoint. With min_tree_size, one covering at least that many entries
-    (signed now if needed); FAILED_PRECONDITION if the log is not that large.
+    (signed now if needed); INVALID_ARGUMENT with reason REQUEST_INVALID if the log is not that large.
     """
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]
@@ -71,7 +71,7 @@ class AuditServiceAsyncStub(AuditServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]  # type: ignore[assignment]
     """The latest signed checkpoint. With min_tree_size, one covering at least that many entries
-    (signed now if needed); FAILED_PRECONDITION if the log is not that large.
+    (signed now if needed); INVALID_ARGUMENT with reason REQUEST_INVALID if the log is not that large.
     """
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]  # type: ignore[assignment]
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]  # type: ignore[assignment]
@@ -99,7 +99,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetCheckpointResponse, _abc.Awaitable[_audit_pb2.GetCheckpointResponse]]:
         """The latest signed checkpoint. With min_tree_size, one covering at least that many entries
-        (signed now if needed); FAILED_PRECONDITION if the log is not that large.
+        (signed now if needed); INVALID_ARGUMENT with reason REQUEST_INVALID if the log is not that large.
         """
 
     @_abc_1.abstractmethod

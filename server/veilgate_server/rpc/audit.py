@@ -20,6 +20,7 @@ held to the same size limit, refused with REQUEST_TOO_LARGE.
 from __future__ import annotations
 
 import contextvars
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -60,7 +61,7 @@ class AuditTrail(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
-        method: str = handler_call_details.method
+        method = shown_method(handler_call_details.method)
         limit = self._limit
         if method.startswith(UNLOGGED_PREFIXES):
             return _size_limited(handler, limit)
@@ -123,24 +124,51 @@ def _too_large(size: int, limit: int) -> RequestTooLarge:
 def _size_limited(
     handler: grpc.RpcMethodHandler[Any, Any] | None, limit: int
 ) -> grpc.RpcMethodHandler[Any, Any] | None:
-    """An unlogged unary handler that refuses a request over ``limit`` bytes before parsing it."""
-    if handler is None or handler.unary_unary is None:
+    """An unlogged unary handler that refuses a request over ``limit`` bytes before parsing it, and
+    one that does not parse, with their reasons (gRPC's own would be RESOURCE_EXHAUSTED and INTERNAL
+    "Exception deserializing request!", with a traceback in the server's log). An unknown method
+    under these prefixes is METHOD_UNKNOWN, as elsewhere."""
+    if handler is None:
+
+        def unknown(request: Any, context: grpc.ServicerContext) -> Any:
+            raise MethodUnknown("this gateway has no such method")
+
+        return grpc.unary_unary_rpc_method_handler(unknown)
+    if handler.unary_unary is None:
         return handler  # streaming (the health Watch): left to gRPC's own limit
     inner, deserialize = handler.unary_unary, handler.request_deserializer
 
     def bounded_deserialize(data: bytes) -> Any:
         if len(data) > limit:
             return _Unparsed(data)
-        return deserialize(data) if deserialize is not None else data
+        try:
+            return deserialize(data) if deserialize is not None else data
+        except Exception:  # DecodeError and friends
+            return _Unparsed(data)
 
     def bounded(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, _Unparsed):
-            raise _too_large(len(request.data), limit)
+            if len(request.data) > limit:
+                raise _too_large(len(request.data), limit)
+            raise RequestMalformed("the request is not a valid protobuf message for this method")
         return inner(request, context)
 
     return grpc.unary_unary_rpc_method_handler(
         bounded, request_deserializer=bounded_deserialize, response_serializer=handler.response_serializer
     )
+
+
+_METHOD_PATH = re.compile(r"/[A-Za-z][A-Za-z0-9_.]{0,99}/[A-Za-z][A-Za-z0-9_]{0,99}")
+
+
+def shown_method(method: str) -> str:
+    """The method path as the log line and the audit entry show it. A path that is not a gRPC
+    method name is the caller's free text: written as is, it could forge a line of the server's
+    log (a newline), colour a terminal, or put whatever it says in the public append-only log for
+    good. It is shown by its hash instead, which still lets anyone check a guess."""
+    if _METHOD_PATH.fullmatch(method):
+        return method
+    return "unrecognised:" + sha256_b64(method.encode("utf-8", "surrogatepass"))
 
 
 class _Unparsed:

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from veilgate.errors import InternalError, StorageError, VeilgateError
+from veilgate_server.rpc.audit import shown_method
 from veilgate_server.rpc.errors import STATUS_OF_REASON, to_grpc_status
 
 __all__ = ["ErrorBoundary", "HandlerCache"]
@@ -69,7 +70,7 @@ class ErrorBoundary(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method: str = handler_call_details.method
+        method = shown_method(handler_call_details.method)  # never the caller's free text
         inner: Behavior = handler.unary_unary
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
