@@ -205,7 +205,9 @@ class Gateway:
         claims, keys = self._authenticate_citizen(request_token, REGISTER_CONSENT, ("consent",), now=now, call=call)
 
         def public_key_of(citizen_id: CitizenId) -> bytes:  # the key the request just verified with
-            return keys.signing_key if citizen_id == claims.citizen_id else self._public_key_of(citizen_id)
+            if citizen_id != claims.citizen_id:  # refused before a lookup that would say who is enrolled
+                raise TokenInvalid("the request must name the consent it registers, signed by the same citizen")
+            return keys.signing_key
 
         consent = read_consent_token(consent_token, public_key_of=public_key_of)
         call.consent = consent.consent_id

@@ -17,7 +17,6 @@ from veilgate import CitizenWallet, GatewayKey, verify_delivery
 from veilgate._internal import jose
 from veilgate.citizen import GET_MY_DATA
 from veilgate.errors import (
-    CitizenNotEnrolled,
     DeliveryInvalid,
     DepartmentUnknown,
     ItemUnknown,
@@ -157,14 +156,25 @@ def test_bad_requests_are_refused_and_store_nothing(
     assert gateway_harness.used_token_rows() == 0
 
 
-def test_unknown_citizen(gateway_harness: GatewayHarness) -> None:
-    stranger = CitizenWallet.generate("110101199003074477")
-    with gateway_harness.client(stranger) as client, pytest.raises(CitizenNotEnrolled):
-        client.get_my_data()
-    token = stranger.request_token(audience="veilgate.test", operation=GET_MY_DATA)
-    assert _reason(_call_raw(gateway_harness, token)) == (
-        grpc.StatusCode.UNAUTHENTICATED,
-        "CITIZEN_NOT_ENROLLED",
+def test_an_unknown_citizen_is_answered_as_a_forged_token(gateway_harness: GatewayHarness) -> None:
+    """Who is enrolled is not for anyone to learn by signing for an id with any key: a seeded but
+    unenrolled citizen's token gets the very status a forgery for an enrolled one gets."""
+    enrolled, unenrolled = gateway_harness.citizen_ids[0], gateway_harness.citizen_ids[1]
+    gateway_harness.enroll(enrolled)
+    answers = []
+    for citizen in (enrolled, unenrolled):
+        forger = CitizenWallet.generate(citizen)
+        with gateway_harness.client(forger) as client, pytest.raises(TokenInvalid):
+            client.get_my_data()
+        error = _call_raw(gateway_harness, forger.request_token(audience="veilgate.test", operation=GET_MY_DATA))
+        answers.append((_reason(error), error.details()))  # type: ignore[attr-defined]
+    assert (
+        answers[0]
+        == answers[1]
+        == (
+            (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID"),
+            "token is not a valid Veilgate JWS",
+        )
     )
 
 

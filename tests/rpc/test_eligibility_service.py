@@ -182,6 +182,23 @@ def test_mtls_identity_is_required_and_checked(scene: Scene, tmp_path: Any) -> N
         assert bank.list_policies()
 
 
+def test_a_citizen_cannot_register_anothers_consent_nor_learn_whether_they_are_enrolled(scene: Scene) -> None:
+    """The other citizen's key is never looked up: an enrolled and an unenrolled other citizen get
+    the same refusal."""
+    gw = scene.gw
+    other_enrolled = gw.enroll(gw.citizen_ids[1])
+    other_unenrolled = CitizenWallet.generate(gw.citizen_ids[2])
+    refusals = []
+    for other in (other_enrolled, other_unenrolled):
+        theirs = other.consent_token(
+            institution_id="bank-a", purpose="credit.consumer_loan", policies=[gw.pin(LOAN)], max_uses=1, valid_for=60
+        )
+        with gw.client(scene.wallet) as client, pytest.raises(TokenInvalid) as info:
+            client.register_consent(theirs)
+        refusals.append(info.value.message)
+    assert refusals[0] == refusals[1] == "the request must name the consent it registers, signed by the same citizen"
+
+
 def test_one_institution_cannot_use_anothers_consent(scene: Scene) -> None:
     token = scene.consent()
     other = scene.gw.register_institution("bank-b", "bank")

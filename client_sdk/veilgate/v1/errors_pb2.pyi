@@ -50,7 +50,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     TOKEN_REPLAYED: _ErrorReason.ValueType  # 15
     """The token's jti was already used; request tokens are single-use. ALREADY_EXISTS."""
     CITIZEN_NOT_ENROLLED: _ErrorReason.ValueType  # 20
-    """No citizen is enrolled under the token's issuer. UNAUTHENTICATED."""
+    """(operator) No citizen is enrolled under this id. UNAUTHENTICATED. A citizen's call whose token
+    names an issuer that is not enrolled is TOKEN_INVALID instead, as a forged one is: the gateway
+    does not tell anyone who is enrolled.
+    """
     CITIZEN_ALREADY_ENROLLED: _ErrorReason.ValueType  # 21
     """(operator) The citizen id is enrolled already; rotate keys instead."""
     REQUEST_INVALID: _ErrorReason.ValueType  # 30
@@ -151,7 +154,10 @@ TOKEN_WRONG_AUDIENCE: ErrorReason.ValueType  # 14
 TOKEN_REPLAYED: ErrorReason.ValueType  # 15
 """The token's jti was already used; request tokens are single-use. ALREADY_EXISTS."""
 CITIZEN_NOT_ENROLLED: ErrorReason.ValueType  # 20
-"""No citizen is enrolled under the token's issuer. UNAUTHENTICATED."""
+"""(operator) No citizen is enrolled under this id. UNAUTHENTICATED. A citizen's call whose token
+names an issuer that is not enrolled is TOKEN_INVALID instead, as a forged one is: the gateway
+does not tell anyone who is enrolled.
+"""
 CITIZEN_ALREADY_ENROLLED: ErrorReason.ValueType  # 21
 """(operator) The citizen id is enrolled already; rotate keys instead."""
 REQUEST_INVALID: ErrorReason.ValueType  # 30

@@ -29,6 +29,7 @@ from typing import Any, NewType
 
 from veilgate._internal import jose
 from veilgate.errors import (
+    CitizenNotEnrolled,
     RequestInvalid,
     RequestTooLarge,
     TokenExpired,
@@ -57,6 +58,9 @@ MAX_LIST_CLAIM = 256
 _REQUIRED = frozenset({"iss", "aud", "op", "jti", "iat", "exp"})
 _JTI = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _CITIZEN_ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
+# An Ed25519 public key (of the seed SHA-256("veilgate: the key of no enrolled citizen")): what a
+# token whose issuer is not enrolled is checked against, for the time it takes, and then refused.
+_UNENROLLED_KEY = bytes.fromhex("cb4a686ae256fbdd81393edcc4a43adbdb036e1f4a81c1651ee6135e52cc5bd0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,8 @@ def read_request_token(
     """Verify ``token`` for ``operation`` at time ``now`` (seconds) and return its claims.
 
     ``public_key_of`` returns the citizen's enrolled Ed25519 key or raises CitizenNotEnrolled.
-    Raises a TokenError subclass (or CitizenNotEnrolled, RequestTooLarge) and never anything else.
+    Raises a TokenError subclass (or RequestTooLarge) and never anything else: a token whose issuer
+    is not enrolled is TokenInvalid, exactly as one signed with the wrong key.
     """
     if len(token) > jose.MAX_TOKEN_BYTES:
         raise RequestTooLarge(f"request token exceeds {jose.MAX_TOKEN_BYTES} bytes")
@@ -109,7 +114,15 @@ def read_request_token(
     if not isinstance(issuer, str) or not _CITIZEN_ID.fullmatch(issuer):
         raise TokenInvalid("token is not a valid Veilgate JWS")
     citizen_id = CitizenId(issuer)
-    claims = jose.verify_jws(parsed, public_key=public_key_of(citizen_id), typ=REQUEST_TYP)
+    try:
+        key = public_key_of(citizen_id)
+    except CitizenNotEnrolled:
+        # Not said: anyone could then learn who is enrolled by signing for an id with any key.
+        # The signature is checked all the same (against a key nobody's token verifies with), so
+        # that the answer takes as long as for an enrolled citizen's forged token.
+        jose.verify_jws(parsed, public_key=_UNENROLLED_KEY, typ=REQUEST_TYP)
+        raise TokenInvalid("token is not a valid Veilgate JWS") from None
+    claims = jose.verify_jws(parsed, public_key=key, typ=REQUEST_TYP)
 
     # From here on the citizen is authenticated: errors may be specific.
     missing = _REQUIRED - set(claims)
