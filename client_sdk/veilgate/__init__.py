@@ -4,10 +4,11 @@ Citizens: :class:`CitizenWallet` holds the keys, :class:`CitizenClient` fetches 
 records and grants, lists and revokes consents. Banks and insurers: :class:`InstitutionClient`
 evaluates policies under a consent over mutual TLS and returns verified :class:`EligibilityResult`.
 Anyone: :func:`verify_delivery` and :func:`verify_result` check signed documents offline with the
-gateway's published key. Every failure is a :class:`veilgate.errors.VeilgateError`.
+gateway's published key, and :func:`verify_export` an exported audit log with its pinned log key.
+Every failure is a :class:`veilgate.errors.VeilgateError`.
 """
 
-from veilgate.audit import AuditEntry, Checkpoint, LogVerifier
+from veilgate.audit import AuditEntry, Checkpoint, ExportCheck, LogVerifier, verify_export
 from veilgate.audit_client import AuditClient
 from veilgate.citizen import CitizenClient, ConsentInfo, EvaluationRecord, GatewayInfo
 from veilgate.consent import PURPOSES, PolicyPin
@@ -35,6 +36,7 @@ __all__ = [
     "DataItem",
     "EligibilityResult",
     "EvaluationRecord",
+    "ExportCheck",
     "GatewayInfo",
     "GatewayKey",
     "InstitutionClient",
@@ -44,5 +46,6 @@ __all__ = [
     "VeilgateError",
     "gateway_keys_from_jwks",
     "verify_delivery",
+    "verify_export",
     "verify_result",
 ]

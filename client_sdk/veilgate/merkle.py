@@ -23,7 +23,7 @@ Pure: no I/O, no clock; only :mod:`hashlib`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NewType
 
 from veilgate.errors import ProofInvalid
@@ -33,6 +33,7 @@ __all__ = [
     "HASH_SIZE",
     "Hash",
     "ProofInvalid",
+    "RootBuilder",
     "consistency_proof_size",
     "inclusion_proof_size",
     "leaf_hash",
@@ -63,29 +64,48 @@ def node_hash(left: bytes, right: bytes) -> Hash:
     return Hash(hashlib.sha256(_NODE_PREFIX + left + right).digest())
 
 
-def root_from_leaf_hashes(leaf_hashes: Sequence[bytes]) -> Hash:
-    """MTH over the given leaf hashes, in O(n) time and O(log n) extra memory.
+class RootBuilder:
+    """MTH of a growing list of leaf hashes, in O(log n) memory: :func:`root_from_leaf_hashes`
+    fed one leaf at a time, whose root can be read at any size (an export checked against an
+    earlier checkpoint reads it at that checkpoint's size on the way).
 
     The leaves are folded left to right onto a stack of complete, power-of-two subtrees (the right
     edge of the tree, like :class:`veilgate_server.core.merkle.Frontier`): two subtrees of equal size
-    merge at once. At the end the stack holds the binary decomposition of ``n`` in decreasing sizes,
-    and MTH combines it right to left, because MTH splits off the largest power of two on the left.
+    merge at once. The stack holds the binary decomposition of ``size`` in decreasing sizes, and MTH
+    combines it right to left, because MTH splits off the largest power of two on the left.
     """
-    stack: list[tuple[int, bytes]] = []  # (size, hash), sizes strictly decreasing
-    for i, h in enumerate(leaf_hashes):
-        _check_hash(h, f"leaf hash {i}")
-        size, node = 1, bytes(h)
-        while stack and stack[-1][0] == size:
-            left_size, left = stack.pop()
+
+    __slots__ = ("_stack", "size")
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []  # (size, hash), sizes strictly decreasing
+        self.size = 0
+
+    def add(self, leaf_hash: bytes) -> None:
+        _check_hash(leaf_hash, f"leaf hash {self.size}")
+        size, node = 1, bytes(leaf_hash)
+        while self._stack and self._stack[-1][0] == size:
+            left_size, left = self._stack.pop()
             node = node_hash(left, node)
             size += left_size
-        stack.append((size, node))
-    if not stack:
-        return EMPTY_ROOT
-    root = stack[-1][1]
-    for _, left in reversed(stack[:-1]):
-        root = node_hash(left, root)
-    return Hash(root)
+        self._stack.append((size, node))
+        self.size += 1
+
+    def root(self) -> Hash:
+        if not self._stack:
+            return EMPTY_ROOT
+        root = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            root = node_hash(left, root)
+        return Hash(root)
+
+
+def root_from_leaf_hashes(leaf_hashes: Iterable[bytes]) -> Hash:
+    """MTH over the given leaf hashes, in O(n) time and O(log n) extra memory (see :class:`RootBuilder`)."""
+    builder = RootBuilder()
+    for h in leaf_hashes:
+        builder.add(h)
+    return builder.root()
 
 
 def inclusion_proof_size(index: int, tree_size: int) -> int:

@@ -378,6 +378,45 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify_export(args: argparse.Namespace) -> int:
+    """An auditor's check of an export, with nothing of the gateway's but the files (no database,
+    no server extra)."""
+    from veilgate.audit import LogVerifier, verify_export
+
+    directory = Path(args.directory)
+
+    def read(path: Path, what: str) -> str:
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            raise ConfigurationError(f"cannot read {what} {path}: {reason}") from e
+
+    if not directory.is_dir():
+        raise ConfigurationError(f"{directory} is not a directory holding an export")
+    own_key = args.log_key is None
+    key = args.log_key if args.log_key is not None else read(directory / "log.vkey", "the log key")
+    verifier = LogVerifier(key.strip())
+    note = read(directory / "checkpoint", "the checkpoint")
+    since = read(Path(args.since), "the earlier checkpoint") if args.since else None
+    try:
+        with (directory / "entries.jsonl").open(encoding="utf-8") as entries:
+            checked = verify_export(entries, note, verifier, since_note=since)
+    except OSError as e:
+        raise ConfigurationError(f"cannot read {directory / 'entries.jsonl'}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigurationError(f"{directory / 'entries.jsonl'} is not UTF-8 text") from e
+    size = checked.checkpoint.tree_size
+    outcomes = ", ".join(f"{code} {count}" for code, count in sorted(checked.codes.items(), key=lambda c: -c[1]))
+    print(f"export verified: {size} entries hash to the root signed by {checked.checkpoint.origin}")
+    print(f"outcomes: {outcomes or 'none'}")
+    if checked.since is not None:
+        print(f"the log only grew since the earlier checkpoint at size {checked.since.tree_size}")
+    if own_key:
+        print("checked with the export's own log.vkey: pin the gateway's published key with --log-key to be sure")
+    return 0
+
+
 def _output_file(value: str, option: str) -> Path:
     """The file ``option`` names for output, checked before the command does its work (a benchmark
     of several minutes, a delivery fetched and logged, a wallet written) rather than found
@@ -733,6 +772,14 @@ def _parser() -> argparse.ArgumentParser:
     p = audit.add_parser("export", parents=[common], help="write entries, checkpoint and key for offline checks")
     p.set_defaults(func=cmd_audit_export)
     p.add_argument("--out", required=True, help="directory to write entries.jsonl, checkpoint and log.vkey to")
+    p = audit.add_parser(
+        "verify-export", help="check an export's entries against its signed checkpoint, without the gateway"
+    )
+    p.set_defaults(func=cmd_audit_verify_export)
+    p.add_argument("directory", help="what `veilgate audit export` wrote (entries.jsonl, checkpoint, log.vkey)")
+    p.add_argument("--log-key", help="the gateway's published log verifier key to trust (default: the export's own)")
+    p.add_argument("--since", help="an earlier checkpoint you kept: check that the log only grew since")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     p = audit.add_parser("verify", parents=[common], help="recompute the log and check every stored hash")
     p.set_defaults(func=cmd_audit_verify)
     p.add_argument("--log-key", help="the log verifier key to trust (default DATA_DIR/log.vkey)")

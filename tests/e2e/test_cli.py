@@ -533,6 +533,27 @@ def test_audit_verify_and_export_after_the_demo(tmp_path: Path) -> None:
     exported = veilgate("audit", "export", "--data-dir", str(data), "--out", str(tmp_path / "export"))
     assert "exported" in exported.stdout
     assert {p.name for p in (tmp_path / "export").iterdir()} == {"entries.jsonl", "checkpoint", "log.vkey"}
+
+    # The auditor's side: the export alone, the gateway's published key, and a checkpoint kept from
+    # before (here the export's own, then one from a later export).
+    export, key = tmp_path / "export", (data / "log.vkey").read_text().strip()
+    (tmp_path / "kept.checkpoint").write_text((export / "checkpoint").read_text())
+    checked = veilgate("audit", "verify-export", str(export), "--log-key", key)
+    assert re.search(r"export verified: \d+ entries hash to the root signed by veilgate.local/log", checked.stdout)
+    assert re.search(r"outcomes: OK \d+", checked.stdout)
+    veilgate("demo", "--data-dir", str(data))  # the log grows
+    veilgate("audit", "export", "--data-dir", str(data), "--out", str(tmp_path / "later"))
+    grown = veilgate("audit", "verify-export", str(tmp_path / "later"), "--since", str(tmp_path / "kept.checkpoint"))
+    kept_size = int((tmp_path / "kept.checkpoint").read_text().splitlines()[1])
+    assert f"the log only grew since the earlier checkpoint at size {kept_size}" in grown.stdout
+    assert int((tmp_path / "later" / "checkpoint").read_text().splitlines()[1]) > kept_size
+    assert "pin the gateway's published key with --log-key" in grown.stdout
+    lines = (export / "entries.jsonl").read_text().splitlines()
+    (export / "entries.jsonl").write_text("\n".join([*lines[:2], *lines[3:]]) + "\n")
+    gap = veilgate("audit", "verify-export", str(export), "--log-key", key, check=False)
+    assert gap.returncode == 1
+    assert gap.stderr == "veilgate: error: line 3: entry 3 where entry 2 was due\n"
+
     with sqlite3.connect(data / "veilgate.db") as db:
         db.execute("UPDATE log_entries SET entry = ? WHERE idx = 3", (b'{"forged":true}',))
     tampered = veilgate("audit", "verify", "--data-dir", str(data), check=False)
