@@ -268,7 +268,12 @@ def verify_export(
     entries must hash to its root at its size. The first failure raises :class:`ProofInvalid`
     naming the line or entry."""
     checkpoint = verifier.checkpoint(checkpoint_note)
-    since = verifier.checkpoint(since_note) if since_note is not None else None
+    since = None
+    if since_note is not None:
+        try:
+            since = verifier.checkpoint(since_note)
+        except ProofInvalid as e:
+            raise ProofInvalid(f"the earlier checkpoint: {e}") from e
     if since is not None and since.tree_size > checkpoint.tree_size:
         raise ProofInvalid(
             f"the earlier checkpoint covers {since.tree_size} entries, the export's only {checkpoint.tree_size}"

@@ -75,6 +75,9 @@ def test_a_rewritten_history_is_caught_by_the_earlier_checkpoint() -> None:
         verify_export(_lines(rewritten), _checkpoint(rewritten), VERIFIER, since_note=kept)
     with pytest.raises(ProofInvalid, match="the earlier checkpoint covers 23 entries, the export's only 10"):
         verify_export(_lines(entries[:10]), kept, VERIFIER, since_note=_checkpoint(entries))
+    foreign = _checkpoint(entries[:10], NoteSigner.generate("veilgate.test/log"))
+    with pytest.raises(ProofInvalid, match=r"^the earlier checkpoint: checkpoint signature does not verify"):
+        verify_export(_lines(entries), _checkpoint(entries), VERIFIER, since_note=foreign)
 
 
 @pytest.mark.parametrize(
