@@ -124,7 +124,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if args.identity:
         try:
             doc = json.loads(Path(args.identity).read_text())
-        except (OSError, ValueError) as e:
+        except OSError as e:
+            raise ConfigurationError(f"cannot read identity file {args.identity}: {e.strerror}") from e
+        except ValueError as e:  # JSON (and UTF-8) errors say where
             raise ConfigurationError(f"cannot read identity file {args.identity}: {e}") from e
         if not isinstance(doc, dict):
             raise ConfigurationError(f"identity file {args.identity} does not hold a JSON object")

@@ -365,7 +365,7 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
         (["demo", "--citizens", "0"], "--citizens must be from 1 to 10,000,000"),
         (["demo", "--policies-dir", "/nonexistent"], "--policies-dir does not apply"),
         (["enroll"], "give --identity FILE"),
-        (["enroll", "--identity", "/nonexistent/identity.json"], "cannot read identity file"),
+        (["enroll", "--identity", "/nonexistent/i.json"], "identity file /nonexistent/i.json: No such file"),
         (["enroll", "--citizen-id", "x", "--signing-key", "AAAA", "--encryption-key", "AAAA"], "32 bytes"),
         (["migrate", "--database-url", "mysql://nobody@127.0.0.1/x"], "unsupported"),
         (["migrate", "--database-url", "postgresql://nobody@127.0.0.1:1/x"], "could not"),
