@@ -85,8 +85,12 @@ def export_log(store: Store, checkpointer: Checkpointer, out: Path) -> ExportSum
 def verify_log(store: Store, verifier: LogVerifier) -> VerifySummary:
     """Recompute the tree from the stored entries and check every stored hash and checkpoint."""
     log = store.log
-    size = log.tree_size()
+    # The gateway may be appending meanwhile: the checkpoints first, then the size (which only
+    # grows) with any stray entry in the same snapshot. What is appended after is not looked at.
     checkpoints = {c.tree_size: c for c in log.checkpoints()}
+    size, stray = log.size_and_first_outside()
+    if stray is not None:
+        raise ProofInvalid(f"entry {stray} was inserted outside the log, whose size is {size}")
     for checkpoint in checkpoints.values():
         signed = verifier.checkpoint(checkpoint.note)  # signature and origin
         if (signed.tree_size, signed.root_hash) != (checkpoint.tree_size, checkpoint.root_hash):
@@ -134,7 +138,4 @@ def verify_log(store: Store, verifier: LogVerifier) -> VerifySummary:
                 f"(entries before {unmatched_checkpoint} were changed)"
             )
         subtrees_checked += len(completed)
-    stray = log.first_index_outside(size)
-    if stray is not None:
-        raise ProofInvalid(f"entry {stray} was inserted outside the log, whose size is {size}")
     return VerifySummary(entries=frontier.size, checkpoints=len(checkpoints), subtrees=subtrees_checked)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,28 @@ def test_periodic_signers_of_several_processes_sign_about_one_checkpoint_an_inte
     # On demand, a checkpoint is still signed at once: a citizen's receipt must be covered now.
     assert first.covering(8) is not None
     assert store.log.latest_checkpoint().tree_size == 8  # type: ignore[union-attr]
+
+
+def test_a_live_log_verifies_while_it_grows(store: Store) -> None:
+    """The gateway appends and signs while an operator verifies: what is appended after the
+    verifier read the log's size is not an entry 'inserted outside the log'."""
+    checkpointer = _grow(store, [20])
+    stop = threading.Event()
+    appended = [0]
+
+    def append() -> None:
+        while not stop.is_set():
+            store.log.append_batch([AppendRequest(entry=b'{"n":"live"}', subject_citizen_id=None)] * 3)
+            checkpointer.sign_latest()
+            appended[0] += 3
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        for _ in range(20):
+            verify_log(store, VERIFIER)
+    finally:
+        stop.set()
+        writer.join()
+    assert appended[0] > 0
+    assert verify_log(store, VERIFIER).entries == 20 + appended[0]

@@ -435,13 +435,21 @@ class AuditLog:
             raise StorageError("could not read the audit log's size: its head row is missing")
         return int(size)
 
-    def first_index_outside(self, size: int) -> int | None:
-        """The lowest index of a stored entry outside ``0 <= i < size``, or None: a log whose head
-        says ``size`` holds no other entry, unless someone wrote one beside the gateway."""
-        statement = select(func.min(AuditLogEntry.idx)).where((AuditLogEntry.idx < 0) | (AuditLogEntry.idx >= size))
-        with storage_errors("read audit log entries"), self._sessions() as session:
-            index = session.scalar(statement)
-        return None if index is None else int(index)
+    def size_and_first_outside(self) -> tuple[int, int | None]:
+        """The committed size, and the lowest index of a stored entry outside ``0 <= i < size`` (None
+        when there is none), read in one statement: one snapshot, so that an entry appended since
+        is never taken for one written beside the gateway."""
+        head = select(AuditLogHead.tree_size).where(AuditLogHead.id == _HEAD_ID).scalar_subquery()
+        outside = (
+            select(func.min(AuditLogEntry.idx))
+            .where((AuditLogEntry.idx < 0) | (AuditLogEntry.idx >= head))
+            .scalar_subquery()
+        )
+        with storage_errors("read the audit log's size"), self._sessions() as session:
+            row = session.execute(select(head, outside)).one()
+        if row[0] is None:
+            raise StorageError("could not read the audit log's size: its head row is missing")
+        return int(row[0]), None if row[1] is None else int(row[1])
 
     def subtree_hashes(self, keys: Sequence[SubtreeKey]) -> dict[SubtreeKey, bytes]:
         """The stored hash of each ``(level, index)`` in ``keys``, in one query (level 0: leaf hashes).
