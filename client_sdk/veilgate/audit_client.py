@@ -14,9 +14,9 @@ from types import TracebackType
 import grpc
 
 from veilgate._internal.pem import require_certificate
-from veilgate._internal.status import error_from_rpc
+from veilgate._internal.status import call
 from veilgate.audit import AuditEntry, Checkpoint, LogVerifier, parse_entry, sha256_b64
-from veilgate.errors import ProofInvalid
+from veilgate.errors import ProofInvalid, RequestInvalid
 from veilgate.v1 import audit_pb2, audit_pb2_grpc
 
 __all__ = ["AuditClient"]
@@ -38,6 +38,7 @@ class AuditClient:
     ) -> AuditClient:
         if root_certificates is not None:  # None: the system's roots
             require_certificate(root_certificates, "root_certificates (the gateway's CA)")
+        LogVerifier(log_verifier_key)  # a malformed key is refused before a channel is opened
         channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root_certificates))
         client = cls(channel, log_verifier_key=log_verifier_key, timeout=timeout)
         client._owns_channel = True
@@ -49,14 +50,15 @@ class AuditClient:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection :meth:`connect` made (a channel passed in stays its owner's)."""
         if self._owns_channel:
             self._channel.close()
 
     def _call(self, method: object, request: object) -> object:
-        try:
-            return method(request, timeout=self._timeout)  # type: ignore[operator]
-        except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
+        return call(method, request, timeout=self._timeout)  # type: ignore[arg-type]
 
     def checkpoint(self, *, min_tree_size: int = 0) -> Checkpoint:
         """The latest signed checkpoint (at least ``min_tree_size`` entries), signature verified."""
@@ -68,11 +70,19 @@ class AuditClient:
         return checkpoint
 
     def entries(self, start: int, count: int) -> list[tuple[int, bytes]]:
+        """Entries ``start <= i < start + count`` (at most 256) as ``(index, entry bytes)``: read them
+        with :func:`veilgate.audit.parse_entry`, prove them with :meth:`prove_inclusion`."""
+        if start < 0 or count < 0:
+            raise RequestInvalid("start and count are not negative")
         reply = self._call(self._stub.GetEntries, audit_pb2.GetEntriesRequest(start=start, count=count))
         assert isinstance(reply, audit_pb2.GetEntriesResponse)
         return [(e.index, e.entry) for e in reply.entries]
 
     def prove_inclusion(self, index: int, entry: bytes, checkpoint: Checkpoint) -> None:
+        """Prove that ``entry`` is entry ``index`` of the tree ``checkpoint`` (verified) signs; raise
+        :class:`ProofInvalid` otherwise."""
+        if not 0 <= index < checkpoint.tree_size:
+            raise ProofInvalid(f"entry {index} is not in a log of {checkpoint.tree_size} entries")
         request = audit_pb2.GetInclusionProofRequest(index=index, tree_size=checkpoint.tree_size)
         reply = self._call(self._stub.GetInclusionProof, request)
         assert isinstance(reply, audit_pb2.GetInclusionProofResponse)
@@ -89,9 +99,14 @@ class AuditClient:
         assert isinstance(reply, audit_pb2.GetConsistencyProofResponse)
         self.verifier.consistency(older, newer, list(reply.hashes))
 
-    def verify_receipt(self, index: int, payload: bytes) -> tuple[AuditEntry, Checkpoint]:
-        """Prove that the call which returned ``payload`` (a sealed delivery, or the ASCII of a signed
-        result) is entry ``index`` of the log, under a signed checkpoint."""
+    def verify_receipt(self, index: int, payload: bytes | str) -> tuple[AuditEntry, Checkpoint]:
+        """Prove that the call which returned ``payload`` (a sealed delivery, or a signed result as
+        :attr:`EligibilityResult.signed_result` holds it) is entry ``index`` of the log, under a
+        signed checkpoint."""
+        if index < 0:
+            raise ProofInvalid(f"a log index is not negative: {index}")
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "surrogatepass")
         checkpoint = self.checkpoint(min_tree_size=index + 1)
         fetched = self.entries(index, 1)
         if len(fetched) != 1 or fetched[0][0] != index:

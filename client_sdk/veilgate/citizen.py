@@ -24,11 +24,11 @@ import grpc
 
 from veilgate._internal import jose
 from veilgate._internal.pem import require_certificate
-from veilgate._internal.status import error_from_rpc
+from veilgate._internal.status import call
 from veilgate.audit import AuditEntry, LogVerifier, parse_entry
 from veilgate.consent import CONSENT_TYP, PolicyPin
 from veilgate.delivery import DataDelivery, GatewayKey
-from veilgate.errors import DeliveryInvalid, ProofInvalid
+from veilgate.errors import ConfigurationError, DeliveryInvalid, ProofInvalid
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
 from veilgate.wallet import CitizenWallet
 
@@ -130,16 +130,18 @@ class CitizenClient:
         self.close()
 
     def close(self) -> None:
+        """Close the connection; a call after it raises :class:`~veilgate.errors.ConfigurationError`."""
         self._channel.close()
 
     def gateway_info(self) -> GatewayInfo:
-        """Fetch (once) the gateway's id and keys. Pinned keys, when given, must be among them."""
+        """Fetch (once) the gateway's id and keys. Pinned keys, when given, must be among them:
+        otherwise nothing the gateway signs would verify, and a GetMyData would spend its request
+        token and be logged before the delivery was refused."""
         if self._info is None:
-            try:
-                reply = self._stub.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=self._timeout)
-            except grpc.RpcError as e:
-                raise error_from_rpc(e) from None
+            reply = call(self._stub.GetGatewayInfo, citizen_pb2.GetGatewayInfoRequest(), timeout=self._timeout)
             published = [GatewayKey(key_id=k.key_id, public_key=k.public_key) for k in reply.signing_keys]
+            if self._pinned is not None and not set(self._pinned) & set(published):
+                raise ConfigurationError("none of the pinned gateway keys is one this gateway publishes")
             keys = self._pinned if self._pinned is not None else tuple(published)
             self._info = GatewayInfo(reply.gateway_id, keys, reply.log_verifier_key)
         return self._info
@@ -162,10 +164,7 @@ class CitizenClient:
         return self._wallet.request_token(audience=info.gateway_id, operation=_SERVICE + operation, claims=claims)
 
     def _call(self, method: Callable[..., _Reply], request: object) -> _Reply:
-        try:
-            return method(request, timeout=self._timeout)
-        except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
+        return call(method, request, timeout=self._timeout)
 
     def grant_consent(
         self,
@@ -218,10 +217,7 @@ class CitizenClient:
         """Send a GetMyData request token made elsewhere (e.g. on a separate signing device)."""
         info = self.gateway_info()
         request = citizen_pb2.GetMyDataRequest(request_token=request_token)
-        try:
-            reply = self._stub.GetMyData(request, timeout=self._timeout)
-        except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
+        reply = self._call(self._stub.GetMyData, request)
         if reply.gateway_key_id not in {k.key_id for k in info.signing_keys}:
             raise DeliveryInvalid("delivery is signed by a key this client does not trust")
         delivery = self._wallet.open_delivery(

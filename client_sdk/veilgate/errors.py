@@ -69,13 +69,19 @@ ERROR_DOMAIN = "veilgate"
 
 
 class VeilgateError(Exception):
-    """Root of every Veilgate error. ``reason`` is the stable ErrorInfo reason."""
+    """Root of every Veilgate error. ``reason`` is the stable ErrorInfo reason.
+
+    ``request_id``: on an error from :meth:`veilgate.InstitutionClient.evaluate`, the request id the
+    call was sent with. Evaluating again with it is safe whatever happened (the gateway answers a
+    request id it has seen with the result it recorded, spending nothing), so a caller that gave
+    none can still retry without spending another use of the consent."""
 
     reason: ClassVar[str] = "INTERNAL"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.request_id: str | None = None
 
 
 class InternalError(VeilgateError):

@@ -1,20 +1,27 @@
 """The bank's and insurer's side of the SDK: eligibility results over mutual TLS.
 
-    with InstitutionClient("gateway.example:7443",
-                           certificate_chain=cert_pem, private_key=key_pem, root_certificates=ca_pem) as gw:
+    with InstitutionClient("gateway.example:7444",   # the institutions' mutual-TLS port
+                           certificate_chain=cert_pem, private_key=key_pem, root_certificates=ca_pem,
+                           institution_id="bank-of-jinan") as gw:
         for policy in gw.list_policies(): ...
-        result = gw.evaluate("credit.consumer_loan", consent_token, {"requested_amount_band": "50k_200k"})
+        result = gw.evaluate("credit.consumer_loan", consent_token, {"requested_amount_band": "50k_to_200k"})
         result.decision, result.bands, result.reasons   # verified before it is returned
 
 The institution is identified by its client certificate (issued by the gateway operator); nothing
-in a request can claim another identity. ``evaluate`` is safe to retry: it sends the same
-``request_id`` and the gateway returns the same signed result without spending another use.
+in a request can claim another identity.
+
+Retrying is safe with the same ``request_id``: the gateway answers a request id it has seen with the
+result it recorded, and spends nothing. ``evaluate`` retries an unavailable gateway or a missed
+deadline itself, with backoff, under one request id; when it gives up, the error it raises carries
+that id (``error.request_id``), so that a later ``evaluate(..., request_id=error.request_id)`` gets
+the answer of a call that did reach the gateway instead of spending another use of the consent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,10 +30,17 @@ import grpc
 
 from veilgate._internal import jose
 from veilgate._internal.pem import require_certificate, require_private_key
-from veilgate._internal.status import error_from_rpc
+from veilgate._internal.status import call
 from veilgate.consent import CONSENT_TYP
 from veilgate.delivery import GatewayKey
-from veilgate.errors import ResultInvalid, TokenError, VeilgateError
+from veilgate.errors import (
+    GatewayUnavailable,
+    PolicyParameterInvalid,
+    StorageError,
+    TokenError,
+    TokenInvalid,
+    VeilgateError,
+)
 from veilgate.result import EligibilityResult, request_hash, verify_result
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
 
@@ -86,24 +100,21 @@ class InstitutionClient:
         self.close()
 
     def close(self) -> None:
+        """Close the connection; a call after it raises :class:`~veilgate.errors.ConfigurationError`."""
         self._channel.close()
 
     def gateway_keys(self) -> tuple[GatewayKey, ...]:
         """Pinned keys, or (once) the keys the gateway publishes over this authenticated channel."""
         if self._keys is None:
             stub = citizen_pb2_grpc.CitizenServiceStub(self._channel)
-            try:
-                reply = stub.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=self._timeout)
-            except grpc.RpcError as e:
-                raise error_from_rpc(e) from None
+            reply = call(stub.GetGatewayInfo, citizen_pb2.GetGatewayInfoRequest(), timeout=self._timeout)
             self._keys = tuple(GatewayKey(k.key_id, k.public_key) for k in reply.signing_keys)
         return self._keys
 
     def list_policies(self) -> list[PolicyInfo]:
-        try:
-            reply = self._stub.ListPolicies(eligibility_pb2.ListPoliciesRequest(), timeout=self._timeout)
-        except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
+        """The reviewed policies this institution's kind (bank or insurer) may evaluate, with their
+        parameters and the sha256 a citizen's consent pins."""
+        reply = call(self._stub.ListPolicies, eligibility_pb2.ListPoliciesRequest(), timeout=self._timeout)
         return [
             PolicyInfo(
                 id=p.id,
@@ -128,27 +139,41 @@ class InstitutionClient:
     ) -> EligibilityResult:
         """Evaluate ``policy_id`` under the citizen's consent and return the verified result.
 
-        Transport failures are retried with the same ``request_id`` (idempotent on the gateway)."""
-        params = dict(parameters or {})
+        ``parameters`` are the policy's named choices, each a string from its list (see
+        :meth:`list_policies`). An unavailable gateway or a missed deadline is retried with backoff
+        (up to ``max_attempts`` calls) under one ``request_id``; every error raised carries it as
+        ``error.request_id`` (see the module docstring)."""
         request_id = request_id or new_request_id()
+        try:
+            return self._evaluate(policy_id, consent_token, parameters, request_id)
+        except VeilgateError as e:
+            e.request_id = request_id
+            raise
+
+    def _evaluate(
+        self, policy_id: str, consent_token: str, parameters: Mapping[str, str] | None, request_id: str
+    ) -> EligibilityResult:
+        params = dict(parameters or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in params.items()):
+            raise PolicyParameterInvalid("policy parameters are names and values, each a string")
+        if not isinstance(consent_token, str):
+            raise TokenInvalid("the consent token is not a Veilgate consent: give its compact JWS text")
+        consent_token = consent_token.strip()  # as read from a file or a QR code; a JWS holds no space
         try:
             consent_id = jose.unverified_claims(consent_token, typ=CONSENT_TYP).claims.get("jti")
         except TokenError as e:
-            raise ResultInvalid("the consent token is not a Veilgate consent") from e
+            raise TokenInvalid("the consent token is not a Veilgate consent") from e
         request = eligibility_pb2.EvaluateRequest(
             policy_id=policy_id, consent_token=consent_token, request_id=request_id, parameters=params
         )
-        reply = None
         for attempt in range(self._attempts):
             try:
-                reply = self._stub.Evaluate(request, timeout=self._timeout)
+                reply = call(self._stub.Evaluate, request, timeout=self._timeout)
                 break
-            except grpc.RpcError as e:
-                error: VeilgateError = error_from_rpc(e)
-                retriable = isinstance(e, grpc.Call) and e.code() is grpc.StatusCode.UNAVAILABLE
-                if not retriable or attempt + 1 == self._attempts:
-                    raise error from None
-        assert reply is not None
+            except (GatewayUnavailable, StorageError):  # not reached, timed out, or its store down: no refusal
+                if attempt + 1 == self._attempts:
+                    raise
+                time.sleep(_backoff(attempt))
         expected = request_hash(
             consent_id=str(consent_id), policy_id=policy_id, request_id=request_id, parameters=params
         )
@@ -159,3 +184,9 @@ class InstitutionClient:
             expected_request=expected,
         )
         return dataclasses.replace(result, log_index=reply.log_index)
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt + 1``: 0.1, 0.2, 0.4 ... up to 2, each drawn down by up to
+    half, so that clients that failed together do not all come back at once."""
+    return min(0.1 * (1 << attempt), 2.0) * (1 - secrets.randbelow(500) / 1000)

@@ -89,7 +89,7 @@ def _typed(claims: Mapping[str, Any], name: str, kind: type) -> Any:
 
 
 def verify_result(
-    signed_result: str,
+    signed_result: str | bytes,
     *,
     gateway_keys: Sequence[GatewayKey],
     institution_id: str | None = None,
@@ -97,12 +97,24 @@ def verify_result(
 ) -> EligibilityResult:
     """Check the gateway's signature and the result's shape; with ``institution_id`` and
     ``expected_request`` (see :func:`request_hash`) also that it answers that institution's request.
-    Raises :class:`ResultInvalid` on any failure."""
+    ``signed_result`` is the compact JWS as text or ASCII bytes; space around it (a stored file's
+    newline) is not part of it. Raises :class:`ResultInvalid` on any failure."""
+    if isinstance(signed_result, bytes):
+        try:
+            signed_result = signed_result.decode("ascii")
+        except UnicodeDecodeError:
+            raise ResultInvalid("a signed result is ASCII text: these bytes are not") from None
+    if not isinstance(signed_result, str):
+        raise ResultInvalid("a signed result is the compact JWS, as text")
+    signed_result = signed_result.strip()
     try:
         parsed = jose.unverified_claims(signed_result, typ=RESULT_TYP)
-        key = next((k for k in gateway_keys if k.key_id == parsed.kid), None)
-        if key is None:
-            raise ResultInvalid("result is signed by a key that is not among the trusted gateway keys")
+    except TokenError as e:
+        raise ResultInvalid("this is not a signed eligibility result (a compact JWS)") from e
+    key = next((k for k in gateway_keys if k.key_id == parsed.kid), None)
+    if key is None:
+        raise ResultInvalid("result is signed by a key that is not among the trusted gateway keys")
+    try:
         claims = jose.verify_jws(parsed, public_key=key.public_key, typ=RESULT_TYP)
     except TokenError as e:
         raise ResultInvalid("result signature does not verify") from e

@@ -35,9 +35,9 @@ import nacl.signing
 import nacl.utils
 
 from veilgate._internal import jose, sealed
-from veilgate.consent import CONSENT_TYP, PURPOSES, PolicyPin
+from veilgate.consent import CONSENT_TYP, MAX_CONSENT_SECONDS, MAX_POLICIES, MAX_USES, PURPOSES, PolicyPin
 from veilgate.delivery import DataDelivery, GatewayKey, verify_delivery
-from veilgate.errors import DeliveryInvalid, TokenError, WalletError
+from veilgate.errors import DeliveryInvalid, RequestInvalid, TokenError, WalletError
 
 __all__ = ["REQUEST_TYP", "CitizenWallet", "KdfStrength"]
 
@@ -231,8 +231,15 @@ class CitizenWallet:
         """Sign a consent for ``institution_id`` to evaluate the pinned ``policies`` for ``purpose``,
         at most ``max_uses`` times, from ``not_before`` (default now) for ``valid_for`` seconds.
         Register it with the gateway, then hand it to the institution."""
+        # What the gateway would refuse, refused here before anything is signed or sent.
         if purpose not in PURPOSES:
-            raise ValueError(f"purpose must be one of {sorted(PURPOSES)}")
+            raise RequestInvalid(f"purpose must be one of {sorted(PURPOSES)}")
+        if type(max_uses) is not int or not 1 <= max_uses <= MAX_USES:
+            raise RequestInvalid(f"max_uses must be from 1 to {MAX_USES}")
+        if type(valid_for) is not int or not 1 <= valid_for <= MAX_CONSENT_SECONDS:
+            raise RequestInvalid(f"valid_for must be from 1 second to {MAX_CONSENT_SECONDS // 86400} days")
+        if not 1 <= len(policies) <= MAX_POLICIES:
+            raise RequestInvalid(f"a consent pins 1 to {MAX_POLICIES} policies")
         issued_at = int(time.time()) if now is None else now
         start = issued_at if not_before is None else not_before
         claims = {

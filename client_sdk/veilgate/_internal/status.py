@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from veilgate.errors import (
     ERROR_DOMAIN,
+    ConfigurationError,
     GatewayUnavailable,
     InternalError,
     RequestTooLarge,
@@ -15,7 +19,21 @@ from veilgate.errors import (
     error_for_reason,
 )
 
-__all__ = ["error_from_rpc"]
+__all__ = ["call", "error_from_rpc"]
+
+_Reply = TypeVar("_Reply")
+
+
+def call(method: Callable[..., _Reply], request: object, *, timeout: float) -> _Reply:
+    """Invoke a unary stub method; every failure is a :class:`VeilgateError`, a closed client's too."""
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as e:
+        raise error_from_rpc(e) from None
+    except ValueError as e:
+        if "closed channel" not in str(e):
+            raise
+        raise ConfigurationError("this client is closed: make a new one") from None
 
 
 def error_from_rpc(error: grpc.RpcError) -> VeilgateError:
