@@ -41,7 +41,14 @@ from veilgate.merkle import verify_consistency
 from veilgate_server.core.merkle import consistency_proof, root_of
 from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.storage import StateChange, Store
-from veilgate_server.storage.log import AppendRequest, CheckpointSuperseded, LogWriter, StoredCheckpoint
+from veilgate_server.storage.log import (
+    AppendRequest,
+    CheckpointConflict,
+    CheckpointSuperseded,
+    LogWriter,
+    StoredCheckpoint,
+    StoreHealth,
+)
 
 __all__ = ["Auditor", "CallRecord", "Checkpointer", "checkpoint_body"]
 
@@ -195,9 +202,11 @@ class Checkpointer:
         *,
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        health: StoreHealth | None = None,
     ) -> None:
         self._store = store
         self._signer = signer
+        self._health = health or StoreHealth()
         self._interval = interval
         self._clock = clock
         self._lock = threading.Lock()
@@ -271,7 +280,11 @@ class Checkpointer:
         while not self._stop.wait(self._interval):
             try:
                 self.sign_if_due()
-            except StorageError:
+            except CheckpointConflict:
                 _log.warning("could not sign a checkpoint this round; will retry", exc_info=True)
+            except StorageError as e:  # the store is down: retried next round, logged once an outage
+                self._health.failed(e)
             except Exception:
                 _log.exception("checkpoint refused: the stored log does not extend the last checkpoint")
+            else:
+                self._health.answered()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import grpc
 import pytest
 from conftest import GatewayHarness
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from sqlalchemy import text
 
@@ -197,6 +199,46 @@ def test_a_call_whose_entry_cannot_be_made_durable_fails_unavailable(gateway_har
     with gw.client(wallet) as citizen, pytest.raises(StorageError):
         citizen.get_my_data()
     assert gw.used_token_rows() == tokens_spent  # a token is spent only together with its log entry
+
+
+def test_a_store_outage_is_logged_once_each_way_and_the_health_service_follows_it(
+    gateway_harness: GatewayHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the store fails every call fails closed: the health check says so (a load balancer
+    stops sending them), and the log says it once, not once a call. The checkpointer's round finds
+    the store back even when no call comes, as none will to a gateway marked not serving."""
+    gw = gateway_harness
+    with gw.channel() as channel, caplog.at_level(logging.INFO):
+        health = health_pb2_grpc.HealthStub(channel)
+        citizen = citizen_pb2_grpc.CitizenServiceStub(channel)
+
+        def status() -> int:
+            reply = health.Check(health_pb2.HealthCheckRequest(service="veilgate.v1.CitizenService"), timeout=5)
+            return int(reply.status)
+
+        assert status() == health_pb2.HealthCheckResponse.SERVING
+        with gw.store.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE log_head RENAME TO log_head_away"))
+        try:
+            for _ in range(5):
+                with pytest.raises(grpc.RpcError) as refused:
+                    citizen.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=10)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            with gw.store.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE log_head_away RENAME TO log_head"))
+        deadline = time.monotonic() + 10
+        while status() != health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status() == health_pb2.HealthCheckResponse.SERVING
+        citizen.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=10)
+    failing = [r for r in caplog.records if r.getMessage().startswith("the store is failing")]
+    assert len(failing) == 1, [r.getMessage() for r in caplog.records]
+    assert failing[0].levelno == logging.ERROR
+    assert failing[0].getMessage().startswith("the store is failing: could not append to the audit log: ")
+    assert [r for r in caplog.records if r.getMessage().startswith("the store answers again, after ")]
+    assert not any(r.exc_info for r in caplog.records if r.name.startswith("veilgate"))
 
 
 def test_a_replayed_token_is_logged_once_as_refused(gateway_harness: GatewayHarness) -> None:

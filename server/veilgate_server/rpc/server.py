@@ -35,7 +35,7 @@ from veilgate_server.rpc.citizen import CitizenServicer
 from veilgate_server.rpc.eligibility import EligibilityServicer
 from veilgate_server.rpc.errors import status_name
 from veilgate_server.rpc.interceptors import ErrorBoundary, HandlerCache
-from veilgate_server.storage.log import LogWriter
+from veilgate_server.storage.log import LogWriter, StoreHealth
 
 __all__ = ["MAX_MESSAGE_BYTES", "TRANSPORT_LIMIT_BYTES", "RunningServer", "ServerTls", "build_server"]
 
@@ -109,9 +109,10 @@ def build_server(
     ``reuse_port`` lets several server processes listen on the same ports (``SO_REUSEPORT``; the
     kernel spreads connections over them). It is off otherwise, so that a second gateway started by
     mistake on a port in use fails to start instead of quietly taking half the connections."""
-    writer = LogWriter(gateway.store.log)
+    store_health = StoreHealth()
+    writer = LogWriter(gateway.store.log, health=store_health)
     auditor = Auditor(gateway.store, writer, clock=gateway.clock, status_of=status_name)
-    checkpointer = Checkpointer(gateway.store, gateway.log_signer, interval=checkpoint_interval)
+    checkpointer = Checkpointer(gateway.store, gateway.log_signer, interval=checkpoint_interval, health=store_health)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veilgate-rpc"),
         # Outermost first: each method's handler is built once; errors become statuses; every call
@@ -161,8 +162,14 @@ def build_server(
     writer.start()
     checkpointer.start()
     server.start()
-    for service in ("", *_SERVICES):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def serving(answers: bool) -> None:  # every call needs the store: without it, none can succeed
+        status = health_pb2.HealthCheckResponse.SERVING if answers else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", *_SERVICES):
+            health_servicer.set(service, status)
+
+    serving(True)
+    store_health.listen(serving)
     return RunningServer(
         server=server, port=port, health=health_servicer, writer=writer, checkpointer=checkpointer, mtls_port=mtls_port
     )

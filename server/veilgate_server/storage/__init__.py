@@ -16,6 +16,7 @@ from .log import (
     LogEntry,
     LogWriter,
     StoredCheckpoint,
+    StoreHealth,
     WriterStats,
 )
 from .repositories import (
@@ -52,6 +53,7 @@ __all__ = [
     "RequestLedger",
     "StateChange",
     "Store",
+    "StoreHealth",
     "StoredCheckpoint",
     "StoredRecord",
     "WriterStats",

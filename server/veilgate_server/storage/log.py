@@ -85,6 +85,7 @@ __all__ = [
     "CheckpointConflict",
     "LogEntry",
     "LogWriter",
+    "StoreHealth",
     "StoredCheckpoint",
     "WriterStats",
 ]
@@ -701,6 +702,46 @@ class _Batch:
         self.error: BaseException | None = None
 
 
+class StoreHealth:
+    """Whether the store answers, as the log writer and the checkpointer last found it.
+
+    Every call appends to the log, so while the store fails every call fails closed, and a line per
+    failed batch (169 in a ten-second outage) hid the one that mattered. This logs the change of
+    state once each way, with the database's own words, and tells its listeners (the gRPC health
+    service, so that a load balancer stops sending calls that can only fail). The checkpointer's
+    round, once a second, notices the store answering again when no call comes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._listeners: list[Callable[[bool], None]] = []
+
+    def listen(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(False)`` when the store starts failing, ``listener(True)`` when it answers again."""
+        self._listeners.append(listener)
+
+    @property
+    def failing(self) -> bool:
+        return self._failures > 0
+
+    def failed(self, error: StorageError) -> None:
+        with self._lock:  # listeners are told in order, the writer's and the checkpointer's alike
+            self._failures += 1
+            if self._failures == 1:
+                cause = f" ({error.cause})" if error.cause else ""
+                _log.error("the store is failing: %s%s; every call fails closed until it answers", error.message, cause)
+                for listener in self._listeners:
+                    listener(False)
+
+    def answered(self) -> None:
+        with self._lock:
+            if self._failures:
+                _log.warning("the store answers again, after %d failed attempts", self._failures)
+                self._failures = 0
+                for listener in self._listeners:
+                    listener(True)
+
+
 class LogWriter:
     """Group commit in front of :meth:`AuditLog.append_batch`.
 
@@ -718,7 +759,14 @@ class LogWriter:
     back. A batch holds at most ``max_batch`` entries.
     """
 
-    def __init__(self, log: AuditLog, *, max_batch: int = 256, linger_seconds: float = 0.0005) -> None:
+    def __init__(
+        self,
+        log: AuditLog,
+        *,
+        max_batch: int = 256,
+        linger_seconds: float = 0.0005,
+        health: StoreHealth | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if linger_seconds < 0:
@@ -726,6 +774,7 @@ class LogWriter:
         self._log = log
         self._max_batch = max_batch
         self._linger = linger_seconds
+        self._health = health or StoreHealth()
         self._cond = threading.Condition(threading.Lock())
         self._batches: deque[_Batch] = deque()
         self._thread: threading.Thread | None = None
@@ -840,12 +889,13 @@ class LogWriter:
             try:
                 indices = self._log.append_batch([pending.request for pending in live]) if live else []
             except StorageError as e:
-                _log.warning("audit log batch of %d entries failed: %s", len(live), e)
+                self._health.failed(e)  # logged once an outage, not once a batch
                 batch.error = e
             except Exception as e:  # a bug must still fail the callers closed, not strand them
                 _log.exception("audit log batch of %d entries failed unexpectedly", len(live))
                 batch.error = e
             else:
+                self._health.answered()
                 for pending, index in zip(live, indices, strict=True):
                     pending.index = index
                 with self._cond:
