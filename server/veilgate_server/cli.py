@@ -561,14 +561,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reuse_port=args.processes > 1,
     )
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stopped_by: list[str] = []
+
+    def stopping(signum: int, frame: object) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        stop.set()
+
+    # SIGHUP too (a closed terminal, a log rotation's habit): a stop with its final checkpoint
+    # rather than the instant death it would otherwise be.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stopping)
     if args.processes == 1:
         gateway, running = serve(settings, options)  # refuses to start on a bad or missing manifest
         _print_serving(settings, gateway, options, port=running.port, mtls_port=running.mtls_port, processes=1)
         stop.wait()
+        print(f"veilgate: stopping on {stopped_by[0]}: finishing the calls in flight", file=sys.stderr, flush=True)
         running.stop(grace=5.0)
         gateway.store.close()
+        print("veilgate: stopped", file=sys.stderr)
         return 0
     for address in (args.listen, args.listen_mtls) if tls else (args.listen,):
         _refuse_if_in_use(address)
@@ -593,6 +603,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if exited:
                 print(f"veilgate: error: server process {exited[0]} stopped; stopping the others", file=sys.stderr)
                 return 1
+        print(f"veilgate: stopping on {stopped_by[0]}: finishing the calls in flight", file=sys.stderr, flush=True)
+    print("veilgate: stopped", file=sys.stderr)
     return 0
 
 
@@ -615,7 +627,14 @@ def _print_serving(
         print(f"institutions (mutual TLS) on port {mtls_port}")
     print(f"{len(gateway.policies)} reviewed policies: {', '.join(sorted(gateway.policies))}")
     print(f"gateway signing key {gateway.signer.key_id}; public keys in {settings.public_keys_path}")
+    print(f"store: {_shown_url(settings.store_url)}")
     sys.stdout.flush()
+
+
+def _shown_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

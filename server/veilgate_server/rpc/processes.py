@@ -196,6 +196,15 @@ def _child_main(factory: ServerFactory, pipe: Connection, log_level: int, cpu: i
         pipe.close()
 
 
+def _how_it_ended(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
 class ServerProcesses:
     """``count`` copies of a server, each in its own process (see the module docstring)."""
 
@@ -268,8 +277,10 @@ class ServerProcesses:
         return tuple(child.pid or 0 for child, _ in self._children)
 
     def exited(self) -> list[str]:
-        """The server processes that are no longer running, each as "name (exit code N)"."""
-        return [f"{child.name} (exit code {child.exitcode})" for child, _ in self._children if not child.is_alive()]
+        """The server processes that are no longer running, each as "name (exit code N)" or "name
+        (killed by SIGKILL)"."""
+        ended = [child for child, _ in self._children if not child.is_alive()]
+        return [f"{child.name} ({_how_it_ended(child.exitcode)})" for child in ended]
 
     @property
     def target(self) -> str:
