@@ -538,6 +538,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if args.processes > 1 and not (_fixed_port(args.listen) and _fixed_port(args.listen_mtls)):
         raise ConfigurationError("--processes share their ports: give --listen and --listen-mtls a port, not 0")
+    if args.governance_key and Path(args.governance_key).is_file():
+        raise ConfigurationError(
+            f"--governance-key takes the verifier key itself (name+hash+key), not a file: "
+            f'--governance-key "$(cat {args.governance_key})"'
+        )
     settings = _settings(args)
     # The signed manifest first: a gateway that will not start must not leave a CA and keys behind.
     verify_manifest(settings.policies_path, settings.trusted_governance_keys())

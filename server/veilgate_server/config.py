@@ -147,10 +147,12 @@ class Settings:
         return self.data_dir / "tls"
 
     def ensure_data_dir(self) -> None:
+        """Create the data directory, private to its owner (0700): it holds the records, the
+        citizens' log keys and the gateway's private keys, and SQLite makes its files by the umask."""
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ConfigurationError(f"data directory {self.data_dir} is a file, not a directory")
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigurationError(f"cannot create data directory {self.data_dir}: {e.strerror}") from e
 

@@ -30,6 +30,7 @@ from veilgate import (
 from veilgate.citizen import GET_MY_DATA
 from veilgate.errors import (
     CitizenAlreadyEnrolled,
+    ConfigurationError,
     ConsentRevoked,
     InstitutionAlreadyRegistered,
     InternalError,
@@ -65,6 +66,10 @@ def _say(text: str = "") -> None:
 def run_demo(*, data_dir: Path | None, database_url: str | None, citizens: int, seed: int) -> int:
     keep = data_dir is not None
     root = data_dir if data_dir is not None else Path(tempfile.mkdtemp(prefix="veilgate-demo-"))
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, as Settings.ensure_data_dir makes it
+    except OSError as e:
+        raise ConfigurationError(f"cannot create data directory {root}: {e.strerror}") from e
     try:
         _run(root, database_url=database_url, citizens=citizens, seed=seed)
     finally:

@@ -333,6 +333,7 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
     assert f"State kept in {data}" in result.stdout
     assert (data / "veilgate.db").exists()
     assert (data / "citizen.wallet").exists()
+    assert data.stat().st_mode & 0o777 == 0o700  # records and keys: private to the operator
     key_id = veilgate("keys", "--data-dir", str(data)).stdout
     assert json.loads((data / "gateway-keys.json").read_text())["keys"][0]["kid"] in key_id
     # The demo is re-runnable on kept state (the citizen's keys are rotated to a new wallet).
@@ -405,6 +406,7 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
         (["wallet", "fetch", "--wallet", "/nonexistent.wallet", "--target", "localhost:70000"], "a port from 1"),
         (["serve"], "no trusted policy governance key"),
         (["serve", "--governance-key", "garbage"], "governance verifier key 1 is invalid"),
+        (["serve", "--governance-key", sys.executable], "takes the verifier key itself (name+hash+key), not a file"),
         (["serve", "--workers", "0"], "--workers must be from 1 to 256 threads per process"),
         (["serve", "--workers", "257"], "--workers must be from 1 to 256 threads per process"),
         (["serve", "--daily-budget", "-1"], "--daily-budget must be from 0 to 1,000,000"),
