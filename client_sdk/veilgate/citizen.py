@@ -183,6 +183,8 @@ class CitizenClient:
         return token, self.register_consent(token)
 
     def register_consent(self, consent_token: str) -> ConsentInfo:
+        """Register a consent the wallet signed. Safe to repeat with the same token (after a reply
+        that was lost, say): the gateway answers with the consent as registered the first time."""
         consent_id = jose.unverified_claims(consent_token, typ=CONSENT_TYP).claims.get("jti")
         request = citizen_pb2.RegisterConsentRequest(
             request_token=self._token("RegisterConsent", {"consent": consent_id}), consent_token=consent_token
@@ -190,6 +192,7 @@ class CitizenClient:
         return ConsentInfo.from_proto(self._call(self._stub.RegisterConsent, request).consent)
 
     def list_consents(self) -> list[ConsentInfo]:
+        """Every consent this citizen registered, with its uses and whether it was revoked."""
         request = citizen_pb2.ListConsentsRequest(request_token=self._token("ListConsents"))
         return [ConsentInfo.from_proto(c) for c in self._call(self._stub.ListConsents, request).consents]
 

@@ -26,6 +26,7 @@ from veilgate.citizen import GET_MY_DATA
 from veilgate.consent import CONSENT_TYP
 from veilgate.delivery import DELIVERY_TYP
 from veilgate.errors import (
+    ConsentAlreadyRegistered,
     ConsentRevoked,
     ConsentUnknown,
     InstitutionDisabled,
@@ -225,19 +226,27 @@ class Gateway:
                 policy_purpose=policy.purpose,
                 now=max(int(now), consent.not_before),
             )
-        row = self.store.consents.register(
-            consent_id=consent.consent_id,
-            citizen_id=consent.citizen_id,
-            institution_id=consent.institution_id,
-            purpose=consent.purpose,
-            policies=[(pin.id, pin.sha256) for pin in consent.policies],
-            not_before=_utc(consent.not_before),
-            expires_at=_utc(consent.expires_at),
-            max_uses=consent.max_uses,
-            token=consent_token,
-            signing_key=keys.signing_key,  # what verified it: an Evaluate need not verify it again
-            at=_utc(now),
-        )
+        try:
+            row = self.store.consents.register(
+                consent_id=consent.consent_id,
+                citizen_id=consent.citizen_id,
+                institution_id=consent.institution_id,
+                purpose=consent.purpose,
+                policies=[(pin.id, pin.sha256) for pin in consent.policies],
+                not_before=_utc(consent.not_before),
+                expires_at=_utc(consent.expires_at),
+                max_uses=consent.max_uses,
+                token=consent_token,
+                signing_key=keys.signing_key,  # what verified it: an Evaluate need not verify it again
+                at=_utc(now),
+            )
+        except ConsentAlreadyRegistered:
+            # The very same token again, from its citizen: a retry after a reply that was lost, or
+            # after a call that failed once the consent was stored. It is answered as the first
+            # time was; any other token under that id is refused.
+            row = self.store.consents.get(consent.consent_id)
+            if row.token != consent_token or row.citizen_id != claims.citizen_id:
+                raise
         self._spend(claims, now=now, call=call)
         return row
 

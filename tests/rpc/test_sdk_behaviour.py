@@ -8,11 +8,14 @@ import time
 
 import pytest
 from conftest import GatewayHarness
+from sqlalchemy import text
 
 from veilgate import AuditClient, CitizenClient, CitizenWallet, GatewayKey, InstitutionClient, verify_result
 from veilgate._internal import jose
+from veilgate.consent import CONSENT_TYP
 from veilgate.errors import (
     ConfigurationError,
+    ConsentAlreadyRegistered,
     GatewayUnavailable,
     PolicyParameterInvalid,
     ProofInvalid,
@@ -20,6 +23,7 @@ from veilgate.errors import (
     ResultInvalid,
     TokenInvalid,
 )
+from veilgate_server.storage._session import write_session
 
 LOAN = "credit.consumer_loan"
 LOAN_PARAMS = {"requested_amount_band": "up_to_50k"}
@@ -43,12 +47,18 @@ def _uses(gw: GatewayHarness, wallet: CitizenWallet) -> int:
 def test_an_evaluation_that_timed_out_is_retried_by_its_request_id_without_spending_again(
     gateway_harness: GatewayHarness,
 ) -> None:
+    """The gateway takes the call but answers too late (its log is held by a writer here): the
+    client's deadline passes while the use is being spent. The error carries the request id the SDK
+    made, and evaluating again with it returns the recorded answer without spending again."""
     gw = gateway_harness
     bank = gw.register_institution("bank-a", "bank")
     wallet, token = _citizen_and_consent(gw)
-    hurried = gw.institution_client(bank, timeout=1e-6, max_attempts=2)
-    with hurried, pytest.raises(GatewayUnavailable) as late:
-        hurried.evaluate(LOAN, token, LOAN_PARAMS)
+    hurried = gw.institution_client(bank, timeout=0.5, max_attempts=2)
+    with write_session(gw.store._sessions) as held:  # SQLite: the writer lock; PostgreSQL: the head row
+        if gw.store.engine.dialect.name == "postgresql":
+            held.execute(text("SELECT tree_size FROM log_head FOR UPDATE"))
+        with hurried, pytest.raises(GatewayUnavailable, match="DEADLINE_EXCEEDED") as late:
+            hurried.evaluate(LOAN, token, LOAN_PARAMS)
     request_id = late.value.request_id
     assert request_id is not None
     assert request_id.startswith("req-")
@@ -56,7 +66,7 @@ def test_an_evaluation_that_timed_out_is_retried_by_its_request_id_without_spend
         first = patient.evaluate(LOAN, token, LOAN_PARAMS, request_id=request_id)
         again = patient.evaluate(LOAN, token, LOAN_PARAMS, request_id=request_id)
     assert again.result_id == first.result_id
-    assert _uses(gw, wallet) == 1  # however many of the calls reached the gateway
+    assert _uses(gw, wallet) == 1  # two late attempts and two answers: one use
 
 
 def test_retries_back_off_instead_of_hammering_a_gateway_that_is_down(gateway_harness: GatewayHarness) -> None:
@@ -143,3 +153,22 @@ def test_audit_receipts_take_a_result_as_the_sdk_hands_it_over(gateway_harness: 
             audit.entries(-5, 3)
     with pytest.raises(ProofInvalid, match="malformed"):
         AuditClient.connect("localhost:1", root_certificates=gw.ca_pem, log_verifier_key="garbage")
+
+
+def test_registering_the_same_consent_again_answers_as_the_first_time(gateway_harness: GatewayHarness) -> None:
+    """A citizen app whose RegisterConsent reply was lost tries again with the same token: it gets
+    the consent, not an error, and nothing changes. Another token under the same id is refused."""
+    gw = gateway_harness
+    gw.register_institution("bank-a", "bank")
+    wallet, token = _citizen_and_consent(gw, max_uses=3)
+    with gw.client(wallet) as citizen:
+        first = citizen.list_consents()[0]
+        again = citizen.register_consent(token)
+        assert again == first
+        claims = dict(jose.unverified_claims(token, typ=CONSENT_TYP).claims)
+        claims["max_uses"] = 100  # the same id, other terms, signed by the same citizen
+        kid = jose.jwk_thumbprint(wallet.signing_public_key)
+        forged = jose.sign_jws(claims, signing_key=wallet._signing_key, typ=CONSENT_TYP, kid=kid)
+        with pytest.raises(ConsentAlreadyRegistered):
+            citizen.register_consent(forged)
+        assert citizen.list_consents() == [first]
