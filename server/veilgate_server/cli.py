@@ -8,7 +8,6 @@ a traceback is a bug.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import json
 import logging
@@ -233,8 +232,11 @@ def cmd_institution_add(args: argparse.Namespace) -> int:
     store = settings.open_store()
     written: list[Path] = []
     try:
-        with contextlib.suppress(InstitutionUnknown):  # before its files, which would replace the first's
+        try:  # before its files, which would replace the first one's
             store.institutions.get(args.id)
+        except InstitutionUnknown:
+            pass
+        else:
             raise InstitutionAlreadyRegistered("institution is already registered")
         # Issue and write first: a refused CSR or an unwritable directory must not leave a
         # registered institution without a certificate. A registration that then fails takes its

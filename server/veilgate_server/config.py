@@ -40,12 +40,23 @@ from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.governance import verify_manifest
 from veilgate_server.storage import Store, sqlite_url
 
-__all__ = ["DEFAULT_GATEWAY_ID", "Settings", "default_policies_dir"]
+__all__ = ["DEFAULT_GATEWAY_ID", "Settings", "default_policies_dir", "ensure_data_dir"]
 
 DEFAULT_GATEWAY_ID = "veilgate.local"
 GATEWAY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 """A gateway id: the ``aud`` citizens sign for, the ``iss`` of its results and the name of its log's
 checkpoints (``<gateway id>/log``): a host name or a URL, with no space or '+'."""
+
+
+def ensure_data_dir(path: Path) -> None:
+    """Create a data directory, private to its owner (0700): it holds the records, the citizens' log
+    keys and the gateway's private keys, and SQLite makes its files by the umask."""
+    if path.exists() and not path.is_dir():
+        raise ConfigurationError(f"data directory {path} is a file, not a directory")
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigurationError(f"cannot create data directory {path}: {e.strerror}") from e
 
 
 def default_policies_dir() -> Path:
@@ -147,14 +158,7 @@ class Settings:
         return self.data_dir / "tls"
 
     def ensure_data_dir(self) -> None:
-        """Create the data directory, private to its owner (0700): it holds the records, the
-        citizens' log keys and the gateway's private keys, and SQLite makes its files by the umask."""
-        if self.data_dir.exists() and not self.data_dir.is_dir():
-            raise ConfigurationError(f"data directory {self.data_dir} is a file, not a directory")
-        try:
-            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigurationError(f"cannot create data directory {self.data_dir}: {e.strerror}") from e
+        ensure_data_dir(self.data_dir)
 
     def load_catalog(self) -> Catalog:
         return load_catalog(self.policies_path / "catalog.yaml")

@@ -30,14 +30,13 @@ from veilgate import (
 from veilgate.citizen import GET_MY_DATA
 from veilgate.errors import (
     CitizenAlreadyEnrolled,
-    ConfigurationError,
     ConsentRevoked,
     InstitutionAlreadyRegistered,
     InternalError,
     TokenReplayed,
 )
 from veilgate_server.admin import CitizenIdentity, enroll, seed_population
-from veilgate_server.config import Settings, default_policies_dir
+from veilgate_server.config import Settings, default_policies_dir, ensure_data_dir
 from veilgate_server.core.manifest import ManifestInvalid
 from veilgate_server.crypto import canonical_json, ensure_local_tls
 from veilgate_server.crypto.institutions import InstitutionCA
@@ -66,10 +65,7 @@ def _say(text: str = "") -> None:
 def run_demo(*, data_dir: Path | None, database_url: str | None, citizens: int, seed: int) -> int:
     keep = data_dir is not None
     root = data_dir if data_dir is not None else Path(tempfile.mkdtemp(prefix="veilgate-demo-"))
-    try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, as Settings.ensure_data_dir makes it
-    except OSError as e:
-        raise ConfigurationError(f"cannot create data directory {root}: {e.strerror}") from e
+    ensure_data_dir(root)
     try:
         _run(root, database_url=database_url, citizens=citizens, seed=seed)
     finally:

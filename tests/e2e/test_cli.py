@@ -441,6 +441,7 @@ def test_an_institution_whose_certificate_cannot_be_written_is_not_registered(tm
     """Otherwise it stays registered with no certificate anywhere, and adding it again is refused."""
     data = ["--data-dir", str(tmp_path / "d")]
     veilgate("migrate", *data)
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o700  # the records' and keys' directory is private
     add = ["institution", "add", "--id", "bank-w", "--kind", "bank", "--name", "Bank W", *data]
     (tmp_path / "a-file").write_text("")
     refused = veilgate(*add, "--out-dir", str(tmp_path / "a-file" / "sub"), check=False)

@@ -39,11 +39,6 @@ class BenchRun:
     processes: int  # server processes the RPC scenarios were (or would have been) served by
 
 
-def _default_processes() -> int:
-    """One server process per core, as a deployment would run them (``veilgate serve --processes``)."""
-    return usable_cpus()
-
-
 def _scenario(name: str, baseline: dict[str, Any], postgres_url: str | None, rpc: RpcRun) -> ScenarioResult:
     from veilgate_server.bench import rpc_scenarios, store_scenarios
 
@@ -121,7 +116,7 @@ def run_bench(
             where = make_url(given)
             raise ConfigurationError(f"--rpc-store postgresql: no PostgreSQL answers at {where.host}:{where.port}")
         url = None
-    processes = _default_processes() if processes is None else processes
+    processes = usable_cpus() if processes is None else processes  # one per core, as a deployment runs
     problem = process_count_problem(processes)
     if problem is not None:
         raise ConfigurationError(problem)

@@ -734,6 +734,8 @@ class StoreHealth:
                     listener(False)
 
     def answered(self) -> None:
+        if not self._failures:  # every batch calls this: no lock while all is well
+            return
         with self._lock:
             if self._failures:
                 _log.warning("the store answers again, after %d failed attempts", self._failures)
