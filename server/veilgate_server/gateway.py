@@ -26,7 +26,6 @@ from veilgate.citizen import GET_MY_DATA
 from veilgate.consent import CONSENT_TYP
 from veilgate.delivery import DELIVERY_TYP
 from veilgate.errors import (
-    ConsentAlreadyRegistered,
     ConsentRevoked,
     ConsentUnknown,
     InstitutionDisabled,
@@ -34,6 +33,7 @@ from veilgate.errors import (
     RequestIdReused,
     RequestInvalid,
     TokenInvalid,
+    VeilgateError,
 )
 from veilgate.result import RESULT_TYP, request_hash
 from veilgate_server.audit import CallRecord, Checkpointer
@@ -163,9 +163,10 @@ class Gateway:
         else:
             self.store.apply(change)
 
-    def _spend(self, claims: RequestClaims, *, now: float, call: CallRecord) -> None:
-        """Spend the request token's jti (the call's last step: a refused request leaves nothing)."""
-        self._commit(call, _SpendRequestToken(claims, now=_utc(now)))
+    def _spend(self, claims: RequestClaims, *, now: float, call: CallRecord, then: StateChange | None = None) -> None:
+        """Spend the request token's jti (the call's last step: a refused request leaves nothing),
+        and make the call's own change, ``then``, in the same transaction."""
+        self._commit(call, _SpendRequestToken(claims, now=_utc(now), then=then))
 
     def get_my_data(self, request_token: str, *, call: CallRecord | None = None) -> SealedDelivery:
         """The citizen's records, signed by the gateway and sealed to the citizen's X25519 key."""
@@ -226,8 +227,8 @@ class Gateway:
                 policy_purpose=policy.purpose,
                 now=max(int(now), consent.not_before),
             )
-        try:
-            row = self.store.consents.register(
+        registration = _RegisterConsent(
+            ConsentLedger.new_consent(
                 consent_id=consent.consent_id,
                 citizen_id=consent.citizen_id,
                 institution_id=consent.institution_id,
@@ -240,15 +241,12 @@ class Gateway:
                 signing_key=keys.signing_key,  # what verified it: an Evaluate need not verify it again
                 at=_utc(now),
             )
-        except ConsentAlreadyRegistered:
-            # The very same token again, from its citizen: a retry after a reply that was lost, or
-            # after a call that failed once the consent was stored. It is answered as the first
-            # time was; any other token under that id is refused.
-            row = self.store.consents.get(consent.consent_id)
-            if row.token != consent_token or row.citizen_id != claims.citizen_id:
-                raise
-        self._spend(claims, now=now, call=call)
-        return row
+        )
+        # Stored with the request token's spend and the call's log entry, or not at all. The very
+        # same token again (a retry after a lost reply) is answered as the first time was.
+        self._spend(claims, now=now, call=call, then=registration)
+        assert registration.stored is not None  # set by apply, which returned
+        return registration.stored
 
     def list_consents(self, request_token: str, *, call: CallRecord | None = None) -> list[ConsentRow]:
         call = call or _unrecorded(LIST_CONSENTS)
@@ -266,9 +264,10 @@ class Gateway:
         if not isinstance(consent_id, str):
             raise RequestInvalid("claim 'consent' must name the consent id to revoke")
         call.consent = consent_id
-        row = self.store.consents.revoke(consent_id, citizen_id=claims.citizen_id, at=_utc(now))
-        self._spend(claims, now=now, call=call)
-        return row
+        revocation = _RevokeConsent(consent_id, citizen_id=claims.citizen_id, at=_utc(now))
+        self._spend(claims, now=now, call=call, then=revocation)
+        assert revocation.stored is not None  # set by apply, which returned
+        return revocation.stored
 
     def list_evaluations(self, request_token: str, *, call: CallRecord | None = None) -> list[EvaluationRow]:
         call = call or _unrecorded(LIST_EVALUATIONS)
@@ -446,16 +445,50 @@ def _replay(row: EvaluationRow, asked: str, call: CallRecord) -> str:
 
 @dataclass(slots=True)
 class _SpendRequestToken:
-    """The state change of a citizen's call: its request token's jti, spent."""
+    """The state change of a citizen's call: its request token's jti spent and, with ``then``,
+    the call's own change; if that is refused, the token is given back (a refused request leaves
+    nothing)."""
 
     claims: RequestClaims
     now: datetime
+    then: StateChange | None = None
 
     def apply(self, connection: Connection) -> None:
         claims = self.claims
         RequestLedger.consume_in(
             connection, claims.citizen_id, claims.jti, expires_at=_utc(claims.expires_at), now=self.now
         )
+        if self.then is None:
+            return
+        try:
+            self.then.apply(connection)
+        except VeilgateError:
+            RequestLedger.give_back_in(connection, claims.citizen_id, claims.jti)
+            raise
+
+
+@dataclass(slots=True)
+class _RegisterConsent:
+    """A citizen's consent, stored (see :meth:`ConsentLedger.register_in`)."""
+
+    consent: ConsentRow
+    stored: ConsentRow | None = None
+
+    def apply(self, connection: Connection) -> None:
+        self.stored = ConsentLedger.register_in(connection, self.consent)
+
+
+@dataclass(slots=True)
+class _RevokeConsent:
+    """A citizen's consent, revoked (see :meth:`ConsentLedger.revoke_in`)."""
+
+    consent_id: str
+    citizen_id: str
+    at: datetime
+    stored: ConsentRow | None = None
+
+    def apply(self, connection: Connection) -> None:
+        self.stored = ConsentLedger.revoke_in(connection, self.consent_id, citizen_id=self.citizen_id, at=self.at)
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from veilgate import CitizenWallet, GatewayKey, verify_result
 from veilgate._internal import jose
 from veilgate.audit import parse_entry
+from veilgate.consent import CONSENT_TYP
 from veilgate.errors import (
     CitizenBudgetExhausted,
     ConsentExhausted,
@@ -41,9 +42,10 @@ from veilgate.errors import (
     StorageError,
     TokenInvalid,
 )
-from veilgate.v1 import eligibility_pb2, eligibility_pb2_grpc
+from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
 from veilgate_server.core.policy import Policy
 from veilgate_server.crypto.institutions import InstitutionCA
+from veilgate_server.gateway import REGISTER_CONSENT, REVOKE_CONSENT
 from veilgate_server.rpc.errors import status_name
 from veilgate_server.storage import StoredRecord
 
@@ -418,6 +420,65 @@ def test_a_use_is_spent_only_together_with_its_log_entry(scene: Scene) -> None:
     [consent] = scene.gw.store.consents.for_citizen(scene.citizen)
     assert consent.uses == 0
     assert scene.gw.store.consents.find_evaluation("bank-a", "never-logged-0001") is None
+
+
+def test_a_registration_and_a_revocation_stand_only_together_with_their_log_entries(scene: Scene) -> None:
+    """A consent is registered, and revoked, in its call's log entry's transaction, with the request
+    token: when the entry cannot be made durable, the citizen is told so and nothing stands."""
+    registered = scene.consent()
+    consent_id = jose.unverified_claims(registered, typ=CONSENT_TYP).claims["jti"]
+    unregistered = scene.wallet.consent_token(
+        institution_id="bank-a", purpose="credit.consumer_loan", policies=[scene.gw.pin(LOAN)], max_uses=1, valid_for=60
+    )
+    with scene.gw.client(scene.wallet) as citizen:
+        citizen.gateway_info()  # known before the log fails: the calls below reach the store
+        tokens_spent = scene.gw.used_token_rows()
+        with scene.gw.store.engine.begin() as conn:
+            conn.execute(text("DROP TABLE log_entries"))
+        with pytest.raises(StorageError):
+            citizen.register_consent(unregistered)
+        with pytest.raises(StorageError):
+            citizen.revoke_consent(consent_id)
+    [consent] = scene.gw.store.consents.for_citizen(scene.citizen)
+    assert (consent.consent_id, consent.revoked_at) == (consent_id, None)
+    assert scene.gw.used_token_rows() == tokens_spent
+
+
+def test_a_refused_registration_or_revocation_leaves_the_request_token_unspent(scene: Scene) -> None:
+    """The token is spent and the consent stored in one change of the log's transaction, which the
+    refusal's own entry shares: when the consent is refused, the token is given back there."""
+    token = scene.consent()
+    consent_id = jose.unverified_claims(token, typ=CONSENT_TYP).claims["jti"]
+    claims = dict(jose.unverified_claims(token, typ=CONSENT_TYP).claims)
+    claims["max_uses"] = 100  # the same id, other terms
+    kid = jose.jwk_thumbprint(scene.wallet.signing_public_key)
+    other = jose.sign_jws(claims, signing_key=scene.wallet._signing_key, typ=CONSENT_TYP, kid=kid)
+    tokens_spent = scene.gw.used_token_rows()
+
+    def request(operation: str, consent: str) -> str:
+        return scene.wallet.request_token(audience="veilgate.test", operation=operation, claims={"consent": consent})
+
+    registering = request(REGISTER_CONSENT, consent_id)
+    with scene.gw.channel() as channel:
+        stub = citizen_pb2_grpc.CitizenServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RegisterConsent(
+                citizen_pb2.RegisterConsentRequest(request_token=registering, consent_token=other), timeout=10
+            )
+        assert _reason(refused.value)[1] == "CONSENT_ALREADY_REGISTERED"
+        assert scene.gw.used_token_rows() == tokens_spent
+        # The same request token, still unspent, registers the consent as it stands (and is spent).
+        reply = stub.RegisterConsent(
+            citizen_pb2.RegisterConsentRequest(request_token=registering, consent_token=token), timeout=10
+        )
+        assert reply.consent.max_uses == 5
+        assert scene.gw.used_token_rows() == tokens_spent + 1
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.RevokeConsent(
+                citizen_pb2.RevokeConsentRequest(request_token=request(REVOKE_CONSENT, "nope")), timeout=10
+            )
+        assert _reason(unknown.value)[1] == "CONSENT_UNKNOWN"
+    assert scene.gw.used_token_rows() == tokens_spent + 1
 
 
 def test_daily_budget_bounds_what_repeated_queries_reveal(scene: Scene) -> None:

@@ -249,6 +249,27 @@ def test_register_consent_twice_is_refused(store: Store) -> None:
     assert store.consents.get("consent-1").citizen_id == CITIZEN
 
 
+def test_registering_the_same_token_again_returns_the_consent_as_it_stands(store: Store) -> None:
+    _consent(store, max_uses=3)
+    _spend(store, "req-1")
+    again = _consent(store, max_uses=3, at=T0 + dt.timedelta(hours=1))  # a retry, later
+    assert again == store.consents.get("consent-1")
+    assert (again.uses, again.registered_at) == (1, T0)
+
+
+def test_concurrent_registrations_of_one_consent_id_have_one_winner(store: Store) -> None:
+    outcomes = _race(
+        [
+            lambda i=i: _consent(store, token=f"header.consent-1.signature-{i}")  # type: ignore[misc]
+            for i in range(THREADS)
+        ]
+    )
+    assert sum(isinstance(o, ConsentRow) for o in outcomes) == 1
+    assert sum(isinstance(o, ConsentAlreadyRegistered) for o in outcomes) == THREADS - 1
+    [winner] = [o for o in outcomes if isinstance(o, ConsentRow)]
+    assert store.consents.get("consent-1") == winner
+
+
 def test_get_unknown_consent(store: Store) -> None:
     with pytest.raises(ConsentUnknown):
         store.consents.get("nope")

@@ -221,6 +221,25 @@ _RECORD_EVALUATION_WITHIN_BUDGET = DriverSql(
     " AND created_at > :since LIMIT :budget) AS counted) < :budget "
     "ON CONFLICT (institution_id, request_id) DO NOTHING RETURNING request_id",
 )
+# A citizen's registration and revocation, in the same transaction (they are not on a hot path, but
+# must commit with the call's log entry and its request token, so they share the writer's rules).
+_CONSENT_COLUMNS: Final = tuple(_columns(Consent))
+_REGISTER_CONSENT = DriverSql(
+    "RegisteredConsent",
+    ["consent_id"],
+    f"INSERT INTO consents ({', '.join(_CONSENT_COLUMNS)}) "  # noqa: S608  (names from the code)
+    f"VALUES ({', '.join(':' + name for name in _CONSENT_COLUMNS)}) "
+    "ON CONFLICT (consent_id) DO NOTHING RETURNING consent_id",
+)
+_REVOKE_CONSENT = DriverSql(
+    "RevokedConsent",
+    _CONSENT_COLUMNS,
+    "UPDATE consents SET revoked_at = :at WHERE consent_id = :consent_id AND citizen_id = :citizen_id"  # noqa: S608
+    f" AND revoked_at IS NULL RETURNING {', '.join(_CONSENT_COLUMNS)}",
+)
+_FORGET_TOKEN = DriverSql(
+    "ForgottenToken", [], "DELETE FROM used_request_tokens WHERE citizen_id = :citizen_id AND jti = :jti"
+)
 _CONSUME_TOKEN = DriverSql(
     "ConsumedToken",
     ["jti"],
@@ -694,6 +713,13 @@ class RequestLedger:
             raise TokenReplayed("request token was already used")
         _PURGE_EXPIRED_TOKENS.run(connection, {"citizen_id": citizen_id, "now": bind_instant(dialect, now), "jti": jti})
 
+    @staticmethod
+    def give_back_in(connection: Connection, citizen_id: str, jti: str) -> None:
+        """Undo :meth:`consume_in` of the same transaction: for a change that spent the token and
+        was then refused, so that it leaves the transaction as it found it (the expired tokens it
+        purged stay purged: they could never be accepted again anyway)."""
+        _FORGET_TOKEN.run(connection, {"citizen_id": citizen_id, "jti": jti})
+
 
 class InstitutionRegistry:
     """Banks and insurers registered by the operator, and the serial of their latest certificate."""
@@ -817,7 +843,41 @@ class ConsentLedger:
         signing_key: bytes,
         at: dt.datetime,
     ) -> ConsentRow:
-        """Store a verified consent with no use spent; :class:`ConsentAlreadyRegistered` if its id is taken.
+        """Store a verified consent with no use spent, in a transaction of its own; see
+        :meth:`new_consent` for the values and :meth:`register_in` for what is refused."""
+        consent = self.new_consent(
+            consent_id=consent_id,
+            citizen_id=citizen_id,
+            institution_id=institution_id,
+            purpose=purpose,
+            policies=policies,
+            not_before=not_before,
+            expires_at=expires_at,
+            max_uses=max_uses,
+            token=token,
+            signing_key=signing_key,
+            at=at,
+        )
+        with storage_errors("register the consent"), write_connection(self._sessions) as connection:
+            return self.register_in(connection, consent)
+
+    @staticmethod
+    def new_consent(
+        *,
+        consent_id: str,
+        citizen_id: str,
+        institution_id: str,
+        purpose: str,
+        policies: Sequence[tuple[str, str]],
+        not_before: dt.datetime,
+        expires_at: dt.datetime,
+        max_uses: int,
+        token: str,
+        signing_key: bytes,
+        at: dt.datetime,
+    ) -> ConsentRow:
+        """A consent to register, checked here, before any transaction (a ValueError inside the log
+        writer's transaction would fail every call that shares it).
 
         ``policies`` lists ``(policy_id, sha256 hex)`` pairs, each id at most once; ``signing_key``
         is the citizen's key that verified ``token``. Malformed values (empty or over-long strings, a
@@ -828,7 +888,7 @@ class ConsentLedger:
         _require_length(citizen_id, "citizen_id", 64)
         check_caller_id(institution_id)
         _require_length(purpose, "purpose", 64)
-        policies_json = _policies_json(policies)
+        _policies_json(policies)
         for value, name in ((not_before, "not_before"), (expires_at, "expires_at"), (at, "at")):
             _require_aware(value, name)
         if expires_at <= not_before:
@@ -838,28 +898,54 @@ class ConsentLedger:
         if not token:
             raise ValueError("token must not be empty")
         _require_key(signing_key, "signing_key")
-        row = Consent(
+        return ConsentRow(
             consent_id=consent_id,
             citizen_id=citizen_id,
             institution_id=institution_id,
             purpose=purpose,
-            policies_json=policies_json,
-            not_before=not_before,
-            expires_at=expires_at,
+            policies=tuple((policy_id, sha256) for policy_id, sha256 in policies),
+            not_before=not_before.astimezone(dt.UTC),
+            expires_at=expires_at.astimezone(dt.UTC),
             max_uses=max_uses,
             uses=0,
             token=token,
-            signing_key=signing_key,
-            registered_at=at,
+            registered_at=at.astimezone(dt.UTC),
             revoked_at=None,
+            signing_key=signing_key,
         )
-        return insert_unique(
-            self._sessions,
-            row,
-            _consent,
-            action="register the consent",
-            exists=ConsentAlreadyRegistered("consent is already registered"),
-        )
+
+    @staticmethod
+    def register_in(connection: Connection, consent: ConsentRow) -> ConsentRow:
+        """Store ``consent`` (made by :meth:`new_consent`) inside the caller's write transaction (the
+        audit log's, so that the registration, the citizen's request token and the call's entry
+        commit together); the consent as stored.
+
+        The very same token registered again by its citizen (a retry whose reply was lost) returns
+        the consent as it stands and writes nothing. Any other consent under a registered id is
+        :class:`ConsentAlreadyRegistered`, refused before anything is written: of racing
+        registrations of one id, exactly one stores it."""
+        dialect = connection.dialect
+        row: dict[str, Any] = {
+            "consent_id": consent.consent_id,
+            "citizen_id": consent.citizen_id,
+            "institution_id": consent.institution_id,
+            "purpose": consent.purpose,
+            "policies_json": _policies_json(consent.policies),
+            "not_before": bind_instant(dialect, consent.not_before),
+            "expires_at": bind_instant(dialect, consent.expires_at),
+            "max_uses": consent.max_uses,
+            "uses": 0,
+            "token": consent.token,
+            "signing_key": consent.signing_key,
+            "registered_at": bind_instant(dialect, consent.registered_at),
+            "revoked_at": None,
+        }
+        if _REGISTER_CONSENT.run(connection, row):
+            return consent
+        stored = _READ_CONSENT.run(connection, {"consent_id": consent.consent_id})
+        if stored and stored[0].token == consent.token and stored[0].citizen_id == consent.citizen_id:
+            return _consent(stored[0])
+        raise ConsentAlreadyRegistered("consent is already registered")
 
     def get(self, consent_id: str) -> ConsentRow:
         """The consent; :class:`ConsentUnknown` if no consent has this id."""
@@ -890,28 +976,28 @@ class ConsentLedger:
             return [_consent(row) for row in session.scalars(statement)]
 
     def revoke(self, consent_id: str, *, citizen_id: str, at: dt.datetime) -> ConsentRow:
-        """Revoke the citizen's consent as of ``at``; the consent as it now stands.
+        """Revoke the citizen's consent as of ``at``, in a transaction of its own (see :meth:`revoke_in`)."""
+        _require_aware(at, "at")
+        with storage_errors("revoke the consent"), write_connection(self._sessions) as connection:
+            return self.revoke_in(connection, consent_id, citizen_id=citizen_id, at=at)
+
+    @staticmethod
+    def revoke_in(connection: Connection, consent_id: str, *, citizen_id: str, at: dt.datetime) -> ConsentRow:
+        """Revoke the citizen's consent as of ``at`` inside the caller's write transaction (the
+        audit log's); the consent as it now stands.
 
         Revoking again is a no-op that keeps the first ``revoked_at``. A consent that does not exist
-        and one that belongs to another citizen both raise :class:`ConsentUnknown`, so a citizen
-        learns nothing about other citizens' consents.
+        and one that belongs to another citizen both raise :class:`ConsentUnknown`, before anything
+        is written, so a citizen learns nothing about other citizens' consents.
         """
-        _require_aware(at, "at")
-        revoke = (
-            update(Consent)
-            .where(Consent.consent_id == consent_id, Consent.citizen_id == citizen_id, Consent.revoked_at.is_(None))
-            .values(revoked_at=at)
-            .returning(Consent)
-        )
-        current = select(Consent).where(Consent.consent_id == consent_id, Consent.citizen_id == citizen_id)
-        with storage_errors("revoke the consent"), write_session(self._sessions) as session:
-            row = session.scalars(revoke).one_or_none()
-            if row is None:
-                row = session.scalars(current).one_or_none()
-            consent = None if row is None else _consent(row)
-        if consent is None:
+        params = {"consent_id": consent_id, "citizen_id": citizen_id, "at": bind_instant(connection.dialect, at)}
+        revoked = _REVOKE_CONSENT.run(connection, params)
+        if revoked:
+            return _consent(revoked[0])
+        stored = _READ_CONSENT.run(connection, {"consent_id": consent_id})
+        if not stored or stored[0].citizen_id != citizen_id:
             raise ConsentUnknown("consent is not registered")
-        return consent
+        return _consent(stored[0])
 
     def spend_use_and_record(
         self,
