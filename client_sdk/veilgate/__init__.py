@@ -11,7 +11,7 @@ Every failure is a :class:`veilgate.errors.VeilgateError`.
 from veilgate.audit import AuditEntry, Checkpoint, ExportCheck, LogVerifier, verify_export
 from veilgate.audit_client import AuditClient
 from veilgate.citizen import CitizenClient, ConsentInfo, EvaluationRecord, GatewayInfo
-from veilgate.consent import PURPOSES, PolicyPin
+from veilgate.consent import PURPOSES, PolicyInfo, PolicyPin
 from veilgate.delivery import (
     DataDelivery,
     DataItem,
@@ -20,7 +20,7 @@ from veilgate.delivery import (
     verify_delivery,
 )
 from veilgate.errors import VeilgateError
-from veilgate.institution import InstitutionClient, PolicyInfo
+from veilgate.institution import InstitutionClient
 from veilgate.result import EligibilityResult, verify_result
 from veilgate.wallet import CitizenWallet
 

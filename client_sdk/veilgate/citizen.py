@@ -26,10 +26,10 @@ from veilgate._internal import jose
 from veilgate._internal.pem import require_certificate
 from veilgate._internal.status import call
 from veilgate.audit import AuditEntry, LogVerifier, parse_entry
-from veilgate.consent import CONSENT_TYP, PolicyPin
+from veilgate.consent import CONSENT_TYP, PolicyInfo, PolicyPin
 from veilgate.delivery import DataDelivery, GatewayKey
 from veilgate.errors import ConfigurationError, DeliveryInvalid, ProofInvalid
-from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
+from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2
 from veilgate.wallet import CitizenWallet
 
 __all__ = ["GET_MY_DATA", "CitizenClient", "ConsentInfo", "EvaluationRecord", "GatewayInfo"]
@@ -145,6 +145,13 @@ class CitizenClient:
             keys = self._pinned if self._pinned is not None else tuple(published)
             self._info = GatewayInfo(reply.gateway_id, keys, reply.log_verifier_key)
         return self._info
+
+    def list_policies(self) -> list[PolicyInfo]:
+        """Every policy the gateway evaluates: which kinds of institution may ask it, which of the
+        citizen's catalog items it reads, what it can answer, and what a consent pins
+        (``policy.pin``). Show it before the citizen signs a consent; needs no request token."""
+        reply = self._call(self._stub.ListPolicies, eligibility_pb2.ListPoliciesRequest())
+        return [PolicyInfo.from_proto(p) for p in reply.policies]
 
     def get_my_data(
         self, *, items: Sequence[str] | None = None, departments: Sequence[str] | None = None

@@ -24,7 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-__all__ = ["CONSENT_TYP", "MAX_CONSENT_SECONDS", "MAX_USES", "PURPOSES", "PolicyPin"]
+from veilgate.v1 import eligibility_pb2
+
+__all__ = ["CONSENT_TYP", "MAX_CONSENT_SECONDS", "MAX_USES", "PURPOSES", "PolicyInfo", "PolicyPin"]
 
 CONSENT_TYP = "veilgate-consent+jwt"
 MAX_CONSENT_SECONDS = 90 * 24 * 3600
@@ -52,3 +54,41 @@ class PolicyPin:
 
     def to_json(self) -> dict[str, str]:
         return {"id": self.id, "sha256": self.sha256}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInfo:
+    """A reviewed policy as the gateway publishes it: what it answers (decision, bands and reason
+    codes), with which parameters, for which kinds of institution, from which catalog items
+    (``inputs``: nothing else reaches it), and the sha256 a consent pins (:attr:`pin`)."""
+
+    id: str
+    version: int
+    sha256: str
+    purpose: str
+    description: str
+    parameters: Mapping[str, tuple[str, ...]]
+    reason_codes: tuple[str, ...]
+    bands: Mapping[str, tuple[str, ...]]
+    inputs: tuple[str, ...] = ()
+    institution_kinds: tuple[str, ...] = ()
+
+    @property
+    def pin(self) -> PolicyPin:
+        """What a consent to this very text pins."""
+        return PolicyPin(self.id, self.sha256)
+
+    @classmethod
+    def from_proto(cls, p: eligibility_pb2.PolicySummary) -> PolicyInfo:
+        return cls(
+            id=p.id,
+            version=p.version,
+            sha256=p.sha256,
+            purpose=p.purpose,
+            description=p.description,
+            parameters={q.name: tuple(q.values) for q in p.parameters},
+            reason_codes=tuple(p.reason_codes),
+            bands={name: tuple(b.labels) for name, b in p.bands.items()},
+            inputs=tuple(p.inputs),
+            institution_kinds=tuple(p.institution_kinds),
+        )

@@ -23,7 +23,6 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 
 import grpc
@@ -31,7 +30,7 @@ import grpc
 from veilgate._internal import jose
 from veilgate._internal.pem import require_certificate, require_private_key
 from veilgate._internal.status import call
-from veilgate.consent import CONSENT_TYP
+from veilgate.consent import CONSENT_TYP, PolicyInfo
 from veilgate.delivery import GatewayKey
 from veilgate.errors import (
     GatewayUnavailable,
@@ -45,18 +44,6 @@ from veilgate.result import EligibilityResult, request_hash, verify_result
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
 
 __all__ = ["InstitutionClient", "PolicyInfo"]
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyInfo:
-    id: str
-    version: int
-    sha256: str
-    purpose: str
-    description: str
-    parameters: Mapping[str, tuple[str, ...]]
-    reason_codes: tuple[str, ...]
-    bands: Mapping[str, tuple[str, ...]]
 
 
 def new_request_id() -> str:
@@ -115,19 +102,7 @@ class InstitutionClient:
         """The reviewed policies this institution's kind (bank or insurer) may evaluate, with their
         parameters and the sha256 a citizen's consent pins."""
         reply = call(self._stub.ListPolicies, eligibility_pb2.ListPoliciesRequest(), timeout=self._timeout)
-        return [
-            PolicyInfo(
-                id=p.id,
-                version=p.version,
-                sha256=p.sha256,
-                purpose=p.purpose,
-                description=p.description,
-                parameters={q.name: tuple(q.values) for q in p.parameters},
-                reason_codes=tuple(p.reason_codes),
-                bands={name: tuple(b.labels) for name, b in p.bands.items()},
-            )
-            for p in reply.policies
-        ]
+        return [PolicyInfo.from_proto(p) for p in reply.policies]
 
     def evaluate(
         self,

@@ -23,7 +23,6 @@ from veilgate import (
     CitizenWallet,
     EligibilityResult,
     InstitutionClient,
-    PolicyPin,
     gateway_keys_from_jwks,
     verify_delivery,
 )
@@ -232,28 +231,34 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
             insurer_files = _register(store, institution_ca, INSURER, "insurer", "Qilu Health Insurance")
             _say(f"5. The operator registered {BANK} (bank) and {INSURER} (insurer) with client certificates.")
 
+            published = {policy.id: policy for policy in citizen.list_policies()}
             loan_token, loan = citizen.grant_consent(
                 institution_id=BANK,
                 purpose="credit.consumer_loan",
-                policies=_pins(gateway, "credit.consumer_loan"),
+                policies=[published["credit.consumer_loan"].pin],
                 max_uses=3,
                 valid_for=7 * 86400,
             )
             mortgage_token, _ = citizen.grant_consent(
                 institution_id=BANK,
                 purpose="credit.mortgage",
-                policies=_pins(gateway, "credit.mortgage_prequal"),
+                policies=[published["credit.mortgage_prequal"].pin],
                 max_uses=1,
                 valid_for=7 * 86400,
             )
             claim_token, _ = citizen.grant_consent(
                 institution_id=INSURER,
                 purpose="insurance.claim",
-                policies=_pins(gateway, "insurance.inpatient_claim"),
+                policies=[published["insurance.inpatient_claim"].pin],
                 max_uses=1,
                 valid_for=7 * 86400,
             )
-            _say("6. The citizen signed and registered three consents (shown to institutions as QR codes):")
+            reads = published["credit.consumer_loan"].inputs
+            _say(
+                f"6. Before signing, the citizen's app showed what each policy reads: the consumer loan reads "
+                f"{len(reads)} of the {len(catalog.items)} items ({reads[0]}, ...)."
+            )
+            _say("   The citizen signed and registered three consents (shown to institutions as QR codes):")
             for consent in citizen.list_consents()[::-1]:
                 _say(
                     f"   {consent.consent_id[:10]}...  {consent.institution_id:<15} {consent.purpose:<22} "
@@ -318,10 +323,6 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
         running.stop(grace=1.0)
         store.close()
     _say(f"\nDemo finished in {time.perf_counter() - started:.2f} s.")
-
-
-def _pins(gateway: Gateway, policy_id: str) -> list[PolicyPin]:
-    return [PolicyPin(policy_id, gateway.policies[policy_id].sha256)]
 
 
 def _register(store: Store, ca: InstitutionCA, institution_id: str, kind: str, name: str) -> tuple[bytes, bytes]:

@@ -93,6 +93,31 @@ def _reason(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
     return error.code(), info.reason  # type: ignore[attr-defined]
 
 
+def test_a_citizen_reads_every_policy_and_consents_to_the_text_it_read(scene: Scene) -> None:
+    """Before signing, a citizen's app shows what a policy reads and who may ask it; the pin it
+    consents with is the one the gateway evaluates. Institutions see the same summary of theirs."""
+    loaded = scene.gw.gateway.policies
+    with scene.gw.client(scene.wallet) as citizen:
+        policies = {p.id: p for p in citizen.list_policies()}
+        assert set(policies) == set(loaded)
+        for policy_id, policy in policies.items():
+            assert policy.inputs == tuple(item.id for item in loaded[policy_id].inputs)
+            assert policy.institution_kinds == loaded[policy_id].institution_kinds
+            assert policy.pin == scene.gw.pin(policy_id)
+        assert policies[LOAN].institution_kinds == ("bank",)
+        assert "taxation.monthly_income_history" in policies[LOAN].inputs
+        token, _ = citizen.grant_consent(
+            institution_id="bank-a", purpose="credit.consumer_loan", policies=[policies[LOAN].pin]
+        )
+    with scene.gw.institution_client(scene.bank) as bank:
+        assert {p.id: p for p in bank.list_policies()}[LOAN] == policies[LOAN]
+        assert bank.evaluate(LOAN, token, LOAN_PARAMS).policy_sha256 == policies[LOAN].sha256
+    with scene.gw.audit() as audit:
+        size = audit.checkpoint(min_tree_size=scene.gw.store.log.tree_size()).tree_size
+        methods = [parse_entry(raw).method for _, raw in audit.entries(0, size)]
+    assert "/veilgate.v1.CitizenService/ListPolicies" in methods  # public, and logged like every call
+
+
 def test_bank_gets_a_signed_verifiable_result_and_never_a_record_value(scene: Scene) -> None:
     token = scene.consent()
     with scene.gw.institution_client(scene.bank) as bank:

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from veilgate.v1 import common_pb2 as veilgate_dot_v1_dot_common__pb2
+from veilgate.v1 import eligibility_pb2 as veilgate_dot_v1_dot_eligibility__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19veilgate/v1/citizen.proto\x12\x0bveilgate.v1\x1a\x18veilgate/v1/common.proto\"\x17\n\x15GetGatewayInfoRequest\"t\n\x16GetGatewayInfoResponse\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12,\n\x0csigning_keys\x18\x02 \x03(\x0b\x32\x16.veilgate.v1.PublicKey\x12\x18\n\x10log_verifier_key\x18\x03 \x01(\t\")\n\x10GetMyDataRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"W\n\x11GetMyDataResponse\x12\x17\n\x0fsealed_delivery\x18\x01 \x01(\x0c\x12\x16\n\x0egateway_key_id\x18\x02 \x01(\t\x12\x11\n\tlog_index\x18\x03 \x01(\x04\"F\n\x16RegisterConsentRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\x12\x15\n\rconsent_token\x18\x02 \x01(\t\"@\n\x17RegisterConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.veilgate.v1.Consent\",\n\x13ListConsentsRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\">\n\x14ListConsentsResponse\x12&\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x14.veilgate.v1.Consent\"-\n\x14RevokeConsentRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\">\n\x15RevokeConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.veilgate.v1.Consent\"/\n\x16ListEvaluationsRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"G\n\x17ListEvaluationsResponse\x12,\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x17.veilgate.v1.Evaluation\"-\n\x0f\x43onsentedPolicy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xe9\x01\n\x07\x43onsent\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x16\n\x0einstitution_id\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12.\n\x08policies\x18\x04 \x03(\x0b\x32\x1c.veilgate.v1.ConsentedPolicy\x12\x12\n\nnot_before\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x10\n\x08max_uses\x18\x07 \x01(\x05\x12\x0c\n\x04uses\x18\x08 \x01(\x05\x12\x12\n\nrevoked_at\x18\t \x01(\x03\x12\x15\n\rregistered_at\x18\n \x01(\x03\"\x87\x01\n\nEvaluation\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12\x11\n\tpolicy_id\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x04 \x01(\t\x12\x14\n\x0c\x65valuated_at\x18\x05 \x01(\x03\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"3\n\x1aListMyAccessHistoryRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"K\n\x12\x41\x63\x63\x65ssHistoryEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x17\n\x0finclusion_proof\x18\x03 \x03(\x0c\"t\n\x1bListMyAccessHistoryResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0f\n\x07log_key\x18\x02 \x01(\x0c\x12\x30\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1f.veilgate.v1.AccessHistoryEntry2\x8a\x05\n\x0e\x43itizenService\x12Y\n\x0eGetGatewayInfo\x12\".veilgate.v1.GetGatewayInfoRequest\x1a#.veilgate.v1.GetGatewayInfoResponse\x12J\n\tGetMyData\x12\x1d.veilgate.v1.GetMyDataRequest\x1a\x1e.veilgate.v1.GetMyDataResponse\x12\\\n\x0fRegisterConsent\x12#.veilgate.v1.RegisterConsentRequest\x1a$.veilgate.v1.RegisterConsentResponse\x12S\n\x0cListConsents\x12 .veilgate.v1.ListConsentsRequest\x1a!.veilgate.v1.ListConsentsResponse\x12V\n\rRevokeConsent\x12!.veilgate.v1.RevokeConsentRequest\x1a\".veilgate.v1.RevokeConsentResponse\x12\\\n\x0fListEvaluations\x12#.veilgate.v1.ListEvaluationsRequest\x1a$.veilgate.v1.ListEvaluationsResponse\x12h\n\x13ListMyAccessHistory\x12\'.veilgate.v1.ListMyAccessHistoryRequest\x1a(.veilgate.v1.ListMyAccessHistoryResponseB\x13\n\x0forg.veilgate.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19veilgate/v1/citizen.proto\x12\x0bveilgate.v1\x1a\x18veilgate/v1/common.proto\x1a\x1dveilgate/v1/eligibility.proto\"\x17\n\x15GetGatewayInfoRequest\"t\n\x16GetGatewayInfoResponse\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12,\n\x0csigning_keys\x18\x02 \x03(\x0b\x32\x16.veilgate.v1.PublicKey\x12\x18\n\x10log_verifier_key\x18\x03 \x01(\t\")\n\x10GetMyDataRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"W\n\x11GetMyDataResponse\x12\x17\n\x0fsealed_delivery\x18\x01 \x01(\x0c\x12\x16\n\x0egateway_key_id\x18\x02 \x01(\t\x12\x11\n\tlog_index\x18\x03 \x01(\x04\"F\n\x16RegisterConsentRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\x12\x15\n\rconsent_token\x18\x02 \x01(\t\"@\n\x17RegisterConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.veilgate.v1.Consent\",\n\x13ListConsentsRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\">\n\x14ListConsentsResponse\x12&\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x14.veilgate.v1.Consent\"-\n\x14RevokeConsentRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\">\n\x15RevokeConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.veilgate.v1.Consent\"/\n\x16ListEvaluationsRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"G\n\x17ListEvaluationsResponse\x12,\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x17.veilgate.v1.Evaluation\"-\n\x0f\x43onsentedPolicy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xe9\x01\n\x07\x43onsent\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x16\n\x0einstitution_id\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12.\n\x08policies\x18\x04 \x03(\x0b\x32\x1c.veilgate.v1.ConsentedPolicy\x12\x12\n\nnot_before\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x10\n\x08max_uses\x18\x07 \x01(\x05\x12\x0c\n\x04uses\x18\x08 \x01(\x05\x12\x12\n\nrevoked_at\x18\t \x01(\x03\x12\x15\n\rregistered_at\x18\n \x01(\x03\"\x87\x01\n\nEvaluation\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12\x11\n\tpolicy_id\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x04 \x01(\t\x12\x14\n\x0c\x65valuated_at\x18\x05 \x01(\x03\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"3\n\x1aListMyAccessHistoryRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"K\n\x12\x41\x63\x63\x65ssHistoryEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x17\n\x0finclusion_proof\x18\x03 \x03(\x0c\"t\n\x1bListMyAccessHistoryResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0f\n\x07log_key\x18\x02 \x01(\x0c\x12\x30\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1f.veilgate.v1.AccessHistoryEntry2\xdf\x05\n\x0e\x43itizenService\x12Y\n\x0eGetGatewayInfo\x12\".veilgate.v1.GetGatewayInfoRequest\x1a#.veilgate.v1.GetGatewayInfoResponse\x12S\n\x0cListPolicies\x12 .veilgate.v1.ListPoliciesRequest\x1a!.veilgate.v1.ListPoliciesResponse\x12J\n\tGetMyData\x12\x1d.veilgate.v1.GetMyDataRequest\x1a\x1e.veilgate.v1.GetMyDataResponse\x12\\\n\x0fRegisterConsent\x12#.veilgate.v1.RegisterConsentRequest\x1a$.veilgate.v1.RegisterConsentResponse\x12S\n\x0cListConsents\x12 .veilgate.v1.ListConsentsRequest\x1a!.veilgate.v1.ListConsentsResponse\x12V\n\rRevokeConsent\x12!.veilgate.v1.RevokeConsentRequest\x1a\".veilgate.v1.RevokeConsentResponse\x12\\\n\x0fListEvaluations\x12#.veilgate.v1.ListEvaluationsRequest\x1a$.veilgate.v1.ListEvaluationsResponse\x12h\n\x13ListMyAccessHistory\x12\'.veilgate.v1.ListMyAccessHistoryRequest\x1a(.veilgate.v1.ListMyAccessHistoryResponseB\x13\n\x0forg.veilgate.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,42 +34,42 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'veilgate.v1.citizen_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017org.veilgate.v1P\001'
-  _globals['_GETGATEWAYINFOREQUEST']._serialized_start=68
-  _globals['_GETGATEWAYINFOREQUEST']._serialized_end=91
-  _globals['_GETGATEWAYINFORESPONSE']._serialized_start=93
-  _globals['_GETGATEWAYINFORESPONSE']._serialized_end=209
-  _globals['_GETMYDATAREQUEST']._serialized_start=211
-  _globals['_GETMYDATAREQUEST']._serialized_end=252
-  _globals['_GETMYDATARESPONSE']._serialized_start=254
-  _globals['_GETMYDATARESPONSE']._serialized_end=341
-  _globals['_REGISTERCONSENTREQUEST']._serialized_start=343
-  _globals['_REGISTERCONSENTREQUEST']._serialized_end=413
-  _globals['_REGISTERCONSENTRESPONSE']._serialized_start=415
-  _globals['_REGISTERCONSENTRESPONSE']._serialized_end=479
-  _globals['_LISTCONSENTSREQUEST']._serialized_start=481
-  _globals['_LISTCONSENTSREQUEST']._serialized_end=525
-  _globals['_LISTCONSENTSRESPONSE']._serialized_start=527
-  _globals['_LISTCONSENTSRESPONSE']._serialized_end=589
-  _globals['_REVOKECONSENTREQUEST']._serialized_start=591
-  _globals['_REVOKECONSENTREQUEST']._serialized_end=636
-  _globals['_REVOKECONSENTRESPONSE']._serialized_start=638
-  _globals['_REVOKECONSENTRESPONSE']._serialized_end=700
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=702
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=749
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=751
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=822
-  _globals['_CONSENTEDPOLICY']._serialized_start=824
-  _globals['_CONSENTEDPOLICY']._serialized_end=869
-  _globals['_CONSENT']._serialized_start=872
-  _globals['_CONSENT']._serialized_end=1105
-  _globals['_EVALUATION']._serialized_start=1108
-  _globals['_EVALUATION']._serialized_end=1243
-  _globals['_LISTMYACCESSHISTORYREQUEST']._serialized_start=1245
-  _globals['_LISTMYACCESSHISTORYREQUEST']._serialized_end=1296
-  _globals['_ACCESSHISTORYENTRY']._serialized_start=1298
-  _globals['_ACCESSHISTORYENTRY']._serialized_end=1373
-  _globals['_LISTMYACCESSHISTORYRESPONSE']._serialized_start=1375
-  _globals['_LISTMYACCESSHISTORYRESPONSE']._serialized_end=1491
-  _globals['_CITIZENSERVICE']._serialized_start=1494
-  _globals['_CITIZENSERVICE']._serialized_end=2144
+  _globals['_GETGATEWAYINFOREQUEST']._serialized_start=99
+  _globals['_GETGATEWAYINFOREQUEST']._serialized_end=122
+  _globals['_GETGATEWAYINFORESPONSE']._serialized_start=124
+  _globals['_GETGATEWAYINFORESPONSE']._serialized_end=240
+  _globals['_GETMYDATAREQUEST']._serialized_start=242
+  _globals['_GETMYDATAREQUEST']._serialized_end=283
+  _globals['_GETMYDATARESPONSE']._serialized_start=285
+  _globals['_GETMYDATARESPONSE']._serialized_end=372
+  _globals['_REGISTERCONSENTREQUEST']._serialized_start=374
+  _globals['_REGISTERCONSENTREQUEST']._serialized_end=444
+  _globals['_REGISTERCONSENTRESPONSE']._serialized_start=446
+  _globals['_REGISTERCONSENTRESPONSE']._serialized_end=510
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=512
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=556
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=558
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=620
+  _globals['_REVOKECONSENTREQUEST']._serialized_start=622
+  _globals['_REVOKECONSENTREQUEST']._serialized_end=667
+  _globals['_REVOKECONSENTRESPONSE']._serialized_start=669
+  _globals['_REVOKECONSENTRESPONSE']._serialized_end=731
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=733
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=780
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=782
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=853
+  _globals['_CONSENTEDPOLICY']._serialized_start=855
+  _globals['_CONSENTEDPOLICY']._serialized_end=900
+  _globals['_CONSENT']._serialized_start=903
+  _globals['_CONSENT']._serialized_end=1136
+  _globals['_EVALUATION']._serialized_start=1139
+  _globals['_EVALUATION']._serialized_end=1274
+  _globals['_LISTMYACCESSHISTORYREQUEST']._serialized_start=1276
+  _globals['_LISTMYACCESSHISTORYREQUEST']._serialized_end=1327
+  _globals['_ACCESSHISTORYENTRY']._serialized_start=1329
+  _globals['_ACCESSHISTORYENTRY']._serialized_end=1404
+  _globals['_LISTMYACCESSHISTORYRESPONSE']._serialized_start=1406
+  _globals['_LISTMYACCESSHISTORYRESPONSE']._serialized_end=1522
+  _globals['_CITIZENSERVICE']._serialized_start=1525
+  _globals['_CITIZENSERVICE']._serialized_end=2260
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from veilgate.v1 import citizen_pb2 as veilgate_dot_v1_dot_citizen__pb2
+from veilgate.v1 import eligibility_pb2 as veilgate_dot_v1_dot_eligibility__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -47,6 +48,11 @@ class CitizenServiceStub:
                 '/veilgate.v1.CitizenService/GetGatewayInfo',
                 request_serializer=veilgate_dot_v1_dot_citizen__pb2.GetGatewayInfoRequest.SerializeToString,
                 response_deserializer=veilgate_dot_v1_dot_citizen__pb2.GetGatewayInfoResponse.FromString,
+                _registered_method=True)
+        self.ListPolicies = channel.unary_unary(
+                '/veilgate.v1.CitizenService/ListPolicies',
+                request_serializer=veilgate_dot_v1_dot_eligibility__pb2.ListPoliciesRequest.SerializeToString,
+                response_deserializer=veilgate_dot_v1_dot_eligibility__pb2.ListPoliciesResponse.FromString,
                 _registered_method=True)
         self.GetMyData = channel.unary_unary(
                 '/veilgate.v1.CitizenService/GetMyData',
@@ -94,6 +100,15 @@ class CitizenServiceServicer:
 
     def GetGatewayInfo(self, request, context):
         """The gateway's identity and current signing keys. Public; no token needed. SDKs pin the keys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicies(self, request, context):
+        """Every loaded policy, for every kind of institution: what a citizen's app shows before the
+        citizen signs a consent (which kinds of institution may ask it, which catalog items it reads,
+        what it can answer) and the sha256 the consent pins. Public; no token needed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +165,11 @@ def add_CitizenServiceServicer_to_server(servicer, server):
                     servicer.GetGatewayInfo,
                     request_deserializer=veilgate_dot_v1_dot_citizen__pb2.GetGatewayInfoRequest.FromString,
                     response_serializer=veilgate_dot_v1_dot_citizen__pb2.GetGatewayInfoResponse.SerializeToString,
+            ),
+            'ListPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicies,
+                    request_deserializer=veilgate_dot_v1_dot_eligibility__pb2.ListPoliciesRequest.FromString,
+                    response_serializer=veilgate_dot_v1_dot_eligibility__pb2.ListPoliciesResponse.SerializeToString,
             ),
             'GetMyData': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMyData,
@@ -218,6 +238,33 @@ class CitizenService:
             '/veilgate.v1.CitizenService/GetGatewayInfo',
             veilgate_dot_v1_dot_citizen__pb2.GetGatewayInfoRequest.SerializeToString,
             veilgate_dot_v1_dot_citizen__pb2.GetGatewayInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/veilgate.v1.CitizenService/ListPolicies',
+            veilgate_dot_v1_dot_eligibility__pb2.ListPoliciesRequest.SerializeToString,
+            veilgate_dot_v1_dot_eligibility__pb2.ListPoliciesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from veilgate.v1 import citizen_pb2 as _citizen_pb2
+from veilgate.v1 import eligibility_pb2 as _eligibility_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -44,6 +45,11 @@ class CitizenServiceStub:
     def __new__(cls, channel: _aio.Channel) -> CitizenServiceAsyncStub: ...
     GetGatewayInfo: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.GetGatewayInfoRequest, _citizen_pb2.GetGatewayInfoResponse]
     """The gateway's identity and current signing keys. Public; no token needed. SDKs pin the keys."""
+    ListPolicies: _grpc.UnaryUnaryMultiCallable[_eligibility_pb2.ListPoliciesRequest, _eligibility_pb2.ListPoliciesResponse]
+    """Every loaded policy, for every kind of institution: what a citizen's app shows before the
+    citizen signs a consent (which kinds of institution may ask it, which catalog items it reads,
+    what it can answer) and the sha256 the consent pins. Public; no token needed.
+    """
     GetMyData: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.GetMyDataRequest, _citizen_pb2.GetMyDataResponse]
     """The caller's own records, sealed to the caller's enrolled X25519 key."""
     RegisterConsent: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.RegisterConsentRequest, _citizen_pb2.RegisterConsentResponse]
@@ -76,6 +82,11 @@ class CitizenServiceAsyncStub(CitizenServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetGatewayInfo: _aio.UnaryUnaryMultiCallable[_citizen_pb2.GetGatewayInfoRequest, _citizen_pb2.GetGatewayInfoResponse]  # type: ignore[assignment]
     """The gateway's identity and current signing keys. Public; no token needed. SDKs pin the keys."""
+    ListPolicies: _aio.UnaryUnaryMultiCallable[_eligibility_pb2.ListPoliciesRequest, _eligibility_pb2.ListPoliciesResponse]  # type: ignore[assignment]
+    """Every loaded policy, for every kind of institution: what a citizen's app shows before the
+    citizen signs a consent (which kinds of institution may ask it, which catalog items it reads,
+    what it can answer) and the sha256 the consent pins. Public; no token needed.
+    """
     GetMyData: _aio.UnaryUnaryMultiCallable[_citizen_pb2.GetMyDataRequest, _citizen_pb2.GetMyDataResponse]  # type: ignore[assignment]
     """The caller's own records, sealed to the caller's enrolled X25519 key."""
     RegisterConsent: _aio.UnaryUnaryMultiCallable[_citizen_pb2.RegisterConsentRequest, _citizen_pb2.RegisterConsentResponse]  # type: ignore[assignment]
@@ -111,6 +122,17 @@ class CitizenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_citizen_pb2.GetGatewayInfoResponse, _abc.Awaitable[_citizen_pb2.GetGatewayInfoResponse]]:
         """The gateway's identity and current signing keys. Public; no token needed. SDKs pin the keys."""
+
+    @_abc_1.abstractmethod
+    def ListPolicies(
+        self,
+        request: _eligibility_pb2.ListPoliciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eligibility_pb2.ListPoliciesResponse, _abc.Awaitable[_eligibility_pb2.ListPoliciesResponse]]:
+        """Every loaded policy, for every kind of institution: what a citizen's app shows before the
+        citizen signs a consent (which kinds of institution may ask it, which catalog items it reads,
+        what it can answer) and the sha256 the consent pins. Public; no token needed.
+        """
 
     @_abc_1.abstractmethod
     def GetMyData(

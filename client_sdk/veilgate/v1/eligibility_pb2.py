@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dveilgate/v1/eligibility.proto\x12\x0bveilgate.v1\"\x15\n\x13ListPoliciesRequest\"R\n\x0fPolicyParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06values\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xa7\x02\n\rPolicySummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x30\n\nparameters\x18\x06 \x03(\x0b\x32\x1c.veilgate.v1.PolicyParameter\x12\x14\n\x0creason_codes\x18\x07 \x03(\t\x12\x34\n\x05\x62\x61nds\x18\x08 \x03(\x0b\x32%.veilgate.v1.PolicySummary.BandsEntry\x1a\x45\n\nBandsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.veilgate.v1.BandLabels:\x02\x38\x01\"\x1c\n\nBandLabels\x12\x0e\n\x06labels\x18\x01 \x03(\t\"D\n\x14ListPoliciesResponse\x12,\n\x08policies\x18\x01 \x03(\x0b\x32\x1a.veilgate.v1.PolicySummary\"\xc4\x01\n\x0f\x45valuateRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x15\n\rconsent_token\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12@\n\nparameters\x18\x04 \x03(\x0b\x32,.veilgate.v1.EvaluateRequest.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x10\x45valuateResponse\x12\x15\n\rsigned_result\x18\x01 \x01(\t\x12\x16\n\x0egateway_key_id\x18\x02 \x01(\t\x12\x11\n\tlog_index\x18\x03 \x01(\x04\x32\xb2\x01\n\x12\x45ligibilityService\x12S\n\x0cListPolicies\x12 .veilgate.v1.ListPoliciesRequest\x1a!.veilgate.v1.ListPoliciesResponse\x12G\n\x08\x45valuate\x12\x1c.veilgate.v1.EvaluateRequest\x1a\x1d.veilgate.v1.EvaluateResponseB\x13\n\x0forg.veilgate.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dveilgate/v1/eligibility.proto\x12\x0bveilgate.v1\"\x15\n\x13ListPoliciesRequest\"R\n\x0fPolicyParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06values\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xd2\x02\n\rPolicySummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x30\n\nparameters\x18\x06 \x03(\x0b\x32\x1c.veilgate.v1.PolicyParameter\x12\x14\n\x0creason_codes\x18\x07 \x03(\t\x12\x34\n\x05\x62\x61nds\x18\x08 \x03(\x0b\x32%.veilgate.v1.PolicySummary.BandsEntry\x12\x0e\n\x06inputs\x18\t \x03(\t\x12\x19\n\x11institution_kinds\x18\n \x03(\t\x1a\x45\n\nBandsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.veilgate.v1.BandLabels:\x02\x38\x01\"\x1c\n\nBandLabels\x12\x0e\n\x06labels\x18\x01 \x03(\t\"D\n\x14ListPoliciesResponse\x12,\n\x08policies\x18\x01 \x03(\x0b\x32\x1a.veilgate.v1.PolicySummary\"\xc4\x01\n\x0f\x45valuateRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x15\n\rconsent_token\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12@\n\nparameters\x18\x04 \x03(\x0b\x32,.veilgate.v1.EvaluateRequest.ParametersEntry\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x10\x45valuateResponse\x12\x15\n\rsigned_result\x18\x01 \x01(\t\x12\x16\n\x0egateway_key_id\x18\x02 \x01(\t\x12\x11\n\tlog_index\x18\x03 \x01(\x04\x32\xb2\x01\n\x12\x45ligibilityService\x12S\n\x0cListPolicies\x12 .veilgate.v1.ListPoliciesRequest\x1a!.veilgate.v1.ListPoliciesResponse\x12G\n\x08\x45valuate\x12\x1c.veilgate.v1.EvaluateRequest\x1a\x1d.veilgate.v1.EvaluateResponseB\x13\n\x0forg.veilgate.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,19 +41,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLICYPARAMETER']._serialized_start=69
   _globals['_POLICYPARAMETER']._serialized_end=151
   _globals['_POLICYSUMMARY']._serialized_start=154
-  _globals['_POLICYSUMMARY']._serialized_end=449
-  _globals['_POLICYSUMMARY_BANDSENTRY']._serialized_start=380
-  _globals['_POLICYSUMMARY_BANDSENTRY']._serialized_end=449
-  _globals['_BANDLABELS']._serialized_start=451
-  _globals['_BANDLABELS']._serialized_end=479
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=481
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=549
-  _globals['_EVALUATEREQUEST']._serialized_start=552
-  _globals['_EVALUATEREQUEST']._serialized_end=748
-  _globals['_EVALUATEREQUEST_PARAMETERSENTRY']._serialized_start=699
-  _globals['_EVALUATEREQUEST_PARAMETERSENTRY']._serialized_end=748
-  _globals['_EVALUATERESPONSE']._serialized_start=750
-  _globals['_EVALUATERESPONSE']._serialized_end=834
-  _globals['_ELIGIBILITYSERVICE']._serialized_start=837
-  _globals['_ELIGIBILITYSERVICE']._serialized_end=1015
+  _globals['_POLICYSUMMARY']._serialized_end=492
+  _globals['_POLICYSUMMARY_BANDSENTRY']._serialized_start=423
+  _globals['_POLICYSUMMARY_BANDSENTRY']._serialized_end=492
+  _globals['_BANDLABELS']._serialized_start=494
+  _globals['_BANDLABELS']._serialized_end=522
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=524
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=592
+  _globals['_EVALUATEREQUEST']._serialized_start=595
+  _globals['_EVALUATEREQUEST']._serialized_end=791
+  _globals['_EVALUATEREQUEST_PARAMETERSENTRY']._serialized_start=742
+  _globals['_EVALUATEREQUEST_PARAMETERSENTRY']._serialized_end=791
+  _globals['_EVALUATERESPONSE']._serialized_start=793
+  _globals['_EVALUATERESPONSE']._serialized_end=877
+  _globals['_ELIGIBILITYSERVICE']._serialized_start=880
+  _globals['_ELIGIBILITYSERVICE']._serialized_end=1058
 # @@protoc_insertion_point(module_scope)

@@ -98,6 +98,8 @@ class PolicySummary(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     REASON_CODES_FIELD_NUMBER: _builtins.int
     BANDS_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    INSTITUTION_KINDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     version: _builtins.int
     sha256: _builtins.str
@@ -114,6 +116,14 @@ class PolicySummary(_message.Message):
     def bands(self) -> _containers.MessageMap[_builtins.str, Global___BandLabels]:
         """Band name -> its labels, in the policy's order."""
 
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The catalog item ids the policy reads, in the policy's order: nothing else reaches it."""
+
+    @_builtins.property
+    def institution_kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The kinds of institution ("bank", "insurer") that may evaluate it."""
+
     def __init__(
         self,
         *,
@@ -125,10 +135,12 @@ class PolicySummary(_message.Message):
         parameters: _abc.Iterable[Global___PolicyParameter] | None = ...,
         reason_codes: _abc.Iterable[_builtins.str] | None = ...,
         bands: _abc.Mapping[_builtins.str, Global___BandLabels] | None = ...,
+        inputs: _abc.Iterable[_builtins.str] | None = ...,
+        institution_kinds: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "description", b"description", "id", b"id", "parameters", b"parameters", "purpose", b"purpose", "reason_codes", b"reason_codes", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bands", b"bands", "description", b"description", "id", b"id", "inputs", b"inputs", "institution_kinds", b"institution_kinds", "parameters", b"parameters", "purpose", b"purpose", "reason_codes", b"reason_codes", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

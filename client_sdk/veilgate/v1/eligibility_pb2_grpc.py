@@ -57,6 +57,7 @@ class EligibilityServiceServicer:
 
     def ListPolicies(self, request, context):
         """The policies this institution's kind may evaluate, with their pinned hashes and parameters.
+        (Citizens read every policy with CitizenService.ListPolicies.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

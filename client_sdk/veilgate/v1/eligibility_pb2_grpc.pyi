@@ -37,7 +37,9 @@ class EligibilityServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EligibilityServiceAsyncStub: ...
     ListPolicies: _grpc.UnaryUnaryMultiCallable[_eligibility_pb2.ListPoliciesRequest, _eligibility_pb2.ListPoliciesResponse]
-    """The policies this institution's kind may evaluate, with their pinned hashes and parameters."""
+    """The policies this institution's kind may evaluate, with their pinned hashes and parameters.
+    (Citizens read every policy with CitizenService.ListPolicies.)
+    """
     Evaluate: _grpc.UnaryUnaryMultiCallable[_eligibility_pb2.EvaluateRequest, _eligibility_pb2.EvaluateResponse]
     """Evaluate one policy for the citizen who signed the consent. Returns a gateway-signed result:
     a decision, bands and at most four reason codes, never a record value.
@@ -52,7 +54,9 @@ class EligibilityServiceAsyncStub(EligibilityServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListPolicies: _aio.UnaryUnaryMultiCallable[_eligibility_pb2.ListPoliciesRequest, _eligibility_pb2.ListPoliciesResponse]  # type: ignore[assignment]
-    """The policies this institution's kind may evaluate, with their pinned hashes and parameters."""
+    """The policies this institution's kind may evaluate, with their pinned hashes and parameters.
+    (Citizens read every policy with CitizenService.ListPolicies.)
+    """
     Evaluate: _aio.UnaryUnaryMultiCallable[_eligibility_pb2.EvaluateRequest, _eligibility_pb2.EvaluateResponse]  # type: ignore[assignment]
     """Evaluate one policy for the citizen who signed the consent. Returns a gateway-signed result:
     a decision, bands and at most four reason codes, never a record value.
@@ -70,7 +74,9 @@ class EligibilityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _eligibility_pb2.ListPoliciesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_eligibility_pb2.ListPoliciesResponse, _abc.Awaitable[_eligibility_pb2.ListPoliciesResponse]]:
-        """The policies this institution's kind may evaluate, with their pinned hashes and parameters."""
+        """The policies this institution's kind may evaluate, with their pinned hashes and parameters.
+        (Citizens read every policy with CitizenService.ListPolicies.)
+        """
 
     @_abc_1.abstractmethod
     def Evaluate(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import grpc
 
-from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, common_pb2
+from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, common_pb2, eligibility_pb2
 from veilgate_server.audit import Auditor, Checkpointer
 from veilgate_server.gateway import Gateway
 from veilgate_server.rpc.audit import current_call
+from veilgate_server.rpc.eligibility import policy_summary
 from veilgate_server.storage import ConsentRow
 
 __all__ = ["CitizenServicer"]
@@ -28,6 +29,12 @@ class CitizenServicer(citizen_pb2_grpc.CitizenServiceServicer):
             signing_keys=[common_pb2.PublicKey(key_id=signer.key_id, algorithm="EdDSA", public_key=signer.public_key)],
             log_verifier_key=self._checkpointer.verifier_key,
         )
+
+    def ListPolicies(
+        self, request: eligibility_pb2.ListPoliciesRequest, context: grpc.ServicerContext
+    ) -> eligibility_pb2.ListPoliciesResponse:
+        policies = self._gateway.policies.values()  # in the order they loaded, as institutions see them
+        return eligibility_pb2.ListPoliciesResponse(policies=[policy_summary(p) for p in policies])
 
     def RegisterConsent(
         self, request: citizen_pb2.RegisterConsentRequest, context: grpc.ServicerContext

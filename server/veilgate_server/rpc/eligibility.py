@@ -15,6 +15,7 @@ __all__ = ["EligibilityServicer", "policy_summary"]
 
 
 def policy_summary(policy: Policy) -> eligibility_pb2.PolicySummary:
+    """What anyone who may see a policy learns of it: never more than its reviewed text says."""
     return eligibility_pb2.PolicySummary(
         id=policy.id,
         version=policy.version,
@@ -30,6 +31,8 @@ def policy_summary(policy: Policy) -> eligibility_pb2.PolicySummary:
             name: eligibility_pb2.BandLabels(labels=[band.label for band in bands])
             for name, bands in policy.bands.items()
         },
+        inputs=[item.id for item in policy.inputs],
+        institution_kinds=list(policy.institution_kinds),
     )
 
 
