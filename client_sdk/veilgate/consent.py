@@ -8,7 +8,8 @@ enrolled Ed25519 key. Its claims:
 ``aud``          the one institution id that may present it
 ``jti``          the consent id, 16–128 base64url characters; the citizen revokes by this id
 ``iat``          when it was signed
-``nbf``/``exp``  the window in which it may be used; at most ``MAX_CONSENT_SECONDS`` long
+``nbf``/``exp``  the window in which it may be used; at most ``MAX_CONSENT_SECONDS`` long (the gateway
+                 allows 30 seconds of clock skew at either end)
 ``purpose``      one code of :data:`PURPOSES`; the gateway checks it fits the institution's kind
 ``policies``     1–8 ``{"id", "sha256"}`` pins: the exact policy texts the citizen agreed to
 ``max_uses``     how many evaluations it allows, 1–100

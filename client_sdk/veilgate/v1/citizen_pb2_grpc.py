@@ -35,7 +35,9 @@ class CitizenServiceStub:
     op   the full method name, e.g. "/veilgate.v1.CitizenService/GetMyData"
     jti  a unique id, usable once
     iat, exp  NumericDate seconds, at most 300 seconds apart
-    and, per method, the claims documented on the request message.
+    and, per method, the claims documented on the request message. The gateway allows 30 seconds
+    of clock skew: iat may be up to 30 s ahead of its clock, and a token is refused from exp + 30 s
+    (a consent token's nbf and exp likewise, when an institution presents it).
     """
 
     def __init__(self, channel):
@@ -95,7 +97,9 @@ class CitizenServiceServicer:
     op   the full method name, e.g. "/veilgate.v1.CitizenService/GetMyData"
     jti  a unique id, usable once
     iat, exp  NumericDate seconds, at most 300 seconds apart
-    and, per method, the claims documented on the request message.
+    and, per method, the claims documented on the request message. The gateway allows 30 seconds
+    of clock skew: iat may be up to 30 s ahead of its clock, and a token is refused from exp + 30 s
+    (a consent token's nbf and exp likewise, when an institution presents it).
     """
 
     def GetGatewayInfo(self, request, context):
@@ -218,7 +222,9 @@ class CitizenService:
     op   the full method name, e.g. "/veilgate.v1.CitizenService/GetMyData"
     jti  a unique id, usable once
     iat, exp  NumericDate seconds, at most 300 seconds apart
-    and, per method, the claims documented on the request message.
+    and, per method, the claims documented on the request message. The gateway allows 30 seconds
+    of clock skew: iat may be up to 30 s ahead of its clock, and a token is refused from exp + 30 s
+    (a consent token's nbf and exp likewise, when an institution presents it).
     """
 
     @staticmethod

@@ -36,7 +36,9 @@ class CitizenServiceStub:
       op   the full method name, e.g. "/veilgate.v1.CitizenService/GetMyData"
       jti  a unique id, usable once
       iat, exp  NumericDate seconds, at most 300 seconds apart
-    and, per method, the claims documented on the request message.
+    and, per method, the claims documented on the request message. The gateway allows 30 seconds
+    of clock skew: iat may be up to 30 s ahead of its clock, and a token is refused from exp + 30 s
+    (a consent token's nbf and exp likewise, when an institution presents it).
     """
 
     @_typing.overload
@@ -76,7 +78,9 @@ class CitizenServiceAsyncStub(CitizenServiceStub):
       op   the full method name, e.g. "/veilgate.v1.CitizenService/GetMyData"
       jti  a unique id, usable once
       iat, exp  NumericDate seconds, at most 300 seconds apart
-    and, per method, the claims documented on the request message.
+    and, per method, the claims documented on the request message. The gateway allows 30 seconds
+    of clock skew: iat may be up to 30 s ahead of its clock, and a token is refused from exp + 30 s
+    (a consent token's nbf and exp likewise, when an institution presents it).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -112,7 +116,9 @@ class CitizenServiceServicer(metaclass=_abc_1.ABCMeta):
       op   the full method name, e.g. "/veilgate.v1.CitizenService/GetMyData"
       jti  a unique id, usable once
       iat, exp  NumericDate seconds, at most 300 seconds apart
-    and, per method, the claims documented on the request message.
+    and, per method, the claims documented on the request message. The gateway allows 30 seconds
+    of clock skew: iat may be up to 30 s ahead of its clock, and a token is refused from exp + 30 s
+    (a consent token's nbf and exp likewise, when an institution presents it).
     """
 
     @_abc_1.abstractmethod
