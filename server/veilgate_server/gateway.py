@@ -216,6 +216,8 @@ class Gateway:
         if consent.citizen_id != claims.citizen_id or claims.extra.get("consent") != consent.consent_id:
             raise TokenInvalid("the request must name the consent it registers, signed by the same citizen")
         institution = self.store.institutions.get(consent.institution_id)
+        if not institution.enabled:  # it could not use the consent: say so while the citizen is there
+            raise InstitutionDisabled(f"institution {institution.institution_id} is disabled and cannot use consents")
         for pin in consent.policies:
             policy = self._policy(pin.id)
             check_use(

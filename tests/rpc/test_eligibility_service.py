@@ -198,6 +198,10 @@ def test_mtls_identity_is_required_and_checked(scene: Scene, tmp_path: Any) -> N
     scene.gw.store.institutions.set_enabled("bank-a", False)
     with scene.gw.institution_client(scene.bank) as bank, pytest.raises(InstitutionDisabled):
         bank.list_policies()
+    # A citizen is told so when consenting to it, not when the institution first tries.
+    with pytest.raises(InstitutionDisabled, match="bank-a is disabled"):
+        scene.consent()
+    assert scene.gw.store.consents.for_citizen(scene.citizen) == []
     scene.gw.store.institutions.set_enabled("bank-a", True)
     # A certificate from another CA never gets past the TLS handshake.
     rogue = InstitutionCA.create(now=datetime.now(UTC))
