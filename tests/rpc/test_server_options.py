@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import grpc
 import pytest
 from conftest import GatewayHarness
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sqlalchemy import text
 
 from veilgate import CitizenClient, CitizenWallet
+from veilgate._internal.status import error_from_rpc
 from veilgate.errors import ConfigurationError, GatewayUnavailable
+from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
 from veilgate_server.gateway import Gateway
 from veilgate_server.rpc.server import build_server
+from veilgate_server.storage._session import write_session
 
 
 def test_no_tls_and_no_explicit_plaintext_is_refused(gateway_harness: GatewayHarness) -> None:
@@ -58,3 +63,42 @@ def test_a_negative_daily_budget_is_refused_when_the_gateway_is_made(gateway_har
     with pytest.raises(ValueError, match="daily_budget must not be negative"):
         dataclasses.replace(gateway_harness.gateway, daily_budget=-1)
     assert dataclasses.replace(gateway_harness.gateway, daily_budget=0).daily_budget == 0
+
+
+def test_calls_past_the_limit_in_flight_are_refused_at_once_and_the_sdk_retries_them(
+    gateway_harness: GatewayHarness, test_tls: tuple[bytes, object]
+) -> None:
+    """A server holding its limit of calls refuses more at once rather than queueing them without
+    bound; the SDK reads that as a busy gateway (retried), not as a request that was too large."""
+    ca_pem, tls = test_tls
+    gw = gateway_harness
+    running = build_server(gw.gateway, address="127.0.0.1:0", tls=tls, max_concurrent_calls=2)  # type: ignore[arg-type]
+    try:
+        with grpc.secure_channel(f"localhost:{running.port}", grpc.ssl_channel_credentials(ca_pem)) as channel:
+            stub = citizen_pb2_grpc.CitizenServiceStub(channel)
+            stub.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=5)  # connected
+            with write_session(gw.store._sessions) as held:  # every call waits for its log entry
+                if gw.store.engine.dialect.name == "postgresql":
+                    held.execute(text("SELECT tree_size FROM log_head FOR UPDATE"))
+                calls = [stub.GetGatewayInfo.future(citizen_pb2.GetGatewayInfoRequest(), timeout=10) for _ in range(4)]
+                assert _settled(calls, 2)
+                refused = [c for c in calls if c.done()]
+            answered = [c for c in calls if c not in refused]
+            assert len(refused) == 2
+            assert all(c.result(timeout=10).gateway_id == "veilgate.test" for c in answered)
+        for call in refused:
+            assert call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            error = error_from_rpc(call)  # type: ignore[arg-type]
+            assert isinstance(error, GatewayUnavailable)
+            assert "limit of calls in flight" in error.message
+    finally:
+        running.stop(grace=None)
+
+
+def _settled(calls: list[grpc.Future], count: int) -> bool:
+    """Wait until ``count`` of the calls have finished (the refused ones: the others are held)."""
+    deadline = time.monotonic() + 5
+    while sum(c.done() for c in calls) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # and no more than that
+    return sum(c.done() for c in calls) == count

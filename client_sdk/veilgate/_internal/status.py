@@ -22,6 +22,7 @@ from veilgate.errors import (
 __all__ = ["call", "error_from_rpc"]
 
 _Reply = TypeVar("_Reply")
+_BUSY = "Concurrent RPC limit exceeded"  # grpcio's server, past its maximum_concurrent_rpcs
 
 
 def call(method: Callable[..., _Reply], request: object, *, timeout: float) -> _Reply:
@@ -52,5 +53,7 @@ def error_from_rpc(error: grpc.RpcError) -> VeilgateError:
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return GatewayUnavailable(f"gateway unavailable ({code.name}): {details}")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if _BUSY in details:  # the server's own refusal when it holds its limit of calls
+            return GatewayUnavailable("the gateway is at its limit of calls in flight; try again shortly")
         return RequestTooLarge(f"the call exceeded a size limit: {details}")
     return InternalError(f"gateway call failed ({code.name}): {details}")

@@ -58,6 +58,15 @@ _METHODS = frozenset(
 )
 
 
+MAX_CONCURRENT_CALLS = 1024
+"""Calls one server process holds at once, running or queued for a worker. Past it a call is
+refused at once (RESOURCE_EXHAUSTED, which the SDK treats as the gateway being unavailable and
+retries with backoff) instead of queueing without bound: under overload the queue's latency and
+memory would grow until every call timed out."""
+MAX_STREAMS_PER_CONNECTION = 256
+"""HTTP/2 streams a client may open at once on one connection; more wait in the client."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServerTls:
     """The server's certificate and key, and the CA whose client certificates identify institutions.
@@ -102,6 +111,7 @@ def build_server(
     mtls_address: str | None = None,
     checkpoint_interval: float = 1.0,
     reuse_port: bool = False,
+    max_concurrent_calls: int = MAX_CONCURRENT_CALLS,
 ) -> RunningServer:
     """Bind and start the server. Addresses may end in ``:0`` for a free port (see ``.port`` and
     ``.mtls_port``). ``mtls_address`` (with ``tls.client_ca``) opens the institutions' port.
@@ -127,7 +137,9 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", TRANSPORT_LIMIT_BYTES),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ],
+        maximum_concurrent_rpcs=max_concurrent_calls,
     )
     citizen_pb2_grpc.add_CitizenServiceServicer_to_server(CitizenServicer(gateway, auditor, checkpointer), server)
     eligibility_pb2_grpc.add_EligibilityServiceServicer_to_server(EligibilityServicer(gateway, auditor), server)
