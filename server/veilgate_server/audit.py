@@ -273,13 +273,16 @@ class Checkpointer:
             self._thread.join(timeout=5)
         try:
             self.sign_latest()
-        except StorageError:
-            _log.warning("could not sign a final checkpoint at shutdown", exc_info=True)
+        except StorageError as e:  # the store is down: one line with its cause, as an outage is logged
+            cause = f" ({e.cause})" if e.cause else ""
+            _log.warning("could not sign a final checkpoint at shutdown: %s%s", e.message, cause)
+            _log.debug("the final checkpoint's failure", exc_info=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
                 self.sign_if_due()
+                self._store.check_writable()  # a round that only read must not call a failing store back
             except CheckpointConflict:
                 _log.warning("could not sign a checkpoint this round; will retry", exc_info=True)
             except StorageError as e:  # the store is down: retried next round, logged once an outage

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -239,6 +240,42 @@ def test_a_store_outage_is_logged_once_each_way_and_the_health_service_follows_i
     assert failing[0].getMessage().startswith("the store is failing: could not append to the audit log: ")
     assert [r for r in caplog.records if r.getMessage().startswith("the store answers again, after ")]
     assert not any(r.exc_info for r in caplog.records if r.name.startswith("veilgate"))
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # a file the gateway holds open
+def test_a_database_file_removed_while_serving_fails_every_call_closed_until_it_is_back(
+    gateway_harness: GatewayHarness, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """SQLite keeps writing to a file removed under it (a data directory deleted by mistake), so
+    calls would be acknowledged as durable into a file that is gone. They fail closed instead, the
+    log names the file, and the checkpointer's rounds, which read only, keep the gateway marked not
+    serving until the file is back."""
+    gw = gateway_harness
+    database = Path(gw.store.engine.url.database or "")
+    with gw.channel() as channel, caplog.at_level(logging.INFO):
+        health = health_pb2_grpc.HealthStub(channel)
+        citizen = citizen_pb2_grpc.CitizenServiceStub(channel)
+
+        def status() -> int:
+            return int(health.Check(health_pb2.HealthCheckRequest(), timeout=5).status)
+
+        citizen.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=10)
+        database.rename(tmp_path / "aside.db")
+        try:
+            with pytest.raises(grpc.RpcError) as refused:
+                citizen.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            time.sleep(2.5)  # two checkpointer rounds (1 s apart), each of which reads the store fine
+            assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            (tmp_path / "aside.db").rename(database)
+        deadline = time.monotonic() + 10
+        while status() != health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status() == health_pb2.HealthCheckResponse.SERVING
+        citizen.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=10)
+    [failing] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the store is failing")]
+    assert f"{database} was removed while in use" in failing
 
 
 def test_a_replayed_token_is_logged_once_as_refused(gateway_harness: GatewayHarness) -> None:

@@ -571,6 +571,42 @@ def test_sqlite_writers_of_several_processes_queue_on_the_writer_lock(store: Sto
         os.close(fd)
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # a file the store holds open
+def test_no_write_is_acknowledged_into_a_database_file_that_was_removed_or_replaced(
+    store: Store, tmp_path: Path
+) -> None:
+    """An open SQLite file stays writable after it is unlinked (a data directory deleted while the
+    gateway serves): every write would be acknowledged as durable into a file that is gone. Writers
+    refuse instead, with the file named for the operator, and go on once it is back."""
+    database = Path(store.engine.url.database or "")
+    assert store.log.append_batch([AppendRequest(b'{"call":0}')]) == [0]
+    aside = tmp_path / "aside.db"
+    database.rename(aside)
+    for write in (
+        lambda: store.log.append_batch([AppendRequest(b'{"call":1}')]),
+        lambda: store.institutions.register("bank.gone", kind="bank", name="Gone", at=T0),
+        store.check_writable,  # what the checkpointer's rounds ask, which otherwise only read
+    ):
+        with pytest.raises(StorageError, match="removed or replaced while in use") as refused:
+            write()
+        assert refused.value.cause is not None
+        assert str(database) in refused.value.cause
+        assert "was removed" in refused.value.cause
+    store.engine.dispose(close=False)  # connections opened from here on
+    with pytest.raises(StorageError, match="could not list institutions") as unopened:
+        store.institutions.list()
+    assert unopened.value.cause == "unable to open database file"
+    assert not database.exists()  # not a new, empty database in the file's place
+    database.write_bytes(aside.read_bytes())  # a copy is another file: still refused
+    with pytest.raises(StorageError, match="removed or replaced") as replaced:
+        store.log.append_batch([AppendRequest(b'{"call":1}')])
+    assert "was replaced" in (replaced.value.cause or "")
+    aside.replace(database)  # the very file, put back
+    store.check_writable()
+    assert store.log.append_batch([AppendRequest(b'{"call":1}')]) == [1]
+    assert store.institutions.list() == []
+
+
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
 def test_a_driver_statement_written_for_one_backend_refuses_another(store: Store) -> None:
     """A policy's inputs on PostgreSQL are read with an array parameter, which SQLite cannot read:

@@ -38,6 +38,7 @@ __all__ = [
     "kept_write_connection",
     "read_driver_rows",
     "read_rows",
+    "sqlite_writer_lock",
     "storage_errors",
     "write_connection",
     "write_session",
@@ -80,12 +81,20 @@ class SqliteWriterLock:
     beside it, ``<database>.writer-lock``, which the kernel hands straight to the next waiter. Both
     waits release the GIL. The lock is held from before ``BEGIN IMMEDIATE`` until after the commit or
     rollback. A process that dies holding it releases it with its descriptors. A writer that does not
-    take it (an older gateway, the ``sqlite3`` shell) still meets the busy handler, as before."""
+    take it (an older gateway, the ``sqlite3`` shell) still meets the busy handler, as before.
+
+    Holding the lock, a writer also checks that the database file is still the one it first wrote
+    to (:meth:`_check_same_file`): one ``stat`` per transaction. A database file removed while the
+    gateway serves (a data directory deleted by mistake) stays open and writable, so without the
+    check every call would be acknowledged as durable into a file that no longer exists."""
 
     def __init__(self, database: str | None) -> None:
         self._threads = threading.Lock()
         self._fd: int | None = None
+        self._database: str | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file first written to
         if database and database != ":memory:" and not database.startswith("file:"):
+            self._database = database
             path = f"{database}.writer-lock"
             try:
                 self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -98,9 +107,30 @@ class SqliteWriterLock:
         if self._fd is not None:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
+                self._check_same_file()
             except BaseException:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
                 self._threads.release()
                 raise
+
+    def _check_same_file(self) -> None:
+        """Refuse to write when the database file was removed or replaced since the first write."""
+        assert self._database is not None
+        try:
+            found = os.stat(self._database)
+        except FileNotFoundError:
+            identity = None
+        else:
+            identity = (found.st_dev, found.st_ino)
+        if self._identity is None:
+            self._identity = identity
+        elif identity != self._identity:
+            what = "removed" if identity is None else "replaced"
+            raise StorageError(
+                "could not write: the database file was removed or replaced while in use",
+                cause=f"{self._database} was {what} while in use; put it back, or restart on the right file",
+            )
 
     def __exit__(self, *exc_info: object) -> None:
         try:
@@ -114,7 +144,7 @@ _SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, SqliteWriterLock] = weakref.W
 _SQLITE_WRITERS_GUARD = threading.Lock()
 
 
-def _sqlite_writer_lock(sessions: sessionmaker[Session]) -> SqliteWriterLock | None:
+def sqlite_writer_lock(sessions: sessionmaker[Session]) -> SqliteWriterLock | None:
     """The writer lock of the session factory's SQLite database (see :class:`SqliteWriterLock`);
     None on PostgreSQL, where row locks do the work."""
     engine = sessions.kw.get("bind")
@@ -130,7 +160,7 @@ def _sqlite_writer_lock(sessions: sessionmaker[Session]) -> SqliteWriterLock | N
 @contextmanager
 def write_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session in a write transaction, committed on success and rolled back on any exception."""
-    lock = _sqlite_writer_lock(sessions)
+    lock = sqlite_writer_lock(sessions)
     with lock if lock is not None else contextlib.nullcontext(), sessions.begin() as session:
         # Procure the connection now, so the transaction starts as a writer (BEGIN IMMEDIATE on SQLite).
         session.connection(execution_options={WRITE_TRANSACTION: True})
@@ -146,7 +176,7 @@ def write_connection(sessions: sessionmaker[Session]) -> Iterator[Connection]:
     bind = sessions.kw.get("bind")
     if not isinstance(bind, Engine):
         raise TypeError("the session factory is not bound to an engine")
-    lock = _sqlite_writer_lock(sessions)
+    lock = sqlite_writer_lock(sessions)
     with (
         lock if lock is not None else contextlib.nullcontext(),
         bind.connect().execution_options(**{WRITE_TRANSACTION: True}) as connection,
@@ -269,7 +299,7 @@ def kept_write_connection(sessions: sessionmaker[Session]) -> Iterator[Connectio
         with write_connection(sessions) as pooled:
             yield pooled
         return
-    lock = _sqlite_writer_lock(sessions)
+    lock = sqlite_writer_lock(sessions)
     try:
         with lock if lock is not None else contextlib.nullcontext(), connection.begin():
             yield connection

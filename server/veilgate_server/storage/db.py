@@ -9,6 +9,8 @@ Two backends are supported and behave the same through the repositories:
   real transaction. A transaction opened with the ``WRITE_TRANSACTION`` execution option starts with
   ``BEGIN IMMEDIATE``: it takes the write lock up front, so two writers queue on ``busy_timeout``
   instead of one of them failing with "database is locked" when it upgrades a read lock mid-way.
+  Only an engine's first connection may create the file; later ones open it or fail, so that a file
+  removed while the gateway serves is an error, not a new, empty database in its place.
 * **PostgreSQL** (production, and the way to run several gateway replicas): psycopg 3, with
   ``pool_pre_ping`` so that a connection dropped by a failover is replaced rather than handed out,
   and a 10 s connect timeout unless the URL sets ``connect_timeout``.
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
 import psycopg
 from alembic import command
@@ -95,7 +98,7 @@ def create_engine_for(url: str) -> Engine:
             # Each connection would open a database of its own, and all of it is lost at exit.
             raise ConfigurationError(f"an in-memory SQLite database cannot hold the gateway's state; {_SUPPORTED}")
         engine = create_engine(parsed.set(drivername="sqlite+pysqlite"), hide_parameters=True, **_POOL)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, parsed.database)
         return engine
     if backend == "postgresql" and driver in ("", "psycopg"):
         # A server that does not answer must fail the call, not hang it: bound the connect unless
@@ -111,7 +114,21 @@ def create_engine_for(url: str) -> Engine:
     raise ConfigurationError(f"unsupported database URL scheme {parsed.drivername!r}; {_SUPPORTED}")
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, database: str) -> None:
+    created = [Path(database).exists()]
+
+    @event.listens_for(engine, "do_connect")
+    def _open_existing(dialect: Any, record: ConnectionPoolEntry, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        # Once the file exists, a connection opens that file or fails: SQLite would otherwise make a
+        # new, empty database where the file was removed (a data directory deleted while serving),
+        # and the calls its connections served would fail on missing tables, or worse.
+        if not created[0]:
+            created[0] = True  # this first connection makes the file
+            return
+        if not database.startswith("file:"):
+            cargs[:] = [f"file:{quote(database)}?mode=rw"]
+            cparams["uri"] = True
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
         # Stop sqlite3 from issuing BEGIN (and from committing before DDL); _on_begin does it.

@@ -59,6 +59,7 @@ from ._session import (
     insert_unique,
     read_driver_rows,
     read_rows,
+    sqlite_writer_lock,
     storage_errors,
     write_connection,
     write_session,
@@ -1157,6 +1158,16 @@ class Store:
         (:class:`~veilgate_server.storage.log.AppendRequest`)."""
         with storage_errors("save the change"), write_connection(self._sessions) as connection:
             change.apply(connection)
+
+    def check_writable(self) -> None:
+        """Raise StorageError when a write could not begin now for a reason a read does not find: on
+        SQLite, a database file removed or replaced while in use (see ``SqliteWriterLock``), which
+        the connections already open still read. Takes SQLite's writer lock for a moment; nothing
+        on PostgreSQL, where a lost server fails reads as well."""
+        lock = sqlite_writer_lock(self._sessions)
+        if lock is not None:
+            with lock:
+                pass
 
     def close(self) -> None:
         """Close every pooled connection. The store must not be used afterwards."""
