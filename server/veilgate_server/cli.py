@@ -8,6 +8,8 @@ a traceback is a bug.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import getpass
 import json
 import logging
@@ -493,10 +495,18 @@ def _fixed_port(address: str) -> bool:
     return not address.endswith(":0")
 
 
-def _refuse_if_in_use(address: str) -> None:
+def _hold_port(address: str) -> socket.socket:
     """Server processes share their ports (``SO_REUSEPORT``), so a second gateway started on the same
-    ports by mistake would quietly take part of the connections. Binding the port without sharing
-    fails while anything listens on it: refuse then, before any process starts."""
+    ports by mistake would quietly take part of the connections. Refuse then, before any process
+    starts: binding the port without sharing fails while anything holds it.
+
+    The bound socket is kept until the gateway stops, and marked as shared only once bound, so that
+    the gateway's own processes can join it and no other gateway can: a second one started a moment
+    later, before the processes listen, still finds the port held. (A bound socket that does not
+    listen is given no connections.) It is bound without ``SO_REUSEADDR`` where it can be, since two
+    such sockets that do not listen may share a port. Where the port still has connections of a
+    gateway just stopped (TIME_WAIT), which only ``SO_REUSEADDR`` binds past, it is bound with it:
+    then two gateways started at the same moment could both pass, as before this was held."""
     host, _, port = address.rpartition(":")
     try:
         infos = socket.getaddrinfo(
@@ -505,21 +515,28 @@ def _refuse_if_in_use(address: str) -> None:
     except (OSError, ValueError) as e:
         raise ConfigurationError(f"cannot listen on {address}: {e}") from e
     family, kind, proto, _, where = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        # As gRPC does: connections of a gateway just stopped (TIME_WAIT) do not hold the port.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for past_time_wait in (False, True):
+        held = socket.socket(family, kind, proto)
         try:
-            probe.bind(where)
+            if past_time_wait:
+                held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            held.bind(where)
         except OSError as e:
+            held.close()
+            if not past_time_wait and e.errno == errno.EADDRINUSE:
+                continue
             raise ConfigurationError(f"cannot listen on {address}: {e.strerror} (is another gateway on it?)") from e
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # for the gateway's own processes
+        return held
+    raise AssertionError("unreachable")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from veilgate_server.crypto import TlsFiles, ensure_local_tls
     from veilgate_server.governance import verify_manifest
-    from veilgate_server.rpc.processes import ServerProcesses, process_count_problem
+    from veilgate_server.rpc.processes import process_count_problem
     from veilgate_server.rpc.server import ServerTls
-    from veilgate_server.serving import GatewayProcess, ServeOptions, open_gateway, serve, server_tls
+    from veilgate_server.serving import ServeOptions, serve, server_tls
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigurationError("--tls-cert and --tls-key go together")
@@ -587,8 +604,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         gateway.store.close()
         print("veilgate: stopped", file=sys.stderr)
         return 0
-    for address in (args.listen, args.listen_mtls) if tls else (args.listen,):
-        _refuse_if_in_use(address)
+    with contextlib.ExitStack() as ports:
+        for address in (args.listen, args.listen_mtls) if tls else (args.listen,):
+            ports.enter_context(_hold_port(address))
+        return _serve_processes(args, settings, options, stop, stopped_by)
+
+
+def _serve_processes(
+    args: argparse.Namespace, settings: Settings, options: ServeOptions, stop: threading.Event, stopped_by: list[str]
+) -> int:
+    from veilgate_server.rpc.processes import ServerProcesses
+    from veilgate_server.serving import GatewayProcess, open_gateway
+
     # Open the gateway once here first: a bad manifest, key or database fails before any process
     # starts, and the keys and the schema are created once rather than raced by the processes.
     gateway = open_gateway(settings, daily_budget=args.daily_budget)

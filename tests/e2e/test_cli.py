@@ -85,6 +85,7 @@ class ServeProcess:
             match = re.search(r"serving on port (\d+)", line)
             if match:
                 self.port = int(match.group(1))
+            if line.startswith("store: "):  # the banner's last line: both ports are known
                 self._port.set()
 
     def stop(self) -> int:
@@ -318,6 +319,47 @@ def test_a_port_in_use_fails_serve_with_processes_in_one_line(tmp_path: Path) ->
     assert result.returncode == 1
     assert result.stderr.startswith(f"veilgate: error: cannot listen on 127.0.0.1:{port}: Address already in use")
     assert "Traceback" not in result.stderr
+
+
+def test_of_two_gateways_started_together_on_the_same_ports_one_serves(tmp_path: Path) -> None:
+    """Each holds its ports from its check until it stops, so the second finds them taken even when
+    it starts before the first one's processes listen (they share the ports with their parent)."""
+    policies, vkey = signed_policies(tmp_path)
+    port, mtls_port = _free_port(), _free_port()
+    gateways = []
+    for name in ("a", "b"):
+        data = tmp_path / name
+        data.mkdir()
+        (data / "governance.vkey").write_text(vkey + "\n")
+        veilgate("migrate", "--data-dir", str(data))
+        gateways.append((data, ["--processes", "2", "--data-dir", str(data), "--policies-dir", str(policies)]))
+    serve = [sys.executable, "-m", "veilgate_server.cli", "serve"]
+    procs = [
+        subprocess.Popen(
+            [*serve, "--listen", f"127.0.0.1:{port}", "--listen-mtls", f"127.0.0.1:{mtls_port}", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _, args in gateways
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        refused = [p for p in procs if p.poll() is not None]
+        assert len(refused) == 1, "both gateways are serving on the same ports"
+        time.sleep(3)  # the other one's processes are up by now, and stay up
+        [serving] = [p for p in procs if p.poll() is None]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=30) for p in procs]
+    assert refused[0].returncode == 1
+    assert "Address already in use (is another gateway on it?)" in outputs[procs.index(refused[0])][1]
+    assert serving.returncode == 0
+    assert "serving on port" in outputs[procs.index(serving)][0]
 
 
 def test_several_processes_need_fixed_ports(tmp_path: Path) -> None:
