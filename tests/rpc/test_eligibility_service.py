@@ -23,6 +23,7 @@ from veilgate.audit import parse_entry
 from veilgate.consent import CONSENT_TYP
 from veilgate.errors import (
     CitizenBudgetExhausted,
+    ConfigurationError,
     ConsentExhausted,
     ConsentExpired,
     ConsentNotYetValid,
@@ -209,6 +210,14 @@ def test_mtls_identity_is_required_and_checked(scene: Scene, tmp_path: Any) -> N
     impostor = InstitutionCredentials("bank-a", cert, key)
     with scene.gw.institution_client(impostor, timeout=3) as client, pytest.raises(GatewayUnavailable):
         client.list_policies()
+    # A certificate with another certificate's key never starts one; the SDK says so (no retry).
+    mixed = InstitutionCredentials("bank-a", scene.bank.certificate_pem, key)
+    token = scene.consent()
+    with (
+        scene.gw.institution_client(mixed, timeout=3) as client,
+        pytest.raises(ConfigurationError, match="client certificate and key belong together"),
+    ):
+        client.evaluate(LOAN, token, LOAN_PARAMS)
     with scene.gw.institution_client(scene.bank) as bank:
         assert bank.list_policies()
 

@@ -37,10 +37,17 @@ def test_plaintext_is_named_and_warned_about(gateway_harness: GatewayHarness, ca
         running.stop(grace=None)
 
 
-def test_a_tls_client_that_does_not_trust_the_ca_cannot_connect(gateway_harness: GatewayHarness) -> None:
+def test_a_tls_client_that_does_not_trust_the_ca_cannot_connect_and_is_told_why(
+    gateway_harness: GatewayHarness,
+) -> None:
+    """Not an outage to retry: the client's own TLS material does not fit the gateway."""
     wallet = CitizenWallet.generate("x")
-    with CitizenClient(gateway_harness.target, wallet, timeout=3) as client, pytest.raises(GatewayUnavailable):
+    with (
+        CitizenClient(gateway_harness.target, wallet, timeout=3) as client,
+        pytest.raises(ConfigurationError, match="the TLS handshake with the gateway failed") as refused,
+    ):
         client.gateway_info()
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.value.message
 
 
 def test_reflection_behind_its_flag(gateway_harness: GatewayHarness, test_tls: tuple[bytes, object]) -> None:

@@ -23,6 +23,10 @@ __all__ = ["call", "error_from_rpc"]
 
 _Reply = TypeVar("_Reply")
 _BUSY = "Concurrent RPC limit exceeded"  # grpcio's server, past its maximum_concurrent_rpcs
+# How gRPC's C core words a handshake this client could not complete: a gateway certificate that the
+# given root certificates do not verify, or a client certificate and key that do not belong together.
+# (A client certificate the gateway refuses reaches the client only as a closed socket, as an outage.)
+_TLS_FAILURES = ("Tls handshake failed", "Ssl handshake failed", "Failed to create security handshaker")
 
 
 def call(method: Callable[..., _Reply], request: object, *, timeout: float) -> _Reply:
@@ -50,6 +54,14 @@ def error_from_rpc(error: grpc.RpcError) -> VeilgateError:
         code, details = error.code(), error.details() or ""
     else:
         code, details = grpc.StatusCode.UNKNOWN, str(error)
+    if code is grpc.StatusCode.UNAVAILABLE and any(failure in details for failure in _TLS_FAILURES):
+        # Not an outage: trying again fails the same way until the client's TLS material is fixed.
+        return ConfigurationError(
+            "the TLS handshake with the gateway failed: check that root_certificates is the CA that issued "
+            "the gateway's certificate and, on the institutions' port, that the client certificate and key "
+            "belong together "
+            f"(gRPC: {details.rpartition('last error: ')[2]})"
+        )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return GatewayUnavailable(f"gateway unavailable ({code.name}): {details}")
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
