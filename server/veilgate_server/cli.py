@@ -869,9 +869,23 @@ def _terminated(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+def _empty_argument(args: argparse.Namespace) -> str | None:
+    """The first argument given as an empty string, as the command line spells it. No default is
+    empty, so it was typed (``--data-dir "$UNSET"``), and taking the default instead would act on
+    another directory or database than the one meant."""
+    for name, value in vars(args).items():
+        if value == "":
+            return name.upper() if name == "directory" else f"--{name.replace('_', '-')}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    empty = _empty_argument(args)
+    if empty is not None:
+        print(f"veilgate: error: {empty} must not be empty", file=sys.stderr)
+        return EXIT_ERROR
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -436,7 +436,9 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
         (["institution", "disable", "--id", "b"], "no gateway state at"),
         (["audit", "verify", "--log-key", "garbage"], "the log verifier key is malformed"),
         (["audit", "export", "--out", "x"], "no gateway state at"),
-        (["audit", "export", "--out", ""], "--out must name the directory"),
+        (["audit", "export", "--out", ""], "--out must not be empty"),
+        (["institution", "list", "--database-url", ""], "--database-url must not be empty"),
+        (["serve", "--policies-dir", ""], "--policies-dir must not be empty"),
         (["enroll", "--citizen-id", "a\nb", "--signing-key", "A" * 43, "--encryption-key", "A" * 43], "printable"),
         (["wallet", "create", "--citizen-id", "a b", "--out", "{tmp}/w"], "printable characters, without spaces"),
         (["wallet", "create", "--citizen-id", "ab", "--out", "{tmp}/w", "--identity-out", "/nonexistent/i"], "no dir"),
@@ -465,6 +467,11 @@ def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path: Path, args
     assert result.stderr.startswith("veilgate: error: ")
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before a directory, a key or a file is made
+
+
+def test_an_empty_directory_argument_is_refused_not_read_as_the_current_one() -> None:
+    result = veilgate("audit", "verify-export", "", check=False)
+    assert (result.returncode, result.stderr) == (1, "veilgate: error: DIRECTORY must not be empty\n")
 
 
 def test_files_in_the_wrong_place_are_named_as_such(tmp_path: Path) -> None:
