@@ -28,7 +28,7 @@ from veilgate_server.crypto.institutions import (
     institution_spiffe_id,
 )
 from veilgate_server.crypto.keys import GatewaySigner
-from veilgate_server.crypto.tls import CertificateAuthority
+from veilgate_server.crypto.tls import CertificateAuthority, ensure_local_tls
 
 NOW = dt.datetime(2025, 3, 1, 9, 30, tzinfo=dt.UTC)
 BANK = "bank.qilu"
@@ -277,3 +277,22 @@ def test_a_gateway_key_others_can_read_is_warned_about(tmp_path: Path, caplog: p
         assert GatewaySigner.load_or_create(path).key_id == first.key_id  # still served: a warning
     [warning] = caplog.records
     assert warning.getMessage() == f"gateway signing key {path} is mode 0644: other users can read it; chmod 600 it"
+
+
+def test_tls_keys_others_can_read_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The server's TLS key and, above all, the institution CA's key, which mints institutions."""
+    now = dt.datetime.now(dt.UTC)
+    files, _ = ensure_local_tls(tmp_path, now=now)
+    InstitutionCA.load_or_create(tmp_path, now=now)
+    with caplog.at_level(logging.WARNING, logger="veilgate.keys"):
+        files.load()
+        InstitutionCA.load_or_create(tmp_path, now=now)
+        assert caplog.records == []
+        files.private_key.chmod(0o640)
+        (tmp_path / "institution-ca.key").chmod(0o644)
+        files.load()
+        InstitutionCA.load_or_create(tmp_path, now=now)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"TLS server key {files.private_key} is mode 0640: other users can read it; chmod 600 it",
+        f"institution CA key {tmp_path / 'institution-ca.key'} is mode 0644: other users can read it; chmod 600 it",
+    ]

@@ -28,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from veilgate.errors import ConfigurationError
 from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN, check_caller_id, spiffe_id
-from veilgate_server.crypto.keys import write_private_file
+from veilgate_server.crypto.keys import warn_if_others_can_read, write_private_file
 from veilgate_server.crypto.tls import CertificateAuthority
 
 __all__ = [
@@ -118,6 +118,7 @@ class InstitutionCA:
 
     @classmethod
     def _load(cls, cert_path: Path, key_path: Path) -> InstitutionCA:
+        warn_if_others_can_read(key_path, "institution CA key")  # whoever reads it can mint institutions
         try:
             cert_pem, key_pem = cert_path.read_bytes(), key_path.read_bytes()
         except OSError as e:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from veilgate.errors import ConfigurationError
-from veilgate_server.crypto.keys import write_private_file
+from veilgate_server.crypto.keys import warn_if_others_can_read, write_private_file
 
 __all__ = ["CertificateAuthority", "TlsFiles", "certificate_uri_sans", "ensure_local_tls"]
 
@@ -130,6 +130,7 @@ class TlsFiles:
 
     def load(self) -> tuple[bytes, bytes]:
         """(certificate chain PEM, private key PEM) for grpc.ssl_server_credentials."""
+        warn_if_others_can_read(self.private_key, "TLS server key")
         try:
             return self.certificate.read_bytes(), self.private_key.read_bytes()
         except OSError as e:
