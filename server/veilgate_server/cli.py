@@ -33,6 +33,7 @@ from veilgate.errors import (
 from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN, check_caller_id, check_trust_domain
 
 if TYPE_CHECKING:
+    from veilgate import CitizenClient
     from veilgate_server.config import Settings
     from veilgate_server.gateway import Gateway
     from veilgate_server.serving import ServeOptions
@@ -182,18 +183,32 @@ def cmd_wallet_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_wallet_fetch(args: argparse.Namespace) -> int:
+def _citizen_client(args: argparse.Namespace, *, own: bool = True) -> CitizenClient:
+    """A client for the wallet commands (``--target``, ``--ca``, ``--gateway-keys``), checked before
+    the wallet's passphrase is asked for; with ``own`` false, for public calls only (a throwaway
+    wallet, which signs nothing)."""
     from veilgate import CitizenClient, CitizenWallet, gateway_keys_from_jwks
 
     _check_address(args.target, "--target", listen=False)
-    out = _output_file(args.out, "--out") if args.out is not None else None  # before a token is spent
-    wallet = CitizenWallet.load(args.wallet, _passphrase(args, confirm=False))
     try:
         root = Path(args.ca).read_bytes() if args.ca else None
         pinned = gateway_keys_from_jwks(Path(args.gateway_keys).read_bytes()) if args.gateway_keys else None
     except OSError as e:
         raise ConfigurationError(f"cannot read {e.filename}: {e.strerror}") from e
-    with CitizenClient(args.target, wallet, root_certificates=root, gateway_keys=pinned) as client:
+    if own:
+        wallet = CitizenWallet.load(args.wallet, _passphrase(args, confirm=False))
+    else:
+        wallet = CitizenWallet.generate("anonymous")
+    return CitizenClient(args.target, wallet, root_certificates=root, gateway_keys=pinned)
+
+
+def _when(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def cmd_wallet_fetch(args: argparse.Namespace) -> int:
+    out = _output_file(args.out, "--out") if args.out is not None else None  # before a token is spent
+    with _citizen_client(args) as client:
         delivery = client.get_my_data(items=args.items, departments=args.departments)
     print(f"delivery {delivery.delivery_id}, watermark {delivery.watermark}, {len(delivery.items)} items")
     for department, items in delivery.by_department().items():
@@ -204,6 +219,115 @@ def cmd_wallet_fetch(args: argparse.Namespace) -> int:
         except OSError as e:
             raise ConfigurationError(f"cannot write the delivery to {args.out}: {e.strerror}") from e
         print(f"signed delivery (JWS) written to {args.out}")
+    return 0
+
+
+def cmd_wallet_policies(args: argparse.Namespace) -> int:
+    with _citizen_client(args, own=False) as client:
+        policies = client.list_policies()
+    for policy in policies:
+        print(
+            f"{policy.id} v{policy.version}  purpose {policy.purpose}, asked by: {', '.join(policy.institution_kinds)}"
+        )
+        print(f"  {policy.description.strip()}")
+        print(f"  reads: {', '.join(policy.inputs)}")
+        bands = "; ".join(f"{name}: {', '.join(labels)}" for name, labels in policy.bands.items())
+        reasons = len(policy.reason_codes)
+        print(f"  answers: a decision{f', bands ({bands})' if bands else ''}, up to 4 of {reasons} reasons")
+        print(f"  sha256 {policy.sha256}")
+    return 0
+
+
+def cmd_wallet_grant(args: argparse.Namespace) -> int:
+    from veilgate.consent import MAX_CONSENT_SECONDS
+
+    out = _output_file(args.out, "--out") if args.out is not None else None
+    if not 1 <= args.valid_days <= MAX_CONSENT_SECONDS // 86400:
+        raise ConfigurationError(f"--valid-days must be from 1 to {MAX_CONSENT_SECONDS // 86400}")
+    with _citizen_client(args) as client:
+        published = {policy.id: policy for policy in client.list_policies()}
+        unknown = [policy_id for policy_id in args.policy if policy_id not in published]
+        if unknown:
+            raise ConfigurationError(
+                f"this gateway has no policy {', '.join(unknown)} (see `veilgate wallet policies`)"
+            )
+        chosen = [published[policy_id] for policy_id in dict.fromkeys(args.policy)]
+        token, consent = client.grant_consent(
+            institution_id=args.institution,
+            purpose=args.purpose,
+            policies=[policy.pin for policy in chosen],
+            max_uses=args.max_uses,
+            valid_for=args.valid_days * 86400,
+        )
+    for policy in chosen:
+        print(
+            f"consented to {policy.id} v{policy.version} (sha256 {policy.sha256[:12]}...), which reads:",
+            file=sys.stderr,
+        )
+        print(f"  {', '.join(policy.inputs)}", file=sys.stderr)
+    print(
+        f"consent {consent.consent_id} registered: {consent.institution_id} may ask up to {consent.max_uses} "
+        f"time(s) until {_when(consent.expires_at)}; "
+        f"revoke with `veilgate wallet revoke --consent {consent.consent_id}`",
+        file=sys.stderr,
+    )
+    if out is None:
+        print(token)  # alone on stdout: for the institution (in real life, a QR code)
+        return 0
+    try:
+        out.write_text(token + "\n")
+    except OSError as e:
+        raise ConfigurationError(f"cannot write the consent token to {args.out}: {e.strerror}") from e
+    print(f"consent token written to {args.out}; hand it to {consent.institution_id}", file=sys.stderr)
+    return 0
+
+
+def cmd_wallet_consents(args: argparse.Namespace) -> int:
+    with _citizen_client(args) as client:
+        consents = client.list_consents()
+        now = int(datetime.now(UTC).timestamp())
+    for c in consents:
+        if c.revoked_at is not None:
+            state = f"revoked {_when(c.revoked_at)}"
+        elif c.expires_at <= now:
+            state = "expired"
+        elif c.uses >= c.max_uses:
+            state = "used up"
+        else:
+            state = f"active until {_when(c.expires_at)}"
+        policies = ", ".join(p.id for p in c.policies)
+        print(f"{c.consent_id}  {c.institution_id}  {c.purpose}  {policies}  {c.uses}/{c.max_uses} uses  {state}")
+    if not consents:
+        print("no consents")
+    return 0
+
+
+def cmd_wallet_revoke(args: argparse.Namespace) -> int:
+    with _citizen_client(args) as client:
+        consent = client.revoke_consent(args.consent)
+    assert consent.revoked_at is not None
+    print(f"consent {consent.consent_id} of {consent.institution_id} revoked as of {_when(consent.revoked_at)}")
+    return 0
+
+
+def cmd_wallet_evaluations(args: argparse.Namespace) -> int:
+    with _citizen_client(args) as client:
+        evaluations = client.list_evaluations()
+    for e in evaluations:
+        print(f"{_when(e.evaluated_at)}  {e.institution_id}  {e.policy_id}  {e.decision}  (consent {e.consent_id})")
+    if not evaluations:
+        print("no evaluations under your consents")
+    return 0
+
+
+def cmd_wallet_history(args: argparse.Namespace) -> int:
+    with _citizen_client(args) as client:
+        history = client.access_history()
+    print(f"{len(history)} entries about you in the audit log, each proven included under a signed checkpoint:")
+    for index, entry in history:
+        caller = entry.caller_id or entry.caller_kind
+        outcome = entry.decision or (entry.reason or entry.code)
+        print(f"  #{index}  {entry.time}  {caller}  {entry.method.rpartition('/')[2]}  {outcome}")
     return 0
 
 
@@ -846,16 +970,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="wallet file to create")
     p.add_argument("--identity-out", help="public identity file (default OUT.identity.json)")
     p.add_argument("--passphrase-file", help="read the passphrase from this file (else env or prompt)")
-    p = wallet.add_parser("fetch", parents=[common], help="fetch and verify my records")
-    p.set_defaults(func=cmd_wallet_fetch)
-    p.add_argument("--wallet", required=True)
-    p.add_argument("--target", required=True, help="gateway host:port")
-    p.add_argument("--ca", help="CA certificate (PEM) to trust for the gateway")
-    p.add_argument("--gateway-keys", help="pinned gateway keys (JWKS file)")
+    gateway = argparse.ArgumentParser(add_help=False)
+    gateway.add_argument("--target", required=True, help="the gateway's citizen port, host:port")
+    gateway.add_argument("--ca", help="CA certificate (PEM) to trust for the gateway")
+    gateway.add_argument("--gateway-keys", help="pinned gateway keys (JWKS file)")
+    mine = argparse.ArgumentParser(add_help=False, parents=[gateway])
+    mine.add_argument("--wallet", required=True)
+    mine.add_argument("--passphrase-file", help="read the passphrase from this file (else env or prompt)")
+
+    def citizen(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str, *, own: bool = True
+    ) -> argparse.ArgumentParser:
+        p = wallet.add_parser(name, parents=[common, mine if own else gateway], help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = citizen("fetch", cmd_wallet_fetch, "fetch and verify my records")
     p.add_argument("--items", nargs="+")
     p.add_argument("--departments", nargs="+")
     p.add_argument("--out", help="write the signed delivery (JWS) here")
-    p.add_argument("--passphrase-file")
+    citizen("policies", cmd_wallet_policies, "what each policy reads and answers, and who may ask it", own=False)
+    p = citizen("grant", cmd_wallet_grant, "consent to one institution asking named policies; prints the token")
+    p.add_argument("--institution", required=True, help="the one institution id that may use it")
+    p.add_argument("--purpose", required=True, help="e.g. credit.consumer_loan or insurance.claim")
+    p.add_argument("--policy", action="append", required=True, help="a policy id (repeat for several)")
+    p.add_argument("--max-uses", type=int, default=1, help="evaluations it allows (default 1)")
+    p.add_argument("--valid-days", type=int, default=7, help="days it may be used (default 7)")
+    p.add_argument("--out", help="write the consent token here instead of to stdout")
+    citizen("consents", cmd_wallet_consents, "my consents: who may ask what, uses, state")
+    p = citizen("revoke", cmd_wallet_revoke, "revoke a consent; the next evaluation under it is refused")
+    p.add_argument("--consent", required=True, help="the consent id")
+    citizen("evaluations", cmd_wallet_evaluations, "who asked what under my consents, and the answer")
+    citizen("history", cmd_wallet_history, "every audit log entry about me, each proven included")
     return parser
 
 
@@ -902,6 +1048,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGINT
     except _Terminated:
         return 128 + signal.SIGTERM
+    except BrokenPipeError:  # the reader went away (`veilgate wallet history | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 128 + signal.SIGPIPE
     except (OSError, ValueError) as e:  # an environment problem the commands did not anticipate
         print(f"veilgate: error: {e}", file=sys.stderr)
         return EXIT_ERROR

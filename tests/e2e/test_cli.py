@@ -20,8 +20,10 @@ import grpc
 import pytest
 
 from veilgate import CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
+from veilgate._internal import jose
 from veilgate._internal.jose import b64url_decode
-from veilgate.errors import InstitutionDisabled
+from veilgate.consent import CONSENT_TYP
+from veilgate.errors import ConsentRevoked, InstitutionDisabled
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
 from veilgate_server.config import default_policies_dir
 from veilgate_server.rpc.processes import max_processes
@@ -469,6 +471,24 @@ def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path: Path, args
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before a directory, a key or a file is made
 
 
+def test_output_to_a_reader_that_went_away_stops_quietly() -> None:
+    """`veilgate ... | head -1`: the rest of the output has nowhere to go; no error about it."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "veilgate_server.cli", "policy", "list"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, "")
+
+
 def test_an_empty_directory_argument_is_refused_not_read_as_the_current_one() -> None:
     result = veilgate("audit", "verify-export", "", check=False)
     assert (result.returncode, result.stderr) == (1, "veilgate: error: DIRECTORY must not be empty\n")
@@ -547,6 +567,64 @@ def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, P
     assert "EligibilityService/Evaluate -> OK" in logs
     assert "INSTITUTION_DISABLED" in logs
     assert citizen not in logs
+
+
+def test_a_citizen_consents_watches_and_revokes_with_the_cli(
+    served: tuple[ServeProcess, Path, str], tmp_path: Path
+) -> None:
+    """What the SDK lets a citizen app do, from the command line: read what a policy reads, consent
+    to it for one bank, see the bank's evaluation and the log's entries, and revoke."""
+    server, data, database_url = served
+    db = ["--data-dir", str(data), "--database-url", database_url]
+    env = {"VEILGATE_WALLET_PASSPHRASE": PASSPHRASE}
+    with Store.open(database_url) as store:
+        citizen = store.records.citizen_ids(limit=1)[0]
+    wallet = tmp_path / "me.wallet"
+    veilgate("wallet", "create", "--citizen-id", citizen, "--out", str(wallet), env=env)
+    veilgate("enroll", "--identity", str(tmp_path / "me.wallet.identity.json"), *db)
+    veilgate("institution", "add", "--id", "bank-c", "--kind", "bank", "--name", "Bank C", *db)
+    gateway = ["--target", f"localhost:{server.port}", "--ca", str(data / "tls" / "ca.pem")]
+    mine = [*gateway, "--wallet", str(wallet)]
+
+    policies = veilgate("wallet", "policies", *gateway).stdout  # public: no wallet, no passphrase
+    assert "credit.consumer_loan v1  purpose credit.consumer_loan, asked by: bank" in policies
+    assert "reads: social_insurance.insured_status, " in policies
+    unknown = veilgate("wallet", "grant", *mine, "--institution", "bank-c", "--purpose", "credit.consumer_loan",
+                       "--policy", "credit.payday", env=env, check=False)  # fmt: skip
+    assert (unknown.returncode, unknown.stderr) == (
+        1,
+        "veilgate: error: this gateway has no policy credit.payday (see `veilgate wallet policies`)\n",
+    )
+    granted = veilgate("wallet", "grant", *mine, "--institution", "bank-c", "--purpose", "credit.consumer_loan",
+                       "--policy", "credit.consumer_loan", "--max-uses", "2", env=env)  # fmt: skip
+    token = granted.stdout.strip()  # the token alone on stdout, for the bank
+    consent_id = jose.unverified_claims(token, typ=CONSENT_TYP).claims["jti"]
+    assert f"consent {consent_id} registered: bank-c may ask up to 2 time(s)" in granted.stderr
+    assert "which reads:\n  social_insurance.insured_status, " in granted.stderr
+
+    creds = data / "institutions" / "bank-c"
+    with InstitutionClient(
+        f"localhost:{server.mtls_port}",
+        certificate_chain=(creds / "client.pem").read_bytes(),
+        private_key=(creds / "client.key").read_bytes(),
+        root_certificates=(creds / "gateway-ca.pem").read_bytes(),
+    ) as bank:
+        decision = bank.evaluate("credit.consumer_loan", token, {"requested_amount_band": "up_to_50k"}).decision
+        seen = veilgate("wallet", "evaluations", *mine, env=env).stdout
+        assert re.search(rf"  bank-c  credit.consumer_loan  {decision}  \(consent {consent_id}\)", seen)
+        listed = veilgate("wallet", "consents", *mine, env=env).stdout
+        assert re.search(rf"^{consent_id}  bank-c  .* 1/2 uses  active until ", listed)
+        revoked = veilgate("wallet", "revoke", *mine, "--consent", consent_id, env=env).stdout
+        assert revoked.startswith(f"consent {consent_id} of bank-c revoked as of ")
+        with pytest.raises(ConsentRevoked):
+            bank.evaluate("credit.consumer_loan", token, {"requested_amount_band": "up_to_50k"})
+    assert f"{consent_id}  bank-c  " in veilgate("wallet", "consents", *mine, env=env).stdout
+    assert " revoked " in veilgate("wallet", "consents", *mine, env=env).stdout
+    history = veilgate("wallet", "history", *mine, env=env).stdout
+    assert "entries about you in the audit log, each proven included under a signed checkpoint" in history
+    assert re.search(rf"  bank-c  Evaluate  {decision}", history)
+    assert re.search(r"  bank-c  Evaluate  CONSENT_REVOKED", history)
+    assert citizen not in history
 
 
 def test_policy_test_command(tmp_path: Path) -> None:
