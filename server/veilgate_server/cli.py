@@ -155,8 +155,16 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    signer = settings.load_signer()
+    if args.rotate:
+        signer, old_key_id = settings.rotate_signer(now=_now())
+        print(f"new gateway signing key {signer.key_id}; {old_key_id} is retired and its private key destroyed")
+        print("the retired keys stay published, so that what they signed still verifies;")
+        print("restart the gateway (every process) to sign with the new key, and give clients the new JWKS")
+    else:
+        signer = settings.load_signer()
     print(f"gateway signing key id: {signer.key_id}")
+    for key in signer.retired:
+        print(f"retired key id:         {key.key_id} (since {key.retired_at})")
     print(f"public keys (JWKS):     {settings.public_keys_path}")
     return 0
 
@@ -912,7 +920,8 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     add("migrate", cmd_migrate, "create or upgrade the database schema")
-    add("keys", cmd_keys, "show the gateway's signing key id (creating the key on first use)")
+    p = add("keys", cmd_keys, "show the gateway's signing key ids (creating the key on first use)")
+    p.add_argument("--rotate", action="store_true", help="make a new key the current one; the old one is retired")
 
     institution = sub.add_parser("institution", help="banks and insurers").add_subparsers(
         dest="institution_command", required=True

@@ -21,6 +21,7 @@ served only when ``MANIFEST`` there is signed by a governance key the gateway tr
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import re
@@ -35,7 +36,12 @@ from veilgate_server.core.catalog import Catalog, load_catalog
 from veilgate_server.core.manifest import require_catalog, require_listed
 from veilgate_server.core.policy import Policy, load_policies
 from veilgate_server.crypto import GatewaySigner
-from veilgate_server.crypto.keys import warn_if_others_can_read, write_private_file
+from veilgate_server.crypto.keys import (
+    load_retired_keys,
+    rotate_gateway_key,
+    warn_if_others_can_read,
+    write_private_file,
+)
 from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.governance import verify_manifest
 from veilgate_server.storage import Store, sqlite_url
@@ -207,21 +213,35 @@ class Settings:
             raise ConfigurationError(f"cannot write the log verifier key {self.log_vkey_path}: {e.strerror}") from e
         return signer
 
+    @property
+    def retired_keys_path(self) -> Path:
+        return self.data_dir / "keys" / "gateway-retired-keys.json"
+
     def load_signer(self) -> GatewaySigner:
-        """The gateway key (created on first use) and its published JWKS next to it."""
+        """The gateway key (created on first use), with the retired keys, and the published JWKS of
+        them all next to it (the current key first)."""
         self.ensure_data_dir()
-        signer = GatewaySigner.load_or_create(self.signing_key_path)
-        jwks = {
-            "keys": [
-                {
-                    "kty": "OKP",
-                    "crv": "Ed25519",
-                    "x": b64url_encode(signer.public_key),
-                    "kid": signer.key_id,
-                    "alg": "EdDSA",
-                    "use": "sig",
-                }
-            ]
-        }
-        self.public_keys_path.write_text(json.dumps(jwks, indent=2) + "\n")
+        signer = GatewaySigner.load_or_create(self.signing_key_path, load_retired_keys(self.retired_keys_path))
+        self.publish_keys(signer)
         return signer
+
+    def rotate_signer(self, *, now: dt.datetime) -> tuple[GatewaySigner, str]:
+        """A new current gateway key (see :func:`~veilgate_server.crypto.keys.rotate_gateway_key`),
+        published with the retired ones; returns it and the old key's id."""
+        signer, old_key_id = rotate_gateway_key(self.signing_key_path, self.retired_keys_path, now=now)
+        self.publish_keys(signer)
+        return signer, old_key_id
+
+    def publish_keys(self, signer: GatewaySigner) -> None:
+        keys = [
+            {
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": b64url_encode(public_key),
+                "kid": key_id,
+                "alg": "EdDSA",
+                "use": "sig",
+            }
+            for key_id, public_key in signer.published
+        ]
+        self.public_keys_path.write_text(json.dumps({"keys": keys}, indent=2) + "\n")

@@ -6,6 +6,7 @@ import json
 import logging
 
 import grpc
+import nacl.signing
 import pytest
 from conftest import GatewayHarness
 from google.rpc import error_details_pb2
@@ -29,6 +30,7 @@ from veilgate.errors import (
     TokenWrongAudience,
 )
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
+from veilgate_server.crypto.keys import GatewaySigner, RetiredKey
 from veilgate_server.storage import StoredRecord
 
 
@@ -56,6 +58,21 @@ def test_gateway_info_publishes_a_verifiable_key(gateway_harness: GatewayHarness
     assert info.gateway_id == "veilgate.test"
     [key] = info.signing_keys
     assert key.key_id == jose.jwk_thumbprint(key.public_key) == gateway_harness.gateway.signer.key_id
+
+
+def test_gateway_info_publishes_retired_keys_after_the_current_one(gateway_harness: GatewayHarness) -> None:
+    """After a key rotation, clients that fetch the keys can still check what the old key signed,
+    and sign-checking code that takes the first key takes the current one."""
+    gw = gateway_harness
+    old = gw.gateway.signer
+    retired = RetiredKey(old.key_id, old.public_key, "2026-11-27T08:00:00Z")
+    gw.gateway.signer = GatewaySigner(nacl.signing.SigningKey.generate(), [retired])
+    wallet = gw.enroll(gw.citizen_ids[0])
+    with gw.client(wallet) as client:
+        keys = client.gateway_info().signing_keys
+        delivery = client.get_my_data()
+    assert [k.key_id for k in keys] == [gw.gateway.signer.key_id, old.key_id]
+    assert delivery.key_id == gw.gateway.signer.key_id  # verified by the SDK with the key it names
 
 
 def test_get_my_data_returns_every_record_sealed_and_signed(gateway_harness: GatewayHarness) -> None:

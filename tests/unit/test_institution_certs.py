@@ -17,8 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from veilgate import AuditClient, CitizenClient, CitizenWallet, InstitutionClient
+from veilgate import AuditClient, CitizenClient, CitizenWallet, InstitutionClient, gateway_keys_from_jwks
+from veilgate._internal import jose
 from veilgate.errors import ConfigurationError
+from veilgate_server.config import Settings
 from veilgate_server.core.identity import CallerIdentity, identity_from_uri_sans
 from veilgate_server.crypto.institutions import (
     CA_CERTIFICATE_FILE,
@@ -296,3 +298,65 @@ def test_tls_keys_others_can_read_are_warned_about(tmp_path: Path, caplog: pytes
         f"TLS server key {files.private_key} is mode 0640: other users can read it; chmod 600 it",
         f"institution CA key {tmp_path / 'institution-ca.key'} is mode 0644: other users can read it; chmod 600 it",
     ]
+
+
+def _verifies(token: str, jwks_path: Path) -> bool:
+    """Whether a key of the published JWKS, found by the token's kid, verifies it."""
+    keys = {key.key_id: key.public_key for key in gateway_keys_from_jwks(jwks_path.read_bytes())}
+    parsed = jose.unverified_claims(token, typ="veilgate-test+jwt")
+    return parsed.kid in keys and bool(jose.verify_jws(parsed, public_key=keys[parsed.kid], typ="veilgate-test+jwt"))
+
+
+def test_a_rotated_gateway_key_signs_no_more_but_what_it_signed_still_verifies(tmp_path: Path) -> None:
+    settings = Settings.from_env(data_dir=str(tmp_path / "d"))
+    first = settings.load_signer()
+    signed_before = first.sign({"n": 1}, typ="veilgate-test+jwt")
+    old_pem = settings.signing_key_path.read_bytes()
+
+    second, retired_id = settings.rotate_signer(now=dt.datetime(2026, 11, 27, 8, 0, tzinfo=dt.UTC))
+    assert retired_id == first.key_id != second.key_id
+    assert settings.signing_key_path.read_bytes() != old_pem  # the old private key is gone
+    assert stat.S_IMODE(settings.signing_key_path.stat().st_mode) == 0o600
+    assert not any(p.name.endswith(".new") for p in settings.signing_key_path.parent.iterdir())
+    reloaded = settings.load_signer()  # as a restarted gateway would
+    assert reloaded.key_id == second.key_id
+    assert reloaded.published == ((second.key_id, second.public_key), (first.key_id, first.public_key))
+    assert reloaded.retired[0].retired_at == "2026-11-27T08:00:00Z"
+    assert _verifies(signed_before, settings.public_keys_path)
+    assert _verifies(reloaded.sign({"n": 2}, typ="veilgate-test+jwt"), settings.public_keys_path)
+
+    third, _ = settings.rotate_signer(now=dt.datetime(2026, 11, 28, tzinfo=dt.UTC))
+    assert [key_id for key_id, _ in third.published] == [third.key_id, second.key_id, first.key_id]
+    assert _verifies(signed_before, settings.public_keys_path)
+
+
+def test_an_interrupted_rotation_leaves_a_gateway_that_starts_with_every_key_published(tmp_path: Path) -> None:
+    settings = Settings.from_env(data_dir=str(tmp_path / "d"))
+    first = settings.load_signer()
+    staged = settings.signing_key_path.with_name("gateway-signing.key.new")
+    staged.write_bytes(b"half a key")  # stopped before the new key replaced the old one
+    assert settings.load_signer().key_id == first.key_id
+    second, _ = settings.rotate_signer(now=dt.datetime.now(dt.UTC))
+    assert [key_id for key_id, _ in settings.load_signer().published] == [second.key_id, first.key_id]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "cannot read the retired gateway keys"),
+        ('{"retired": [{"kid": "x"}]}', "are malformed"),
+        ('{"retired": [{"kid": "not-its-id", "x": "' + "A" * 43 + '", "retired_at": "t"}]}', "id does not match"),
+    ],
+)
+def test_a_retired_key_list_that_does_not_hold_together_is_refused(tmp_path: Path, content: str, message: str) -> None:
+    settings = Settings.from_env(data_dir=str(tmp_path / "d"))
+    settings.load_signer()
+    settings.retired_keys_path.write_text(content)
+    with pytest.raises(ConfigurationError, match=message):
+        settings.load_signer()
+
+
+def test_there_is_no_key_to_rotate_before_the_first_one(tmp_path: Path) -> None:
+    settings = Settings.from_env(data_dir=str(tmp_path / "d"))
+    with pytest.raises(ConfigurationError, match="there is no gateway signing key at"):
+        settings.rotate_signer(now=dt.datetime.now(dt.UTC))

@@ -23,10 +23,10 @@ class CitizenServicer(citizen_pb2_grpc.CitizenServiceServicer):
     def GetGatewayInfo(
         self, request: citizen_pb2.GetGatewayInfoRequest, context: grpc.ServicerContext
     ) -> citizen_pb2.GetGatewayInfoResponse:
-        signer = self._gateway.signer
+        keys = self._gateway.signer.published  # the current key first, then the retired ones
         return citizen_pb2.GetGatewayInfoResponse(
             gateway_id=self._gateway.gateway_id,
-            signing_keys=[common_pb2.PublicKey(key_id=signer.key_id, algorithm="EdDSA", public_key=signer.public_key)],
+            signing_keys=[common_pb2.PublicKey(key_id=k, algorithm="EdDSA", public_key=key) for k, key in keys],
             log_verifier_key=self._checkpointer.verifier_key,
         )
 
