@@ -116,7 +116,7 @@ def test_a_table_by_default_and_a_clear_error_for_an_unknown_scenario() -> None:
         ("--seconds", "0.5", "--seconds must be from 1 to 600"),
         ("--seconds", "nan", "--seconds must be from 1 to 600"),
         ("--postgres-url", "garbage", "--postgres-url (or VEILGATE_BENCH_POSTGRES_URL) must be a postgresql:// URL"),
-        ("--postgres-url", "", "--postgres-url (or VEILGATE_BENCH_POSTGRES_URL) must be a postgresql:// URL"),
+        ("--postgres-url", "", "--postgres-url must not be empty"),
     ):
         refused = _bench("--quick", "--scenario", "evaluate", option, value)
         assert refused.returncode == 1, (option, value)

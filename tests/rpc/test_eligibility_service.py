@@ -339,7 +339,7 @@ def test_purpose_must_fit_the_institution_kind(scene: Scene) -> None:
         valid_for=60,
     )
     claims = jose.unverified_claims(token, typ="veilgate-consent+jwt").claims
-    scene.gw.store.consents.register(
+    new_consent = scene.gw.store.consents.new_consent(
         consent_id=claims["jti"],
         citizen_id=scene.citizen,
         institution_id="insurer-a",
@@ -352,6 +352,7 @@ def test_purpose_must_fit_the_institution_kind(scene: Scene) -> None:
         signing_key=scene.wallet.signing_public_key,
         at=datetime.now(UTC),
     )
+    scene.gw.store.consents.register(new_consent)
     with scene.gw.institution_client(scene.insurer) as insurer, pytest.raises(ConsentPurposeNotAllowed):
         insurer.evaluate(LOAN, token, LOAN_PARAMS)
 

@@ -65,7 +65,7 @@ def _consent(store: Store, consent_id: str = "consent-1", **overrides: Any) -> C
         "at": T0,
     }
     values.update(overrides)
-    return store.consents.register(**values)
+    return store.consents.register(store.consents.new_consent(**values))
 
 
 def _spend(store: Store, request_id: str, consent_id: str = "consent-1", /, **overrides: Any) -> EvaluationRow:

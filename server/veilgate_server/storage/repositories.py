@@ -829,36 +829,9 @@ class ConsentLedger:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    def register(
-        self,
-        *,
-        consent_id: str,
-        citizen_id: str,
-        institution_id: str,
-        purpose: str,
-        policies: Sequence[tuple[str, str]],
-        not_before: dt.datetime,
-        expires_at: dt.datetime,
-        max_uses: int,
-        token: str,
-        signing_key: bytes,
-        at: dt.datetime,
-    ) -> ConsentRow:
-        """Store a verified consent with no use spent, in a transaction of its own; see
-        :meth:`new_consent` for the values and :meth:`register_in` for what is refused."""
-        consent = self.new_consent(
-            consent_id=consent_id,
-            citizen_id=citizen_id,
-            institution_id=institution_id,
-            purpose=purpose,
-            policies=policies,
-            not_before=not_before,
-            expires_at=expires_at,
-            max_uses=max_uses,
-            token=token,
-            signing_key=signing_key,
-            at=at,
-        )
+    def register(self, consent: ConsentRow) -> ConsentRow:
+        """Store ``consent`` (made by :meth:`new_consent`) in a transaction of its own; see
+        :meth:`register_in` for what is refused."""
         with storage_errors("register the consent"), write_connection(self._sessions) as connection:
             return self.register_in(connection, consent)
 
