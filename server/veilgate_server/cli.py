@@ -677,6 +677,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigurationError(problem)
     for option, address in (("--listen", args.listen), ("--listen-mtls", args.listen_mtls)):
         _check_address(address, option, listen=True)
+    if args.metrics_listen is not None:
+        _check_address(args.metrics_listen, "--metrics-listen", listen=True)
+        if args.processes > 1 and not _fixed_port(args.metrics_listen):
+            raise ConfigurationError("--metrics-listen with --processes: give a port; process n serves on port + n")
     try:
         check_trust_domain(args.trust_domain)
     except ValueError as e:
@@ -715,6 +719,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         trust_domain=args.trust_domain,
         daily_budget=args.daily_budget,
         reuse_port=args.processes > 1,
+        metrics_address=args.metrics_listen,
     )
     stop = threading.Event()
     stopped_by: list[str] = []
@@ -729,7 +734,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, stopping)
     if args.processes == 1:
         gateway, running = serve(settings, options)  # refuses to start on a bad or missing manifest
-        _print_serving(settings, gateway, options, port=running.port, mtls_port=running.mtls_port, processes=1)
+        _print_serving(
+            settings,
+            gateway,
+            options,
+            port=running.port,
+            mtls_port=running.mtls_port,
+            processes=1,
+            metrics_ports=(running.metrics_port,) if running.metrics_port else (),
+        )
         stop.wait()
         print(f"veilgate: stopping on {stopped_by[0]}: finishing the calls in flight", file=sys.stderr, flush=True)
         running.stop(grace=5.0)
@@ -763,6 +776,7 @@ def _serve_processes(
             mtls_port=servers.mtls_ports[0] or None,
             processes=args.processes,
             pinned=servers.pinned,
+            metrics_ports=tuple(port for port in servers.metrics_ports if port),
         )
         while not stop.wait(1.0):
             exited = servers.exited()
@@ -783,6 +797,7 @@ def _print_serving(
     mtls_port: int | None,
     processes: int,
     pinned: tuple[int, ...] | None = None,
+    metrics_ports: tuple[int, ...] = (),
 ) -> None:
     mode = "TLS" if options.tls else "PLAINTEXT"
     across = f", {processes} processes" if processes > 1 else ""
@@ -791,6 +806,10 @@ def _print_serving(
     print(f"veilgate {settings.gateway_id} serving on port {port} ({mode}{across})")
     if mtls_port:
         print(f"institutions (mutual TLS) on port {mtls_port}")
+    if len(metrics_ports) == 1:
+        print(f"metrics (Prometheus, /metrics) on port {metrics_ports[0]}")
+    elif metrics_ports:
+        print(f"metrics (Prometheus, /metrics) on ports {', '.join(map(str, metrics_ports))}, one per process")
     print(f"{len(gateway.policies)} reviewed policies: {', '.join(sorted(gateway.policies))}")
     print(f"gateway signing key {gateway.signer.key_id}; public keys in {settings.public_keys_path}")
     print(f"store: {_shown_url(settings.store_url)}")
@@ -843,6 +862,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", help="server private key (PEM)")
     p.add_argument("--insecure-plaintext", action="store_true", help="serve without TLS (development only)")
     p.add_argument("--reflection", action="store_true", help="enable gRPC server reflection")
+    p.add_argument(
+        "--metrics-listen",
+        help="serve Prometheus metrics over HTTP on host:port (off by default; process n of several: port + n)",
+    )
     p.add_argument("--workers", type=int, default=8, help="RPC worker threads per process (default 8)")
     p.add_argument(
         "--processes",

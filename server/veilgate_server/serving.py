@@ -34,6 +34,7 @@ class ServeOptions:
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     daily_budget: int = DEFAULT_DAILY_BUDGET
     reuse_port: bool = False  # several processes share the ports (``--processes``)
+    metrics_address: str | None = None  # host:port; process n of several serves on port + n
 
 
 def server_tls(settings: Settings, files: TlsFiles, *, now: datetime) -> ServerTls:
@@ -60,8 +61,9 @@ def open_gateway(settings: Settings, *, daily_budget: int = DEFAULT_DAILY_BUDGET
     )
 
 
-def serve(settings: Settings, options: ServeOptions) -> tuple[Gateway, RunningServer]:
-    """Open the gateway and start its server; the store is closed again if the server cannot start."""
+def serve(settings: Settings, options: ServeOptions, *, index: int = 0) -> tuple[Gateway, RunningServer]:
+    """Open the gateway and start its server; the store is closed again if the server cannot start.
+    ``index``: which of several server processes this is (its metrics port is the given one + index)."""
     gateway = open_gateway(settings, daily_budget=options.daily_budget)
     try:
         running = build_server(
@@ -74,6 +76,7 @@ def serve(settings: Settings, options: ServeOptions) -> tuple[Gateway, RunningSe
             trust_domain=options.trust_domain,
             mtls_address=options.mtls_address if options.tls else None,
             reuse_port=options.reuse_port,
+            metrics_address=_nth_port(options.metrics_address, index),
         )
     except BaseException:
         gateway.store.close()
@@ -89,11 +92,21 @@ class GatewayProcess:
     options: ServeOptions
     stop_grace: float | None = 5.0
 
-    def start(self) -> Started:
-        gateway, running = serve(self.settings, self.options)
+    def start(self, index: int) -> Started:
+        gateway, running = serve(self.settings, self.options, index=index)
 
         def stop() -> None:
             running.stop(grace=self.stop_grace)
             gateway.store.close()
 
-        return Started(tls_port=running.port, mtls_port=running.mtls_port or 0, stop=stop)
+        return Started(
+            tls_port=running.port, mtls_port=running.mtls_port or 0, stop=stop, metrics_port=running.metrics_port or 0
+        )
+
+
+def _nth_port(address: str | None, index: int) -> str | None:
+    """``host:port`` moved ``index`` ports on (a free port, 0, stays 0)."""
+    if address is None or index == 0:
+        return address
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + index}" if int(port) else address

@@ -13,11 +13,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from veilgate import CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
 from veilgate._internal import jose
@@ -208,13 +210,15 @@ def test_several_processes_share_the_ports_and_append_to_one_log(tmp_path: Path,
     (data / "governance.vkey").write_text(vkey + "\n")
     db = ["--data-dir", str(data), "--database-url", database_url]
     veilgate("seed", "--citizens", "3", "--seed", "5", *db)
-    port, mtls_port = _free_port(), _free_port()
+    port, mtls_port, metrics_port = _free_port(), _free_port(), _free_port()
     server = ServeProcess(
         *db,
         "--policies-dir",
         str(policies),
         "--processes",
         "2",
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
         listen=f"127.0.0.1:{port}",
         listen_mtls=f"127.0.0.1:{mtls_port}",
     )
@@ -247,6 +251,16 @@ def test_several_processes_share_the_ports_and_append_to_one_log(tmp_path: Path,
             with grpc.secure_channel(f"localhost:{port}", credentials, options=options) as channel:
                 stub = citizen_pb2_grpc.CitizenServiceStub(channel)
                 stub.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=10)
+        # Each process counts its own calls, on its own port; together, every call.
+        assert f"metrics (Prometheus, /metrics) on ports {metrics_port}, {metrics_port + 1}, one per process" in (
+            "".join(server.stdout)
+        )
+        counted = 0.0
+        for each in (metrics_port, metrics_port + 1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{each}/metrics", timeout=5) as reply:
+                for family in text_string_to_metric_families(reply.read().decode()):
+                    counted += sum(s.value for s in family.samples if s.name == "veilgate_calls_total")
+        assert counted == calls
     finally:
         assert server.stop() == 0
     logs = "".join(server.stdout + server.stderr)

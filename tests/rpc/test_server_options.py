@@ -5,16 +5,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import urllib.request
 
 import grpc
 import pytest
 from conftest import GatewayHarness
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from veilgate import CitizenClient, CitizenWallet
 from veilgate._internal.status import error_from_rpc
-from veilgate.errors import ConfigurationError, GatewayUnavailable
+from veilgate.citizen import GET_MY_DATA
+from veilgate.errors import ConfigurationError, GatewayUnavailable, TokenReplayed
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
 from veilgate_server.gateway import Gateway
 from veilgate_server.rpc.server import build_server
@@ -109,3 +112,77 @@ def _settled(calls: list[grpc.Future], count: int) -> bool:
         time.sleep(0.01)
     time.sleep(0.1)  # and no more than that
     return sum(c.done() for c in calls) == count
+
+
+def test_metrics_count_calls_by_method_and_outcome_and_name_no_one(
+    gateway_harness: GatewayHarness, test_tls: tuple[bytes, object]
+) -> None:
+    """What an operator's Prometheus scrapes: calls by method and outcome, their duration, the log
+    writer's commits, the store's state; never a citizen, and no label a caller can make up."""
+    ca_pem, tls = test_tls
+    gw = gateway_harness
+    citizen = gw.citizen_ids[0]
+    wallet = gw.enroll(citizen)
+    running = build_server(gw.gateway, address="127.0.0.1:0", tls=tls, metrics_address="127.0.0.1:0")  # type: ignore[arg-type]
+    try:
+        assert running.metrics_port
+        target = f"localhost:{running.port}"
+        with CitizenClient(target, wallet, root_certificates=ca_pem) as client:
+            client.get_my_data()
+            token = wallet.request_token(audience="veilgate.test", operation=GET_MY_DATA)
+            client.send_get_my_data(token)
+            with pytest.raises(TokenReplayed):
+                client.send_get_my_data(token)
+        with grpc.secure_channel(target, grpc.ssl_channel_credentials(ca_pem)) as channel:
+            made_up = channel.unary_unary(f"/veilgate.v1.CitizenService/{citizen}")
+            with pytest.raises(grpc.RpcError):
+                made_up(b"", timeout=5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5) as reply:
+            page = reply.read().decode()
+    finally:
+        running.stop(grace=None)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+    }
+    get_my_data = "/veilgate.v1.CitizenService/GetMyData"
+    assert samples[("veilgate_calls_total", (("code", "OK"), ("method", get_my_data), ("reason", "")))] == 2
+    replayed = (("code", "ALREADY_EXISTS"), ("method", get_my_data), ("reason", "TOKEN_REPLAYED"))
+    assert samples[("veilgate_calls_total", replayed)] == 1
+    unknown = (("code", "UNIMPLEMENTED"), ("method", "unrecognised"), ("reason", "METHOD_UNKNOWN"))
+    assert samples[("veilgate_calls_total", unknown)] == 1
+    assert samples[("veilgate_call_duration_seconds_count", (("method", get_my_data),))] == 3
+    assert samples[("veilgate_store_up", ())] == 1
+    assert samples[("veilgate_log_entries_total", ())] >= 4  # GetGatewayInfo's too
+    assert 1 <= samples[("veilgate_log_batches_total", ())] <= samples[("veilgate_log_entries_total", ())]
+    assert citizen not in page
+
+
+def test_the_store_gauge_follows_an_outage(gateway_harness: GatewayHarness, test_tls: tuple[bytes, object]) -> None:
+    ca_pem, tls = test_tls
+    gw = gateway_harness
+    running = build_server(gw.gateway, address="127.0.0.1:0", tls=tls, metrics_address="127.0.0.1:0")  # type: ignore[arg-type]
+
+    def store_up() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5) as reply:
+            families = {f.name: f for f in text_string_to_metric_families(reply.read().decode())}
+        return float(families["veilgate_store_up"].samples[0].value)
+
+    try:
+        with grpc.secure_channel(f"localhost:{running.port}", grpc.ssl_channel_credentials(ca_pem)) as channel:
+            stub = citizen_pb2_grpc.CitizenServiceStub(channel)
+            assert store_up() == 1
+            with gw.store.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE log_head RENAME TO log_head_away"))
+            try:
+                with pytest.raises(grpc.RpcError):
+                    stub.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=10)
+                assert store_up() == 0
+            finally:
+                with gw.store.engine.begin() as conn:
+                    conn.execute(text("ALTER TABLE log_head_away RENAME TO log_head"))
+            stub.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=10)
+            assert store_up() == 1
+    finally:
+        running.stop(grace=None)

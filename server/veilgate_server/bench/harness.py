@@ -118,7 +118,7 @@ class BareServer:
     client_ca: bytes
     workers: int = SERVER_WORKERS
 
-    def start(self) -> Started:
+    def start(self, index: int) -> Started:
         # Imported here so the load generator's process does not load the whole gateway.
         from veilgate_server.rpc.server import TRANSPORT_LIMIT_BYTES
 

@@ -17,6 +17,7 @@ import grpc
 from veilgate.errors import InternalError, StorageError, VeilgateError
 from veilgate_server.rpc.audit import shown_method
 from veilgate_server.rpc.errors import STATUS_OF_REASON, to_grpc_status
+from veilgate_server.rpc.metrics import Metrics
 
 __all__ = ["ErrorBoundary", "HandlerCache"]
 
@@ -59,8 +60,11 @@ class ErrorBoundary(grpc.ServerInterceptor):
     A VeilgateError becomes its status with ErrorInfo; anything else is logged with its traceback on
     the server and reaches the caller only as INTERNAL "internal error", so no traceback, SQL or
     value ever leaves. The log line holds the method, status, reason and duration — never request
-    contents, citizen ids or record values.
+    contents, citizen ids or record values. With ``metrics``, the same outcome is counted there.
     """
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
 
     def intercept_service(
         self,
@@ -72,6 +76,7 @@ class ErrorBoundary(grpc.ServerInterceptor):
             return handler
         method = shown_method(handler_call_details.method)  # never the caller's free text
         inner: Behavior = handler.unary_unary
+        metrics = self._metrics
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -82,11 +87,17 @@ class ErrorBoundary(grpc.ServerInterceptor):
                     _log.warning("%s -> %s %s (%.1f ms): %s", method, _code(e), e.reason, _ms(started), e.cause)
                 else:
                     _log.info("%s -> %s %s (%.1f ms)", method, _code(e), e.reason, _ms(started))
+                if metrics is not None:
+                    metrics.observe(method, _code(e), e.reason, time.perf_counter() - started)
                 context.abort_with_status(to_grpc_status(e))
             except Exception:
                 _log.exception("%s -> INTERNAL (unhandled, %.1f ms)", method, _ms(started))
+                if metrics is not None:
+                    metrics.observe(method, "INTERNAL", "INTERNAL", time.perf_counter() - started)
                 context.abort_with_status(to_grpc_status(InternalError("internal error")))
             _log.info("%s -> OK (%.1f ms)", method, _ms(started))
+            if metrics is not None:
+                metrics.observe(method, "OK", "", time.perf_counter() - started)
             return reply
 
         return grpc.unary_unary_rpc_method_handler(

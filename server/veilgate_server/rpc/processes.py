@@ -66,12 +66,14 @@ class Started:
     tls_port: int
     mtls_port: int
     stop: Callable[[], None]
+    metrics_port: int = 0
 
 
 class ServerFactory(Protocol):
-    """What to serve. Instances are pickled into each child and started there."""
+    """What to serve. Instances are pickled into each child and started there, each with the
+    child's ``index`` (0 to count - 1)."""
 
-    def start(self) -> Started: ...
+    def start(self, index: int) -> Started: ...
 
 
 def balanced_target(ports: tuple[int, ...]) -> str:
@@ -162,7 +164,7 @@ def _usage() -> tuple[float, int]:
     return time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
 
 
-def _child_main(factory: ServerFactory, pipe: Connection, log_level: int, cpu: int | None) -> None:
+def _child_main(factory: ServerFactory, index: int, pipe: Connection, log_level: int, cpu: int | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     # A spawned process starts with no logging set up: log as the parent does, naming the process.
@@ -174,7 +176,7 @@ def _child_main(factory: ServerFactory, pipe: Connection, log_level: int, cpu: i
         except OSError as e:  # a container that forbids it: serve unpinned rather than not at all
             _log.warning("could not pin to CPU %d (%s); serving unpinned", cpu, e.strerror)
     try:
-        started = factory.start()
+        started = factory.start(index)
     except Exception as e:  # reported as one line; the parent raises it
         message = e.message if isinstance(e, VeilgateError) else f"{type(e).__name__}: {e}"
         with contextlib.suppress(OSError):  # unless the parent is gone
@@ -182,7 +184,7 @@ def _child_main(factory: ServerFactory, pipe: Connection, log_level: int, cpu: i
         pipe.close()
         return
     try:
-        pipe.send(("ports", (started.tls_port, started.mtls_port)))
+        pipe.send(("ports", (started.tls_port, started.mtls_port, started.metrics_port)))
         while True:
             request = pipe.recv()
             if request == "usage":
@@ -228,6 +230,7 @@ class ServerProcesses:
         self._children: list[tuple[BaseProcess, Connection]] = []
         tls: list[int] = []
         mtls: list[int] = []
+        metrics: list[int] = []
         try:
             for n in range(count):
                 parent_end, child_end = context.Pipe()
@@ -235,6 +238,7 @@ class ServerProcesses:
                     target=_child_main,
                     args=(
                         factory,
+                        n,
                         child_end,
                         logging.getLogger().getEffectiveLevel(),
                         cpus[n] if cpus is not None else None,
@@ -251,11 +255,13 @@ class ServerProcesses:
                     raise InternalError(f"a server process could not start: {value}")
                 tls.append(value[0])
                 mtls.append(value[1])
+                metrics.append(value[2])
         except BaseException:
             self.stop()
             raise
         self.tls_ports = tuple(tls)
         self.mtls_ports = tuple(mtls)
+        self.metrics_ports = tuple(metrics)
 
     @staticmethod
     def _receive(child: BaseProcess, pipe: Connection, timeout: float) -> tuple[str, object]:

@@ -35,6 +35,7 @@ from veilgate_server.rpc.citizen import CitizenServicer
 from veilgate_server.rpc.eligibility import EligibilityServicer
 from veilgate_server.rpc.errors import status_name
 from veilgate_server.rpc.interceptors import ErrorBoundary, HandlerCache
+from veilgate_server.rpc.metrics import Metrics
 from veilgate_server.storage.log import LogWriter, StoreHealth
 
 __all__ = ["MAX_MESSAGE_BYTES", "TRANSPORT_LIMIT_BYTES", "RunningServer", "ServerTls", "build_server"]
@@ -91,12 +92,16 @@ class RunningServer:
     writer: LogWriter
     checkpointer: Checkpointer
     mtls_port: int | None = None
+    metrics: Metrics | None = None
+    metrics_port: int | None = None
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.writer.close()
         self.checkpointer.close()  # signs a final checkpoint over every appended entry
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def build_server(
@@ -112,17 +117,22 @@ def build_server(
     checkpoint_interval: float = 1.0,
     reuse_port: bool = False,
     max_concurrent_calls: int = MAX_CONCURRENT_CALLS,
+    metrics_address: str | None = None,
 ) -> RunningServer:
     """Bind and start the server. Addresses may end in ``:0`` for a free port (see ``.port`` and
     ``.mtls_port``). ``mtls_address`` (with ``tls.client_ca``) opens the institutions' port.
 
     ``reuse_port`` lets several server processes listen on the same ports (``SO_REUSEPORT``; the
     kernel spreads connections over them). It is off otherwise, so that a second gateway started by
-    mistake on a port in use fails to start instead of quietly taking half the connections."""
+    mistake on a port in use fails to start instead of quietly taking half the connections.
+
+    ``metrics_address`` (``host:port``, port 0 for a free one; see ``.metrics_port``) serves this
+    process's figures for Prometheus (see :mod:`veilgate_server.rpc.metrics`)."""
     store_health = StoreHealth()
     writer = LogWriter(gateway.store.log, health=store_health)
     auditor = Auditor(gateway.store, writer, clock=gateway.clock, status_of=status_name)
     checkpointer = Checkpointer(gateway.store, gateway.log_signer, interval=checkpoint_interval, health=store_health)
+    metrics = Metrics(_METHODS, writer) if metrics_address is not None else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veilgate-rpc"),
         # Outermost first: each method's handler is built once; errors become statuses; every call
@@ -130,7 +140,7 @@ def build_server(
         # institutions are authenticated.
         interceptors=[
             HandlerCache(_METHODS),
-            ErrorBoundary(),
+            ErrorBoundary(metrics),
             AuditTrail(auditor, max_request_bytes=MAX_MESSAGE_BYTES),
             InstitutionAuthentication(gateway, trust_domain=trust_domain),
         ],
@@ -171,6 +181,15 @@ def build_server(
         raise ConfigurationError(f"could not listen on {address}: {e}") from e
     if port == 0:
         raise ConfigurationError(f"could not listen on {address}")
+    metrics_port: int | None = None
+    if metrics is not None and metrics_address is not None:
+        host, _, metrics_at = metrics_address.rpartition(":")
+        try:
+            metrics_port = metrics.serve(host.strip("[]"), int(metrics_at))
+        except (OSError, ValueError) as e:
+            server.stop(None)
+            raise ConfigurationError(f"could not listen for metrics on {metrics_address}: {e}") from e
+        store_health.listen(metrics.store_answers)
     writer.start()
     checkpointer.start()
     server.start()
@@ -183,5 +202,12 @@ def build_server(
     serving(True)
     store_health.listen(serving)
     return RunningServer(
-        server=server, port=port, health=health_servicer, writer=writer, checkpointer=checkpointer, mtls_port=mtls_port
+        server=server,
+        port=port,
+        health=health_servicer,
+        writer=writer,
+        checkpointer=checkpointer,
+        mtls_port=mtls_port,
+        metrics=metrics,
+        metrics_port=metrics_port,
     )
