@@ -555,6 +555,57 @@ def cmd_audit_verify_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_follow(args: argparse.Namespace) -> int:
+    """An auditor's (or a citizen's) visit to a running gateway: its latest signed checkpoint must
+    extend the one kept from the last visit (a consistency proof), and then becomes the one kept.
+    Run on a schedule, it catches a log rewritten, rolled back or forked between two visits."""
+    from veilgate import AuditClient
+    from veilgate.audit import LogVerifier
+    from veilgate.errors import ProofInvalid, RequestInvalid
+
+    _check_address(args.target, "--target", listen=False)
+    kept_path = Path(args.checkpoint)
+    if kept_path.is_dir():
+        raise ConfigurationError(f"--checkpoint {kept_path}: is a directory; name the file that keeps the checkpoint")
+    verifier = LogVerifier(args.log_key.strip())
+    try:
+        kept_note = kept_path.read_text(encoding="utf-8") if kept_path.exists() else None
+        root = Path(args.ca).read_bytes() if args.ca else None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigurationError(f"cannot read {getattr(e, 'filename', kept_path)}: {reason}") from e
+    try:
+        kept = verifier.checkpoint(kept_note) if kept_note is not None else None  # the kept file, checked first
+    except ProofInvalid as e:
+        raise ProofInvalid(f"the checkpoint kept in {kept_path} is not this log's: {e.message}") from e
+    with AuditClient.connect(args.target, root_certificates=root, log_verifier_key=args.log_key.strip()) as audit:
+        try:
+            latest = audit.checkpoint(min_tree_size=kept.tree_size if kept else 0)
+            if kept is not None:
+                audit.prove_consistency(kept, latest)
+        except (ProofInvalid, RequestInvalid) as e:  # RequestInvalid: it has fewer entries than were kept
+            raise ProofInvalid(
+                f"the gateway's log does not extend the checkpoint kept in {kept_path}: {e.message}; "
+                "keep that file as evidence"
+            ) from e
+    staged = kept_path.with_name(kept_path.name + ".new")
+    try:
+        staged.write_text(latest.note, encoding="utf-8")
+        staged.replace(kept_path)
+    except OSError as e:
+        staged.unlink(missing_ok=True)
+        raise ConfigurationError(f"cannot keep the checkpoint in {kept_path}: {e.strerror}") from e
+    if kept is None:
+        print(f"first visit: kept the checkpoint of {latest.origin} at {latest.tree_size} entries in {kept_path}")
+    else:
+        grown = latest.tree_size - kept.tree_size
+        print(
+            f"the log at {latest.tree_size} entries extends the one kept at {kept.tree_size} ({grown} more): "
+            f"nothing was rewritten; kept the new checkpoint in {kept_path}"
+        )
+    return 0
+
+
 def _output_file(value: str, option: str) -> Path:
     """The file ``option`` names for output, checked before the command does its work (a benchmark
     of several minutes, a delivery fetched and logged, a wallet written) rather than found
@@ -990,6 +1041,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="what `veilgate audit export` wrote (entries.jsonl, checkpoint, log.vkey)")
     p.add_argument("--log-key", help="the gateway's published log verifier key to trust (default: the export's own)")
     p.add_argument("--since", help="an earlier checkpoint you kept: check that the log only grew since")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    p = audit.add_parser(
+        "follow",
+        help="check that a gateway's log extends the checkpoint kept from the last visit, and keep the new one",
+    )
+    p.set_defaults(func=cmd_audit_follow)
+    p.add_argument("--target", required=True, help="the gateway's TLS port, host:port")
+    p.add_argument("--ca", help="CA certificate (PEM) to trust for the gateway")
+    p.add_argument("--log-key", required=True, help="the gateway's published log verifier key, pinned")
+    p.add_argument("--checkpoint", required=True, help="the file that keeps the checkpoint between visits")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     p = audit.add_parser("verify", parents=[common], help="recompute the log and check every stored hash")
     p.set_defaults(func=cmd_audit_verify)

@@ -21,13 +21,15 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from veilgate import CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
+from veilgate import AuditClient, CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
 from veilgate._internal import jose
 from veilgate._internal.jose import b64url_decode
 from veilgate.consent import CONSENT_TYP
 from veilgate.errors import ConsentRevoked, InstitutionDisabled
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
-from veilgate_server.config import default_policies_dir
+from veilgate_server.audit import checkpoint_body
+from veilgate_server.config import Settings, default_policies_dir
+from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.rpc.processes import max_processes
 from veilgate_server.storage import Store, StoredRecord
 
@@ -639,6 +641,55 @@ def test_a_citizen_consents_watches_and_revokes_with_the_cli(
     assert re.search(rf"  bank-c  Evaluate  {decision}", history)
     assert re.search(r"  bank-c  Evaluate  CONSENT_REVOKED", history)
     assert citizen not in history
+
+
+def test_an_auditor_follows_the_log_from_visit_to_visit_and_catches_a_rewrite(
+    served: tuple[ServeProcess, Path, str], tmp_path: Path
+) -> None:
+    """`audit follow` keeps the checkpoint of each visit and proves the next one extends it. A
+    checkpoint the gateway's own key signed for a history it no longer has (a larger log rolled
+    back, or another root at the same size: a fork) is reported, and the evidence kept."""
+    server, data, database_url = served
+    log_key = (data / "log.vkey").read_text().strip()
+    kept = tmp_path / "kept.checkpoint"
+    follow = ["audit", "follow", "--target", f"localhost:{server.port}", "--ca", str(data / "tls" / "ca.pem")]
+    follow += ["--log-key", log_key, "--checkpoint", str(kept)]
+    ca = (data / "tls" / "ca.pem").read_bytes()
+    credentials = grpc.ssl_channel_credentials(ca)
+
+    def calls(count: int) -> None:
+        with grpc.secure_channel(f"localhost:{server.port}", credentials) as channel:
+            for _ in range(count):
+                citizen_pb2_grpc.CitizenServiceStub(channel).GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest())
+
+    calls(2)
+    first = veilgate(*follow).stdout
+    size = int(re.search(r"at (\d+) entries in", first).group(1))  # type: ignore[union-attr]
+    assert first.startswith("first visit: kept the checkpoint of ")
+    calls(3)
+    with AuditClient.connect(f"localhost:{server.port}", root_certificates=ca, log_verifier_key=log_key) as audit:
+        audit.checkpoint(min_tree_size=size + 3)  # signed now, rather than within the next second
+    second = veilgate(*follow).stdout
+    grown = re.search(r"the log at (\d+) entries extends the one kept at (\d+) \((\d+) more\)", second)
+    assert grown is not None
+    assert int(grown.group(2)) == size
+    assert int(grown.group(1)) >= size + 3
+    size = int(grown.group(1))
+
+    signer = Settings.from_env(data_dir=str(data), database_url=database_url).load_log_signer()
+    for forged_size, what in ((size + 100, f"the log holds {size} entries, fewer than"), (size, "the log forked")):
+        forged = signer.sign(checkpoint_body(signer.name, forged_size, b"\x07" * 32))
+        kept.write_text(forged)
+        refused = veilgate(*follow, check=False)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith(
+            f"veilgate: error: the gateway's log does not extend the checkpoint kept in {kept}"
+        )
+        assert what in refused.stderr
+        assert kept.read_text() == forged  # the evidence is not replaced
+    kept.write_text(NoteSigner.generate(signer.name).sign(checkpoint_body(signer.name, 1, b"\x07" * 32)))
+    wrong_key = veilgate(*follow, check=False)
+    assert (wrong_key.returncode, "does not verify with the pinned log key" in wrong_key.stderr) == (1, True)
 
 
 def test_policy_test_command(tmp_path: Path) -> None:
