@@ -282,7 +282,8 @@ class Checkpointer:
         while not self._stop.wait(self._interval):
             try:
                 self.sign_if_due()
-                self._store.check_writable()  # a round that only read must not call a failing store back
+                if self._health.failing:  # a round that only read must not call a failing store back
+                    self._store.check_writable()
             except CheckpointConflict:
                 _log.warning("could not sign a checkpoint this round; will retry", exc_info=True)
             except StorageError as e:  # the store is down: retried next round, logged once an outage

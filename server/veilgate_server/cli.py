@@ -478,8 +478,6 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     from veilgate_server.audit import Checkpointer
     from veilgate_server.audit_tools import export_log
 
-    if not args.out:
-        raise ConfigurationError("--out must name the directory to write the export to")
     settings = _settings(args)
     store = settings.open_store(existing=True)
     try:
@@ -516,27 +514,28 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file an auditor hands over (a checkpoint, a key), or a ConfigurationError saying why not."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigurationError(f"cannot read {what} {path}: {reason}") from e
+
+
 def cmd_audit_verify_export(args: argparse.Namespace) -> int:
     """An auditor's check of an export, with nothing of the gateway's but the files (no database,
     no server extra)."""
     from veilgate.audit import LogVerifier, verify_export
 
     directory = Path(args.directory)
-
-    def read(path: Path, what: str) -> str:
-        try:
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-            raise ConfigurationError(f"cannot read {what} {path}: {reason}") from e
-
     if not directory.is_dir():
         raise ConfigurationError(f"{directory} is not a directory holding an export")
     own_key = args.log_key is None
-    key = args.log_key if args.log_key is not None else read(directory / "log.vkey", "the log key")
+    key = args.log_key if args.log_key is not None else _read_text(directory / "log.vkey", "the log key")
     verifier = LogVerifier(key.strip())
-    note = read(directory / "checkpoint", "the checkpoint")
-    since = read(Path(args.since), "the earlier checkpoint") if args.since else None
+    note = _read_text(directory / "checkpoint", "the checkpoint")
+    since = _read_text(Path(args.since), "the earlier checkpoint") if args.since else None
     try:
         with (directory / "entries.jsonl").open(encoding="utf-8") as entries:
             checked = verify_export(entries, note, verifier, since_note=since)
@@ -568,12 +567,11 @@ def cmd_audit_follow(args: argparse.Namespace) -> int:
     if kept_path.is_dir():
         raise ConfigurationError(f"--checkpoint {kept_path}: is a directory; name the file that keeps the checkpoint")
     verifier = LogVerifier(args.log_key.strip())
+    kept_note = _read_text(kept_path, "the kept checkpoint") if kept_path.exists() else None
     try:
-        kept_note = kept_path.read_text(encoding="utf-8") if kept_path.exists() else None
         root = Path(args.ca).read_bytes() if args.ca else None
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise ConfigurationError(f"cannot read {getattr(e, 'filename', kept_path)}: {reason}") from e
+    except OSError as e:
+        raise ConfigurationError(f"cannot read {args.ca}: {e.strerror}") from e
     try:
         kept = verifier.checkpoint(kept_note) if kept_note is not None else None  # the kept file, checked first
     except ProofInvalid as e:
@@ -698,20 +696,28 @@ def _hold_port(address: str) -> socket.socket:
     except (OSError, ValueError) as e:
         raise ConfigurationError(f"cannot listen on {address}: {e}") from e
     family, kind, proto, _, where = infos[0]
-    for past_time_wait in (False, True):
+
+    def bound(*, past_time_wait: bool) -> socket.socket:
         held = socket.socket(family, kind, proto)
         try:
             if past_time_wait:
                 held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             held.bind(where)
-        except OSError as e:
+        except OSError:
             held.close()
-            if not past_time_wait and e.errno == errno.EADDRINUSE:
-                continue
-            raise ConfigurationError(f"cannot listen on {address}: {e.strerror} (is another gateway on it?)") from e
+            raise
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # for the gateway's own processes
         return held
-    raise AssertionError("unreachable")
+
+    try:
+        try:
+            return bound(past_time_wait=False)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            return bound(past_time_wait=True)
+    except OSError as e:
+        raise ConfigurationError(f"cannot listen on {address}: {e.strerror} (is another gateway on it?)") from e
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
