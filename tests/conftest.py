@@ -49,6 +49,7 @@ from veilgate_server.core.policy import Policy, load_policies
 from veilgate_server.crypto import CertificateAuthority, GatewaySigner
 from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.crypto.note import NoteSigner
+from veilgate_server.crypto.records import RecordsKey
 from veilgate_server.gateway import Gateway
 from veilgate_server.rpc.server import ServerTls, build_server
 from veilgate_server.storage import Store, sqlite_url
@@ -150,9 +151,15 @@ def database_url(make_database_url: Callable[[], str]) -> str:
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    """A migrated :class:`Store` on ``database_url``, closed after the test."""
-    opened = Store.open(database_url)
+def records_key() -> RecordsKey:
+    """A fresh records key: the ``store`` fixture's, and any other store's on the same database."""
+    return RecordsKey.generate()
+
+
+@pytest.fixture
+def store(database_url: str, records_key: RecordsKey) -> Iterator[Store]:
+    """A migrated :class:`Store` on ``database_url`` with ``records_key``, closed after the test."""
+    opened = Store.open(database_url, records_key=records_key)
     yield opened
     opened.close()
 

@@ -120,6 +120,26 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    from veilgate_server.storage.repositories import check_citizen_id
+
+    check_citizen_id(args.citizen_id)
+    if not args.yes:
+        raise ConfigurationError(
+            f"erasing destroys every record of {args.citizen_id} for good; repeat with --yes to erase"
+        )
+    store = _settings(args).open_store(existing=True)
+    try:
+        erased = store.records.erase(args.citizen_id)
+    finally:
+        store.close()
+    if erased:
+        print(f"erased {erased} records of {args.citizen_id}: their data key is destroyed")
+    else:
+        print(f"{args.citizen_id} has no records: nothing erased")
+    return 0
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     from veilgate_server.admin import CitizenIdentity, enroll
 
@@ -479,7 +499,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     from veilgate_server.audit_tools import export_log
 
     settings = _settings(args)
-    store = settings.open_store(existing=True)
+    store = settings.open_store(existing=True, records=False)
     try:
         summary = export_log(store, Checkpointer(store, settings.load_log_signer()), Path(args.out))
     finally:
@@ -502,7 +522,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         except OSError as e:
             raise ConfigurationError(f"no log verifier key: pass --log-key or keep {settings.log_vkey_path}") from e
     verifier = LogVerifier(vkey)  # a bad key is refused before the store is opened
-    store = settings.open_store(migrate=False, existing=True)
+    store = settings.open_store(migrate=False, existing=True, records=False)
     try:
         summary = verify_log(store, verifier)
     finally:
@@ -951,6 +971,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--citizens", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--as-of", type=date.fromisoformat, default=date(2026, 10, 31), help="data date (YYYY-MM-DD)")
+
+    p = add("erase", cmd_erase, "crypto-shred a citizen's records: destroy their data key (the log stays verifiable)")
+    p.add_argument("citizen_id", metavar="CITIZEN_ID")
+    p.add_argument("--yes", action="store_true", help="confirm: the records cannot be recovered")
 
     p = add("enroll", cmd_enroll, "register (or --rotate) a citizen's public keys")
     p.add_argument("--identity", help="public identity JSON written by `veilgate wallet create`")

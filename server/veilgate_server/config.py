@@ -11,6 +11,7 @@ Everything lives under one data directory (``--data-dir`` / ``VEILGATE_DATA_DIR`
     institutions/<id>/        client certificates issued by ``veilgate institution add``
     governance.vkey           verifier key(s) of the policy governance key, one per line
     keys/log-signing.key      the audit log's checkpoint key (Go sumdb/note private key string, 0600)
+    keys/records.key          the key that wraps each citizen's records key (0600; never in the database)
     log.vkey                  its verifier key, for auditors to pin
 
 Policies come from ``--policies-dir`` (``VEILGATE_POLICIES_DIR``; default: the packaged ones) and are
@@ -43,6 +44,7 @@ from veilgate_server.crypto.keys import (
     write_private_file,
 )
 from veilgate_server.crypto.note import NoteSigner
+from veilgate_server.crypto.records import RecordsKey
 from veilgate_server.governance import verify_manifest
 from veilgate_server.storage import Store, sqlite_url
 
@@ -169,11 +171,12 @@ class Settings:
     def load_catalog(self) -> Catalog:
         return load_catalog(self.policies_path / "catalog.yaml")
 
-    def open_store(self, *, migrate: bool = True, existing: bool = False) -> Store:
+    def open_store(self, *, migrate: bool = True, existing: bool = False, records: bool = True) -> Store:
         """The store, its schema brought up to date unless ``migrate`` is False. ``existing``: refuse
         an SQLite file that is not there yet, for the commands that read or change a gateway's
         state (a mistyped ``--data-dir`` must not answer "no institutions" from a database it just
-        made)."""
+        made). ``records``: with the records key (made on first use), which the commands that
+        never touch a record (the auditor's) do without."""
         if existing:
             database = make_url(self.store_url).database if self.store_url.startswith("sqlite") else None
             if database and not Path(database).is_file():
@@ -183,7 +186,17 @@ class Settings:
                 )
         if self.database_url is None:  # the embedded store lives in the data directory
             self.ensure_data_dir()
-        return Store.open(self.store_url, migrate=migrate)
+        return Store.open(self.store_url, migrate=migrate, records_key=self.load_records_key if records else None)
+
+    @property
+    def records_key_path(self) -> Path:
+        return self.data_dir / "keys" / "records.key"
+
+    def load_records_key(self) -> RecordsKey:
+        """The key that wraps every citizen's data key (created on first use; see
+        :mod:`veilgate_server.crypto.records`). Gateways serving one database share this file."""
+        self.ensure_data_dir()
+        return RecordsKey.load_or_create(self.records_key_path)
 
     @property
     def log_key_path(self) -> Path:

@@ -30,8 +30,9 @@ from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
 from veilgate_server.audit import checkpoint_body
 from veilgate_server.config import Settings, default_policies_dir
 from veilgate_server.crypto.note import NoteSigner
+from veilgate_server.crypto.records import RecordsKey
 from veilgate_server.rpc.processes import max_processes
-from veilgate_server.storage import Store, StoredRecord
+from veilgate_server.storage import Store, StoredRecord, sqlite_url
 
 PASSPHRASE = "e2e passphrase, long enough"
 
@@ -142,7 +143,7 @@ def test_demo_runs_end_to_end(database_url: str) -> None:
 def test_citizen_journey_through_the_cli(served: tuple[ServeProcess, Path, str], tmp_path: Path) -> None:
     server, data, database_url = served
     db = ["--data-dir", str(data), "--database-url", database_url]
-    with Store.open(database_url) as store:
+    with Store.open(database_url, records_key=RecordsKey.load_or_create(data / "keys" / "records.key")) as store:
         citizen = store.records.citizen_ids(limit=1)[0]
         employer = store.records.for_citizen(citizen, ["social_insurance.current_employer"])[0]
         canary = "CANARY-e2e-51d0c3"
@@ -428,9 +429,34 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
     assert said.rstrip().endswith("veilgate: stopped")
 
 
+def test_an_operator_erases_a_citizens_records_and_the_log_still_verifies(tmp_path: Path) -> None:
+    data = tmp_path / "kept"
+    veilgate("demo", "--citizens", "3", "--data-dir", str(data))
+    key = RecordsKey.load_or_create(data / "keys" / "records.key")
+    with Store.open(sqlite_url(data), records_key=key) as store:
+        first, second = store.records.citizen_ids(limit=2)
+        kept = store.records.for_citizen(second)
+
+    unconfirmed = veilgate("erase", first, "--data-dir", str(data), check=False)
+    assert unconfirmed.returncode == 1
+    assert f"erasing destroys every record of {first} for good; repeat with --yes" in unconfirmed.stderr
+    erased = veilgate("erase", first, "--yes", "--data-dir", str(data))
+    assert erased.stdout.strip() == f"erased 61 records of {first}: their data key is destroyed"
+    again = veilgate("erase", first, "--yes", "--data-dir", str(data))
+    assert again.stdout.strip() == f"{first} has no records: nothing erased"
+
+    with Store.open(sqlite_url(data), records_key=key) as store:
+        assert store.records.for_citizen(first) == []
+        assert store.records.for_citizen(second) == kept
+    verified = veilgate("audit", "verify", "--data-dir", str(data))
+    assert "verified" in verified.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["erase", "a b", "--yes"], "citizen_id must not hold spaces"),
+        (["erase", "c-1", "--yes"], "no gateway state at"),
         (["seed", "--citizens", "0", "--seed", "1"], "--citizens must be from 1 to 10,000,000"),
         (["seed", "--citizens", "10000001", "--seed", "1"], "--citizens must be from 1 to 10,000,000"),
         (["seed", "--citizens", "5", "--seed", "1", "--as-of", "0001-01-01"], "--as-of must be from 1900-01-01"),

@@ -297,6 +297,27 @@ def test_storage_failure_is_a_clean_unavailable(
         client.get_my_data()
 
 
+def test_records_sealed_under_another_records_key_are_an_internal_error_the_operator_can_read(
+    gateway_harness: GatewayHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway given the wrong keys/records.key (or a data key changed in the database) fails the
+    call as INTERNAL, saying nothing else to the citizen; the operator's log names the keys."""
+    citizen = gateway_harness.citizen_ids[0]
+    wallet = gateway_harness.enroll(citizen)
+    with gateway_harness.store.engine.begin() as conn:
+        conn.execute(text("UPDATE record_keys SET records_key_id = 'ffffffffffffffff'"))
+    token = wallet.request_token(audience="veilgate.test", operation=GET_MY_DATA)
+    with caplog.at_level(logging.INFO):
+        error = _call_raw(gateway_harness, token)
+    assert _reason(error) == (grpc.StatusCode.INTERNAL, "INTERNAL")
+    assert "records key" not in (error.details() or "")  # type: ignore[attr-defined]
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR and "GetMyData -> INTERNAL" in r.getMessage()]
+    assert line.getMessage().endswith(
+        "could not read records: sealed under records key ffffffffffffffff, and this gateway holds "
+        f"{gateway_harness.store.records._records_key().key_id}"
+    )
+
+
 def test_health_is_serving_and_reflection_is_off_by_default(gateway_harness: GatewayHarness) -> None:
     with gateway_harness.channel() as channel:
         health = health_pb2_grpc.HealthStub(channel)

@@ -6,6 +6,7 @@ concurrency: a jti is consumed once, a citizen is enrolled once.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fcntl
 import os
@@ -32,6 +33,7 @@ from veilgate.errors import (
     TokenReplayed,
     VeilgateError,
 )
+from veilgate_server.crypto.records import RecordsKey
 from veilgate_server.storage import (
     AppendRequest,
     Store,
@@ -245,19 +247,27 @@ def test_a_full_read_returns_exactly_what_a_listed_read_returns(store: Store) ->
     assert store.records.for_delivery("c-1", [r.item_id for r in listed]) == as_delivered
 
 
-@pytest.mark.parametrize("character", ["\x1e", "\x1f"])
-def test_a_raw_control_character_in_a_stored_value_is_refused_not_misread(store: Store, character: str) -> None:
-    """Values are canonical JSON, which escapes every control character. SQLite's full read joins
-    records with one of them; a value that breaks the invariant is refused, never split wrongly."""
+@pytest.mark.parametrize("character", ["\x00", "\x1e", "\x1f"])
+def test_any_character_in_a_value_reads_back_as_stored(store: Store, character: str) -> None:
+    """A value is sealed, and SQLite's joined read carries the hex of the sealed bytes: no character
+    of a value, control characters included, can be misread as a separator."""
     value = f'"{character}"'
     store.records.put_many([_record("c-1", "a", '"fine"'), _record("c-1", "b", value), _record("c-1", "c", "1")])
-    if store.engine.dialect.name == "sqlite":
-        with pytest.raises(StorageError, match="control character"):
-            store.records.for_citizen("c-1")
-        with pytest.raises(StorageError, match="control character"):
-            store.records.for_delivery("c-1")
-    else:
-        assert [r.value_json for r in store.records.for_citizen("c-1")] == ['"fine"', value, "1"]
+    assert [r.value_json for r in store.records.for_citizen("c-1")] == ['"fine"', value, "1"]
+    assert store.records.for_delivery("c-1")["b"] == ("2025-01-01", value)
+
+
+@pytest.mark.parametrize("field", ["citizen_id", "item_id", "department"])
+@pytest.mark.parametrize("character", ["\x00", "\x1f", "\n"])
+def test_a_control_character_in_a_records_place_is_refused_before_anything_is_written(
+    store: Store, field: str, character: str
+) -> None:
+    """A sealed value's associated data joins citizen, item and department with NUL, and SQLite's
+    read joins fields with the unit separator: neither may be part of them."""
+    bad = dataclasses.replace(_record("c-1", "b"), **{field: f"x{character}y"})
+    with pytest.raises(ValueError, match=f"record's {field} must not hold a control character"):
+        store.records.put_many([_record("c-1", "a"), bad])
+    assert store.records.count() == 0
 
 
 def test_for_citizen_subset_ignores_unknown_items_and_other_citizens(store: Store) -> None:
@@ -410,7 +420,7 @@ def test_concurrent_consume_of_distinct_jtis_all_succeed(store: Store) -> None:
 # --- schema and failures --------------------------------------------------------------------------
 
 
-def test_records_survive_their_rekeying_both_ways(store: Store, db_backend: str) -> None:
+def test_records_survive_their_rekeying_both_ways(store: Store, db_backend: str, records_key: RecordsKey) -> None:
     """Revision 0006 rebuilds the records table keyed by (citizen, item), clustered on that key on
     SQLite: every record survives it, and its undoing, as it was."""
     store.records.put_many(
@@ -420,6 +430,7 @@ def test_records_survive_their_rekeying_both_ways(store: Store, db_backend: str)
     before = {citizen: store.records.for_citizen(citizen) for citizen in ("c-0", "c-1", "c-2", "c-9")}
     config = Config()
     config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+    config.attributes["records_key"] = records_key  # revisions 0008 opens the sealed values, and seals them again
     with store.engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "0005")
@@ -467,6 +478,7 @@ def test_schema_lives_where_the_url_points(store: Store, db_backend: str) -> Non
         "log_head",
         "log_subjects",
         "log_subtrees",
+        "record_keys",
         "records",
         "used_request_tokens",
     ]
@@ -478,7 +490,7 @@ def test_check_schema_on_an_empty_database(database_url: str) -> None:
 
     engine = create_engine_for(database_url)
     try:
-        with pytest.raises(StorageError, match=r"revision <none>, expected 0007"):
+        with pytest.raises(StorageError, match=r"revision <none>, expected 0008"):
             check_schema(engine)
         upgrade_schema(engine)
         check_schema(engine)
@@ -503,12 +515,12 @@ def test_unreachable_database_raises_storage_error(db_backend: str, database_url
     assert "SELECT" not in str(raised.value)
 
 
-def test_storage_error_messages_carry_no_values(store: Store, database_url: str) -> None:
+def test_storage_error_messages_carry_no_values(store: Store, database_url: str, records_key: RecordsKey) -> None:
     secret_value = '{"income": 987654321}'
     store.records.put_many([_record("c-secret", "a", secret_value)])
     store.close()  # later use checks out fresh connections, so make the database itself go away
 
-    broken = Store(create_engine_for(database_url))
+    broken = Store(create_engine_for(database_url), records_key=records_key)
     with broken.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE records")
     try:

@@ -85,6 +85,9 @@ class ErrorBoundary(grpc.ServerInterceptor):
             except VeilgateError as e:
                 if isinstance(e, StorageError) and e.cause is not None:  # for the operator, not the caller
                     _log.warning("%s -> %s %s (%.1f ms): %s", method, _code(e), e.reason, _ms(started), e.cause)
+                elif isinstance(e, InternalError):  # the gateway's own fault (a records key that does not fit):
+                    _log.error("%s -> %s %s (%.1f ms): %s", method, _code(e), e.reason, _ms(started), e.message)
+                    e = InternalError("internal error")  # the operator's to read, not the caller's
                 else:
                     _log.info("%s -> %s %s (%.1f ms)", method, _code(e), e.reason, _ms(started))
                 if metrics is not None:

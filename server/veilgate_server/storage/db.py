@@ -23,7 +23,7 @@ The schema is owned by Alembic (``migrations/``). The gateway never creates tabl
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +40,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from veilgate.errors import ConfigurationError, StorageError
+from veilgate_server.crypto.records import RecordsKey
 
 __all__ = [
     "SINGLE_STATEMENT_READ",
@@ -155,10 +156,11 @@ def _configure_sqlite(engine: Engine, database: str) -> None:
         # WAL mode it reads one consistent snapshot. Skipping BEGIN saves a round trip per read.
 
 
-def _alembic_config(connection: Connection) -> Config:
+def _alembic_config(connection: Connection, records_key: RecordsKey | Callable[[], RecordsKey] | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS_DIR))
     config.attributes["connection"] = connection
+    config.attributes["records_key"] = records_key  # revision 0008 seals stored records with it
     return config
 
 
@@ -187,8 +189,10 @@ def _wrapped(action: str) -> Iterator[None]:
         raise storage_error(action, e) from e
 
 
-def upgrade_schema(engine: Engine) -> None:
+def upgrade_schema(engine: Engine, *, records_key: RecordsKey | Callable[[], RecordsKey] | None = None) -> None:
     """Bring the database to the newest schema revision; a no-op when it is already there.
+    ``records_key`` (or a function that gives it): needed only to seal records a database held in
+    the clear before revision 0008, and asked for only then.
 
     Runs in one transaction. Concurrent callers are serialised (SQLite: ``BEGIN IMMEDIATE``;
     PostgreSQL: a transaction-scoped advisory lock), so replicas may all start with ``migrate=True``.
@@ -200,7 +204,7 @@ def upgrade_schema(engine: Engine) -> None:
     ):
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY})
-        command.upgrade(_alembic_config(connection), "head")
+        command.upgrade(_alembic_config(connection, records_key), "head")
 
 
 def check_schema(engine: Engine) -> None:

@@ -28,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from veilgate_server.crypto.records import WRAPPED_DATA_KEY_LENGTH
+
 __all__ = [
     "AuditLogCheckpoint",
     "AuditLogEntry",
@@ -40,6 +42,7 @@ __all__ = [
     "Consent",
     "Evaluation",
     "Record",
+    "RecordKey",
     "RegisteredInstitution",
     "UTCDateTime",
     "UsedRequestToken",
@@ -130,8 +133,28 @@ class Record(Base):
     item_id: Mapped[str] = mapped_column(String(96), primary_key=True)
     department: Mapped[str] = mapped_column(String(64))
     as_of: Mapped[dt.date] = mapped_column(Date)
-    value_json: Mapped[str] = mapped_column(Text)
-    """The item's value as canonical JSON text; the storage layer never parses it."""
+    value_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    """The item's value (canonical JSON) sealed with the citizen's data key and bound to this row's
+    citizen, item, department and date (:mod:`veilgate_server.crypto.records`): the database never
+    holds a record value in the clear."""
+
+
+class RecordKey(Base):
+    """A citizen's data key, wrapped by the gateway's records key (revision 0008).
+
+    Made with the citizen's first record; deleting it makes every sealed value of theirs unreadable
+    (crypto-shredding, :meth:`~veilgate_server.storage.RecordStore.erase`). ``records_key_id`` names
+    the records key that wrapped it, so that a gateway holding another one says so at start-up.
+    Like ``records.citizen_id``, deliberately not a foreign key to ``citizens``.
+    """
+
+    __tablename__ = "record_keys"
+    __table_args__ = (CheckConstraint(f"length(wrapped_key) = {WRAPPED_DATA_KEY_LENGTH}", name="wrapped_key_length"),)
+
+    citizen_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    records_key_id: Mapped[str] = mapped_column(String(16))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary(WRAPPED_DATA_KEY_LENGTH))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
 class UsedRequestToken(Base):

@@ -26,12 +26,12 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, fields
 from itertools import islice
 from typing import Any, Final, Self
 
-from sqlalchemy import Connection, Engine, Row, Table, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Row, Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +39,7 @@ from veilgate.errors import (
     CitizenAlreadyEnrolled,
     CitizenBudgetExhausted,
     CitizenNotEnrolled,
+    ConfigurationError,
     ConsentAlreadyRegistered,
     ConsentExhausted,
     ConsentRevoked,
@@ -50,6 +51,7 @@ from veilgate.errors import (
     TokenReplayed,
 )
 from veilgate_server.core.identity import check_caller_id
+from veilgate_server.crypto.records import CitizenDataKey, RecordsKey, RecordsKeyError
 
 from ._session import (
     DriverSql,
@@ -58,7 +60,6 @@ from ._session import (
     close_kept_connections,
     insert_unique,
     read_driver_rows,
-    read_rows,
     sqlite_writer_lock,
     storage_errors,
     write_connection,
@@ -73,6 +74,7 @@ from .models import (
     Consent,
     Evaluation,
     Record,
+    RecordKey,
     RegisteredInstitution,
 )
 
@@ -256,71 +258,78 @@ _GIVE_BACK_USE = DriverSql("GivenBack", [], "UPDATE consents SET uses = uses - 1
 _LOCK_CITIZEN_BUDGET = DriverSql(  # PostgreSQL only (see _lock_citizen_budget)
     "Locked", ["locked"], "SELECT pg_advisory_xact_lock(CAST(:namespace AS integer), CAST(:key AS integer))"
 )
-_RECORD_COLUMNS = Record.__table__.c
-_RECORDS_OF_CITIZEN = (
-    select(
-        _RECORD_COLUMNS.citizen_id,
-        _RECORD_COLUMNS.item_id,
-        _RECORD_COLUMNS.department,
-        _RECORD_COLUMNS.as_of,
-        _RECORD_COLUMNS.value_json,
-    )
-    .where(_RECORD_COLUMNS.citizen_id == bindparam("citizen_id"))
-    .order_by(_RECORD_COLUMNS.item_id)
-)
-_RECORDS_OF_CITIZEN_AMONG = _RECORDS_OF_CITIZEN.where(
-    _RECORD_COLUMNS.item_id.in_(bindparam("item_ids", expanding=True))
-)
 # SQLite hands rows over one step at a time, and the sqlite3 module releases the GIL around every
 # step: a full read of 188 records meant 188 hand-offs of the GIL under load. Concatenated into one
 # text it is a single step, and splitting it costs less than parsing it as a JSON array (measured:
 # 278 against 441 µs for 188 records). One separator, the ASCII unit separator, goes between every
 # field and every record, so the text splits in one call (:func:`_split_records`); it cannot occur
-# in an item id, an ISO date or any JSON text (JSON escapes every control character), and a stored
-# value that holds it (or the record separator) breaks that invariant and is refused.
-_RECORD_SEPARATOR, _FIELD_SEPARATOR = "\x1e", "\x1f"
+# in an item id, a department, an ISO date or the hex of a sealed value, and a stored field that
+# holds it breaks that invariant and is refused. The citizen's wrapped data key comes in the same
+# step, first.
+_FIELD_SEPARATOR = "\x1f"
 _SQLITE_JOINED = (
-    "SELECT count(*), group_concat(item_id || char(31) || department || char(31) || as_of || char(31) || value_json, "
-    "char(31)) FROM (SELECT item_id, department, as_of, value_json FROM records WHERE citizen_id = :citizen_id{among})"
+    "SELECT count(*), (SELECT records_key_id || char(31) || hex(wrapped_key) FROM record_keys"
+    " WHERE citizen_id = :citizen_id), group_concat(item_id || char(31) || department || char(31) || as_of"
+    " || char(31) || hex(value_sealed), char(31)) FROM (SELECT item_id, department, as_of, value_sealed"
+    " FROM records WHERE citizen_id = :citizen_id{among})"
 )
-_SQLITE_RECORDS_OF_CITIZEN_JOINED = DriverSql("JoinedRecords", ["count", "joined"], _SQLITE_JOINED.format(among=""))
+_SQLITE_RECORDS_OF_CITIZEN_JOINED = DriverSql(
+    "JoinedRecords", ["count", "data_key", "joined"], _SQLITE_JOINED.format(among="")
+)
 _SQLITE_RECORDS_OF_CITIZEN_AMONG_JOINED = DriverSql(
     "JoinedRecords",
-    ["count", "joined"],
+    ["count", "data_key", "joined"],
     _SQLITE_JOINED.format(among=" AND item_id IN (SELECT value FROM json_each(:item_ids))"),
 )
 # PostgreSQL hands the rows over in one round trip anyway; read on the driver's cursor they cost
 # less than half of SQLAlchemy's rows made into records (measured: 241-339 against 544-560 µs of
-# CPU for 188 records).
-# A policy's inputs on PostgreSQL (SQLite reads them joined, above): an array parameter, one plan.
+# CPU for 188 records). The wrapped data key comes with every row (61 bytes).
+_POSTGRES_RECORDS = (
+    "SELECT r.item_id, r.department, r.as_of, r.value_sealed, k.records_key_id, k.wrapped_key"
+    " FROM records AS r LEFT JOIN record_keys AS k ON k.citizen_id = r.citizen_id"
+    " WHERE r.citizen_id = :citizen_id{among}"
+)
+_POSTGRES_RECORD_COLUMNS: Final = ["item_id", "department", "as_of", "value_sealed", "records_key_id", "wrapped_key"]
+_POSTGRES_RECORDS_OF_CITIZEN = DriverSql(
+    "SealedRecord", _POSTGRES_RECORD_COLUMNS, _POSTGRES_RECORDS.format(among=""), backends=("postgresql",)
+)
 _POSTGRES_RECORDS_AMONG = DriverSql(
-    "Record",
-    ["item_id", "department", "as_of", "value_json"],
-    "SELECT item_id, department, as_of, value_json FROM records "
-    "WHERE citizen_id = :citizen_id AND item_id = ANY(:item_ids) ORDER BY item_id",
+    "SealedRecord",
+    _POSTGRES_RECORD_COLUMNS,
+    _POSTGRES_RECORDS.format(among=" AND r.item_id = ANY(:item_ids)"),
     backends=("postgresql",),
 )
-_DELIVERY_RECORDS = DriverSql(
-    "DeliveryRecord",
-    ["item_id", "as_of", "value_json"],
-    "SELECT item_id, as_of, value_json FROM records WHERE citizen_id = :citizen_id",
+_OTHER_RECORDS_KEY = DriverSql(
+    "OtherKey", ["records_key_id"], "SELECT records_key_id FROM record_keys WHERE records_key_id <> :key_id LIMIT 1"
 )
 
 
 def _split_records(count: int, joined: str | None) -> list[str]:
-    """``item_id, department, as_of, value_json`` of each of ``count`` records, one after another in
-    one flat list, in no particular order (group_concat's order is not defined). One separator
-    between every field and every record, so that the text is split in one call; a field that held
-    a separator would change the number of pieces, and is refused."""
+    """``item_id, department, as_of, hex of value_sealed`` of each of ``count`` records, one after
+    another in one flat list, in no particular order (group_concat's order is not defined). One
+    separator between every field and every record, so that the text is split in one call; a field
+    that held a separator would change the number of pieces, and is refused."""
     if joined is None:  # no record at all
         return []
     fields = joined.split(_FIELD_SEPARATOR)
-    if len(fields) != 4 * count or _RECORD_SEPARATOR in joined:  # the latter: never in canonical JSON either
+    if len(fields) != 4 * count:
         raise StorageError("could not read records: a stored record holds a control character")
     return fields
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _unwrap(key: RecordsKey, citizen_id: str, key_id: str, wrapped: bytes) -> CitizenDataKey:
+    """A citizen's data key as read from ``record_keys``: refused when there is none (their records
+    outlived it) or another records key wrapped it (named, so the operator knows which file)."""
+    if not wrapped:
+        raise RecordsKeyError("could not read records: a citizen's records have no data key")
+    if key_id != key.key_id:
+        raise RecordsKeyError(
+            f"could not read records: sealed under records key {key_id}, and this gateway holds {key.key_id}"
+        )
+    return key.unwrap(citizen_id, wrapped)
 
 
 def _require_aware(value: dt.datetime, name: str) -> None:
@@ -368,17 +377,18 @@ def _keys(row: Citizen | Row[Any]) -> CitizenKeys:
     )
 
 
-def _check_record(record: StoredRecord) -> dict[str, Any]:
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_record(record: StoredRecord) -> None:
     _require_length(record.citizen_id, "citizen_id", 64)
     _require_length(record.item_id, "item_id", 96)
     _require_length(record.department, "department", 64)
-    return {
-        "citizen_id": record.citizen_id,
-        "item_id": record.item_id,
-        "department": record.department,
-        "as_of": record.as_of,
-        "value_json": record.value_json,
-    }
+    # A sealed value's associated data joins these with NUL, and SQLite's reads join them with
+    # the unit separator (see _split_records): neither may occur in them.
+    for name in ("citizen_id", "item_id", "department"):
+        if _CONTROL.search(getattr(record, name)):
+            raise ValueError(f"a record's {name} must not hold a control character")
 
 
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
@@ -549,15 +559,42 @@ class CitizenRegistry:
 
 
 class RecordStore:
-    """Records pushed by departments, one per ``(citizen_id, item_id)``."""
+    """Records pushed by departments, one per ``(citizen_id, item_id)``, their values sealed at rest.
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    Each citizen's values are sealed with a data key of their own, made with their first record and
+    kept wrapped by the gateway's records key (:mod:`veilgate_server.crypto.records`); the records
+    key never reaches the database. A store opened without the records key (the auditor's and
+    the operator's tools that never touch records) refuses every call here."""
+
+    def __init__(self, sessions: sessionmaker[Session], records_key: RecordsKey | None) -> None:
         self._sessions = sessions
+        self._key = records_key
         bind = sessions.kw.get("bind")
         self._dialect = bind.dialect.name if isinstance(bind, Engine) else ""
 
-    def put_many(self, records: Iterable[StoredRecord], *, batch_size: int = 5000) -> int:
-        """Insert or replace records; returns how many were accepted.
+    def _records_key(self) -> RecordsKey:
+        if self._key is None:
+            raise ConfigurationError("this store was opened without the records key; records cannot be read or written")
+        return self._key
+
+    def check_records_key(self) -> None:
+        """Raise ConfigurationError when a citizen's data key in the database was wrapped by another
+        records key than this store's: every gateway serving one database must hold the same
+        ``keys/records.key``, and a gateway that made its own would fail every read of theirs."""
+        key = self._records_key()
+        with storage_errors("read the records keys"):
+            [*other] = read_driver_rows(self._sessions, _OTHER_RECORDS_KEY, {"key_id": key.key_id})
+        if other:
+            raise ConfigurationError(
+                f"the stored records are sealed under records key {other[0].records_key_id}, and this gateway "
+                f"holds records key {key.key_id}: copy keys/records.key from the gateway that stored them"
+            )
+
+    def put_many(
+        self, records: Iterable[StoredRecord], *, batch_size: int = 5000, now: dt.datetime | None = None
+    ) -> int:
+        """Insert or replace records; returns how many were accepted. ``now``: when a new citizen's
+        data key is made (the current time by default).
 
         A record whose ``(citizen_id, item_id)`` is already stored replaces the stored department,
         ``as_of`` and value (the last push wins; the store does not compare dates). Within one
@@ -570,99 +607,149 @@ class RecordStore:
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        key = self._records_key()
+        made_at = now or dt.datetime.now(dt.UTC)
         written = 0
         iterator = iter(records)
         while batch := list(islice(iterator, batch_size)):
-            rows: dict[tuple[str, str], dict[str, Any]] = {}
+            latest: dict[tuple[str, str], StoredRecord] = {}
             for record in batch:
-                rows[(record.citizen_id, record.item_id)] = _check_record(record)
+                _check_record(record)
+                latest[(record.citizen_id, record.item_id)] = record
             with storage_errors("store records"), write_session(self._sessions) as session:
-                session.connection().execute(self._upsert(session), list(rows.values()))
+                connection = session.connection()
+                data_keys = self._data_keys(connection, key, {citizen for citizen, _ in latest}, made_at)
+                rows = [
+                    {
+                        "citizen_id": r.citizen_id,
+                        "item_id": r.item_id,
+                        "department": r.department,
+                        "as_of": r.as_of,
+                        "value_sealed": data_keys[r.citizen_id].seal(
+                            r.item_id, r.department, r.as_of.isoformat(), r.value_json
+                        ),
+                    }
+                    for r in latest.values()
+                ]
+                connection.execute(self._upsert(session), rows)
             written += len(batch)
         return written
+
+    @staticmethod
+    def _data_keys(
+        connection: Connection, key: RecordsKey, citizens: set[str], now: dt.datetime
+    ) -> dict[str, CitizenDataKey]:
+        """The data keys of ``citizens``, made and stored for those who have none yet."""
+        table = RecordKey.__table__
+        assert isinstance(table, Table)
+        wanted = sorted(citizens)
+        stored = {
+            row.citizen_id: row for row in connection.execute(select(table).where(table.c.citizen_id.in_(wanted)))
+        }
+        new = [
+            {
+                "citizen_id": citizen,
+                "records_key_id": key.key_id,
+                "wrapped_key": key.new_data_key(citizen)[1],
+                "created_at": now,
+            }
+            for citizen in wanted
+            if citizen not in stored
+        ]
+        if new:  # on PostgreSQL a concurrent first push may win: theirs is read back below
+            insert = (sqlite.insert if connection.dialect.name == "sqlite" else postgresql.insert)(table)
+            connection.execute(insert.on_conflict_do_nothing(index_elements=[table.c.citizen_id]), new)
+            stored = {
+                row.citizen_id: row for row in connection.execute(select(table).where(table.c.citizen_id.in_(wanted)))
+            }
+        return {citizen: _unwrap(key, citizen, row.records_key_id, row.wrapped_key) for citizen, row in stored.items()}
 
     @staticmethod
     def _upsert(session: Session) -> Any:
         table = Record.__table__
         assert isinstance(table, Table)
         dialect = session.get_bind().dialect.name
-        if dialect == "sqlite":
-            sqlite_insert = sqlite.insert(table)
-            return sqlite_insert.on_conflict_do_update(
-                index_elements=[table.c.citizen_id, table.c.item_id],
-                set_={
-                    "department": sqlite_insert.excluded.department,
-                    "as_of": sqlite_insert.excluded.as_of,
-                    "value_json": sqlite_insert.excluded.value_json,
-                },
-            )
-        if dialect == "postgresql":
-            pg_insert = postgresql.insert(table)
-            return pg_insert.on_conflict_do_update(
-                index_elements=[table.c.citizen_id, table.c.item_id],
-                set_={
-                    "department": pg_insert.excluded.department,
-                    "as_of": pg_insert.excluded.as_of,
-                    "value_json": pg_insert.excluded.value_json,
-                },
-            )
-        raise StorageError(f"record upsert is not implemented for the {dialect} backend")
+        if dialect not in ("sqlite", "postgresql"):
+            raise StorageError(f"record upsert is not implemented for the {dialect} backend")
+        insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
+        return insert.on_conflict_do_update(
+            index_elements=[table.c.citizen_id, table.c.item_id],
+            set_={
+                "department": insert.excluded.department,
+                "as_of": insert.excluded.as_of,
+                "value_sealed": insert.excluded.value_sealed,
+            },
+        )
 
     def for_citizen(self, citizen_id: str, item_ids: Collection[str] | None = None) -> list[StoredRecord]:
         """The citizen's records ordered by ``item_id``: all of them, or those among ``item_ids``.
 
         Item ids with no stored record are simply absent from the result.
         """
-        if item_ids is not None and not item_ids:
-            return []
-        if self._dialect == "sqlite":
-            fields = self._sqlite_joined(citizen_id, item_ids)
-            records = sorted(zip(fields[0::4], fields[1::4], fields[2::4], fields[3::4], strict=True))
-            return [
-                StoredRecord(
-                    citizen_id=citizen_id, item_id=i, department=d, as_of=dt.date.fromisoformat(a), value_json=v
-                )
-                for i, d, a, v in records  # sorted by item id: unique per citizen
-            ]
-        params: dict[str, Any] = {"citizen_id": citizen_id}
-        if item_ids is not None and self._dialect == "postgresql":  # every evaluation's read
-            params["item_ids"] = sorted(set(item_ids))
-            with storage_errors("read records"):
-                rows = read_driver_rows(self._sessions, _POSTGRES_RECORDS_AMONG, params)
-            return [StoredRecord(citizen_id, r.item_id, r.department, r.as_of, r.value_json) for r in rows]
-        statement = _RECORDS_OF_CITIZEN
-        if item_ids is not None:
-            statement, params["item_ids"] = _RECORDS_OF_CITIZEN_AMONG, sorted(set(item_ids))
-        with storage_errors("read records"):
-            return [
-                StoredRecord(citizen_id=c, item_id=i, department=d, as_of=a, value_json=v)
-                for c, i, d, a, v in read_rows(self._sessions, statement, params)
-            ]
+        return [
+            StoredRecord(citizen_id, item_id, department, dt.date.fromisoformat(as_of), value_json)
+            for item_id, department, as_of, value_json in sorted(self._opened(citizen_id, item_ids))
+        ]
 
     def for_delivery(self, citizen_id: str, item_ids: Collection[str] | None = None) -> dict[str, tuple[str, str]]:
         """The records of :meth:`for_citizen` as a delivery writes them: item id to ``(as_of as an
         ISO date, value_json)``, in no particular order (a delivery lists items in catalog order).
         No record object, no date and no sort per call only to be undone again (188 records)."""
-        if self._dialect != "sqlite":
-            if item_ids is None:  # psycopg reads a DATE as a date
-                with storage_errors("read records"):
-                    rows = read_driver_rows(self._sessions, _DELIVERY_RECORDS, {"citizen_id": citizen_id})
-                return {row.item_id: (row.as_of.isoformat(), row.value_json) for row in rows}
-            return {r.item_id: (r.as_of.isoformat(), r.value_json) for r in self.for_citizen(citizen_id, item_ids)}
-        if item_ids is not None and not item_ids:
-            return {}
-        fields = self._sqlite_joined(citizen_id, item_ids)
-        return dict(zip(fields[0::4], zip(fields[2::4], fields[3::4], strict=True), strict=True))
+        return {item_id: (as_of, value_json) for item_id, _, as_of, value_json in self._opened(citizen_id, item_ids)}
 
-    def _sqlite_joined(self, citizen_id: str, item_ids: Collection[str] | None) -> list[str]:
-        """SQLite: the citizen's records (all, or those among ``item_ids``) in one step, split (see
-        :func:`_split_records`)."""
-        read, params = _SQLITE_RECORDS_OF_CITIZEN_JOINED, {"citizen_id": citizen_id}
-        if item_ids is not None:
-            read, params["item_ids"] = _SQLITE_RECORDS_OF_CITIZEN_AMONG_JOINED, json.dumps(sorted(set(item_ids)))
-        with storage_errors("read records"):
-            [(count, joined)] = read_driver_rows(self._sessions, read, params)
-        return _split_records(count, joined)
+    def _opened(self, citizen_id: str, item_ids: Collection[str] | None) -> list[tuple[str, str, str, str]]:
+        """``(item_id, department, as_of as an ISO date, value_json)`` of the citizen's records (all,
+        or those among ``item_ids``), opened with their data key, in no particular order."""
+        key = self._records_key()
+        if item_ids is not None and not item_ids:
+            return []
+        params: dict[str, Any]
+        if self._dialect == "sqlite":
+            read, params = _SQLITE_RECORDS_OF_CITIZEN_JOINED, {"citizen_id": citizen_id}
+            if item_ids is not None:
+                read, params["item_ids"] = _SQLITE_RECORDS_OF_CITIZEN_AMONG_JOINED, json.dumps(sorted(set(item_ids)))
+            with storage_errors("read records"):
+                [(count, data_key, joined)] = read_driver_rows(self._sessions, read, params)
+            fields = _split_records(count, joined)
+            key_id, _, wrapped_hex = (data_key or "").partition(_FIELD_SEPARATOR)
+            wrapped = bytes.fromhex(wrapped_hex)
+            located = list(zip(fields[0::4], fields[1::4], fields[2::4], map(bytes.fromhex, fields[3::4]), strict=True))
+        else:
+            read, params = _POSTGRES_RECORDS_OF_CITIZEN, {"citizen_id": citizen_id}
+            if item_ids is not None:
+                read, params["item_ids"] = _POSTGRES_RECORDS_AMONG, sorted(set(item_ids))
+            with storage_errors("read records"):
+                stored = read_driver_rows(self._sessions, read, params)
+            key_id, wrapped = (stored[0].records_key_id or "", stored[0].wrapped_key or b"") if stored else ("", b"")
+            located = [(r.item_id, r.department, r.as_of.isoformat(), r.value_sealed) for r in stored]
+        if not located:
+            return []
+        values = _unwrap(key, citizen_id, key_id, wrapped).open_many(located)
+        return [
+            (item_id, department, as_of, value)
+            for (item_id, department, as_of, _), value in zip(located, values, strict=True)
+        ]
+
+    def erase(self, citizen_id: str) -> int:
+        """Crypto-shred a citizen's records: destroy their data key and delete their sealed values,
+        in one transaction; returns how many records were deleted. The audit log keeps its entries,
+        which hold no record value, and stays verifiable. A department's next push for the citizen
+        starts under a new data key.
+
+        On SQLite the deleted rows are overwritten in the database file (``secure_delete``); their
+        pages may remain in the write-ahead log until it is next reused. On PostgreSQL the dead
+        rows remain until ``VACUUM`` reclaims them. Either way, without the data key nothing of
+        theirs opens, but a backup taken before the erasure still holds the wrapped key: keep
+        ``keys/records.key`` out of database backups, or erase from those too."""
+        _require_length(citizen_id, "citizen_id", 64)
+        with storage_errors("erase records"), write_connection(self._sessions) as connection:
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("PRAGMA secure_delete = ON")
+            connection.execute(delete(RecordKey).where(RecordKey.citizen_id == citizen_id))
+            erased = connection.execute(delete(Record).where(Record.citizen_id == citizen_id)).rowcount
+            if connection.dialect.name == "sqlite":  # the pooled connection's later deletes need not
+                connection.exec_driver_sql("PRAGMA secure_delete = OFF")
+            return erased
 
     def count(self) -> int:
         with storage_errors("count records"), self._sessions() as session:
@@ -1096,19 +1183,25 @@ class ConsentLedger:
 class Store:
     """Everything the gateway keeps, reached only through its repositories."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, records_key: RecordsKey | None = None) -> None:
         self.engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
         self.citizens = CitizenRegistry(self._sessions)
-        self.records = RecordStore(self._sessions)
+        self.records = RecordStore(self._sessions, records_key)
         self.requests = RequestLedger(self._sessions)
         self.institutions = InstitutionRegistry(self._sessions)
         self.consents = ConsentLedger(self._sessions)
         self.log = AuditLog(self._sessions)
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True) -> Self:
+    def open(
+        cls, url: str, *, migrate: bool = True, records_key: RecordsKey | Callable[[], RecordsKey] | None = None
+    ) -> Self:
         """Connect to ``url``; migrate the schema to the newest revision, or check that it is there.
+        ``records_key`` seals and opens records (see :class:`RecordStore`); without it the store
+        serves everything but records. Given as a function (one that makes the key file on first
+        use), it is called only once the database has answered, so that a bad URL leaves nothing
+        made behind.
 
         Raises :class:`~veilgate.errors.ConfigurationError` for an unsupported URL and
         :class:`~veilgate.errors.StorageError` when the database cannot be reached or (with
@@ -1117,13 +1210,17 @@ class Store:
         engine = create_engine_for(url)
         try:
             if migrate:
-                upgrade_schema(engine)
+                upgrade_schema(engine, records_key=records_key)
             else:
                 check_schema(engine)
+            key = records_key() if callable(records_key) else records_key
+            store = cls(engine, records_key=key)
+            if key is not None:
+                store.records.check_records_key()
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine)
+        return store
 
     def apply(self, change: StateChange) -> None:
         """Make ``change`` in a write transaction of its own: for a call no audit log records (tools,

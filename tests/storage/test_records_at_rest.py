@@ -1,0 +1,192 @@
+"""Records at rest, on both backends: no value in the clear in the database, a value bound to its
+place, the records key checked at start-up, erasure by destroying the data key, and revision 0008
+sealing what an older database held in the clear."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from veilgate.errors import ConfigurationError
+from veilgate_server.crypto.records import RecordsKey, RecordsKeyError
+from veilgate_server.storage import Store, StoredRecord, check_schema, db
+
+T0 = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
+
+
+def _record(citizen_id: str, item_id: str, value: str, *, day: int = 1) -> StoredRecord:
+    return StoredRecord(citizen_id, item_id, "dept.tax", dt.date(2026, 1, day), value)
+
+
+def _every_stored_byte(store: Store) -> bytes:
+    """Every value of every row of every table, as bytes (text as UTF-8)."""
+    out = bytearray()
+    with store.engine.connect() as connection:
+        for table in ("records", "record_keys", "citizens", "log_entries"):
+            for row in connection.execute(text(f"SELECT * FROM {table}")):  # noqa: S608
+                for value in row:
+                    out += value if isinstance(value, bytes | memoryview) else str(value).encode()
+    return bytes(out)
+
+
+def _sqlite_files(store: Store) -> bytes:
+    database = make_url(str(store.engine.url)).database
+    assert database is not None
+    return b"".join(p.read_bytes() for p in Path(database).parent.glob(Path(database).name + "*"))
+
+
+def test_no_value_is_stored_in_the_clear(store: Store, db_backend: str) -> None:
+    canary = f"canary-{secrets.token_hex(8)}"
+    store.records.put_many([_record("c-1", "taxation.note", f'"{canary}"'), _record("c-1", "taxation.n", "1")])
+
+    assert store.records.for_citizen("c-1", ["taxation.note"])[0].value_json == f'"{canary}"'
+    assert canary.encode() not in _every_stored_byte(store)
+    if db_backend == "sqlite":  # the file and its write-ahead log, byte for byte
+        with store.engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(FULL)")
+        assert canary.encode() not in _sqlite_files(store)
+
+
+def test_a_second_gateway_with_the_same_key_reads_the_records(
+    store: Store, database_url: str, records_key: RecordsKey
+) -> None:
+    store.records.put_many([_record("c-1", "a", '{"v":1}')])
+    with Store.open(database_url, records_key=records_key) as other:
+        assert other.records.for_delivery("c-1") == {"a": ("2026-01-01", '{"v":1}')}
+
+
+def test_a_gateway_holding_another_records_key_is_refused_at_start(store: Store, database_url: str) -> None:
+    store.records.put_many([_record("c-1", "a", '{"v":1}')])
+    other = RecordsKey.generate()
+    with pytest.raises(ConfigurationError, match=f"holds records key {other.key_id}: copy keys/records.key"):
+        Store.open(database_url, records_key=other)
+
+
+def test_a_store_without_the_records_key_serves_no_record(store: Store, database_url: str) -> None:
+    store.records.put_many([_record("c-1", "a", '{"v":1}')])
+    with Store.open(database_url) as auditors:
+        assert auditors.records.count() == 1  # counting opens nothing
+        with pytest.raises(ConfigurationError, match="opened without the records key"):
+            auditors.records.for_citizen("c-1")
+        with pytest.raises(ConfigurationError, match="opened without the records key"):
+            auditors.records.put_many([_record("c-1", "b", "2")])
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        # a value moved to another item, another citizen's value moved in, a date changed
+        "UPDATE records SET value_sealed = (SELECT value_sealed FROM records WHERE item_id = 'b'"
+        " AND citizen_id = 'c-1') WHERE item_id = 'a' AND citizen_id = 'c-1'",
+        "UPDATE records SET value_sealed = (SELECT value_sealed FROM records WHERE citizen_id = 'c-2')"
+        " WHERE item_id = 'a' AND citizen_id = 'c-1'",
+        "UPDATE records SET as_of = '2020-01-01' WHERE item_id = 'a' AND citizen_id = 'c-1'",
+        "UPDATE records SET department = 'dept.other' WHERE item_id = 'a' AND citizen_id = 'c-1'",
+        # another citizen's data key given to this one
+        "UPDATE record_keys SET wrapped_key = (SELECT wrapped_key FROM record_keys WHERE citizen_id = 'c-2')"
+        " WHERE citizen_id = 'c-1'",
+    ],
+)
+def test_a_value_or_key_moved_or_changed_in_the_database_does_not_open(store: Store, tamper: str) -> None:
+    store.records.put_many([_record("c-1", "a", '"a"'), _record("c-1", "b", '"b"'), _record("c-2", "a", '"other"')])
+    with store.engine.begin() as connection:
+        connection.execute(text(tamper))
+    with pytest.raises(RecordsKeyError, match="could not read records"):
+        store.records.for_citizen("c-1")
+    with pytest.raises(RecordsKeyError, match="could not read records"):
+        store.records.for_delivery("c-1")
+
+
+def test_erasure_destroys_the_data_key_and_the_values(store: Store, db_backend: str) -> None:
+    canary = f"canary-{secrets.token_hex(8)}"
+    store.records.put_many(
+        [_record("c-1", "a", f'"{canary}"'), _record("c-1", "b", "2"), _record("c-2", "a", '"kept"')]
+    )
+    with store.engine.connect() as connection:
+        [wrapped] = connection.execute(text("SELECT wrapped_key FROM record_keys WHERE citizen_id = 'c-1'")).one()
+
+    assert store.records.erase("c-1") == 2
+
+    assert store.records.for_citizen("c-1") == []
+    assert store.records.for_delivery("c-2") == {"a": ("2026-01-01", '"kept"')}
+    assert bytes(wrapped) not in _every_stored_byte(store)
+    if db_backend == "sqlite":  # overwritten in the file, not only unlinked from its page
+        with store.engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert bytes(wrapped) not in _sqlite_files(store)
+    assert store.records.erase("c-1") == 0  # again: nothing left, not an error
+
+    store.records.put_many([_record("c-1", "a", '"new"')])  # a later push: a new data key
+    with store.engine.connect() as connection:
+        [rewrapped] = connection.execute(text("SELECT wrapped_key FROM record_keys WHERE citizen_id = 'c-1'")).one()
+    assert bytes(rewrapped) != bytes(wrapped)
+    assert store.records.for_delivery("c-1") == {"a": ("2026-01-01", '"new"')}
+
+
+def test_records_without_their_data_key_are_refused_not_served(store: Store) -> None:
+    store.records.put_many([_record("c-1", "a", '"a"')])
+    with store.engine.begin() as connection:
+        connection.execute(text("DELETE FROM record_keys"))
+    with pytest.raises(RecordsKeyError, match="have no data key"):
+        store.records.for_citizen("c-1")
+
+
+def test_first_pushes_racing_for_a_new_citizen_share_one_data_key(store: Store) -> None:
+    def push(n: int) -> int:
+        return store.records.put_many([_record("c-new", f"item.{n}", str(n))])
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(push, range(8))) == [1] * 8
+    assert [r.value_json for r in store.records.for_citizen("c-new")] == [str(n) for n in range(8)]
+
+
+def _alembic(connection: object, records_key: RecordsKey | None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+    config.attributes["connection"] = connection
+    config.attributes["records_key"] = records_key
+    return config
+
+
+def test_revision_0008_seals_what_an_older_database_held_in_the_clear(
+    store: Store, database_url: str, records_key: RecordsKey
+) -> None:
+    records = [_record(f"c-{n % 7}", f"item.{n}", f'{{"n":{n},"text":"济南"}}', day=1 + n % 28) for n in range(12_000)]
+    store.records.put_many(records)
+    with store.engine.begin() as connection:  # back to the values in the clear
+        command.downgrade(_alembic(connection, records_key), "0007")
+        [clear] = connection.execute(text("SELECT value_json FROM records WHERE item_id = 'item.5'")).one()
+        assert clear == '{"n":5,"text":"济南"}'
+    store.close()
+
+    other = RecordsKey.generate()
+    with Store.open(database_url, records_key=other) as sealed:  # sealed under whichever key migrates
+        assert sealed.records.for_citizen("c-3") == [
+            r for r in sorted(records, key=lambda r: r.item_id) if r.citizen_id == "c-3"
+        ]
+        assert b'"text":"' not in _every_stored_byte(sealed)
+
+
+def test_revision_0008_without_the_records_key_leaves_an_older_database_as_it_was(
+    store: Store, database_url: str, records_key: RecordsKey
+) -> None:
+    store.records.put_many([_record("c-1", "a", '"a"')])
+    with store.engine.begin() as connection:
+        command.downgrade(_alembic(connection, records_key), "0007")
+    store.close()
+
+    with pytest.raises(ConfigurationError, match=r"records must be sealed with the gateway's records key"):
+        Store.open(database_url)
+    with pytest.raises(Exception, match="expected 0008"), Store.open(database_url, migrate=False):
+        pass
+    with Store.open(database_url, records_key=records_key) as upgraded:
+        check_schema(upgraded.engine)
+        assert upgraded.records.for_delivery("c-1") == {"a": ("2026-01-01", '"a"')}
