@@ -175,6 +175,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.rotate_records_key:
+        records_key, old_id, rewrapped = settings.rotate_records_key()
+        print(f"new records key {records_key.key_id}: {rewrapped} citizens' data keys rewrapped; {old_id} is destroyed")
+        print(f"copy {settings.records_key_path} to every gateway serving this database and restart them:")
+        print("until then they cannot open records (their calls fail as INTERNAL and their log says why)")
+        return 0
     if args.rotate:
         signer, old_key_id = settings.rotate_signer(now=_now())
         print(f"new gateway signing key {signer.key_id}; {old_key_id} is retired and its private key destroyed")
@@ -1025,7 +1031,15 @@ def _parser() -> argparse.ArgumentParser:
 
     add("migrate", cmd_migrate, "create or upgrade the database schema")
     p = add("keys", cmd_keys, "show the gateway's signing key ids (creating the key on first use)")
-    p.add_argument("--rotate", action="store_true", help="make a new key the current one; the old one is retired")
+    rotations = p.add_mutually_exclusive_group()
+    rotations.add_argument(
+        "--rotate", action="store_true", help="make a new signing key the current one; the old one is retired"
+    )
+    rotations.add_argument(
+        "--rotate-records-key",
+        action="store_true",
+        help="wrap every citizen's data key under a new records key; the old one is destroyed",
+    )
 
     institution = sub.add_parser("institution", help="banks and insurers").add_subparsers(
         dest="institution_command", required=True

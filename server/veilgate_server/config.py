@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.crypto.records import RecordsKey
 from veilgate_server.governance import verify_manifest
 from veilgate_server.storage import Store, sqlite_url
+
+_log = logging.getLogger("veilgate.config")
 
 __all__ = ["DEFAULT_GATEWAY_ID", "Settings", "default_policies_dir", "ensure_data_dir"]
 
@@ -192,11 +195,51 @@ class Settings:
     def records_key_path(self) -> Path:
         return self.data_dir / "keys" / "records.key"
 
+    @property
+    def next_records_key_path(self) -> Path:
+        return self.data_dir / "keys" / "records.key.next"
+
     def load_records_key(self) -> RecordsKey:
         """The key that wraps every citizen's data key (created on first use; see
         :mod:`veilgate_server.crypto.records`). Gateways serving one database share this file."""
         self.ensure_data_dir()
+        if self.next_records_key_path.exists():
+            _log.warning(
+                "%s is left from an interrupted records key rotation: run `veilgate keys --rotate-records-key` "
+                "again to finish it",
+                self.next_records_key_path,
+            )
         return RecordsKey.load_or_create(self.records_key_path)
+
+    def rotate_records_key(self) -> tuple[RecordsKey, str, int]:
+        """Wrap every data key under a new records key and make it ``keys/records.key``; returns it,
+        the old key's id and how many data keys were rewrapped. The old key is destroyed.
+
+        The new key is written (``records.key.next``, fsynced) before any data key depends on it, the
+        data keys are rewrapped in one transaction, and only then does the new file replace the old
+        one: interrupted anywhere, running it again finishes the rotation."""
+        if not self.records_key_path.exists():
+            raise ConfigurationError(f"no records key at {self.records_key_path} to rotate")
+        old = RecordsKey.load_or_create(self.records_key_path)
+        new = RecordsKey.load_or_create(self.next_records_key_path)  # made now, or left by an interrupted run
+        store = self.open_store(existing=True, records=False)
+        try:
+            rewrapped = store.records.rewrap(old, new)
+        finally:
+            store.close()
+        try:
+            os.replace(self.next_records_key_path, self.records_key_path)
+            directory = os.open(self.records_key_path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as e:
+            raise ConfigurationError(
+                f"the data keys are rewrapped, but {self.next_records_key_path} could not replace "
+                f"{self.records_key_path}: {e.strerror}; move it there by hand"
+            ) from e
+        return new, old.key_id, rewrapped
 
     @property
     def log_key_path(self) -> Path:

@@ -452,9 +452,44 @@ def test_an_operator_erases_a_citizens_records_and_the_log_still_verifies(tmp_pa
     assert "verified" in verified.stdout
 
 
+def test_an_operator_rotates_the_records_key_and_an_interrupted_rotation_finishes(tmp_path: Path) -> None:
+    data = tmp_path / "kept"
+    veilgate("demo", "--citizens", "3", "--data-dir", str(data))
+    key_file = data / "keys" / "records.key"
+    old = RecordsKey.load_or_create(key_file)
+    with Store.open(sqlite_url(data), records_key=old) as store:
+        citizen = store.records.citizen_ids(limit=1)[0]
+        before = store.records.for_citizen(citizen)
+
+    rotated = veilgate("keys", "--rotate-records-key", "--data-dir", str(data))
+    new = RecordsKey.load_or_create(key_file)
+    assert new.key_id != old.key_id
+    assert rotated.stdout.startswith(
+        f"new records key {new.key_id}: 3 citizens' data keys rewrapped; {old.key_id} is destroyed"
+    )
+    assert not (data / "keys" / "records.key.next").exists()
+    assert key_file.stat().st_mode & 0o077 == 0
+    with Store.open(sqlite_url(data), records_key=new) as store:
+        assert store.records.for_citizen(citizen) == before
+
+    # Interrupted after the data keys were rewrapped, before the new file replaced the old one:
+    pending = RecordsKey.load_or_create(data / "keys" / "records.key.next")
+    with Store.open(sqlite_url(data)) as store:
+        assert store.records.rewrap(new, pending) == 3
+    stuck = veilgate("erase", citizen, "--yes", "--data-dir", str(data), check=False)
+    assert stuck.returncode == 1
+    assert "interrupted records key rotation: run `veilgate keys --rotate-records-key` again" in stuck.stderr
+    assert f"sealed under records key {pending.key_id}" in stuck.stderr
+    finished = veilgate("keys", "--rotate-records-key", "--data-dir", str(data))
+    assert f"new records key {pending.key_id}: 0 citizens' data keys rewrapped" in finished.stdout
+    with Store.open(sqlite_url(data), records_key=RecordsKey.load_or_create(key_file)) as store:
+        assert store.records.for_citizen(citizen) == before
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["keys", "--rotate-records-key"], "no records key at"),
         (["erase", "a b", "--yes"], "citizen_id must not hold spaces"),
         (["erase", "c-1", "--yes"], "no gateway state at"),
         (["seed", "--citizens", "0", "--seed", "1"], "--citizens must be from 1 to 10,000,000"),

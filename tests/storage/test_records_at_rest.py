@@ -131,6 +131,40 @@ def test_erasure_destroys_the_data_key_and_the_values(store: Store, db_backend: 
     assert store.records.for_delivery("c-1") == {"a": ("2026-01-01", '"new"')}
 
 
+def test_a_rotation_rewraps_every_data_key_and_runs_again_harmlessly(
+    store: Store, database_url: str, records_key: RecordsKey
+) -> None:
+    records = [_record(f"c-{n}", "a", f'"{n}"') for n in range(7)]
+    store.records.put_many(records)
+    with store.engine.connect() as connection:
+        sealed_before = connection.execute(text("SELECT value_sealed FROM records ORDER BY citizen_id")).all()
+    new = RecordsKey.generate()
+
+    assert store.records.rewrap(records_key, new) == 7
+    assert store.records.rewrap(records_key, new) == 0  # an interrupted rotation, run again
+
+    with pytest.raises(ConfigurationError, match=f"sealed under records key {new.key_id}"):
+        Store.open(database_url, records_key=records_key)
+    with Store.open(database_url, records_key=new) as rotated:
+        assert [r for citizen in range(7) for r in rotated.records.for_citizen(f"c-{citizen}")] == records
+        with rotated.engine.connect() as connection:  # the values themselves are not touched
+            assert (
+                connection.execute(text("SELECT value_sealed FROM records ORDER BY citizen_id")).all() == sealed_before
+            )
+
+
+def test_a_rotation_that_meets_a_key_it_does_not_know_changes_nothing(store: Store, records_key: RecordsKey) -> None:
+    store.records.put_many([_record(f"c-{n}", "a", f'"{n}"') for n in range(3)])
+    stranger = RecordsKey.generate()
+    with store.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE record_keys SET records_key_id = :k WHERE citizen_id = 'c-2'"), {"k": stranger.key_id}
+        )
+    with pytest.raises(RecordsKeyError, match=f"wrapped by records key {stranger.key_id}, neither"):
+        store.records.rewrap(records_key, RecordsKey.generate())
+    assert store.records.for_delivery("c-0") == {"a": ("2026-01-01", '"0"')}  # still under the old key
+
+
 def test_records_without_their_data_key_are_refused_not_served(store: Store) -> None:
     store.records.put_many([_record("c-1", "a", '"a"')])
     with store.engine.begin() as connection:

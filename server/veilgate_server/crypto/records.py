@@ -146,16 +146,22 @@ class RecordsKey:
         nonce = os.urandom(_NONCE) if nonce is None else nonce
         return _VERSION + nonce + self._aead.encrypt(nonce, data_key, _DATA_KEY_CONTEXT + citizen_id.encode())
 
+    def rewrap(self, citizen_id: str, wrapped: bytes, *, into: RecordsKey) -> bytes:
+        """A citizen's data key, wrapped by this key, wrapped instead by ``into`` (a rotation)."""
+        return into.wrap(citizen_id, self._unwrap_raw(citizen_id, wrapped))
+
     def unwrap(self, citizen_id: str, wrapped: bytes) -> CitizenDataKey:
         """The citizen's data key; :class:`RecordsKeyError` if ``wrapped`` is not theirs under this key."""
+        return CitizenDataKey(citizen_id, self._unwrap_raw(citizen_id, wrapped))
+
+    def _unwrap_raw(self, citizen_id: str, wrapped: bytes) -> bytes:
         if len(wrapped) != WRAPPED_DATA_KEY_LENGTH or wrapped[:1] != _VERSION:
             raise RecordsKeyError("could not read records: a stored data key is malformed")
         try:
-            key = self._aead.decrypt(
+            return self._aead.decrypt(
                 wrapped[1 : 1 + _NONCE], wrapped[1 + _NONCE :], _DATA_KEY_CONTEXT + citizen_id.encode()
             )
         except InvalidTag:
             raise RecordsKeyError(
                 "could not read records: a stored data key does not open with this records key"
             ) from None
-        return CitizenDataKey(citizen_id, key)

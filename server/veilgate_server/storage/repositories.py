@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from itertools import islice
 from typing import Any, Final, Self
 
-from sqlalchemy import Connection, Engine, Row, Table, delete, func, select, update
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -729,6 +729,44 @@ class RecordStore:
             (item_id, department, as_of, value)
             for (item_id, department, as_of, _), value in zip(located, values, strict=True)
         ]
+
+    def rewrap(self, old: RecordsKey, new: RecordsKey) -> int:
+        """Wrap every citizen's data key under ``new`` instead of ``old`` (a records key rotation), in
+        one transaction; returns how many were rewrapped. The sealed values do not change.
+
+        Keys already under ``new`` are left as they are, so a rotation that was interrupted before
+        its new key file replaced the old one can run again. A key under neither is refused, naming
+        its records key, and nothing is changed."""
+        table = RecordKey.__table__
+        assert isinstance(table, Table)
+        rewrapped, last = 0, ""
+        with storage_errors("rewrap the data keys"), write_connection(self._sessions) as connection:
+            while rows := connection.execute(
+                select(table.c.citizen_id, table.c.records_key_id, table.c.wrapped_key)
+                .where(table.c.citizen_id > last)
+                .order_by(table.c.citizen_id)
+                .limit(5000)
+            ).all():
+                changed = []
+                for citizen_id, key_id, wrapped in rows:
+                    if key_id == old.key_id:
+                        changed.append(
+                            {"c": citizen_id, "k": new.key_id, "w": old.rewrap(citizen_id, wrapped, into=new)}
+                        )
+                    elif key_id != new.key_id:
+                        raise RecordsKeyError(
+                            f"a data key is wrapped by records key {key_id}, neither {old.key_id} nor {new.key_id}"
+                        )
+                if changed:
+                    connection.execute(
+                        update(table)
+                        .where(table.c.citizen_id == bindparam("c"))
+                        .values(records_key_id=bindparam("k"), wrapped_key=bindparam("w")),
+                        changed,
+                    )
+                rewrapped += len(changed)
+                last = rows[-1][0]
+        return rewrapped
 
     def erase(self, citizen_id: str) -> int:
         """Crypto-shred a citizen's records: destroy their data key and delete their sealed values,
