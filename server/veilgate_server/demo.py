@@ -122,6 +122,25 @@ def _demo_citizen(store: Store) -> tuple[str, dict[str, str]]:
     raise InternalError("no seeded citizen has an inpatient stay; seed more citizens")
 
 
+def _sealed_at_rest(settings: Settings, store: Store, citizen_id: str) -> str:
+    """Say how records are kept, and on SQLite check it: none of the demo citizen's values (those
+    long enough not to occur by chance) is anywhere in the database's files in the clear."""
+    said = (
+        "   Values are sealed at rest: AES-256-GCM under a data key per citizen, wrapped by records key "
+        f"{settings.load_records_key().key_id}"
+    )
+    database = store.engine.url.database
+    if store.engine.dialect.name != "sqlite" or database is None:
+        return said + "."
+    values = [r.value_json.encode() for r in store.records.for_citizen(citizen_id) if len(r.value_json) >= 8]
+    files = b"".join(path.read_bytes() for path in Path(database).parent.glob(Path(database).name + "*"))
+    if any(value in files for value in values):
+        raise InternalError("a record value is in the database file in the clear")
+    return (
+        said + f";\n   none of the demo citizen's {len(values)} longer values is in {Path(database).name} in the clear."
+    )
+
+
 def _show(result: EligibilityResult) -> str:
     bands = ", ".join(f"{k}={v}" for k, v in result.bands.items()) or "-"
     reasons = ", ".join(result.reasons) or "-"
@@ -150,6 +169,7 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
             f"in {time.perf_counter() - t0:.2f} s (seed {seed})."
         )
     citizen_id, claim = _demo_citizen(store)
+    _say(_sealed_at_rest(settings, store, citizen_id))
 
     signer = settings.load_signer()
     now = datetime.now(UTC)

@@ -129,6 +129,7 @@ def test_demo_runs_end_to_end(database_url: str) -> None:
     result = veilgate("demo", "--citizens", "5", "--database-url", database_url)
     out = result.stdout
     assert "GetMyData: 61 items" in out
+    assert "Values are sealed at rest: AES-256-GCM under a data key per citizen, wrapped by records key" in out
     assert "A third party checked the signed delivery offline" in out
     assert "TOKEN_REPLAYED" in out
     assert "signed and registered three consents" in out
@@ -392,6 +393,7 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
     data = tmp_path / "kept"
     result = veilgate("demo", "--citizens", "3", "--data-dir", str(data))
     assert f"State kept in {data}" in result.stdout
+    assert re.search(r"none of the demo citizen's \d+ longer values is in veilgate.db in the clear", result.stdout)
     assert (data / "veilgate.db").exists()
     assert (data / "citizen.wallet").exists()
     assert data.stat().st_mode & 0o777 == 0o700  # records and keys: private to the operator
