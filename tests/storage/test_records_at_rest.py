@@ -63,9 +63,15 @@ def test_a_second_gateway_with_the_same_key_reads_the_records(
         assert other.records.for_delivery("c-1") == {"a": ("2026-01-01", '{"v":1}')}
 
 
-def test_a_gateway_holding_another_records_key_is_refused_at_start(store: Store, database_url: str) -> None:
+@pytest.mark.parametrize("side", ["lower", "higher"])
+def test_a_gateway_holding_another_records_key_is_refused_at_start(
+    store: Store, database_url: str, records_key: RecordsKey, side: str
+) -> None:
+    """Whichever side of the stored key's id the other key's id falls (the check reads two ranges)."""
     store.records.put_many([_record("c-1", "a", '{"v":1}')])
     other = RecordsKey.generate()
+    while (other.key_id < records_key.key_id) != (side == "lower"):
+        other = RecordsKey.generate()
     with pytest.raises(ConfigurationError, match=f"holds records key {other.key_id}: copy keys/records.key"):
         Store.open(database_url, records_key=other)
 

@@ -152,7 +152,7 @@ class RecordKey(Base):
     __table_args__ = (CheckConstraint(f"length(wrapped_key) = {WRAPPED_DATA_KEY_LENGTH}", name="wrapped_key_length"),)
 
     citizen_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    records_key_id: Mapped[str] = mapped_column(String(16))
+    records_key_id: Mapped[str] = mapped_column(String(16), index=True)  # the start-up check: instant
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary(WRAPPED_DATA_KEY_LENGTH))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 

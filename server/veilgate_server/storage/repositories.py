@@ -299,8 +299,11 @@ _POSTGRES_RECORDS_AMONG = DriverSql(
     _POSTGRES_RECORDS.format(among=" AND r.item_id = ANY(:item_ids)"),
     backends=("postgresql",),
 )
+# Two ranges of the index rather than "<>", which both backends would answer with a full scan.
 _OTHER_RECORDS_KEY = DriverSql(
-    "OtherKey", ["records_key_id"], "SELECT records_key_id FROM record_keys WHERE records_key_id <> :key_id LIMIT 1"
+    "OtherKey",
+    ["records_key_id"],
+    "SELECT records_key_id FROM record_keys WHERE records_key_id < :key_id OR records_key_id > :key_id LIMIT 1",
 )
 
 

@@ -80,6 +80,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("citizen_id", name=op.f("pk_record_keys")),
     )
+    op.create_index(op.f("ix_record_keys_records_key_id"), "record_keys", ["records_key_id"])
     op.add_column("records", sa.Column("value_sealed", sa.LargeBinary(), nullable=True))
     if connection.execute(sa.text("SELECT 1 FROM records LIMIT 1")).first() is not None:
         _seal_all(connection, _records_key("sealed"))
