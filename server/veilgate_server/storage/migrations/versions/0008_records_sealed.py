@@ -84,24 +84,7 @@ def upgrade() -> None:
     op.add_column("records", sa.Column("value_sealed", sa.LargeBinary(), nullable=True))
     if connection.execute(sa.text("SELECT 1 FROM records LIMIT 1")).first() is not None:
         _seal_all(connection, _records_key("sealed"))
-    if connection.dialect.name == "sqlite":  # SQLite cannot drop NULL or a column in place: rebuild
-        op.create_table(
-            "records_sealed",
-            sa.Column("citizen_id", sa.String(64), nullable=False),
-            sa.Column("item_id", sa.String(96), nullable=False),
-            sa.Column("department", sa.String(64), nullable=False),
-            sa.Column("as_of", sa.Date(), nullable=False),
-            sa.Column("value_sealed", sa.LargeBinary(), nullable=False),
-            sa.PrimaryKeyConstraint("citizen_id", "item_id", name="pk_records"),
-            sqlite_with_rowid=False,
-        )
-        columns = "citizen_id, item_id, department, as_of, value_sealed"
-        op.execute(f"INSERT INTO records_sealed ({columns}) SELECT {columns} FROM records")  # noqa: S608
-        op.drop_table("records")
-        op.rename_table("records_sealed", "records")
-        return
-    op.alter_column("records", "value_sealed", nullable=False)
-    op.drop_column("records", "value_json")
+    _keep_only("value_sealed", sa.LargeBinary(), dropping="value_json")
 
 
 def _seal_all(connection: sa.Connection, records_key: RecordsKey) -> None:
@@ -145,25 +128,31 @@ def downgrade() -> None:
             connection.execute(
                 sa.text("UPDATE records SET value_json = :v WHERE citizen_id = :c AND item_id = :i"), opened
             )
-    if connection.dialect.name == "sqlite":
-        op.create_table(
-            "records_open",
-            sa.Column("citizen_id", sa.String(64), nullable=False),
-            sa.Column("item_id", sa.String(96), nullable=False),
-            sa.Column("department", sa.String(64), nullable=False),
-            sa.Column("as_of", sa.Date(), nullable=False),
-            sa.Column("value_json", sa.Text(), nullable=False),
-            sa.PrimaryKeyConstraint("citizen_id", "item_id", name="pk_records"),
-            sqlite_with_rowid=False,
-        )
-        columns = "citizen_id, item_id, department, as_of, value_json"
-        op.execute(f"INSERT INTO records_open ({columns}) SELECT {columns} FROM records")  # noqa: S608
-        op.drop_table("records")
-        op.rename_table("records_open", "records")
-    else:
-        op.alter_column("records", "value_json", nullable=False)
-        op.drop_column("records", "value_sealed")
+    _keep_only("value_json", sa.Text(), dropping="value_sealed")
     op.drop_table("record_keys")
+
+
+def _keep_only(kept: str, kept_type: sa.types.TypeEngine[Any], *, dropping: str) -> None:
+    """Make ``records.<kept>`` NOT NULL and drop ``records.<dropping>``. SQLite can do neither in
+    place, so there the table is rebuilt, clustered on its key as revision 0006 made it."""
+    if op.get_bind().dialect.name != "sqlite":
+        op.alter_column("records", kept, nullable=False)
+        op.drop_column("records", dropping)
+        return
+    op.create_table(
+        "records_rebuilt",
+        sa.Column("citizen_id", sa.String(64), nullable=False),
+        sa.Column("item_id", sa.String(96), nullable=False),
+        sa.Column("department", sa.String(64), nullable=False),
+        sa.Column("as_of", sa.Date(), nullable=False),
+        sa.Column(kept, kept_type, nullable=False),
+        sa.PrimaryKeyConstraint("citizen_id", "item_id", name="pk_records"),
+        sqlite_with_rowid=False,
+    )
+    columns = f"citizen_id, item_id, department, as_of, {kept}"
+    op.execute(f"INSERT INTO records_rebuilt ({columns}) SELECT {columns} FROM records")  # noqa: S608
+    op.drop_table("records")
+    op.rename_table("records_rebuilt", "records")
 
 
 def _data_key(connection: sa.Connection, records_key: RecordsKey, citizen_id: str) -> CitizenDataKey:
