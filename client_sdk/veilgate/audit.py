@@ -5,17 +5,19 @@ SHA-256(0x00 ‖ entry), node hash SHA-256(0x01 ‖ left ‖ right)) before its 
 canonical JSON (sorted keys, no whitespace, UTF-8; RFC 8785 for the value types used here)::
 
     {"v": 1, "time": "2026-11-26T04:10:00.123Z", "method": "/veilgate.v1.CitizenService/GetMyData",
-     "caller": {"kind": "citizen" | "institution" | "department" | "public", "id": "<institution id>"},
+     "caller": {"kind": "citizen" | "institution" | "department" | "public" | "operator",
+                "id": "<institution id>"},
      "subject": {"nonce": b64url(16 bytes), "tag": b64url(HMAC-SHA256(citizen log key, nonce))},
      "code": "OK" | gRPC status name, "reason": "" | ErrorInfo reason,
      "policy": {"id", "sha256"}, "consent": "<consent id>", "decision": "ELIGIBLE" | ...,
      "request": b64url(SHA-256(request)), "result": b64url(SHA-256(reply payload)),
      "watermark": "wm_..."}
 
-Members after ``reason`` appear only when they apply. An entry never holds a record value or a raw
-citizen id: the subject is a fresh tag per entry under a key only the gateway and the citizen hold,
-so nobody else can link two entries to each other or to a person, and erasing the key unlinks them
-for good while the log stays verifiable.
+Members after ``reason`` appear only when they apply. An ``operator`` entry records an operator's
+action on a citizen's data outside any call; its method names the command (``"veilgate erase"``). An
+entry never holds a record value or a raw citizen id: the subject is a fresh tag per entry under a
+key only the gateway and the citizen hold, so nobody else can link two entries to each other or to a
+person, and erasing the key unlinks them for good while the log stays verifiable.
 
 A **checkpoint** is a C2SP ``tlog-checkpoint`` (origin line, tree size, base64 root hash) inside a
 C2SP ``signed-note`` signed by the gateway's log key. A client takes the tree size and root from a
@@ -56,7 +58,7 @@ ENTRY_VERSION = 1
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 _REQUIRED = frozenset({"v", "time", "method", "caller", "code", "reason", "request"})
 _OPTIONAL = frozenset({"subject", "policy", "consent", "decision", "result", "watermark"})
-_CALLER_KINDS = frozenset({"citizen", "institution", "department", "public"})
+_CALLER_KINDS = frozenset({"citizen", "institution", "department", "public", "operator"})
 
 
 def sha256_b64(data: bytes) -> str:

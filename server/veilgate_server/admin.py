@@ -1,19 +1,23 @@
-"""Operator operations shared by the CLI and the demo: seeding, enrollment."""
+"""Operator operations shared by the CLI and the demo: seeding, enrollment, erasure."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from sqlalchemy import Connection
+
 from veilgate._internal import jose
 from veilgate.errors import ConfigurationError, TokenError
+from veilgate_server.audit import operator_entry
 from veilgate_server.core.catalog import Catalog
 from veilgate_server.seed import DEFAULT_AS_OF, generate_population
-from veilgate_server.storage import CitizenKeys, Store, StoredRecord
+from veilgate_server.storage import AppendRequest, CitizenKeys, RecordStore, Store, StoredRecord
 from veilgate_server.storage.repositories import check_citizen_id
 
-__all__ = ["CitizenIdentity", "SeedSummary", "enroll", "seed_population"]
+__all__ = ["ERASE_RECORDS", "CitizenIdentity", "SeedSummary", "enroll", "erase_records", "seed_population"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,28 @@ def seed_population(
 
     written = store.records.put_many(rows())
     return SeedSummary(citizens=citizens, records=written, sample_ids=tuple(samples))
+
+
+ERASE_RECORDS = "veilgate erase"
+"""The method of an erasure's log entry: an operator's command, not a call."""
+
+
+def erase_records(store: Store, citizen_id: str, *, clock: Callable[[], float] = time.time) -> tuple[int, int]:
+    """Crypto-shred a citizen's records (:meth:`~veilgate_server.storage.RecordStore.erase_in`) in the
+    transaction of the log entry that records it: the erasure and its entry commit together or not
+    at all. Returns how many records were erased and the entry's index. An erasure of nothing is
+    logged too: it was asked for."""
+    check_citizen_id(citizen_id)
+    entry = operator_entry(store, action=ERASE_RECORDS, citizen_id=citizen_id, at=clock())
+    erased = 0
+
+    def resolve(connection: Connection) -> bytes:
+        nonlocal erased
+        erased = RecordStore.erase_in(connection, citizen_id)
+        return entry
+
+    [index] = store.log.append_batch([AppendRequest(resolve=resolve, subject_citizen_id=citizen_id)])
+    return erased, index
 
 
 @dataclass(frozen=True, slots=True)

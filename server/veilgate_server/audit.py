@@ -50,7 +50,7 @@ from veilgate_server.storage.log import (
     StoreHealth,
 )
 
-__all__ = ["Auditor", "CallRecord", "Checkpointer", "checkpoint_body"]
+__all__ = ["Auditor", "CallRecord", "Checkpointer", "checkpoint_body", "operator_entry"]
 
 _log = logging.getLogger("veilgate.audit")
 
@@ -185,6 +185,28 @@ class Auditor:
         if refusal is not None:
             raise refusal
         return record.log_index
+
+
+def operator_entry(store: Store, *, action: str, citizen_id: str, at: float) -> bytes:
+    """The log entry of an operator's action on a citizen's data outside any call (``veilgate
+    erase``): caller kind ``operator``, the action as its method and its request, and the citizen's
+    pseudonymous subject, so that the citizen finds it in their own trail."""
+    key = store.log.pseudonym_key(citizen_id, create=True)
+    assert key is not None
+    nonce = secrets.token_bytes(16)
+    return entry_bytes(
+        AuditEntry(
+            time=_timestamp(at),
+            method=action,
+            caller_kind="operator",
+            caller_id=None,
+            code="OK",
+            reason="",
+            request=sha256_b64(action.encode()),
+            subject_nonce=nonce,
+            subject_tag=subject_tag(key, nonce),
+        )
+    )
 
 
 def checkpoint_body(origin: str, tree_size: int, root_hash: bytes) -> str:

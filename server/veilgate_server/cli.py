@@ -121,6 +121,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
+    from veilgate_server.admin import erase_records
     from veilgate_server.storage.repositories import check_citizen_id
 
     check_citizen_id(args.citizen_id)
@@ -130,13 +131,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
         )
     store = _settings(args).open_store(existing=True)
     try:
-        erased = store.records.erase(args.citizen_id)
+        erased, index = erase_records(store, args.citizen_id)
     finally:
         store.close()
     if erased:
         print(f"erased {erased} records of {args.citizen_id}: their data key is destroyed")
     else:
         print(f"{args.citizen_id} has no records: nothing erased")
+    print(f"logged as entry {index} (the citizen finds it in their trail)")
     return 0
 
 

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from veilgate import AuditClient, CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
 from veilgate._internal import jose
 from veilgate._internal.jose import b64url_decode
+from veilgate.audit import parse_entry
 from veilgate.consent import CONSENT_TYP
 from veilgate.errors import ConsentRevoked, InstitutionDisabled
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
@@ -443,13 +444,23 @@ def test_an_operator_erases_a_citizens_records_and_the_log_still_verifies(tmp_pa
     assert unconfirmed.returncode == 1
     assert f"erasing destroys every record of {first} for good; repeat with --yes" in unconfirmed.stderr
     erased = veilgate("erase", first, "--yes", "--data-dir", str(data))
-    assert erased.stdout.strip() == f"erased 61 records of {first}: their data key is destroyed"
+    said = erased.stdout.splitlines()
+    assert said[0] == f"erased 61 records of {first}: their data key is destroyed"
+    index = int(re.fullmatch(r"logged as entry (\d+) \(the citizen finds it in their trail\)", said[1])[1])  # type: ignore[index]
     again = veilgate("erase", first, "--yes", "--data-dir", str(data))
-    assert again.stdout.strip() == f"{first} has no records: nothing erased"
+    assert again.stdout.splitlines()[0] == f"{first} has no records: nothing erased"
 
     with Store.open(sqlite_url(data), records_key=key) as store:
         assert store.records.for_citizen(first) == []
         assert store.records.for_citizen(second) == kept
+        [logged] = store.log.entries(index, 1)
+        entry = parse_entry(logged.entry)
+        assert (entry.method, entry.caller_kind, entry.code) == ("veilgate erase", "operator", "OK")
+        pseudonym = store.log.pseudonym_key(first, create=False)
+        assert pseudonym is not None
+        assert entry.is_about(pseudonym)
+        assert index in store.log.indices_for_citizen(first)  # in the citizen's own trail
+        assert first.encode() not in logged.entry
     verified = veilgate("audit", "verify", "--data-dir", str(data))
     assert "verified" in verified.stdout
 

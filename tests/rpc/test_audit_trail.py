@@ -23,6 +23,7 @@ from veilgate.audit import parse_entry, sha256_b64, subject_tag
 from veilgate.citizen import GET_MY_DATA
 from veilgate.errors import ProofInvalid, RequestTooLarge, StorageError
 from veilgate.v1 import audit_pb2, audit_pb2_grpc, citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
+from veilgate_server.admin import erase_records
 from veilgate_server.rpc.errors import status_name
 from veilgate_server.rpc.server import MAX_MESSAGE_BYTES, TRANSPORT_LIMIT_BYTES
 from veilgate_server.storage import StoredRecord
@@ -129,6 +130,28 @@ def test_citizens_see_their_trail_and_nobody_elses(gateway_harness: GatewayHarne
         assert [e.method.rsplit("/", 1)[-1] for _, e in b.access_history()] == ["GetMyData"]
         # The history call itself is logged too, and shows up the next time.
         assert [e.method.rsplit("/", 1)[-1] for _, e in b.access_history()] == ["ListMyAccessHistory", "GetMyData"]
+
+
+def test_an_operators_erasure_is_in_the_citizens_trail_while_the_gateway_serves(
+    gateway_harness: GatewayHarness,
+) -> None:
+    """`veilgate erase` appends to the log the gateway serves (another writer, as a second process
+    would be): the citizen sees who erased, proven like every other entry, and then no records."""
+    gw = gateway_harness
+    alice = gw.enroll(gw.citizen_ids[0])
+    with gw.client(alice) as a:
+        assert len(a.get_my_data().items) == 61
+    erased, index = erase_records(gw.store, gw.citizen_ids[0])
+    assert erased == 61
+    with gw.client(alice) as a:
+        assert a.get_my_data().items == ()
+        history = a.access_history()
+    assert [(e.method.rsplit("/", 1)[-1], e.caller_kind) for _, e in history] == [
+        ("GetMyData", "citizen"),
+        ("veilgate erase", "operator"),
+        ("GetMyData", "citizen"),
+    ]
+    assert history[1][0] == index
 
 
 def test_subject_tags_are_unlinkable_without_the_key(gateway_harness: GatewayHarness) -> None:

@@ -15,7 +15,8 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from veilgate.errors import ConfigurationError
+from veilgate.errors import ConfigurationError, StorageError
+from veilgate_server.admin import erase_records
 from veilgate_server.crypto.records import RecordsKey, RecordsKeyError
 from veilgate_server.storage import Store, StoredRecord, check_schema, db
 
@@ -169,6 +170,15 @@ def test_a_rotation_that_meets_a_key_it_does_not_know_changes_nothing(store: Sto
     with pytest.raises(RecordsKeyError, match=f"wrapped by records key {stranger.key_id}, neither"):
         store.records.rewrap(records_key, RecordsKey.generate())
     assert store.records.for_delivery("c-0") == {"a": ("2026-01-01", '"0"')}  # still under the old key
+
+
+def test_an_erasure_and_its_log_entry_commit_together_or_not_at_all(store: Store) -> None:
+    store.records.put_many([_record("c-1", "a", '"a"')])
+    with store.engine.begin() as connection:  # the log cannot take an entry now
+        connection.execute(text("DELETE FROM log_head"))
+    with pytest.raises(StorageError, match="could not append to the audit log"):
+        erase_records(store, "c-1")
+    assert store.records.for_delivery("c-1") == {"a": ("2026-01-01", '"a"')}  # nothing erased unlogged
 
 
 def test_records_without_their_data_key_are_refused_not_served(store: Store) -> None:

@@ -772,10 +772,17 @@ class RecordStore:
         return rewrapped
 
     def erase(self, citizen_id: str) -> int:
-        """Crypto-shred a citizen's records: destroy their data key and delete their sealed values,
-        in one transaction; returns how many records were deleted. The audit log keeps its entries,
-        which hold no record value, and stays verifiable. A department's next push for the citizen
-        starts under a new data key.
+        """:meth:`erase_in` in a transaction of its own (tools, tests). ``veilgate erase`` erases in
+        the transaction of the log entry that records the erasure instead."""
+        with storage_errors("erase records"), write_connection(self._sessions) as connection:
+            return self.erase_in(connection, citizen_id)
+
+    @staticmethod
+    def erase_in(connection: Connection, citizen_id: str) -> int:
+        """Crypto-shred a citizen's records in the caller's write transaction: destroy their data key
+        and delete their sealed values; returns how many records were deleted. The audit log keeps
+        its entries, which hold no record value, and stays verifiable. A department's next push for
+        the citizen starts under a new data key.
 
         On SQLite the deleted rows are overwritten in the database file (``secure_delete``); their
         pages may remain in the write-ahead log until it is next reused. On PostgreSQL the dead
@@ -783,14 +790,14 @@ class RecordStore:
         theirs opens, but a backup taken before the erasure still holds the wrapped key: keep
         ``keys/records.key`` out of database backups, or erase from those too."""
         _require_length(citizen_id, "citizen_id", 64)
-        with storage_errors("erase records"), write_connection(self._sessions) as connection:
-            if connection.dialect.name == "sqlite":
-                connection.exec_driver_sql("PRAGMA secure_delete = ON")
-            connection.execute(delete(RecordKey).where(RecordKey.citizen_id == citizen_id))
-            erased = connection.execute(delete(Record).where(Record.citizen_id == citizen_id)).rowcount
-            if connection.dialect.name == "sqlite":  # the pooled connection's later deletes need not
-                connection.exec_driver_sql("PRAGMA secure_delete = OFF")
-            return erased
+        sqlite_file = connection.dialect.name == "sqlite"
+        if sqlite_file:
+            connection.exec_driver_sql("PRAGMA secure_delete = ON")
+        connection.execute(delete(RecordKey).where(RecordKey.citizen_id == citizen_id))
+        erased = connection.execute(delete(Record).where(Record.citizen_id == citizen_id)).rowcount
+        if sqlite_file:  # the connection's later deletes need not
+            connection.exec_driver_sql("PRAGMA secure_delete = OFF")
+        return erased
 
     def count(self) -> int:
         with storage_errors("count records"), self._sessions() as session:
