@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, fields
 from itertools import islice
+from operator import attrgetter, itemgetter
 from typing import Any, Final, Self
 
 from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, func, select, update
@@ -689,23 +690,33 @@ class RecordStore:
 
         Item ids with no stored record are simply absent from the result.
         """
-        return [
-            StoredRecord(citizen_id, item_id, department, dt.date.fromisoformat(as_of), value_json)
-            for item_id, department, as_of, value_json in sorted(self._opened(citizen_id, item_ids))
-        ]
+        located, values = self._opened(citizen_id, item_ids)
+        return sorted(
+            (
+                StoredRecord(citizen_id, item_id, department, dt.date.fromisoformat(as_of), value_json)
+                for (item_id, department, as_of, _), value_json in zip(located, values, strict=True)
+            ),
+            key=attrgetter("item_id"),  # unique per citizen
+        )
 
     def for_delivery(self, citizen_id: str, item_ids: Collection[str] | None = None) -> dict[str, tuple[str, str]]:
         """The records of :meth:`for_citizen` as a delivery writes them: item id to ``(as_of as an
         ISO date, value_json)``, in no particular order (a delivery lists items in catalog order).
         No record object, no date and no sort per call only to be undone again (188 records)."""
-        return {item_id: (as_of, value_json) for item_id, _, as_of, value_json in self._opened(citizen_id, item_ids)}
+        located, values = self._opened(citizen_id, item_ids)
+        return dict(
+            zip(map(itemgetter(0), located), zip(map(itemgetter(2), located), values, strict=True), strict=True)
+        )
 
-    def _opened(self, citizen_id: str, item_ids: Collection[str] | None) -> list[tuple[str, str, str, str]]:
-        """``(item_id, department, as_of as an ISO date, value_json)`` of the citizen's records (all,
-        or those among ``item_ids``), opened with their data key, in no particular order."""
+    def _opened(
+        self, citizen_id: str, item_ids: Collection[str] | None
+    ) -> tuple[list[tuple[str, str, str, bytes]], list[str]]:
+        """The citizen's records (all, or those among ``item_ids``) as ``(item_id, department, as_of
+        as an ISO date, sealed value)``, in no particular order, and their values opened, in the
+        same order."""
         key = self._records_key()
         if item_ids is not None and not item_ids:
-            return []
+            return [], []
         params: dict[str, Any]
         if self._dialect == "sqlite":
             read, params = _SQLITE_RECORDS_OF_CITIZEN_JOINED, {"citizen_id": citizen_id}
@@ -726,12 +737,8 @@ class RecordStore:
             key_id, wrapped = (stored[0].records_key_id or "", stored[0].wrapped_key or b"") if stored else ("", b"")
             located = [(r.item_id, r.department, r.as_of.isoformat(), r.value_sealed) for r in stored]
         if not located:
-            return []
-        values = _unwrap(key, citizen_id, key_id, wrapped).open_many(located)
-        return [
-            (item_id, department, as_of, value)
-            for (item_id, department, as_of, _), value in zip(located, values, strict=True)
-        ]
+            return [], []
+        return located, _unwrap(key, citizen_id, key_id, wrapped).open_many(located)
 
     def rewrap(self, old: RecordsKey, new: RecordsKey) -> int:
         """Wrap every citizen's data key under ``new`` instead of ``old`` (a records key rotation), in
