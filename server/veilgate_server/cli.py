@@ -980,7 +980,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--as-of", type=date.fromisoformat, default=date(2026, 10, 31), help="data date (YYYY-MM-DD)")
 
-    p = add("erase", cmd_erase, "crypto-shred a citizen's records: destroy their data key (the log stays verifiable)")
+    p = add("erase", cmd_erase, "crypto-shred a citizen's records: destroy their data key, in a log entry of its own")
     p.add_argument("citizen_id", metavar="CITIZEN_ID")
     p.add_argument("--yes", action="store_true", help="confirm: the records cannot be recovered")
 

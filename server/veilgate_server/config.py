@@ -11,7 +11,7 @@ Everything lives under one data directory (``--data-dir`` / ``VEILGATE_DATA_DIR`
     institutions/<id>/        client certificates issued by ``veilgate institution add``
     governance.vkey           verifier key(s) of the policy governance key, one per line
     keys/log-signing.key      the audit log's checkpoint key (Go sumdb/note private key string, 0600)
-    keys/records.key          the key that wraps each citizen's records key (0600; never in the database)
+    keys/records.key          the key that wraps each citizen's data key (0600; never in the database)
     log.vkey                  its verifier key, for auditors to pin
 
 Policies come from ``--policies-dir`` (``VEILGATE_POLICIES_DIR``; default: the packaged ones) and are

@@ -20,8 +20,12 @@ None of the four fields may hold a NUL (the store refuses them), so the associat
 unambiguous. Nonces are random: a citizen's data key seals a few hundred values in its life, far
 below the 2^32 messages a random-nonce key allows.
 
-Every failure to open looks alike (:class:`RecordsKeyError`): the caller learns that a citizen's
-records cannot be read with this key, not which byte was wrong.
+The records key is named by its id, the first 16 hex characters of SHA-256("veilgate/v1/records-key-id\\0"
+‖ key), stored beside every wrapped data key. The key file is one line, ``veilgate-records-key-v1:``
+and the key in base64url.
+
+Every failure to open is a :class:`RecordsKeyError`, an internal error: a caller of the gateway
+learns nothing of it; the operator's log says what did not open, never which byte was wrong.
 """
 
 from __future__ import annotations
