@@ -797,13 +797,14 @@ class RecordStore:
         theirs opens, but a backup taken before the erasure still holds the wrapped key: keep
         ``keys/records.key`` out of database backups, or erase from those too."""
         _require_length(citizen_id, "citizen_id", 64)
-        sqlite_file = connection.dialect.name == "sqlite"
-        if sqlite_file:
+        previous = None
+        if connection.dialect.name == "sqlite":  # whatever the build's default (SQLite's own is off)
+            previous = int(connection.exec_driver_sql("PRAGMA secure_delete").scalar_one())
             connection.exec_driver_sql("PRAGMA secure_delete = ON")
         connection.execute(delete(RecordKey).where(RecordKey.citizen_id == citizen_id))
         erased = connection.execute(delete(Record).where(Record.citizen_id == citizen_id)).rowcount
-        if sqlite_file:  # the connection's later deletes need not
-            connection.exec_driver_sql("PRAGMA secure_delete = OFF")
+        if previous is not None:  # the connection's later deletes as the build does them
+            connection.exec_driver_sql(f"PRAGMA secure_delete = {previous}")
         return erased
 
     def count(self) -> int:
