@@ -194,6 +194,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     for key in signer.retired:
         print(f"retired key id:         {key.key_id} (since {key.retired_at})")
     print(f"public keys (JWKS):     {settings.public_keys_path}")
+    if settings.records_key_path.exists():  # made with the store: shown, never made here
+        print(f"records key id:         {settings.load_records_key().key_id} ({settings.records_key_path})")
     return 0
 
 
@@ -898,6 +900,9 @@ def _print_serving(
     print(f"{len(gateway.policies)} reviewed policies: {', '.join(sorted(gateway.policies))}")
     print(f"gateway signing key {gateway.signer.key_id}; public keys in {settings.public_keys_path}")
     print(f"store: {_shown_url(settings.store_url)}")
+    print(
+        f"records sealed at rest under records key {settings.load_records_key().key_id} ({settings.records_key_path})"
+    )
     sys.stdout.flush()
 
 

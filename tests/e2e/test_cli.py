@@ -399,6 +399,7 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
     assert (data / "citizen.wallet").exists()
     assert data.stat().st_mode & 0o777 == 0o700  # records and keys: private to the operator
     key_id = veilgate("keys", "--data-dir", str(data)).stdout
+    assert f"records key id:         {RecordsKey.load_or_create(data / 'keys' / 'records.key').key_id}" in key_id
     assert json.loads((data / "gateway-keys.json").read_text())["keys"][0]["kid"] in key_id
     # The demo is re-runnable on kept state (the citizen's keys are rotated to a new wallet).
     assert "key version 2" in veilgate("demo", "--data-dir", str(data)).stdout
@@ -419,6 +420,8 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
         )
         assert "medical_insurance: 6 items" in fetched.stdout
         assert f"store: sqlite:///{data / 'veilgate.db'}" in "".join(server.stdout)
+        records_key = RecordsKey.load_or_create(data / "keys" / "records.key").key_id
+        assert f"records sealed at rest under records key {records_key}" in "".join(server.stdout)
     finally:
         # A hang-up (a closed terminal, a log rotation's habit) stops it as SIGTERM does: cleanly,
         # saying so, after the calls in flight and a final checkpoint.
