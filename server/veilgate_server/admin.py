@@ -56,11 +56,19 @@ ERASE_RECORDS = "veilgate erase"
 """The method of an erasure's log entry: an operator's command, not a call."""
 
 
-def erase_records(store: Store, citizen_id: str, *, clock: Callable[[], float] = time.time) -> tuple[int, int]:
+def erase_records(
+    store: Store, citizen_id: str, *, unlink_trail: bool = False, clock: Callable[[], float] = time.time
+) -> tuple[int, int]:
     """Crypto-shred a citizen's records (:meth:`~veilgate_server.storage.RecordStore.erase_in`) in the
     transaction of the log entry that records it: the erasure and its entry commit together or not
     at all. Returns how many records were erased and the entry's index. An erasure of nothing is
-    logged too: it was asked for."""
+    logged too: it was asked for.
+
+    ``unlink_trail``: then also forget the citizen's log pseudonym key and subject index
+    (:meth:`~veilgate_server.storage.log.AuditLog.erase_citizen`), this entry's included: the entries
+    stay and the log still verifies, but nobody, the gateway included, can tell any more which were
+    theirs (a wallet that kept the key still can). Done after the entry's commit; if it fails,
+    running it again finishes it."""
     check_citizen_id(citizen_id)
     entry = operator_entry(store, action=ERASE_RECORDS, citizen_id=citizen_id, at=clock())
     erased = 0
@@ -71,6 +79,8 @@ def erase_records(store: Store, citizen_id: str, *, clock: Callable[[], float] =
         return entry
 
     [index] = store.log.append_batch([AppendRequest(resolve=resolve, subject_citizen_id=citizen_id)])
+    if unlink_trail:
+        store.log.erase_citizen(citizen_id)
     return erased, index
 
 

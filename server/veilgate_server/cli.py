@@ -131,14 +131,17 @@ def cmd_erase(args: argparse.Namespace) -> int:
         )
     store = _settings(args).open_store(existing=True)
     try:
-        erased, index = erase_records(store, args.citizen_id)
+        erased, index = erase_records(store, args.citizen_id, unlink_trail=args.unlink_trail)
     finally:
         store.close()
     if erased:
         print(f"erased {erased} records of {args.citizen_id}: their data key is destroyed")
     else:
         print(f"{args.citizen_id} has no records: nothing erased")
-    print(f"logged as entry {index} (the citizen finds it in their trail)")
+    if args.unlink_trail:
+        print(f"logged as entry {index}; their trail is unlinked: nobody can tell any more which entries were theirs")
+    else:
+        print(f"logged as entry {index} (the citizen finds it in their trail)")
     return 0
 
 
@@ -988,6 +991,11 @@ def _parser() -> argparse.ArgumentParser:
     p = add("erase", cmd_erase, "crypto-shred a citizen's records: destroy their data key, in a log entry of its own")
     p.add_argument("citizen_id", metavar="CITIZEN_ID")
     p.add_argument("--yes", action="store_true", help="confirm: the records cannot be recovered")
+    p.add_argument(
+        "--unlink-trail",
+        action="store_true",
+        help="also forget the key that links the citizen's log entries to them (the entries stay, unlinkable)",
+    )
 
     p = add("enroll", cmd_enroll, "register (or --rotate) a citizen's public keys")
     p.add_argument("--identity", help="public identity JSON written by `veilgate wallet create`")
