@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veilgate.audit import AuditEntry, LogVerifier, entry_bytes, verify_export
+from veilgate.audit import AuditEntry, LogVerifier, entry_bytes, parse_entry, verify_export
 from veilgate.errors import ProofInvalid
 from veilgate.merkle import leaf_hash, root_from_leaf_hashes
 from veilgate_server.audit import checkpoint_body
@@ -129,3 +129,31 @@ def test_arbitrary_lines_only_ever_raise_proof_invalid(lines: list[str]) -> None
     entries = _entries(3)
     with pytest.raises(ProofInvalid):
         verify_export([*lines, *_lines(entries)] if lines else ["x"], _checkpoint(entries), VERIFIER)
+
+
+@pytest.mark.parametrize("kind", ["citizen", "institution", "department", "public", "operator"])
+def test_every_caller_kind_of_the_contract_parses_back_to_the_same_bytes(kind: str) -> None:
+    entry = AuditEntry(
+        time="2026-11-27T00:00:00.000Z",
+        method="veilgate erase" if kind == "operator" else "/veilgate.v1.CitizenService/GetMyData",
+        caller_kind=kind,
+        caller_id=None,
+        code="OK",
+        reason="",
+        request="AAAA",
+    )
+    assert parse_entry(entry_bytes(entry)) == entry
+
+
+def test_a_caller_kind_outside_the_contract_is_refused() -> None:
+    entry = AuditEntry(
+        time="2026-11-27T00:00:00.000Z",
+        method="m",
+        caller_kind="root",
+        caller_id=None,
+        code="OK",
+        reason="",
+        request="A",
+    )
+    with pytest.raises(ProofInvalid, match="caller is malformed"):
+        parse_entry(entry_bytes(entry))
