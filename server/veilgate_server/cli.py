@@ -903,9 +903,7 @@ def _print_serving(
     print(f"{len(gateway.policies)} reviewed policies: {', '.join(sorted(gateway.policies))}")
     print(f"gateway signing key {gateway.signer.key_id}; public keys in {settings.public_keys_path}")
     print(f"store: {_shown_url(settings.store_url)}")
-    print(
-        f"records sealed at rest under records key {settings.load_records_key().key_id} ({settings.records_key_path})"
-    )
+    print(f"records sealed at rest under records key {gateway.store.records.key_id} ({settings.records_key_path})")
     sys.stdout.flush()
 
 

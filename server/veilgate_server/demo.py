@@ -122,12 +122,12 @@ def _demo_citizen(store: Store) -> tuple[str, dict[str, str]]:
     raise InternalError("no seeded citizen has an inpatient stay; seed more citizens")
 
 
-def _sealed_at_rest(settings: Settings, store: Store, citizen_id: str) -> str:
+def _sealed_at_rest(store: Store, citizen_id: str) -> str:
     """Say how records are kept, and on SQLite check it: none of the demo citizen's values (those
     long enough not to occur by chance) is anywhere in the database's files in the clear."""
     said = (
         "   Values are sealed at rest: AES-256-GCM under a data key per citizen, wrapped by records key "
-        f"{settings.load_records_key().key_id}"
+        f"{store.records.key_id}"
     )
     database = store.engine.url.database
     if store.engine.dialect.name != "sqlite" or database is None:
@@ -169,7 +169,7 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
             f"in {time.perf_counter() - t0:.2f} s (seed {seed})."
         )
     citizen_id, claim = _demo_citizen(store)
-    _say(_sealed_at_rest(settings, store, citizen_id))
+    _say(_sealed_at_rest(store, citizen_id))
 
     signer = settings.load_signer()
     now = datetime.now(UTC)

@@ -314,7 +314,7 @@ def test_records_sealed_under_another_records_key_are_an_internal_error_the_oper
     [line] = [r for r in caplog.records if r.levelno == logging.ERROR and "GetMyData -> INTERNAL" in r.getMessage()]
     assert line.getMessage().endswith(
         "could not read records: sealed under records key ffffffffffffffff, and this gateway holds "
-        f"{gateway_harness.store.records._records_key().key_id}"
+        f"{gateway_harness.store.records.key_id}"
     )
 
 

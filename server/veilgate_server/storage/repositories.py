@@ -576,6 +576,11 @@ class RecordStore:
         bind = sessions.kw.get("bind")
         self._dialect = bind.dialect.name if isinstance(bind, Engine) else ""
 
+    @property
+    def key_id(self) -> str | None:
+        """The id of the records key this store seals and opens with; None when it has none."""
+        return self._key.key_id if self._key is not None else None
+
     def _records_key(self) -> RecordsKey:
         if self._key is None:
             raise ConfigurationError("this store was opened without the records key; records cannot be read or written")
@@ -778,15 +783,10 @@ class RecordStore:
                 last = rows[-1][0]
         return rewrapped
 
-    def erase(self, citizen_id: str) -> int:
-        """:meth:`erase_in` in a transaction of its own (tools, tests). ``veilgate erase`` erases in
-        the transaction of the log entry that records the erasure instead."""
-        with storage_errors("erase records"), write_connection(self._sessions) as connection:
-            return self.erase_in(connection, citizen_id)
-
     @staticmethod
     def erase_in(connection: Connection, citizen_id: str) -> int:
-        """Crypto-shred a citizen's records in the caller's write transaction: destroy their data key
+        """Crypto-shred a citizen's records in the caller's write transaction (``veilgate erase``: that of
+        the log entry recording it, :func:`~veilgate_server.admin.erase_records`): destroy their data key
         and delete their sealed values; returns how many records were deleted. The audit log keeps
         its entries, which hold no record value, and stays verifiable. A department's next push for
         the citizen starts under a new data key.
