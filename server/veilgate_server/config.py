@@ -40,6 +40,7 @@ from veilgate_server.core.policy import Policy, load_policies
 from veilgate_server.crypto import GatewaySigner
 from veilgate_server.crypto.keys import (
     load_retired_keys,
+    replace_durably,
     rotate_gateway_key,
     warn_if_others_can_read,
     write_private_file,
@@ -228,12 +229,7 @@ class Settings:
         finally:
             store.close()
         try:
-            os.replace(self.next_records_key_path, self.records_key_path)
-            directory = os.open(self.records_key_path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            replace_durably(self.next_records_key_path, self.records_key_path)
         except OSError as e:
             raise ConfigurationError(
                 f"the data keys are rewrapped, but {self.next_records_key_path} could not replace "

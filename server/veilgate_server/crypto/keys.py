@@ -33,6 +33,7 @@ __all__ = [
     "GatewaySigner",
     "RetiredKey",
     "load_retired_keys",
+    "replace_durably",
     "rotate_gateway_key",
     "warn_if_others_can_read",
     "write_private_file",
@@ -67,6 +68,17 @@ def write_private_file(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def replace_durably(source: Path, target: Path) -> None:
+    """Rename ``source`` over ``target`` and fsync their directory, so that the rename itself
+    survives a power cut (a key file is replaced only once what depends on it is committed)."""
+    os.replace(source, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 class GatewaySigner:
@@ -155,7 +167,7 @@ def _write_retired_keys(path: Path, keys: Sequence[RetiredKey]) -> None:
     staged.write_text(json.dumps(doc, indent=2) + "\n")
     with staged.open("rb") as f:
         os.fsync(f.fileno())
-    os.replace(staged, path)
+    replace_durably(staged, path)
 
 
 def rotate_gateway_key(path: Path, retired_path: Path, *, now: dt.datetime) -> tuple[GatewaySigner, str]:
@@ -175,7 +187,7 @@ def rotate_gateway_key(path: Path, retired_path: Path, *, now: dt.datetime) -> t
         write_private_file(staged, pem)
         stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         _write_retired_keys(retired_path, [RetiredKey(old.key_id, old.public_key, stamp), *old.retired])
-        os.replace(staged, path)  # the old private key is gone from here on
+        replace_durably(staged, path)  # the old private key is gone from here on
     except OSError as e:
         raise ConfigurationError(f"cannot rotate the gateway signing key in {path.parent}: {e.strerror}") from e
     return GatewaySigner.load_or_create(path, load_retired_keys(retired_path)), old.key_id

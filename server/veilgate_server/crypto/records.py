@@ -34,9 +34,9 @@ import base64
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from veilgate.errors import ConfigurationError, InternalError
 from veilgate_server.crypto.keys import warn_if_others_can_read, write_private_file
 
-__all__ = ["WRAPPED_DATA_KEY_LENGTH", "CitizenDataKey", "RecordsKey", "RecordsKeyError"]
+__all__ = ["WRAPPED_DATA_KEY_LENGTH", "CitizenDataKey", "RecordsKey", "RecordsKeyError", "RecordsKeySource"]
 
 _VERSION: Final = b"\x01"
 _NONCE: Final = 12
@@ -169,3 +169,8 @@ class RecordsKey:
             raise RecordsKeyError(
                 "could not read records: a stored data key does not open with this records key"
             ) from None
+
+
+RecordsKeySource: TypeAlias = RecordsKey | Callable[[], RecordsKey]
+"""A records key, or a function that gives it (one that makes the key file on first use), for the
+store to ask for only when it needs it."""

@@ -23,7 +23,7 @@ The schema is owned by Alembic (``migrations/``). The gateway never creates tabl
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -40,7 +40,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from veilgate.errors import ConfigurationError, StorageError
-from veilgate_server.crypto.records import RecordsKey
+from veilgate_server.crypto.records import RecordsKeySource
 
 __all__ = [
     "SINGLE_STATEMENT_READ",
@@ -156,7 +156,7 @@ def _configure_sqlite(engine: Engine, database: str) -> None:
         # WAL mode it reads one consistent snapshot. Skipping BEGIN saves a round trip per read.
 
 
-def _alembic_config(connection: Connection, records_key: RecordsKey | Callable[[], RecordsKey] | None = None) -> Config:
+def _alembic_config(connection: Connection, records_key: RecordsKeySource | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS_DIR))
     config.attributes["connection"] = connection
@@ -189,7 +189,7 @@ def _wrapped(action: str) -> Iterator[None]:
         raise storage_error(action, e) from e
 
 
-def upgrade_schema(engine: Engine, *, records_key: RecordsKey | Callable[[], RecordsKey] | None = None) -> None:
+def upgrade_schema(engine: Engine, *, records_key: RecordsKeySource | None = None) -> None:
     """Bring the database to the newest schema revision; a no-op when it is already there.
     ``records_key`` (or a function that gives it): needed only to seal records a database held in
     the clear before revision 0008, and asked for only then.

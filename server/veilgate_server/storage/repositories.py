@@ -26,7 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, fields
 from itertools import islice
 from operator import attrgetter, itemgetter
@@ -52,7 +52,7 @@ from veilgate.errors import (
     TokenReplayed,
 )
 from veilgate_server.core.identity import check_caller_id
-from veilgate_server.crypto.records import CitizenDataKey, RecordsKey, RecordsKeyError
+from veilgate_server.crypto.records import CitizenDataKey, RecordsKey, RecordsKeyError, RecordsKeySource
 
 from ._session import (
     DriverSql,
@@ -1250,9 +1250,7 @@ class Store:
         self.log = AuditLog(self._sessions)
 
     @classmethod
-    def open(
-        cls, url: str, *, migrate: bool = True, records_key: RecordsKey | Callable[[], RecordsKey] | None = None
-    ) -> Self:
+    def open(cls, url: str, *, migrate: bool = True, records_key: RecordsKeySource | None = None) -> Self:
         """Connect to ``url``; migrate the schema to the newest revision, or check that it is there.
         ``records_key`` seals and opens records (see :class:`RecordStore`); without it the store
         serves everything but records. Given as a function (one that makes the key file on first
