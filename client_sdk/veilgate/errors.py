@@ -34,12 +34,16 @@ __all__ = [
     "ConsentUnknown",
     "ConsentWrongInstitution",
     "DeliveryInvalid",
+    "DepartmentAlreadyRegistered",
+    "DepartmentDisabled",
+    "DepartmentNotRegistered",
     "DepartmentUnknown",
     "GatewayUnavailable",
     "InstitutionAlreadyRegistered",
     "InstitutionDisabled",
     "InstitutionUnknown",
     "InternalError",
+    "ItemNotOwned",
     "ItemUnknown",
     "MethodUnknown",
     "PeerIdentityInvalid",
@@ -47,6 +51,7 @@ __all__ = [
     "PolicyParameterInvalid",
     "PolicyUnknown",
     "ProofInvalid",
+    "RecordValueInvalid",
     "RequestIdReused",
     "RequestInvalid",
     "RequestMalformed",
@@ -211,6 +216,13 @@ class DepartmentUnknown(RequestInvalid):
     reason = "DEPARTMENT_UNKNOWN"
 
 
+class RecordValueInvalid(RequestInvalid):
+    """A record value does not have the shape its catalog item declares; the message names the
+    record, item, row and field, never the value."""
+
+    reason = "RECORD_VALUE_INVALID"
+
+
 # --- institutions and consents ---------------------------------------------------------------------
 
 
@@ -236,6 +248,26 @@ class InstitutionAlreadyRegistered(VeilgateError):
 
 class InstitutionDisabled(VeilgateError):
     reason = "INSTITUTION_DISABLED"
+
+
+class DepartmentNotRegistered(VeilgateError):
+    """The calling department's certificate is valid, but the operator has not registered it."""
+
+    reason = "DEPARTMENT_NOT_REGISTERED"
+
+
+class DepartmentAlreadyRegistered(VeilgateError):
+    reason = "DEPARTMENT_ALREADY_REGISTERED"
+
+
+class DepartmentDisabled(VeilgateError):
+    reason = "DEPARTMENT_DISABLED"
+
+
+class ItemNotOwned(VeilgateError):
+    """A department pushed a record of an item that another department owns in the catalog."""
+
+    reason = "ITEM_NOT_OWNED"
 
 
 class ConsentError(VeilgateError):

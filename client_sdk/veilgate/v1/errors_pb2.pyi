@@ -64,6 +64,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The request bytes are not a valid protobuf message of the method's request type. INVALID_ARGUMENT."""
     METHOD_UNKNOWN: _ErrorReason.ValueType  # 36
     """No such method on this gateway. UNIMPLEMENTED."""
+    ITEM_NOT_OWNED: _ErrorReason.ValueType  # 37
+    """A pushed record names a catalog item that another department owns. PERMISSION_DENIED."""
     ITEM_UNKNOWN: _ErrorReason.ValueType  # 32
     """A named data item is not in the catalog. INVALID_ARGUMENT."""
     DEPARTMENT_UNKNOWN: _ErrorReason.ValueType  # 33
@@ -78,6 +80,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """(operator) The institution id is registered already."""
     INSTITUTION_DISABLED: _ErrorReason.ValueType  # 53
     """The calling institution is disabled by the operator. PERMISSION_DENIED."""
+    DEPARTMENT_NOT_REGISTERED: _ErrorReason.ValueType  # 54
+    """The calling department is not registered. PERMISSION_DENIED."""
+    DEPARTMENT_ALREADY_REGISTERED: _ErrorReason.ValueType  # 55
+    """(operator) The department id is registered already."""
+    DEPARTMENT_DISABLED: _ErrorReason.ValueType  # 56
+    """The calling department is disabled by the operator. PERMISSION_DENIED."""
     CONSENT_INVALID: _ErrorReason.ValueType  # 60
     """The consent does not allow this evaluation (family reason). PERMISSION_DENIED."""
     CONSENT_UNKNOWN: _ErrorReason.ValueType  # 61
@@ -168,6 +176,8 @@ REQUEST_MALFORMED: ErrorReason.ValueType  # 35
 """The request bytes are not a valid protobuf message of the method's request type. INVALID_ARGUMENT."""
 METHOD_UNKNOWN: ErrorReason.ValueType  # 36
 """No such method on this gateway. UNIMPLEMENTED."""
+ITEM_NOT_OWNED: ErrorReason.ValueType  # 37
+"""A pushed record names a catalog item that another department owns. PERMISSION_DENIED."""
 ITEM_UNKNOWN: ErrorReason.ValueType  # 32
 """A named data item is not in the catalog. INVALID_ARGUMENT."""
 DEPARTMENT_UNKNOWN: ErrorReason.ValueType  # 33
@@ -182,6 +192,12 @@ INSTITUTION_ALREADY_REGISTERED: ErrorReason.ValueType  # 52
 """(operator) The institution id is registered already."""
 INSTITUTION_DISABLED: ErrorReason.ValueType  # 53
 """The calling institution is disabled by the operator. PERMISSION_DENIED."""
+DEPARTMENT_NOT_REGISTERED: ErrorReason.ValueType  # 54
+"""The calling department is not registered. PERMISSION_DENIED."""
+DEPARTMENT_ALREADY_REGISTERED: ErrorReason.ValueType  # 55
+"""(operator) The department id is registered already."""
+DEPARTMENT_DISABLED: ErrorReason.ValueType  # 56
+"""The calling department is disabled by the operator. PERMISSION_DENIED."""
 CONSENT_INVALID: ErrorReason.ValueType  # 60
 """The consent does not allow this evaluation (family reason). PERMISSION_DENIED."""
 CONSENT_UNKNOWN: ErrorReason.ValueType  # 61
