@@ -471,6 +471,7 @@ def test_schema_lives_where_the_url_points(store: Store, db_backend: str) -> Non
         "citizen_log_keys",
         "citizens",
         "consents",
+        "departments",
         "evaluations",
         "institutions",
         "log_checkpoints",
@@ -490,7 +491,7 @@ def test_check_schema_on_an_empty_database(database_url: str) -> None:
 
     engine = create_engine_for(database_url)
     try:
-        with pytest.raises(StorageError, match=r"revision <none>, expected 0008"):
+        with pytest.raises(StorageError, match=r"revision <none>, expected \d{4}"):
             check_schema(engine)
         upgrade_schema(engine)
         check_schema(engine)

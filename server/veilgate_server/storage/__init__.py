@@ -1,8 +1,8 @@
 """The gateway's store: SQLite (embedded default) or PostgreSQL, behind a few repositories.
 
 Open it with :meth:`Store.open`; reach the data only through ``store.citizens``,
-``store.records``, ``store.requests``, ``store.institutions``, ``store.consents`` and ``store.log``
-(the audit log; :class:`LogWriter` puts group commit in front of it). The schema is
+``store.records``, ``store.requests``, ``store.institutions``, ``store.departments``,
+``store.consents`` and ``store.log`` (the audit log; :class:`LogWriter` puts group commit in front of it). The schema is
 managed by Alembic revisions shipped in ``migrations/`` (:func:`upgrade_schema`, :func:`check_schema`).
 """
 
@@ -24,12 +24,15 @@ from .repositories import (
     CitizenRegistry,
     ConsentLedger,
     ConsentRow,
+    Department,
+    DepartmentRegistry,
     EvaluationRow,
     Institution,
     InstitutionRegistry,
     RecordStore,
     RegisteredConsent,
     RequestLedger,
+    SealedPush,
     Store,
     StoredRecord,
 )
@@ -43,6 +46,8 @@ __all__ = [
     "CitizenRegistry",
     "ConsentLedger",
     "ConsentRow",
+    "Department",
+    "DepartmentRegistry",
     "EvaluationRow",
     "Institution",
     "InstitutionRegistry",
@@ -51,6 +56,7 @@ __all__ = [
     "RecordStore",
     "RegisteredConsent",
     "RequestLedger",
+    "SealedPush",
     "StateChange",
     "Store",
     "StoreHealth",

@@ -43,6 +43,7 @@ __all__ = [
     "Evaluation",
     "Record",
     "RecordKey",
+    "RegisteredDepartment",
     "RegisteredInstitution",
     "UTCDateTime",
     "UsedRequestToken",
@@ -187,6 +188,21 @@ class RegisteredInstitution(Base):
     institution_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(200))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    certificate_serial: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+
+
+class RegisteredDepartment(Base):
+    """A department (a data source in the catalog) the operator registered; it authenticates with a
+    client certificate and pushes the records of the items the catalog says it owns.
+
+    ``certificate_serial`` is the hex serial of the last client certificate issued to it, for the
+    operator's records, as for institutions."""
+
+    __tablename__ = "departments"
+
+    department_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     certificate_serial: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)

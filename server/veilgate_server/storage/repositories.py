@@ -26,7 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import islice
 from operator import attrgetter, itemgetter
@@ -46,6 +46,8 @@ from veilgate.errors import (
     ConsentRevoked,
     ConsentUnknown,
     ConsentWrongInstitution,
+    DepartmentAlreadyRegistered,
+    DepartmentNotRegistered,
     InstitutionAlreadyRegistered,
     InstitutionUnknown,
     StorageError,
@@ -59,8 +61,10 @@ from ._session import (
     StateChange,
     bind_instant,
     close_kept_connections,
+    driver_cursor,
     insert_unique,
     read_driver_rows,
+    read_rows,
     sqlite_writer_lock,
     storage_errors,
     write_connection,
@@ -76,6 +80,7 @@ from .models import (
     Evaluation,
     Record,
     RecordKey,
+    RegisteredDepartment,
     RegisteredInstitution,
 )
 
@@ -84,12 +89,15 @@ __all__ = [
     "CitizenRegistry",
     "ConsentLedger",
     "ConsentRow",
+    "Department",
+    "DepartmentRegistry",
     "EvaluationRow",
     "Institution",
     "InstitutionRegistry",
     "RecordStore",
     "RegisteredConsent",
     "RequestLedger",
+    "SealedPush",
     "Store",
     "StoredRecord",
 ]
@@ -125,6 +133,30 @@ class Institution:
     institution_id: str
     kind: str
     name: str
+    enabled: bool
+    registered_at: dt.datetime
+    certificate_serial: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SealedPush:
+    """A department's records with their values sealed, ready for :meth:`RecordStore.push_in`:
+    ``wrapped`` holds each citizen's data key, wrapped, that the values were sealed under (read
+    from the store, or made for a citizen new to it, and stored by ``push_in``)."""
+
+    records: tuple[StoredRecord, ...]
+    sealed: tuple[bytes, ...]
+    wrapped: Mapping[str, bytes]
+    key_id: str
+    made_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Department:
+    """A registered department (a data source of the catalog). ``certificate_serial`` is the hex
+    serial of its latest client certificate, or None before one is issued."""
+
+    department_id: str
     enabled: bool
     registered_at: dt.datetime
     certificate_serial: str | None
@@ -192,6 +224,7 @@ def _driver_select(model: Any, where: str) -> DriverSql:
 # through SQLAlchemy's execution.
 _READ_CITIZEN = _driver_select(Citizen, "citizen_id = :citizen_id")
 _READ_INSTITUTION = _driver_select(RegisteredInstitution, "institution_id = :institution_id")
+_READ_DEPARTMENT = _driver_select(RegisteredDepartment, "department_id = :department_id")
 _READ_CONSENT = _driver_select(Consent, "consent_id = :consent_id")
 _READ_EVALUATION = _driver_select(Evaluation, "institution_id = :institution_id AND request_id = :request_id")
 _READ_CONSENT_WITH_ENROLLED_KEY = DriverSql(
@@ -429,6 +462,15 @@ def _institution(row: RegisteredInstitution | Row[Any]) -> Institution:
     )
 
 
+def _department(row: RegisteredDepartment | Row[Any]) -> Department:
+    return Department(
+        department_id=row.department_id,
+        enabled=bool(row.enabled),
+        registered_at=_utc(row.registered_at),
+        certificate_serial=row.certificate_serial,
+    )
+
+
 def _policies_json(policies: Sequence[tuple[str, str]]) -> str:
     if not policies:
         raise ValueError("a consent must pin at least one policy")
@@ -562,6 +604,32 @@ class CitizenRegistry:
             return session.scalar(select(func.count()).select_from(Citizen)) or 0
 
 
+_INSERT_DATA_KEY: Final = {
+    postgres: (
+        "INSERT INTO record_keys (citizen_id, records_key_id, wrapped_key, created_at) "
+        + ("VALUES (%s, %s, %s, %s)" if postgres else "VALUES (?, ?, ?, ?)")
+        + " ON CONFLICT (citizen_id) DO NOTHING"
+    )
+    for postgres in (False, True)
+}
+_PUSH_ROWS: Final = 1000
+"""Rows one push statement writes at most: 5,000 parameters, within every backend's limit."""
+
+
+def _push_statement(rows: int, *, postgres: bool) -> str:
+    """An upsert of ``rows`` records in one statement that replaces a stored record only with one
+    of the same or a later date, and returns the key of every row it wrote."""
+    mark = "%s" if postgres else "?"
+    row = "(" + ", ".join([mark] * 5) + ")"
+    return (
+        "INSERT INTO records (citizen_id, item_id, department, as_of, value_sealed) VALUES "  # noqa: S608
+        + ", ".join([row] * rows)
+        + " ON CONFLICT (citizen_id, item_id) DO UPDATE SET department = excluded.department,"
+        " as_of = excluded.as_of, value_sealed = excluded.value_sealed"
+        " WHERE records.as_of <= excluded.as_of RETURNING citizen_id, item_id"
+    )
+
+
 class RecordStore:
     """Records pushed by departments, one per ``(citizen_id, item_id)``, their values sealed at rest.
 
@@ -640,9 +708,96 @@ class RecordStore:
                     }
                     for r in latest.values()
                 ]
-                connection.execute(self._upsert(session), rows)
+                connection.execute(self._upsert(connection.dialect.name), rows)
             written += len(batch)
         return written
+
+    def seal_push(self, records: Sequence[StoredRecord], *, now: dt.datetime) -> SealedPush:
+        """A department's pushed ``records`` sealed for :meth:`push_in`, outside any write: each
+        citizen's data key is read (or, for a citizen new to the store, made) and every value sealed
+        under it here, so that the write holds the log's transaction only to store them. ``now``:
+        when a new citizen's data key is made. ``records`` must hold at most one record per
+        ``(citizen_id, item_id)``."""
+        key = self._records_key()
+        for record in records:
+            _check_record(record)
+        if len({(r.citizen_id, r.item_id) for r in records}) != len(records):
+            raise ValueError("a push holds at most one record per citizen and item")
+        table = RecordKey.__table__
+        assert isinstance(table, Table)
+        citizens = sorted({r.citizen_id for r in records})
+        statement = select(table.c.citizen_id, table.c.records_key_id, table.c.wrapped_key).where(
+            table.c.citizen_id.in_(citizens)
+        )
+        with storage_errors("read the data keys"):
+            stored = {row.citizen_id: row for row in read_rows(self._sessions, statement)}
+        data_keys: dict[str, CitizenDataKey] = {}
+        wrapped: dict[str, bytes] = {}
+        for citizen in citizens:
+            row = stored.get(citizen)
+            if row is None:
+                data_keys[citizen], wrapped[citizen] = key.new_data_key(citizen)
+            else:
+                data_keys[citizen] = _unwrap(key, citizen, row.records_key_id, row.wrapped_key)
+                wrapped[citizen] = row.wrapped_key
+        sealed = tuple(
+            data_keys[r.citizen_id].seal(r.item_id, r.department, r.as_of.isoformat(), r.value_json) for r in records
+        )
+        return SealedPush(tuple(records), sealed, wrapped, key.key_id, now)
+
+    def push_in(self, connection: Connection, push: SealedPush) -> list[int]:
+        """Store a sealed push (:meth:`seal_push`) in ``connection``'s transaction (the one that
+        appends the push's log entry); returns the indexes of the records not applied because a
+        newer ``as_of`` is stored for their citizen and item. A record with the same or a newer
+        ``as_of`` replaces the stored one, so pushing a batch again is harmless, and a delayed
+        retry of an older batch cannot undo a newer one.
+
+        The data keys the values were sealed under are stored if they are not (a citizen new to
+        the store), and read back: where another write got there first (another push's first
+        record of the same citizen, on another gateway), that citizen's values are sealed again
+        here under the key that was stored. One statement then writes every record and names
+        those it wrote (an upsert whose update is conditional on the date, with ``RETURNING``), so
+        the date is compared where it is written, whatever another gateway writes meanwhile.
+
+        All or nothing: on any failure, what it wrote is rolled back (to a savepoint) and the
+        error is raised, so the transaction can still log the refusal."""
+        key = self._records_key()
+        records, sealed = push.records, list(push.sealed)
+        if not records:
+            return []
+        postgres = connection.dialect.name == "postgresql"
+        citizens = sorted(push.wrapped)
+        written: set[tuple[str, str]] = set()
+        with connection.begin_nested(), driver_cursor(connection) as cursor:
+            made = bind_instant(connection.dialect, push.made_at)
+            cursor.executemany(_INSERT_DATA_KEY[postgres], [(c, push.key_id, push.wrapped[c], made) for c in citizens])
+            mark = "%s" if postgres else "?"
+            cursor.execute(
+                f"SELECT citizen_id, records_key_id, wrapped_key FROM record_keys "  # noqa: S608
+                f"WHERE citizen_id IN ({', '.join([mark] * len(citizens))})",
+                citizens,
+            )
+            for citizen, key_id, stored in cursor.fetchall():
+                if bytes(stored) != push.wrapped[citizen]:  # another write stored theirs first
+                    data_key = _unwrap(key, citizen, key_id, bytes(stored))
+                    for i, r in enumerate(records):
+                        if r.citizen_id == citizen:
+                            sealed[i] = data_key.seal(r.item_id, r.department, r.as_of.isoformat(), r.value_json)
+            for start in range(0, len(records), _PUSH_ROWS):
+                values: list[Any] = []
+                for r, value in zip(
+                    records[start : start + _PUSH_ROWS], sealed[start : start + _PUSH_ROWS], strict=True
+                ):
+                    values += (
+                        r.citizen_id,
+                        r.item_id,
+                        r.department,
+                        r.as_of if postgres else r.as_of.isoformat(),
+                        value,
+                    )
+                cursor.execute(_push_statement(len(values) // 5, postgres=postgres), values)
+                written.update(map(tuple, cursor.fetchall()))
+        return [i for i, r in enumerate(records) if (r.citizen_id, r.item_id) not in written]
 
     @staticmethod
     def _data_keys(
@@ -674,10 +829,10 @@ class RecordStore:
         return {citizen: _unwrap(key, citizen, row.records_key_id, row.wrapped_key) for citizen, row in stored.items()}
 
     @staticmethod
-    def _upsert(session: Session) -> Any:
+    def _upsert(dialect: str) -> Any:
+        """Insert records, replacing a stored one for the same citizen and item."""
         table = Record.__table__
         assert isinstance(table, Table)
-        dialect = session.get_bind().dialect.name
         if dialect not in ("sqlite", "postgresql"):
             raise StorageError(f"record upsert is not implemented for the {dialect} backend")
         insert = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
@@ -1236,6 +1391,62 @@ class ConsentLedger:
             return [_evaluation(row) for row in session.scalars(statement)]
 
 
+class DepartmentRegistry:
+    """Departments registered by the operator to push records, and the serial of their latest
+    certificate. Which items a department owns is the catalog's to say, not this registry's."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def register(self, department_id: str, *, at: dt.datetime, certificate_serial: str | None = None) -> Department:
+        """Register an enabled department; :class:`DepartmentAlreadyRegistered` if it is already.
+        ``department_id`` must match ``[a-z0-9][a-z0-9._-]{0,63}`` (it becomes part of a SPIFFE ID);
+        anything else is a ValueError."""
+        check_caller_id(department_id)
+        _require_aware(at, "at")
+        if certificate_serial is not None:
+            _require_serial(certificate_serial, "certificate_serial")
+        row = RegisteredDepartment(
+            department_id=department_id, enabled=True, registered_at=at, certificate_serial=certificate_serial
+        )
+        return insert_unique(
+            self._sessions,
+            row,
+            _department,
+            action="register the department",
+            exists=DepartmentAlreadyRegistered("department is already registered"),
+        )
+
+    def get(self, department_id: str) -> Department:
+        """The department; :class:`DepartmentNotRegistered` if it was never registered."""
+        with storage_errors("read the department"):
+            rows = read_driver_rows(self._sessions, _READ_DEPARTMENT, {"department_id": department_id})
+        if not rows:
+            raise DepartmentNotRegistered("department is not registered")
+        return _department(rows[0])
+
+    def set_enabled(self, department_id: str, enabled: bool) -> Department:
+        """Enable or disable the department (idempotent); :class:`DepartmentNotRegistered` if unknown."""
+        statement = (
+            update(RegisteredDepartment)
+            .where(RegisteredDepartment.department_id == department_id)
+            .values(enabled=enabled)
+            .returning(RegisteredDepartment)
+        )
+        with storage_errors("update the department"), write_session(self._sessions) as session:
+            row = session.scalars(statement).one_or_none()
+            department = None if row is None else _department(row)
+        if department is None:
+            raise DepartmentNotRegistered("department is not registered")
+        return department
+
+    def list(self) -> builtins.list[Department]:
+        """Every registered department, by id."""
+        statement = select(RegisteredDepartment).order_by(RegisteredDepartment.department_id)
+        with storage_errors("list departments"), self._sessions() as session:
+            return [_department(row) for row in session.scalars(statement)]
+
+
 class Store:
     """Everything the gateway keeps, reached only through its repositories."""
 
@@ -1246,6 +1457,7 @@ class Store:
         self.records = RecordStore(self._sessions, records_key)
         self.requests = RequestLedger(self._sessions)
         self.institutions = InstitutionRegistry(self._sessions)
+        self.departments = DepartmentRegistry(self._sessions)
         self.consents = ConsentLedger(self._sessions)
         self.log = AuditLog(self._sessions)
 
