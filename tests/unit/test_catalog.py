@@ -675,3 +675,26 @@ def test_value_never_appears_in_the_error_for_any_text(kind: str, value: str) ->
             message = str(e)
         assert value not in message
         assert str(candidate) not in message
+
+
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**65), max_value=2**65)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40)
+    | st.text(alphabet="0123456789.-", max_size=40)
+    | st.dates().map(lambda d: d.isoformat())
+    | st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", fullmatch=True)
+    | st.text(alphabet="\ud800x", min_size=1, max_size=3)  # lone surrogates, as a JSON escape decodes them
+    | st.sampled_from(["a", "b", "1000" * 251, "x" * 1001])
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=_JSON_SCALARS, value_type=st.sampled_from(["int", "bool", "decimal", "date", "enum", "string"]))
+def test_the_quick_scalar_check_agrees_with_the_worded_one(value: object, value_type: str) -> None:
+    """validate_value checks every value quickly and words only a failure: the two must agree."""
+    values = ("a", "b")
+    quick = catalog_module._SCALAR_OK[value_type](value, values)
+    assert quick == (catalog_module._scalar_problem(value_type, values, value) is None)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -41,7 +41,7 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from veilgate.errors import CatalogError, ConfigurationError, DepartmentUnknown, ItemUnknown, RequestInvalid
+from veilgate.errors import CatalogError, ConfigurationError, DepartmentUnknown, ItemUnknown, RecordValueInvalid
 
 __all__ = [
     "CATALOG_VERSION",
@@ -86,13 +86,11 @@ _DECIMAL: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]{1,4})?")
 _DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
-class CatalogValueError(RequestInvalid):
+class CatalogValueError(RecordValueInvalid):
     """A record value does not have the shape its catalog item declares.
 
     The message names the item, row and field, never the value itself.
     """
-
-    reason = "RECORD_VALUE_INVALID"
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,15 +558,17 @@ def _parse_fields(check: _Checker, entry: _Map, where: str) -> tuple[FieldSpec, 
 def validate_value(item: CatalogItem, value: object) -> None:
     """Check a JSON-decoded value against its item's declared type; raise, never return a verdict."""
     if item.type != "records":
-        problem = _scalar_problem(item.type, item.values, value)
-        if problem is not None:
-            raise CatalogValueError(f"data item {item.id!r}: {problem}")
+        if not _SCALAR_OK[item.type](value, item.values):
+            raise CatalogValueError(f"data item {item.id!r}: {_scalar_problem(item.type, item.values, value)}")
         return
     if type(value) is not list:
         raise CatalogValueError(f"data item {item.id!r}: expected a list of rows")
     if len(value) > MAX_RECORD_ROWS:
         raise CatalogValueError(f"data item {item.id!r}: more than {MAX_RECORD_ROWS} rows")
     names = {spec.name for spec in item.fields}
+    # A department's push checks every row of every history it sends: the quick test per field
+    # first, and the worded one only for a value that fails it.
+    checks = [(spec.name, _SCALAR_OK[spec.type], spec.values) for spec in item.fields]
     for row_index, row in enumerate(value):
         if type(row) is not dict:
             raise CatalogValueError(f"data item {item.id!r} row {row_index}: expected an object")
@@ -579,10 +579,44 @@ def validate_value(item: CatalogItem, value: object) -> None:
             # Undeclared keys are counted, not named: a key could itself carry personal data.
             extra = len(row) - len(names)
             raise CatalogValueError(f"data item {item.id!r} row {row_index}: {extra} undeclared field(s)")
-        for spec in item.fields:
-            problem = _scalar_problem(spec.type, spec.values, row[spec.name])
-            if problem is not None:
-                raise CatalogValueError(f"data item {item.id!r} row {row_index} field {spec.name!r}: {problem}")
+        for name, ok, values in checks:
+            if not ok(row[name], values):
+                spec = next(spec for spec in item.fields if spec.name == name)
+                problem = _scalar_problem(spec.type, spec.values, row[name])
+                raise CatalogValueError(f"data item {item.id!r} row {row_index} field {name!r}: {problem}")
+
+
+def _is_date(value: object) -> bool:
+    if type(value) is not str or _DATE.fullmatch(value) is None:
+        return False
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_text(value: object) -> bool:
+    if type(value) is not str or len(value) > MAX_STRING_LENGTH:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+_SCALAR_OK: Final[dict[str, Callable[[object, tuple[str, ...]], bool]]] = {
+    "int": lambda v, _: type(v) is int and _INT_MIN <= v <= _INT_MAX,
+    "bool": lambda v, _: type(v) is bool,
+    "decimal": lambda v, _: type(v) is str and len(v) <= _MAX_DECIMAL_LENGTH and _DECIMAL.fullmatch(v) is not None,
+    "date": lambda v, _: _is_date(v),
+    "enum": lambda v, values: type(v) is str and v in values,
+    "string": lambda v, _: _is_text(v),
+}
+"""Whether a scalar value is valid for its type, quickly; :func:`_scalar_problem` says why it is not."""
 
 
 def _scalar_problem(value_type: str, values: tuple[str, ...], value: object) -> str | None:
