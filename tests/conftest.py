@@ -41,7 +41,7 @@ from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 
-from veilgate import AuditClient, CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
+from veilgate import AuditClient, CitizenClient, CitizenWallet, DepartmentClient, InstitutionClient, PolicyPin
 from veilgate_server.admin import seed_population
 from veilgate_server.config import default_policies_dir
 from veilgate_server.core.catalog import Catalog, load_catalog
@@ -187,6 +187,13 @@ class InstitutionCredentials:
     private_key_pem: bytes
 
 
+@dataclass(frozen=True)
+class DepartmentCredentials:
+    department_id: str
+    certificate_pem: bytes
+    private_key_pem: bytes
+
+
 @dataclass
 class GatewayHarness:
     """A running gateway over TLS with a test CA, on a real store, seeded with a small population."""
@@ -229,6 +236,23 @@ class GatewayHarness:
             private_key=credentials.private_key_pem,
             root_certificates=self.ca_pem,
             institution_id=credentials.institution_id,
+            **kw,
+        )
+
+    def register_department(self, department_id: str) -> DepartmentCredentials:
+        """Register a department and issue its client certificate from the test institution CA."""
+        cert, key, serial = self.institution_ca.issue_client_certificate(
+            department_id, kind="department", now=datetime.now(UTC)
+        )
+        self.store.departments.register(department_id, at=datetime.now(UTC), certificate_serial=serial)
+        return DepartmentCredentials(department_id, cert, key)
+
+    def department_client(self, credentials: DepartmentCredentials, **kw: Any) -> DepartmentClient:
+        return DepartmentClient(
+            self.mtls_target,
+            certificate_chain=credentials.certificate_pem,
+            private_key=credentials.private_key_pem,
+            root_certificates=self.ca_pem,
             **kw,
         )
 

@@ -3,6 +3,7 @@
 Citizens: :class:`CitizenWallet` holds the keys, :class:`CitizenClient` fetches sealed, signed
 records and grants, lists and revokes consents. Banks and insurers: :class:`InstitutionClient`
 evaluates policies under a consent over mutual TLS and returns verified :class:`EligibilityResult`.
+Departments: :class:`DepartmentClient` pushes :class:`Record` values over mutual TLS.
 Anyone: :func:`verify_delivery` and :func:`verify_result` check signed documents offline with the
 gateway's published key, and :func:`verify_export` an exported audit log with its pinned log key.
 Every failure is a :class:`veilgate.errors.VeilgateError`.
@@ -19,6 +20,7 @@ from veilgate.delivery import (
     gateway_keys_from_jwks,
     verify_delivery,
 )
+from veilgate.department import DepartmentClient, PushReceipt, Record
 from veilgate.errors import VeilgateError
 from veilgate.institution import InstitutionClient
 from veilgate.result import EligibilityResult, verify_result
@@ -34,6 +36,7 @@ __all__ = [
     "ConsentInfo",
     "DataDelivery",
     "DataItem",
+    "DepartmentClient",
     "EligibilityResult",
     "EvaluationRecord",
     "ExportCheck",
@@ -43,6 +46,8 @@ __all__ = [
     "LogVerifier",
     "PolicyInfo",
     "PolicyPin",
+    "PushReceipt",
+    "Record",
     "VeilgateError",
     "gateway_keys_from_jwks",
     "verify_delivery",

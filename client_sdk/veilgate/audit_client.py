@@ -16,6 +16,7 @@ import grpc
 from veilgate._internal.pem import require_certificate
 from veilgate._internal.status import call
 from veilgate.audit import AuditEntry, Checkpoint, LogVerifier, parse_entry, sha256_b64
+from veilgate.department import PushReceipt
 from veilgate.errors import ProofInvalid, RequestInvalid
 from veilgate.v1 import audit_pb2, audit_pb2_grpc
 
@@ -103,17 +104,29 @@ class AuditClient:
         """Prove that the call which returned ``payload`` (a sealed delivery, or a signed result as
         :attr:`EligibilityResult.signed_result` holds it) is entry ``index`` of the log, under a
         signed checkpoint."""
-        if index < 0:
-            raise ProofInvalid(f"a log index is not negative: {index}")
         if isinstance(payload, str):
             payload = payload.encode("utf-8", "surrogatepass")
+        entry, checkpoint = self._proven_entry(index)
+        if entry.result != sha256_b64(payload):
+            raise ProofInvalid("the logged entry does not commit to this reply")
+        return entry, checkpoint
+
+    def verify_push(self, receipt: PushReceipt) -> tuple[AuditEntry, Checkpoint]:
+        """Prove that a department's push (its :class:`~veilgate.department.PushReceipt`) is entry
+        ``receipt.log_index`` of the log, under a signed checkpoint: the entry's salted request
+        hash is the one the department computed over what it sent."""
+        entry, checkpoint = self._proven_entry(receipt.log_index)
+        if entry.request != receipt.request_hash or entry.code != "OK":
+            raise ProofInvalid("the logged entry does not commit to this push")
+        return entry, checkpoint
+
+    def _proven_entry(self, index: int) -> tuple[AuditEntry, Checkpoint]:
+        if index < 0:
+            raise ProofInvalid(f"a log index is not negative: {index}")
         checkpoint = self.checkpoint(min_tree_size=index + 1)
         fetched = self.entries(index, 1)
         if len(fetched) != 1 or fetched[0][0] != index:
             raise ProofInvalid("the gateway did not return the receipt's entry")
         raw = fetched[0][1]
         self.prove_inclusion(index, raw, checkpoint)
-        entry = parse_entry(raw)
-        if entry.result != sha256_b64(payload):
-            raise ProofInvalid("the logged entry does not commit to this reply")
-        return entry, checkpoint
+        return parse_entry(raw), checkpoint

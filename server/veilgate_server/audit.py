@@ -71,6 +71,9 @@ class CallRecord:
     result_hash: str | None = None
     watermark: str | None = None
     log_index: int | None = field(default=None)
+    request_salt: bytes | None = None
+    """The salt of ``request_hash`` when the request holds record values (a department's push):
+    returned to the caller, never logged."""
     auditor: Auditor | None = field(default=None, repr=False, compare=False)
     """Who commits the record: set for calls that arrive over RPC, None for calls made in process."""
 

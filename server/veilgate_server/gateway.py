@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -28,6 +28,7 @@ from veilgate.delivery import DELIVERY_TYP
 from veilgate.errors import (
     ConsentRevoked,
     ConsentUnknown,
+    DepartmentDisabled,
     InstitutionDisabled,
     PolicyUnknown,
     RequestIdReused,
@@ -46,6 +47,7 @@ from veilgate_server.core.consent import (
     read_consent_token,
 )
 from veilgate_server.core.delivery import DeliveryEncoder, select_items
+from veilgate_server.core.ingest import Pushed, check_push
 from veilgate_server.core.merkle import inclusion_proof
 from veilgate_server.core.policy import Policy, evaluate_stored
 from veilgate_server.core.tokens import CitizenId, RequestClaims, read_request_token
@@ -55,15 +57,27 @@ from veilgate_server.storage import (
     CitizenKeys,
     ConsentLedger,
     ConsentRow,
+    Department,
     EvaluationRow,
     Institution,
+    RecordStore,
     RegisteredConsent,
     RequestLedger,
+    SealedPush,
     StateChange,
     Store,
+    StoredRecord,
 )
 
-__all__ = ["CITIZEN_OPERATIONS", "DEFAULT_DAILY_BUDGET", "Clock", "Gateway", "SealedDelivery"]
+__all__ = [
+    "CITIZEN_OPERATIONS",
+    "DEFAULT_DAILY_BUDGET",
+    "PUSH_RECORDS",
+    "Clock",
+    "Gateway",
+    "PushOutcome",
+    "SealedDelivery",
+]
 
 Clock = Callable[[], float]
 DEFAULT_DAILY_BUDGET = 20
@@ -73,6 +87,7 @@ LIST_CONSENTS = _SERVICE + "ListConsents"
 REVOKE_CONSENT = _SERVICE + "RevokeConsent"
 LIST_EVALUATIONS = _SERVICE + "ListEvaluations"
 LIST_MY_ACCESS_HISTORY = _SERVICE + "ListMyAccessHistory"
+PUSH_RECORDS = "/veilgate.v1.IngestService/PushRecords"
 CITIZEN_OPERATIONS = (
     GET_MY_DATA,
     REGISTER_CONSENT,
@@ -101,6 +116,15 @@ class SealedDelivery:
     sealed: bytes
     key_id: str
     item_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PushOutcome:
+    """What a department's push did: how many records were stored, and the indexes of those not
+    applied because a newer one was held."""
+
+    stored: int
+    stale: tuple[int, ...]
 
 
 def _utc(seconds: float) -> datetime:
@@ -316,6 +340,32 @@ class Gateway:
             raise InstitutionDisabled(f"institution {institution_id} is disabled")
         return institution
 
+    # --- departments ------------------------------------------------------------------------------
+
+    def authenticate_department(self, department_id: str) -> Department:
+        """The registered, enabled department behind a verified client certificate."""
+        department = self.store.departments.get(department_id)
+        if not department.enabled:
+            raise DepartmentDisabled(f"department {department_id} is disabled")
+        return department
+
+    def push_records(
+        self, department: Department, records: Sequence[Pushed], *, call: CallRecord | None = None
+    ) -> PushOutcome:
+        """Check a department's batch against the catalog (:func:`~veilgate_server.core.ingest.check_push`)
+        and store it sealed, in the transaction of the call's log entry: the records and the entry
+        that says they were pushed commit together or not at all."""
+        now = self.clock()
+        checked = check_push(records, catalog=self.catalog, department=department.department_id, today=_utc(now).date())
+        store = self.store.records
+        sealed = store.seal_push(  # before the log's transaction: it holds every other call's entry
+            [StoredRecord(r.citizen_id, r.item_id, r.department, r.as_of, r.value_json) for r in checked],
+            now=_utc(now),
+        )
+        push = _PushRecords(store, sealed)
+        self._commit(call or _unrecorded(PUSH_RECORDS), push)
+        return PushOutcome(stored=len(checked) - len(push.stale), stale=tuple(push.stale))
+
     def policies_for(self, institution: Institution) -> list[Policy]:
         return [p for p in self.policies.values() if institution.kind in p.institution_kinds]
 
@@ -467,6 +517,18 @@ class _SpendRequestToken:
         except VeilgateError:
             RequestLedger.give_back_in(connection, claims.citizen_id, claims.jti)
             raise
+
+
+@dataclass(slots=True)
+class _PushRecords:
+    """A department's checked records, stored (see :meth:`RecordStore.push_in`)."""
+
+    records: RecordStore
+    push: SealedPush
+    stale: list[int] = field(default_factory=list)
+
+    def apply(self, connection: Connection) -> None:
+        self.stale = self.records.push_in(connection, self.push)
 
 
 @dataclass(slots=True)

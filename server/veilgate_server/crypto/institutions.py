@@ -1,11 +1,12 @@
-"""The institution CA: client certificates for banks and insurers calling the gateway over mTLS.
+"""The institution CA: client certificates for banks and insurers (and for departments, the data
+sources) calling the gateway over mTLS.
 
 It is a CA of its own, separate from the CA behind the server's TLS certificate, so that trusting
 one never means trusting the other: the server presents a certificate from the server CA, and only
 certificates from the institution CA are accepted as client certificates.
 
-An institution certificate says who the institution is in exactly one place, the URI subject
-alternative name ``spiffe://<trust-domain>/institution/<id>`` (read back by
+A client certificate says who the caller is in exactly one place, the URI subject alternative name
+``spiffe://<trust-domain>/institution/<id>`` (or ``/department/<id>``) (read back by
 :func:`veilgate_server.core.identity.identity_from_uri_sans`). It is a leaf (``CA:FALSE``) for
 ``clientAuth`` only. When the institution sends a CSR, only its public key and its proof of
 possession (the CSR signature) are used: the subject, SANs and extensions it asks for are ignored,
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from veilgate.errors import ConfigurationError
-from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN, check_caller_id, spiffe_id
+from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN, CallerKind, check_caller_id, spiffe_id
 from veilgate_server.crypto.keys import warn_if_others_can_read, write_private_file
 from veilgate_server.crypto.tls import CertificateAuthority
 
@@ -150,18 +151,26 @@ class InstitutionCA:
         return self.authority.certificate_pem
 
     def issue_client_certificate(
-        self, institution_id: str, *, trust_domain: str = TRUST_DOMAIN, now: dt.datetime, days: int = 397
+        self,
+        caller_id: str,
+        *,
+        kind: CallerKind = "institution",
+        trust_domain: str = TRUST_DOMAIN,
+        now: dt.datetime,
+        days: int = 397,
     ) -> tuple[bytes, bytes, str]:
-        """A fresh P-256 key and a certificate for it: (certificate PEM, private key PEM, serial hex)."""
+        """A fresh P-256 key and a certificate for it naming the ``kind`` of caller ``caller_id``:
+        (certificate PEM, private key PEM, serial hex)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        certificate = self._issue(key.public_key(), institution_id, trust_domain=trust_domain, now=now, days=days)
+        certificate = self._issue(key.public_key(), caller_id, kind=kind, trust_domain=trust_domain, now=now, days=days)
         return certificate.public_bytes(serialization.Encoding.PEM), _pem_private_key(key), _serial_hex(certificate)
 
     def sign_csr(
         self,
         csr_pem: bytes,
-        institution_id: str,
+        caller_id: str,
         *,
+        kind: CallerKind = "institution",
         trust_domain: str = TRUST_DOMAIN,
         now: dt.datetime,
         days: int = 397,
@@ -187,20 +196,21 @@ class InstitutionCA:
             raise ConfigurationError("the CSR's signature cannot be checked") from e
         if not signature_valid:
             raise ConfigurationError("the CSR's signature does not verify with its own key")
-        certificate = self._issue(checked_key, institution_id, trust_domain=trust_domain, now=now, days=days)
+        certificate = self._issue(checked_key, caller_id, kind=kind, trust_domain=trust_domain, now=now, days=days)
         return certificate.public_bytes(serialization.Encoding.PEM), _serial_hex(certificate)
 
     def _issue(
         self,
         public_key: _ClientPublicKey,
-        institution_id: str,
+        caller_id: str,
         *,
+        kind: CallerKind,
         trust_domain: str,
         now: dt.datetime,
         days: int,
     ) -> x509.Certificate:
-        check_caller_id(institution_id)
-        uri = institution_spiffe_id(trust_domain, institution_id)
+        check_caller_id(caller_id)
+        uri = spiffe_id(trust_domain, kind, caller_id)
         if days < 1:
             raise ValueError("days must be at least 1")
         if now.tzinfo is None or now.utcoffset() is None:
@@ -213,8 +223,8 @@ class InstitutionCA:
             .subject_name(
                 x509.Name(
                     [
-                        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "institution"),
-                        x509.NameAttribute(NameOID.COMMON_NAME, institution_id),
+                        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
+                        x509.NameAttribute(NameOID.COMMON_NAME, caller_id),
                     ]
                 )
             )

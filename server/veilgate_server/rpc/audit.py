@@ -7,6 +7,10 @@ with its reason, or INTERNAL. A handler that needs its receipt (the log index in
 the record itself through :meth:`Auditor.commit`; the interceptor then does not append again. If
 the entry cannot be made durable the call fails UNAVAILABLE instead (fail closed).
 
+A request that holds record values (a department's push) is hashed with a fresh random salt,
+SHA-256(salt || request bytes), and the salt goes back to the caller alone: the public entry then
+cannot be used to test a guessed value, while the department can still show that it is its push.
+
 Calls that never reach a handler are logged as well: an unknown method (METHOD_UNKNOWN), a request
 over the gateway's size limit (REQUEST_TOO_LARGE; gRPC receives more than the limit so that the
 refusal happens here, where it is logged) and request bytes that do not parse as the method's
@@ -21,7 +25,8 @@ from __future__ import annotations
 
 import contextvars
 import re
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import grpc
@@ -47,13 +52,24 @@ def current_call() -> CallRecord:
 
 class AuditTrail(grpc.ServerInterceptor):
     """Logs every call (see the module docstring); refuses, and logs, a request of more than
-    ``max_request_bytes`` before parsing it."""
+    ``max_request_bytes`` (or, for a method in ``request_limits``, its own limit) before parsing
+    it. Requests to ``salted_methods`` are hashed with a salt (see the module docstring)."""
 
-    def __init__(self, auditor: Auditor, *, max_request_bytes: int) -> None:
-        if max_request_bytes < 1:
-            raise ValueError("max_request_bytes must be at least 1")
+    def __init__(
+        self,
+        auditor: Auditor,
+        *,
+        max_request_bytes: int,
+        request_limits: Mapping[str, int] | None = None,
+        salted_methods: Collection[str] = (),
+    ) -> None:
+        limits = dict(request_limits or {})
+        if min([max_request_bytes, *limits.values()]) < 1:
+            raise ValueError("request size limits must be at least 1")
         self._auditor = auditor
         self._limit = max_request_bytes
+        self._limits = limits
+        self._salted = frozenset(salted_methods)
 
     def intercept_service(
         self,
@@ -62,7 +78,8 @@ class AuditTrail(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         method = shown_method(handler_call_details.method)
-        limit = self._limit
+        limit = self._limits.get(method, self._limit)
+        salted = method in self._salted
         if method.startswith(UNLOGGED_PREFIXES):
             return _size_limited(handler, limit)
         if handler is not None and handler.unary_unary is None:  # every Veilgate RPC is unary
@@ -86,7 +103,13 @@ class AuditTrail(grpc.ServerInterceptor):
         def audited(request: Any, context: grpc.ServicerContext) -> Any:
             unparsed = request if isinstance(request, _Unparsed) else None
             raw = unparsed.data if unparsed is not None else request.SerializeToString(deterministic=True)
-            record = CallRecord(method=method, request_hash=sha256_b64(raw), auditor=auditor)
+            salt = secrets.token_bytes(32) if salted else None
+            record = CallRecord(
+                method=method,
+                request_hash=sha256_b64(raw if salt is None else salt + raw),
+                auditor=auditor,
+                request_salt=salt,
+            )
             token = _CALL.set(record)
             try:
                 if inner is None:

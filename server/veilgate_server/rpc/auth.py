@@ -1,9 +1,12 @@
-"""Who is calling: institutions are identified by their verified client certificate, in an
-interceptor, so that no EligibilityService handler can run for an unauthenticated caller.
+"""Who is calling over mutual TLS: institutions and departments are identified by their verified
+client certificate, in an interceptor, so that no EligibilityService or IngestService handler can
+run for an unauthenticated caller.
 
-The TLS layer has already verified the certificate chain against the institution CA. Here the
-certificate's SPIFFE URI SAN names the institution, which must be registered and enabled. The
-handler reads the result with :func:`current_institution`; nothing in a request can name the caller.
+The TLS layer has already verified the certificate chain against the client CA. Here the
+certificate's SPIFFE URI SAN names the caller, which must be of the kind the service is for
+(institutions call EligibilityService, departments IngestService) and registered and enabled by the
+operator. Handlers read the result with :func:`current_institution` or :func:`current_department`;
+nothing in a request can name the caller.
 """
 
 from __future__ import annotations
@@ -15,24 +18,40 @@ from typing import Any, cast
 import grpc
 
 from veilgate.errors import ClientCertificateRequired, InternalError, PeerIdentityInvalid
-from veilgate_server.core.identity import CallerIdentity, identity_from_uri_sans
+from veilgate_server.core.identity import CallerIdentity, CallerKind, identity_from_uri_sans
 from veilgate_server.crypto import certificate_uri_sans
 from veilgate_server.gateway import Gateway
 from veilgate_server.rpc.audit import current_call
-from veilgate_server.storage import Institution
+from veilgate_server.storage import Department, Institution
 
-__all__ = ["INSTITUTION_SERVICES", "InstitutionAuthentication", "current_institution"]
+__all__ = [
+    "DEPARTMENT_SERVICES",
+    "INSTITUTION_SERVICES",
+    "MutualTlsAuthentication",
+    "current_department",
+    "current_institution",
+]
 
 INSTITUTION_SERVICES = ("/veilgate.v1.EligibilityService/",)
-_CALLER: contextvars.ContextVar[Institution | None] = contextvars.ContextVar("veilgate_institution", default=None)
+DEPARTMENT_SERVICES = ("/veilgate.v1.IngestService/",)
+_INSTITUTION: contextvars.ContextVar[Institution | None] = contextvars.ContextVar("veilgate_institution", default=None)
+_DEPARTMENT: contextvars.ContextVar[Department | None] = contextvars.ContextVar("veilgate_department", default=None)
 
 
 def current_institution() -> Institution:
-    """The authenticated institution of the current call (set by :class:`InstitutionAuthentication`)."""
-    institution = _CALLER.get()
+    """The authenticated institution of the current call (set by :class:`MutualTlsAuthentication`)."""
+    institution = _INSTITUTION.get()
     if institution is None:
         raise InternalError("institution handler ran without authentication")
     return institution
+
+
+def current_department() -> Department:
+    """The authenticated department of the current call (set by :class:`MutualTlsAuthentication`)."""
+    department = _DEPARTMENT.get()
+    if department is None:
+        raise InternalError("department handler ran without authentication")
+    return department
 
 
 def identity_of(context: grpc.ServicerContext, *, trust_domain: str) -> CallerIdentity:
@@ -40,12 +59,12 @@ def identity_of(context: grpc.ServicerContext, *, trust_domain: str) -> CallerId
     # grpc returns {property: [values]}; the stubs type the values as bytes.
     certificates = cast("list[bytes]", context.auth_context().get("x509_pem_cert") or [])
     if not certificates:
-        raise ClientCertificateRequired("institutions call over mutual TLS with their client certificate")
+        raise ClientCertificateRequired("this service is called over mutual TLS with a client certificate")
     return identity_from_uri_sans(certificate_uri_sans(certificates[0]), trust_domain=trust_domain)
 
 
-class InstitutionAuthentication(grpc.ServerInterceptor):
-    """Authenticates every call to an institution service before its handler runs."""
+class MutualTlsAuthentication(grpc.ServerInterceptor):
+    """Authenticates every call to an institution or department service before its handler runs."""
 
     def __init__(self, gateway: Gateway, *, trust_domain: str) -> None:
         self._gateway = gateway
@@ -58,24 +77,36 @@ class InstitutionAuthentication(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not method.startswith(INSTITUTION_SERVICES):
+        if handler is None or handler.unary_unary is None:
+            return handler
+        kind: CallerKind
+        if method.startswith(INSTITUTION_SERVICES):
+            kind = "institution"
+        elif method.startswith(DEPARTMENT_SERVICES):
+            kind = "department"
+        else:
             return handler
         inner = handler.unary_unary
+        trust_domain = self._trust_domain
+        gateway = self._gateway
 
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
             call = current_call()
-            identity = identity_of(context, trust_domain=self._trust_domain)
+            identity = identity_of(context, trust_domain=trust_domain)
             call.caller_kind, call.caller_id = identity.kind, identity.id  # logged even if refused below
-            if identity.kind != "institution":
-                raise PeerIdentityInvalid(
-                    "this service is for institutions; the certificate names another kind of caller"
-                )
-            institution = self._gateway.authenticate_institution(identity.id)
-            token = _CALLER.set(institution)
+            if identity.kind != kind:
+                raise PeerIdentityInvalid(f"this service is for {kind}s; the certificate names another kind of caller")
+            if kind == "institution":
+                institution = _INSTITUTION.set(gateway.authenticate_institution(identity.id))
+                try:
+                    return inner(request, context)
+                finally:
+                    _INSTITUTION.reset(institution)
+            department = _DEPARTMENT.set(gateway.authenticate_department(identity.id))
             try:
                 return inner(request, context)
             finally:
-                _CALLER.reset(token)
+                _DEPARTMENT.reset(department)
 
         return grpc.unary_unary_rpc_method_handler(
             authenticated,

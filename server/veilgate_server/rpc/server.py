@@ -24,34 +24,40 @@ from veilgate.v1 import (
     citizen_pb2_grpc,
     eligibility_pb2,
     eligibility_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
 )
 from veilgate_server.audit import Auditor, Checkpointer
 from veilgate_server.crypto.institutions import TRUST_DOMAIN as DEFAULT_TRUST_DOMAIN
-from veilgate_server.gateway import Gateway
+from veilgate_server.gateway import PUSH_RECORDS, Gateway
 from veilgate_server.rpc.audit import AuditTrail
 from veilgate_server.rpc.audit_service import AuditServicer
-from veilgate_server.rpc.auth import InstitutionAuthentication
+from veilgate_server.rpc.auth import MutualTlsAuthentication
 from veilgate_server.rpc.citizen import CitizenServicer
 from veilgate_server.rpc.eligibility import EligibilityServicer
 from veilgate_server.rpc.errors import status_name
+from veilgate_server.rpc.ingest import IngestServicer
 from veilgate_server.rpc.interceptors import ErrorBoundary, HandlerCache
 from veilgate_server.rpc.metrics import Metrics
 from veilgate_server.storage.log import LogWriter, StoreHealth
 
-__all__ = ["MAX_MESSAGE_BYTES", "TRANSPORT_LIMIT_BYTES", "RunningServer", "ServerTls", "build_server"]
+__all__ = ["MAX_MESSAGE_BYTES", "MAX_PUSH_BYTES", "TRANSPORT_LIMIT_BYTES", "RunningServer", "ServerTls", "build_server"]
 
 _log = logging.getLogger("veilgate.server")
 
-# Requests are small (a token of at most 16 KiB). The audit trail refuses a larger one, and logs it
-# like every other call, with REQUEST_TOO_LARGE. To let it, gRPC itself receives up to
-# TRANSPORT_LIMIT_BYTES: only a request past that (RESOURCE_EXHAUSTED) is refused before any
-# interceptor runs, and so is not logged; it bounds what one request can make the gateway hold.
+# Requests are small (a token of at most 16 KiB), but for a department's push of records (up to
+# MAX_PUSH_BYTES). The audit trail refuses a larger one, and logs it like every other call, with
+# REQUEST_TOO_LARGE. To let it, gRPC itself receives up to TRANSPORT_LIMIT_BYTES: only a request past
+# that (RESOURCE_EXHAUSTED) is refused before any interceptor runs, and so is not logged; it bounds
+# what one request can make the gateway hold.
 MAX_MESSAGE_BYTES = 64 * 1024
-TRANSPORT_LIMIT_BYTES = 1024 * 1024
+MAX_PUSH_BYTES = 1024 * 1024
+TRANSPORT_LIMIT_BYTES = 2 * MAX_PUSH_BYTES
 _SERVICE_DESCRIPTORS = (
     citizen_pb2.DESCRIPTOR.services_by_name["CitizenService"],
     eligibility_pb2.DESCRIPTOR.services_by_name["EligibilityService"],
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
+    ingest_pb2.DESCRIPTOR.services_by_name["IngestService"],
 )
 _SERVICES = tuple(service.full_name for service in _SERVICE_DESCRIPTORS)
 _METHODS = frozenset(
@@ -70,13 +76,14 @@ MAX_STREAMS_PER_CONNECTION = 256
 
 @dataclass(frozen=True, slots=True)
 class ServerTls:
-    """The server's certificate and key, and the CA whose client certificates identify institutions.
+    """The server's certificate and key, and the CA whose client certificates identify institutions
+    and departments.
 
     gRPC Python can either require and verify client certificates or not ask for them at all; it has
     no "ask, verify if presented" mode. So the gateway listens twice with the same services: a TLS
     port for citizens and auditors, and a mutual-TLS port (client certificate required, verified
-    against ``client_ca``) for institutions. The institution services refuse any call that arrives
-    without a verified certificate, so reaching them on the TLS port gets nothing but
+    against ``client_ca``) for institutions and departments. Their services refuse any call that
+    arrives without a verified certificate, so reaching them on the TLS port gets nothing but
     CLIENT_CERTIFICATE_REQUIRED (see :mod:`veilgate_server.rpc.auth`)."""
 
     certificate_chain: bytes
@@ -137,12 +144,17 @@ def build_server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veilgate-rpc"),
         # Outermost first: each method's handler is built once; errors become statuses; every call
         # is logged (denials included, so the audit trail sits outside authentication); then
-        # institutions are authenticated.
+        # institutions and departments are authenticated.
         interceptors=[
             HandlerCache(_METHODS),
             ErrorBoundary(metrics),
-            AuditTrail(auditor, max_request_bytes=MAX_MESSAGE_BYTES),
-            InstitutionAuthentication(gateway, trust_domain=trust_domain),
+            AuditTrail(
+                auditor,
+                max_request_bytes=MAX_MESSAGE_BYTES,
+                request_limits={PUSH_RECORDS: MAX_PUSH_BYTES},
+                salted_methods={PUSH_RECORDS},
+            ),
+            MutualTlsAuthentication(gateway, trust_domain=trust_domain),
         ],
         options=[
             ("grpc.max_receive_message_length", TRANSPORT_LIMIT_BYTES),
@@ -154,6 +166,7 @@ def build_server(
     citizen_pb2_grpc.add_CitizenServiceServicer_to_server(CitizenServicer(gateway, auditor, checkpointer), server)
     eligibility_pb2_grpc.add_EligibilityServiceServicer_to_server(EligibilityServicer(gateway, auditor), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(gateway.store, checkpointer), server)
+    ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(gateway, auditor), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection_enabled:
