@@ -25,18 +25,21 @@ from typing import TYPE_CHECKING
 
 from veilgate.errors import (
     ConfigurationError,
+    DepartmentAlreadyRegistered,
+    DepartmentNotRegistered,
     InstitutionAlreadyRegistered,
     InstitutionUnknown,
     StorageError,
     VeilgateError,
 )
-from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN, check_caller_id, check_trust_domain
+from veilgate_server.core.identity import DEFAULT_TRUST_DOMAIN, CallerKind, check_caller_id, check_trust_domain
 
 if TYPE_CHECKING:
     from veilgate import CitizenClient
     from veilgate_server.config import Settings
     from veilgate_server.gateway import Gateway
     from veilgate_server.serving import ServeOptions
+    from veilgate_server.storage import Store
 
 
 __all__ = ["main"]
@@ -372,26 +375,30 @@ def cmd_wallet_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_institution_add(args: argparse.Namespace) -> int:
+def _issue_client(
+    args: argparse.Namespace,
+    settings: Settings,
+    *,
+    kind: CallerKind,
+    out: Path,
+    register: Callable[[Store, str], None],
+    registered: Callable[[Store], bool],
+    taken: VeilgateError,
+) -> tuple[str, bytes | None]:
+    """Issue a client certificate for ``args.id`` (from ``args.csr`` when given), write it to
+    ``out`` with the gateway's CA, and register the caller; returns the serial and the private key
+    made (None for a CSR). Nothing is left behind when any step fails: a refused CSR or an
+    unwritable directory registers nothing, and a registration that fails takes its files back."""
     from veilgate_server.crypto import ensure_local_tls
     from veilgate_server.crypto.institutions import InstitutionCA
     from veilgate_server.crypto.keys import write_private_file
-    from veilgate_server.storage.repositories import check_display_name
 
-    try:  # before a CA, a database or a file is made
-        check_caller_id(args.id)
-        check_trust_domain(args.trust_domain)
-        check_display_name(args.name, "--name", 200)
-    except ValueError as e:
-        raise ConfigurationError(str(e)) from e
-    settings = _settings(args)
     csr = None
     if args.csr:
         try:
             csr = Path(args.csr).read_bytes()
         except OSError as e:
             raise ConfigurationError(f"cannot read CSR {args.csr}: {e.strerror}") from e
-    out = Path(args.out_dir) if args.out_dir else settings.institutions_dir / args.id
     if out.exists() and not out.is_dir():
         raise ConfigurationError(f"--out-dir {out}: is not a directory")
     ca = InstitutionCA.load_or_create(settings.tls_dir, now=_now())
@@ -399,20 +406,15 @@ def cmd_institution_add(args: argparse.Namespace) -> int:
     store = settings.open_store()
     written: list[Path] = []
     try:
-        try:  # before its files, which would replace the first one's
-            store.institutions.get(args.id)
-        except InstitutionUnknown:
-            pass
-        else:
-            raise InstitutionAlreadyRegistered("institution is already registered")
-        # Issue and write first: a refused CSR or an unwritable directory must not leave a
-        # registered institution without a certificate. A registration that then fails takes its
-        # files back.
+        if registered(store):  # before its files, which would replace the first one's
+            raise taken
         key_pem: bytes | None = None
         if csr is not None:
-            cert_pem, serial = ca.sign_csr(csr, args.id, trust_domain=args.trust_domain, now=_now())
+            cert_pem, serial = ca.sign_csr(csr, args.id, kind=kind, trust_domain=args.trust_domain, now=_now())
         else:
-            cert_pem, key_pem, serial = ca.issue_client_certificate(args.id, trust_domain=args.trust_domain, now=_now())
+            cert_pem, key_pem, serial = ca.issue_client_certificate(
+                args.id, kind=kind, trust_domain=args.trust_domain, now=_now()
+            )
         try:
             out.mkdir(parents=True, exist_ok=True)
             written.append(out / "client.pem")
@@ -425,19 +427,126 @@ def cmd_institution_add(args: argparse.Namespace) -> int:
             written[-1].write_bytes(gateway_ca.read_bytes())
         except OSError as e:
             raise ConfigurationError(f"cannot write the certificate to {out}: {e.strerror}") from e
-        institution = store.institutions.register(
-            args.id, kind=args.kind, name=args.name, at=_now(), certificate_serial=serial
-        )
+        register(store, serial)
         written.clear()
     finally:
         for path in written:  # not registered: nothing of it is left behind
             path.unlink(missing_ok=True)
         store.close()
-    print(f"registered {institution.kind} {institution.institution_id} ({institution.name})")
+    return serial, key_pem
+
+
+def _print_issued(out: Path, serial: str, key_pem: bytes | None) -> None:
     print(f"client certificate: {out / 'client.pem'} (serial {serial})")
     if key_pem is not None:
         print(f"private key:        {out / 'client.key'}  (hand over securely; mode 0600)")
     print(f"trust for the gateway: {out / 'gateway-ca.pem'}")
+
+
+def _check_caller(args: argparse.Namespace) -> None:
+    """The id and trust domain of a caller to register, checked before a CA, a database or a file is made."""
+    try:
+        check_caller_id(args.id)
+        check_trust_domain(args.trust_domain)
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from e
+
+
+def cmd_institution_add(args: argparse.Namespace) -> int:
+    from veilgate_server.storage.repositories import check_display_name
+
+    _check_caller(args)
+    try:
+        check_display_name(args.name, "--name", 200)
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from e
+    settings = _settings(args)
+    out = Path(args.out_dir) if args.out_dir else settings.institutions_dir / args.id
+
+    def registered(store: Store) -> bool:
+        try:
+            store.institutions.get(args.id)
+        except InstitutionUnknown:
+            return False
+        return True
+
+    def register(store: Store, serial: str) -> None:
+        store.institutions.register(args.id, kind=args.kind, name=args.name, at=_now(), certificate_serial=serial)
+
+    serial, key_pem = _issue_client(
+        args,
+        settings,
+        kind="institution",
+        out=out,
+        register=register,
+        registered=registered,
+        taken=InstitutionAlreadyRegistered("institution is already registered"),
+    )
+    print(f"registered {args.kind} {args.id} ({args.name})")
+    _print_issued(out, serial, key_pem)
+    return 0
+
+
+def cmd_department_add(args: argparse.Namespace) -> int:
+    _check_caller(args)
+    settings = _settings(args)
+    catalog = settings.load_catalog()
+    if args.id not in catalog.departments:  # a department can push only what the catalog says it owns
+        raise ConfigurationError(
+            f"the catalog has no department {args.id!r}; its departments are: {', '.join(catalog.departments)}"
+        )
+    department = catalog.department(args.id)
+    out = Path(args.out_dir) if args.out_dir else settings.departments_dir / args.id
+
+    def registered(store: Store) -> bool:
+        try:
+            store.departments.get(args.id)
+        except DepartmentNotRegistered:
+            return False
+        return True
+
+    def register(store: Store, serial: str) -> None:
+        store.departments.register(args.id, at=_now(), certificate_serial=serial)
+
+    serial, key_pem = _issue_client(
+        args,
+        settings,
+        kind="department",
+        out=out,
+        register=register,
+        registered=registered,
+        taken=DepartmentAlreadyRegistered("department is already registered"),
+    )
+    items = len(catalog.items_of(args.id))
+    print(f"registered department {args.id} ({department.name_en}); it may push its {items} catalog items")
+    _print_issued(out, serial, key_pem)
+    return 0
+
+
+def cmd_department_list(args: argparse.Namespace) -> int:
+    store = _settings(args).open_store(existing=True)
+    try:
+        departments = store.departments.list()
+    finally:
+        store.close()
+    for d in departments:
+        print(f"{d.department_id:<24} {'enabled' if d.enabled else 'DISABLED'}")
+    if not departments:
+        print("no departments registered")
+    return 0
+
+
+def cmd_department_enable(args: argparse.Namespace) -> int:
+    store = _settings(args).open_store(existing=True)
+    try:
+        department = store.departments.set_enabled(args.id, args.enable)
+    except DepartmentNotRegistered:
+        raise ConfigurationError(
+            f"no department {args.id!r} is registered (`veilgate department list` shows them)"
+        ) from None
+    finally:
+        store.close()
+    print(f"department {department.department_id} is now {'enabled' if department.enabled else 'disabled'}")
     return 0
 
 
@@ -895,7 +1004,7 @@ def _print_serving(
         across += f" pinned to CPUs {', '.join(map(str, pinned))}" if pinned else ", not pinned to CPUs"
     print(f"veilgate {settings.gateway_id} serving on port {port} ({mode}{across})")
     if mtls_port:
-        print(f"institutions (mutual TLS) on port {mtls_port}")
+        print(f"institutions and departments (mutual TLS) on port {mtls_port}")
     if len(metrics_ports) == 1:
         print(f"metrics (Prometheus, /metrics) on port {metrics_ports[0]}")
     elif metrics_ports:
@@ -970,7 +1079,11 @@ def _parser() -> argparse.ArgumentParser:
         help="with --processes: leave the processes to the scheduler instead of pinning each to a CPU of its own",
     )
     p.add_argument("--gateway-id", help="the aud citizens sign for (env VEILGATE_GATEWAY_ID)")
-    p.add_argument("--listen-mtls", default="127.0.0.1:7444", help="institutions' mutual-TLS host:port (default 7444)")
+    p.add_argument(
+        "--listen-mtls",
+        default="127.0.0.1:7444",
+        help="institutions' and departments' mutual-TLS host:port (default 7444)",
+    )
     p.add_argument("--governance-key", help="trusted policy governance verifier key (env VEILGATE_GOVERNANCE_KEY)")
     p.add_argument(
         "--trust-domain", default=DEFAULT_TRUST_DOMAIN, help=f"SPIFFE trust domain (default {DEFAULT_TRUST_DOMAIN})"
@@ -1070,6 +1183,24 @@ def _parser() -> argparse.ArgumentParser:
     for name, enable in (("enable", True), ("disable", False)):
         p = institution.add_parser(name, parents=[common], help=f"{name} an institution")
         p.set_defaults(func=cmd_institution_enable, enable=enable)
+        p.add_argument("--id", required=True)
+
+    department = sub.add_parser("department", help="departments: the data sources").add_subparsers(
+        dest="department_command", required=True
+    )
+    p = department.add_parser(
+        "add", parents=[common], help="register a catalog department and issue its certificate to push records"
+    )
+    p.set_defaults(func=cmd_department_add)
+    p.add_argument("--id", required=True, help="the department's id in the catalog, e.g. social_insurance")
+    p.add_argument("--csr", help="sign this CSR (PEM) instead of generating a key")
+    p.add_argument("--out-dir", help="where to write the certificate (default DATA_DIR/departments/ID)")
+    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    p = department.add_parser("list", parents=[common], help="list departments")
+    p.set_defaults(func=cmd_department_list)
+    for name, enable in (("enable", True), ("disable", False)):
+        p = department.add_parser(name, parents=[common], help=f"{name} a department")
+        p.set_defaults(func=cmd_department_enable, enable=enable)
         p.add_argument("--id", required=True)
 
     policy = sub.add_parser("policy", help="policies and their signed manifest").add_subparsers(

@@ -125,6 +125,10 @@ class Settings:
     def institutions_dir(self) -> Path:
         return self.data_dir / "institutions"
 
+    @property
+    def departments_dir(self) -> Path:
+        return self.data_dir / "departments"
+
     def trusted_governance_keys(self) -> tuple[str, ...]:
         if self.governance_keys:
             return self.governance_keys

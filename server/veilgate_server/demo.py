@@ -21,8 +21,10 @@ from veilgate import (
     AuditClient,
     CitizenClient,
     CitizenWallet,
+    DepartmentClient,
     EligibilityResult,
     InstitutionClient,
+    Record,
     gateway_keys_from_jwks,
     verify_delivery,
 )
@@ -30,8 +32,10 @@ from veilgate.citizen import GET_MY_DATA
 from veilgate.errors import (
     CitizenAlreadyEnrolled,
     ConsentRevoked,
+    DepartmentAlreadyRegistered,
     InstitutionAlreadyRegistered,
     InternalError,
+    ItemNotOwned,
     TokenReplayed,
 )
 from veilgate_server.admin import CitizenIdentity, enroll, seed_population
@@ -53,6 +57,8 @@ from veilgate_server.storage import Store
 
 __all__ = ["run_demo"]
 
+PUSHING_DEPARTMENT = "social_insurance"
+EMPLOYER_ITEM = "social_insurance.current_employer"
 DEMO_PASSPHRASE = "correct horse battery staple"  # noqa: S105  (a throwaway demo wallet)
 BANK, INSURER = "bank-of-jinan", "qilu-insurance"
 
@@ -195,12 +201,27 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
         f"2. Gateway {settings.gateway_id}: citizens on {target} (TLS), institutions on {mtls_target} "
         f"(mutual TLS); signing key {signer.key_id[:16]}..."
     )
+    root_ca = tls_files.ca_certificate.read_bytes()
     try:
+        employer = "Jinan Rail Transit Group"
+        with _department(mtls_target, root_ca, store, institution_ca, PUSHING_DEPARTMENT) as pusher:
+            receipt = pusher.push([Record(citizen_id, EMPLOYER_ITEM, datetime.now(UTC).date(), employer)])
+            try:
+                pusher.push([Record(citizen_id, "taxation.annual_income_last_year", now.date(), "1.00")])
+            except ItemNotOwned as e:
+                refused = e.reason
+            else:
+                raise InternalError("a department pushed an item it does not own")
+        _say(
+            f"3. The {PUSHING_DEPARTMENT} department pushed the citizen's current employer over mutual TLS: "
+            f"{receipt.stored} record checked against the catalog and sealed (log entry {receipt.log_index}). "
+            f"Pushing a taxation item was refused: {refused}."
+        )
         wallet_path = settings.data_dir / "citizen.wallet"
         wallet = CitizenWallet.generate(citizen_id)
         wallet.save(wallet_path, DEMO_PASSPHRASE, kdf="interactive", overwrite=True)
         wallet = CitizenWallet.load(wallet_path, DEMO_PASSPHRASE)
-        _say(f"3. Citizen {citizen_id[:6]}************ created a passphrase-protected wallet ({wallet_path.name}).")
+        _say(f"4. Citizen {citizen_id[:6]}************ created a passphrase-protected wallet ({wallet_path.name}).")
         identity = CitizenIdentity.from_json(wallet.public_identity())
         try:
             keys = enroll(store, identity, rotate=False, at=datetime.now(UTC))
@@ -209,7 +230,6 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
         _say(f"   The operator enrolled the wallet's public keys (key version {keys.key_version}).")
 
         pinned = gateway_keys_from_jwks(settings.public_keys_path.read_bytes())
-        root_ca = tls_files.ca_certificate.read_bytes()
         log_key = settings.log_vkey_path.read_text().strip()
         with CitizenClient(
             target, wallet, root_certificates=root_ca, gateway_keys=pinned, log_verifier_key=log_key
@@ -218,13 +238,17 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
             delivery = citizen.get_my_data()
             elapsed = (time.perf_counter() - t0) * 1000
             _say(
-                f"4. GetMyData: {len(delivery.items)} items, sealed to the citizen's key, signed by the gateway, "
+                f"5. GetMyData: {len(delivery.items)} items, sealed to the citizen's key, signed by the gateway, "
                 f"verified by the SDK in {elapsed:.1f} ms."
             )
             _say(
                 f"   Delivery {delivery.delivery_id}, watermark {delivery.watermark}; "
                 f"signed document {len(delivery.signed_jws)} bytes."
             )
+            pushed = next(item for item in delivery.items if item.id == EMPLOYER_ITEM)
+            if pushed.value != employer:
+                raise InternalError("the pushed record did not reach the citizen")
+            _say(f"   Among them the employer the department pushed, as of {pushed.as_of}.")
             _say(f"   {'department':<24} {'items':>5} {'bytes':>7}  sensitivity  name")
             for department, items in delivery.by_department().items():
                 size = sum(len(canonical_json(i.value)) for i in items)
@@ -249,7 +273,7 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
 
             bank_files = _register(store, institution_ca, BANK, "bank", "Bank of Jinan")
             insurer_files = _register(store, institution_ca, INSURER, "insurer", "Qilu Health Insurance")
-            _say(f"5. The operator registered {BANK} (bank) and {INSURER} (insurer) with client certificates.")
+            _say(f"6. The operator registered {BANK} (bank) and {INSURER} (insurer) with client certificates.")
 
             published = {policy.id: policy for policy in citizen.list_policies()}
             loan_token, loan = citizen.grant_consent(
@@ -275,7 +299,7 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
             )
             reads = published["credit.consumer_loan"].inputs
             _say(
-                f"6. Before signing, the citizen's app showed what each policy reads: the consumer loan reads "
+                f"7. Before signing, the citizen's app showed what each policy reads: the consumer loan reads "
                 f"{len(reads)} of the {len(catalog.items)} items ({reads[0]}, ...)."
             )
             _say("   The citizen signed and registered three consents (shown to institutions as QR codes):")
@@ -290,7 +314,7 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
                     "credit.consumer_loan", loan_token, {"requested_amount_band": "50k_to_200k"}
                 )
                 mortgage_result = bank.evaluate("credit.mortgage_prequal", mortgage_token, {"home_type": "first_home"})
-            _say("7. The bank asked; it got signed answers, never records:")
+            _say("8. The bank asked; it got signed answers, never records:")
             _say(f"   consumer loan (50k-200k):  {_show(loan_result)}")
             _say(f"   mortgage pre-qual (first): {_show(mortgage_result)}")
             _say(
@@ -300,7 +324,7 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
             with _institution(mtls_target, root_ca, insurer_files, INSURER) as insurer:
                 claim_result = insurer.evaluate("insurance.inpatient_claim", claim_token, claim)
             _say(
-                f"8. The insurer checked a claim ({claim['claimed_admission_date']} to "
+                f"9. The insurer checked a claim ({claim['claimed_admission_date']} to "
                 f"{claim['claimed_discharge_date']}, hospital {claim['hospital_code']}) against the "
                 f"medical-insurance records without seeing them:\n   inpatient claim:           {_show(claim_result)}"
             )
@@ -310,11 +334,13 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
                 try:
                     bank.evaluate("credit.consumer_loan", loan_token, {"requested_amount_band": "up_to_50k"})
                 except ConsentRevoked as e:
-                    _say(f"9. The citizen revoked the loan consent; the bank's next evaluation is refused: {e.reason}.")
+                    _say(
+                        f"10. The citizen revoked the loan consent; the bank's next evaluation is refused: {e.reason}."
+                    )
                 else:
                     raise InternalError("an evaluation under a revoked consent was answered")
 
-            _say("10. The citizen lists who asked what under their consents:")
+            _say("11. The citizen lists who asked what under their consents:")
             for evaluation in citizen.list_evaluations():
                 when = datetime.fromtimestamp(evaluation.evaluated_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
                 _say(f"   {when}  {evaluation.institution_id:<15} {evaluation.policy_id:<30} {evaluation.decision}")
@@ -322,7 +348,7 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
             history = citizen.access_history()
             callers = sorted({entry.caller_id or entry.caller_kind for _, entry in history})
             _say(
-                f"11. The citizen's trail in the audit log: {len(history)} entries about them (callers: "
+                f"12. The citizen's trail in the audit log: {len(history)} entries about them (callers: "
                 f"{', '.join(callers)}), each proven included under a checkpoint signed by the log key."
             )
 
@@ -331,18 +357,27 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
                 raise InternalError("the delivery carried no receipt")
             entry, latest = audit.verify_receipt(delivery.log_index, delivery.sealed)
             _say(
-                f"12. Receipt: the delivery is entry {delivery.log_index} of the log (watermark {entry.watermark}), "
+                f"13. Receipt: the delivery is entry {delivery.log_index} of the log (watermark {entry.watermark}), "
                 f"proven under the latest checkpoint of {latest.tree_size} entries."
             )
             audit.prove_consistency(early, latest)
             _say(
-                f"    An auditor holding only the log key checked that the log at {latest.tree_size} entries extends "
+                f"     An auditor holding only the log key checked that the log at {latest.tree_size} entries extends "
                 f"the one signed at {early.tree_size}: nothing was rewritten. Entries hold no names and no values."
             )
     finally:
         running.stop(grace=1.0)
         store.close()
     _say(f"\nDemo finished in {time.perf_counter() - started:.2f} s.")
+
+
+def _department(target: str, root_ca: bytes, store: Store, ca: InstitutionCA, department_id: str) -> DepartmentClient:
+    """Register a department (as ``veilgate department add`` does) and connect as it."""
+    now = datetime.now(UTC)
+    cert, key, serial = ca.issue_client_certificate(department_id, kind="department", now=now)
+    with contextlib.suppress(DepartmentAlreadyRegistered):  # a kept --data-dir from an earlier run
+        store.departments.register(department_id, at=now, certificate_serial=serial)
+    return DepartmentClient(target, certificate_chain=cert, private_key=key, root_certificates=root_ca)
 
 
 def _register(store: Store, ca: InstitutionCA, institution_id: str, kind: str, name: str) -> tuple[bytes, bytes]:

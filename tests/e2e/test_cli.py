@@ -15,18 +15,19 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from veilgate import AuditClient, CitizenClient, CitizenWallet, InstitutionClient, PolicyPin
+from veilgate import AuditClient, CitizenClient, CitizenWallet, DepartmentClient, InstitutionClient, PolicyPin, Record
 from veilgate._internal import jose
 from veilgate._internal.jose import b64url_decode
 from veilgate.audit import parse_entry
 from veilgate.consent import CONSENT_TYP
-from veilgate.errors import ConsentRevoked, InstitutionDisabled
+from veilgate.errors import ConsentRevoked, DepartmentDisabled, InstitutionDisabled
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
 from veilgate_server.audit import checkpoint_body
 from veilgate_server.config import Settings, default_policies_dir
@@ -130,6 +131,9 @@ def test_demo_runs_end_to_end(database_url: str) -> None:
     result = veilgate("demo", "--citizens", "5", "--database-url", database_url)
     out = result.stdout
     assert "GetMyData: 61 items" in out
+    assert "department pushed the citizen's current employer over mutual TLS: 1 record" in out
+    assert "Pushing a taxation item was refused: ITEM_NOT_OWNED" in out
+    assert "Among them the employer the department pushed" in out
     assert "Values are sealed at rest: AES-256-GCM under a data key per citizen, wrapped by records key" in out
     assert "A third party checked the signed delivery offline" in out
     assert "TOKEN_REPLAYED" in out
@@ -537,6 +541,13 @@ def test_an_operator_rotates_the_records_key_and_an_interrupted_rotation_finishe
         (["institution", "add", "--id", "b", "--kind", "bank", "--name", "B\x1b[31mred"], "printable characters"),
         (["institution", "add", "--id", "b", "--kind", "bank", "--name", "B", "--out-dir", "/dev/null"], "not a dir"),
         (["institution", "list"], "no gateway state at"),
+        (
+            ["department", "add", "--id", "ghost_bureau"],
+            "the catalog has no department 'ghost_bureau'; its departments are",
+        ),
+        (["department", "add", "--id", "Bad/Id"], "id must match"),
+        (["department", "list"], "no gateway state at"),
+        (["department", "enable", "--id", "taxation"], "no gateway state at"),
         (["institution", "disable", "--id", "b"], "no gateway state at"),
         (["audit", "verify", "--log-key", "garbage"], "the log verifier key is malformed"),
         (["audit", "export", "--out", "x"], "no gateway state at"),
@@ -668,6 +679,60 @@ def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, P
     logs = "".join(server.stdout + server.stderr)
     assert "EligibilityService/Evaluate -> OK" in logs
     assert "INSTITUTION_DISABLED" in logs
+    assert citizen not in logs
+
+
+def test_department_journey_with_cli_issued_certificates(
+    served: tuple[ServeProcess, Path, str], tmp_path: Path
+) -> None:
+    """The operator registers a department with the CLI; the department's engineer pushes with the
+    files it wrote; the citizen reads the record; disabling the department stops its pushes."""
+    server, data, database_url = served
+    db = ["--data-dir", str(data), "--database-url", database_url]
+    added = veilgate("department", "add", "--id", "social_insurance", *db)
+    assert "registered department social_insurance (" in added.stdout
+    assert "it may push its 8 catalog items" in added.stdout
+    again = veilgate("department", "add", "--id", "social_insurance", *db, check=False)
+    assert (again.returncode, again.stderr.strip()) == (1, "veilgate: error: department is already registered")
+    assert "social_insurance         enabled" in veilgate("department", "list", *db).stdout
+    creds = data / "departments" / "social_insurance"
+    assert (creds / "client.key").stat().st_mode & 0o077 == 0
+    with Store.open(database_url) as store:
+        citizen = store.records.citizen_ids(limit=1)[0]
+    canary = "CANARY-department-e2e-7a21"
+    today = datetime.now(UTC).date()
+    client = DepartmentClient(
+        f"localhost:{server.mtls_port}",
+        certificate_chain=(creds / "client.pem").read_bytes(),
+        private_key=(creds / "client.key").read_bytes(),
+        root_certificates=(creds / "gateway-ca.pem").read_bytes(),
+    )
+    with client:
+        receipt = client.push([Record(citizen, "social_insurance.current_employer", today, canary)])
+        assert receipt.stored == 1
+        with AuditClient.connect(
+            f"localhost:{server.port}",
+            root_certificates=(creds / "gateway-ca.pem").read_bytes(),
+            log_verifier_key=(data / "log.vkey").read_text().strip(),
+        ) as audit:
+            entry, _ = audit.verify_push(receipt)
+        assert (entry.caller_kind, entry.caller_id) == ("department", "social_insurance")
+        veilgate("department", "disable", "--id", "social_insurance", *db)
+        with pytest.raises(DepartmentDisabled):
+            client.push([Record(citizen, "social_insurance.current_employer", today, "later")])
+    wallet = CitizenWallet.generate(citizen)
+    (tmp_path / "id.json").write_text(json.dumps(wallet.public_identity()))
+    veilgate("enroll", "--identity", str(tmp_path / "id.json"), *db)
+    with CitizenClient(
+        f"localhost:{server.port}", wallet, root_certificates=(creds / "gateway-ca.pem").read_bytes()
+    ) as me:
+        [item] = me.get_my_data(items=["social_insurance.current_employer"]).items
+    assert (item.value, item.as_of) == (canary, today)
+    assert server.stop() == 0
+    logs = "".join(server.stdout + server.stderr)
+    assert "IngestService/PushRecords -> OK" in logs
+    assert "DEPARTMENT_DISABLED" in logs
+    assert canary not in logs
     assert citizen not in logs
 
 
