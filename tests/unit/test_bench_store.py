@@ -16,7 +16,6 @@ from veilgate_server.bench.store_scenarios import (
     _percentile,
     bench_audit_export,
     bench_audit_verify,
-    bench_ingest,
     bench_log_append,
     bench_proofs,
     bench_rss,
@@ -115,13 +114,6 @@ def test_audit_verify_and_export_over_a_checkpointed_log() -> None:
     assert export.rate is not None
     assert export.rate > 0
     assert export.meets is None
-
-
-def test_ingest_is_skipped_with_a_reason() -> None:
-    result = bench_ingest()
-    assert result.skipped
-    assert "IngestService" in result.skipped
-    assert result.meets is None
 
 
 def test_rss_measures_a_fresh_serving_process() -> None:

@@ -20,7 +20,8 @@ compares servers and nothing else:
 Requests are built in the child, where a real client would build them: a GetMyData caller signs a
 fresh single-use request token per call with the citizen's wallet; an Evaluate caller sends a unique
 ``request_id`` per call and rotates through consents issued beforehand so that none is used more
-often than it allows. A :class:`Workload` says how; it is pickled into the child.
+often than it allows; a department pushes batches of records made beforehand. A :class:`Workload`
+says how; it is pickled into the child.
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ from veilgate import CitizenWallet, verify_result
 from veilgate.citizen import GET_MY_DATA
 from veilgate.delivery import GatewayKey
 from veilgate.errors import InternalError
-from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
+from veilgate.v1 import (
+    citizen_pb2,
+    citizen_pb2_grpc,
+    eligibility_pb2,
+    eligibility_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+)
 from veilgate_server.bench.results import LatencyStats
 from veilgate_server.rpc.processes import Started, end_process
 
@@ -55,6 +63,7 @@ __all__ = [
     "EvaluateWorkload",
     "GatewayInfoWorkload",
     "GetMyDataWorkload",
+    "IngestWorkload",
     "LoadResult",
     "LoadSpec",
     "NoopWorkload",
@@ -286,6 +295,49 @@ class GetMyDataWorkload:
         )
         delivery = wallet.open_delivery(reply.sealed_delivery, gateway_keys=self.gateway_keys, request_token=token)
         return {"items": len(delivery.items), "sealed_bytes": len(reply.sealed_delivery)}
+
+
+@dataclass(frozen=True, slots=True)
+class IngestWorkload:
+    """A department's pushes: call ``n`` sends batch ``n % len(batches)``, every record dated
+    ``as_of``. A record with the date it is stored with replaces it, so every push of every round
+    is applied in full (the first round inserts, and makes each citizen's data key; later rounds
+    replace), and a push that stores fewer than all of its records fails the call.
+
+    Each batch is ``(citizen_id, item_id, value_json)`` triples; their messages are built once,
+    when the child opens the channel, as a department's feed would have them ready."""
+
+    batches: tuple[tuple[tuple[str, str, str], ...], ...]
+    as_of: str
+    name: str = "ingest"
+
+    def _requests(self) -> list[ingest_pb2.PushRecordsRequest]:
+        return [
+            ingest_pb2.PushRecordsRequest(
+                records=[
+                    ingest_pb2.PushedRecord(citizen_id=c, item_id=i, as_of=self.as_of, value_json=v)
+                    for c, i, v in batch
+                ]
+            )
+            for batch in self.batches
+        ]
+
+    def open(self, channel: grpc.Channel) -> CallFn:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        requests = self._requests()
+
+        def push(n: int) -> None:
+            request = requests[n % len(requests)]
+            reply = stub.PushRecords(request, timeout=30.0)
+            if reply.stored != len(request.records):
+                raise CallFailed(f"a push stored {reply.stored} of its {len(request.records)} records")
+
+        return push
+
+    def probe(self, channel: grpc.Channel, n: int) -> dict[str, Any]:
+        request = self._requests()[n % len(self.batches)]
+        reply = ingest_pb2_grpc.IngestServiceStub(channel).PushRecords(request, timeout=30.0)
+        return {"stored": reply.stored, "stale": len(reply.stale), "request_bytes": request.ByteSize()}
 
 
 # --- the load generator ---------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def _scenario(name: str, baseline: dict[str, Any], postgres_url: str | None, rpc
         case "audit_export":
             return store_scenarios.bench_audit_export(quick=quick)
         case "ingest":
-            return store_scenarios.bench_ingest()
+            return rpc_scenarios.bench_ingest(rpc)
         case "rss":
             return store_scenarios.bench_rss(quick=quick)
     raise ConfigurationError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")

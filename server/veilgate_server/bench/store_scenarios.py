@@ -12,7 +12,6 @@ code the gateway runs, and returns one :class:`ScenarioResult` judged against th
   entries (and 1M in the full run).
 * :func:`bench_audit_verify`, :func:`bench_audit_export` -- entries/s of ``veilgate audit verify`` and
   ``export`` over a log with a signed checkpoint every 10k entries.
-* :func:`bench_ingest` -- skipped until IngestService exists.
 * :func:`bench_rss` -- resident memory of a fresh serving process after a seeded population.
 
 Large logs are built by :func:`bulk_load`, which is :meth:`AuditLog.append_batch` -- the real append
@@ -58,7 +57,6 @@ from veilgate_server.storage.db import create_engine_for
 __all__ = [
     "bench_audit_export",
     "bench_audit_verify",
-    "bench_ingest",
     "bench_log_append",
     "bench_proofs",
     "bench_rss",
@@ -499,18 +497,6 @@ def bench_audit_export(quick: bool, *, size: int | None = None) -> ScenarioResul
             "backend": "sqlite",
             "build_seconds": round(built.build_seconds, 2),
         },
-    )
-
-
-# --- ingest ---------------------------------------------------------------------------------------
-
-
-def bench_ingest() -> ScenarioResult:
-    """Records/s through IngestService: not measurable until that service exists."""
-    return ScenarioResult(
-        name="ingest",
-        target=">= 20000 validated, encrypted records/s",
-        skipped="IngestService is not implemented yet (its issue has not landed); nothing to measure",
     )
 
 
