@@ -125,7 +125,7 @@ INGEST_TARGETS = (
 )
 INGEST_DEPARTMENT = PADDING_DEPARTMENT
 INGEST_BATCH = 500  # records a push: half the most a push may hold
-INGEST_CONCURRENCY = 4  # pushes in flight: a department's feed, not a crowd of callers
+INGEST_PUSHES = 4  # pushes in flight
 
 
 Seconds = tuple[float, float]
@@ -147,6 +147,7 @@ class RpcRun:
     processes: int = 1  # server processes, for the gateway and the bare baseline alike
     postgres_url: str | None = None  # the gateway's store in a fresh schema there; None: SQLite
     pin: bool = True  # each server process on a CPU of its own, as ``veilgate serve --processes`` runs them
+    pushes: int | None = None  # ingest's pushes in flight; None: INGEST_PUSHES
 
     @property
     def durations(self) -> Seconds:
@@ -655,6 +656,7 @@ def bench_ingest(run: RpcRun) -> ScenarioResult:
     push's work is per record, and the target is one of records)."""
     details = run.details()
     citizens = 30 if run.quick else 250
+    in_flight = run.pushes or INGEST_PUSHES
     try:
         with run.gateway(pad_to=2 * _shipped_items()) as bench:
             tls = _register_department(bench)
@@ -664,7 +666,11 @@ def bench_ingest(run: RpcRun) -> ScenarioResult:
             )
             workload = IngestWorkload(batches=batches, as_of=date.today().isoformat())
             details.update(
-                concurrency=INGEST_CONCURRENCY,
+                concurrency=in_flight,
+                concurrency_reason=(
+                    f"{INGEST_PUSHES} pushes of {INGEST_BATCH} records in flight unless --concurrency says otherwise: "
+                    "a department's feed, not a crowd of callers (other levels in docs/performance.md)"
+                ),
                 department=f"{INGEST_DEPARTMENT}, owning a copy of each of the {_shipped_items()} shipped items",
                 records_per_push=INGEST_BATCH,
                 distinct_records=len(batches) * INGEST_BATCH,
@@ -672,7 +678,7 @@ def bench_ingest(run: RpcRun) -> ScenarioResult:
                 mean_value_bytes=round(sum(len(v) for _, _, v in records) / len(records), 1),
                 rounds="push n sends batch n mod batches; round 1 inserts and makes data keys, later ones replace",
             )
-            spec = _spec(bench.mtls_target, tls, workload, seconds=run.durations, concurrency=INGEST_CONCURRENCY)
+            spec = _spec(bench.mtls_target, tls, workload, seconds=run.durations, concurrency=in_flight)
             result = bench.load(spec)
     except VeilgateError as e:
         return _not_measured("ingest", INGEST_TARGETS, e.message, details)

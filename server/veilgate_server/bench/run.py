@@ -84,7 +84,8 @@ def run_bench(
     PostgreSQL server of ``log_append``. ``pin``: each server process on a CPU of its own, as
     ``veilgate serve --processes`` runs them, and ``log_append``'s writers on one CPU, as in a
     server process. ``concurrency`` (calls in flight) and ``seconds`` (each load run's measured
-    window) apply to the baseline and every RPC scenario alike; None: 16, and 15 s (4 s quick)."""
+    window) apply to the baseline and every RPC scenario alike; None: 16, and 15 s (4 s quick).
+    ``ingest`` keeps 4 pushes (of 500 records) in flight unless ``concurrency`` is given."""
     if rpc_store not in RPC_STORES:
         choices = ", ".join(RPC_STORES)
         raise ConfigurationError(f"unknown store {rpc_store!r} for the RPC scenarios; choose from {choices}")
@@ -126,6 +127,7 @@ def run_bench(
         postgres_url=url if rpc_store == "postgresql" else None,
         pin=pin,
         concurrency=rpc_scenarios.CONCURRENCY if concurrency is None else concurrency,
+        pushes=concurrency,
         seconds=None if seconds is None else (rpc_scenarios.default_durations(quick)[0], seconds),
     )
     baseline: dict[str, Any] = {}

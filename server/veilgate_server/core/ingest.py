@@ -87,44 +87,50 @@ def check_push(records: Sequence[Pushed], *, catalog: Catalog, department: str, 
         raise RequestTooLarge(f"a push holds at most {MAX_PUSH_RECORDS} records; this one holds {len(records)}")
     latest = today + timedelta(days=FUTURE_DAYS)
     seen: set[tuple[str, str]] = set()
+    dates: dict[str, date] = {}  # a push's records mostly share one date: each text parsed once
     checked: list[CheckedRecord] = []
     for index, record in enumerate(records):
-        where = f"record {index}"
-        _check_citizen_id(record.citizen_id, where)
+        citizen_id, text = record.citizen_id, record.value_json
+        if not citizen_id or len(citizen_id) > _MAX_CITIZEN_ID or not citizen_id.isprintable() or " " in citizen_id:
+            raise RequestInvalid(f"record {index}: citizen_id must be 1 to 64 printable characters without spaces")
         try:
             item = catalog.item(record.item_id)
         except ItemUnknown:
-            raise ItemUnknown(f"{where}: the catalog has no data item {_shown(record.item_id)}") from None
-        where = f"record {index} ({item.id})"
+            raise ItemUnknown(f"record {index}: the catalog has no data item {_shown(record.item_id)}") from None
         if item.department != department:
-            raise ItemNotOwned(f"{where}: the item belongs to department {item.department}, not {department}")
-        as_of = _as_of(record.as_of, where)
+            raise ItemNotOwned(
+                f"record {index} ({item.id}): the item belongs to department {item.department}, not {department}"
+            )
+        as_of = dates.get(record.as_of)
+        if as_of is None:
+            as_of = dates[record.as_of] = _as_of(record.as_of, f"record {index} ({item.id})")
         if as_of > latest:
-            raise RequestInvalid(f"{where}: as_of lies more than {FUTURE_DAYS} day after the gateway's date")
-        if (record.citizen_id, item.id) in seen:
-            raise RequestInvalid(f"{where}: an earlier record of this push has the same citizen and item")
-        seen.add((record.citizen_id, item.id))
-        value = _parse_value(record.value_json, where)
+            raise RequestInvalid(
+                f"record {index} ({item.id}): as_of lies more than {FUTURE_DAYS} day after the gateway's date"
+            )
+        key = (citizen_id, item.id)
+        if key in seen:
+            raise RequestInvalid(
+                f"record {index} ({item.id}): an earlier record of this push has the same citizen and item"
+            )
+        seen.add(key)
+        value = _parse_value(text, index, item.id)
         try:
             validate_value(item, value)
             canonical = canonical_json(value)
         except CatalogValueError as e:  # "data item 'x' row 3 field 'y': ..." becomes "record 7 (x) row 3 ..."
-            _parse_value(record.value_json, where, strict=True)  # a name given twice is what is wrong first
-            raise CatalogValueError(where + e.message.removeprefix(f"data item {item.id!r}")) from None
+            _parse_value(text, index, item.id, strict=True)  # a name given twice is what is wrong first
+            raise CatalogValueError(
+                f"record {index} ({item.id})" + e.message.removeprefix(f"data item {item.id!r}")
+            ) from None
         except UnicodeEncodeError:  # a lone surrogate escaped in a string: not text
-            raise CatalogValueError(f"{where}: a string escapes half of a surrogate pair") from None
-        if canonical != record.value_json.encode():
+            raise CatalogValueError(f"record {index} ({item.id}): a string escapes half of a surrogate pair") from None
+        if canonical != text.encode():
             # Spelled otherwise than canonically: whitespace, member order, escapes, or a member
             # name given twice, which the quick parse kept only once. A strict parse tells which.
-            _parse_value(record.value_json, where, strict=True)
-        checked.append(CheckedRecord(record.citizen_id, item.id, department, as_of, canonical.decode()))
+            _parse_value(text, index, item.id, strict=True)
+        checked.append(CheckedRecord(citizen_id, item.id, department, as_of, canonical.decode()))
     return checked
-
-
-def _check_citizen_id(citizen_id: str, where: str) -> None:
-    """The store's own rule for citizen ids (1 to 64 printable characters without spaces)."""
-    if not citizen_id or len(citizen_id) > _MAX_CITIZEN_ID or not citizen_id.isprintable() or " " in citizen_id:
-        raise RequestInvalid(f"{where}: citizen_id must be 1 to 64 printable characters without spaces")
 
 
 def _as_of(text: str, where: str) -> date:
@@ -151,19 +157,21 @@ def _no_constant(name: str) -> Any:
     raise _Rejected(f"{name} is not JSON")
 
 
-def _parse_value(text: str, where: str, *, strict: bool = False) -> object:
+def _parse_value(text: str, index: int, item_id: str, *, strict: bool = False) -> object:
     """JSON without NaN or Infinity and nothing after the value; ``strict``: nor a member name given
     twice in one object (the quick parse keeps the last; see :func:`check_push` for when that is
     enough)."""
     try:
-        if strict:
-            return json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_constant)
-        return json.loads(text, parse_constant=_no_constant)
+        return (_STRICT if strict else _QUICK).decode(text)
     except _Rejected as e:
-        raise CatalogValueError(f"{where}: value_json is not strict JSON: {e}") from None
+        raise CatalogValueError(f"record {index} ({item_id}): value_json is not strict JSON: {e}") from None
     except (ValueError, RecursionError):
         # json's message quotes no value, but its position would point into one: not passed on.
-        raise CatalogValueError(f"{where}: value_json is not JSON text") from None
+        raise CatalogValueError(f"record {index} ({item_id}): value_json is not JSON text") from None
+
+
+_QUICK: Final = json.JSONDecoder(parse_constant=_no_constant)
+_STRICT: Final = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constant)
 
 
 def _shown(item_id: str) -> str:
