@@ -105,14 +105,14 @@ def _reject_constant(name: str) -> Any:
     raise _Rejected(f"non-standard JSON constant {name}")
 
 
+# One decoder for every parse: json.loads with options builds a new one, a reference cycle each time.
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
 def parse_json_object(data: bytes) -> dict[str, Any]:
     """Parse strict UTF-8 JSON that must be an object without duplicate names, NaN or Infinity."""
     try:
-        value = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-        )
+        value = _STRICT_JSON.decode(data.decode("utf-8"))
     except _Rejected as e:
         raise _invalid(str(e)) from e
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -130,7 +130,11 @@ def parse_json_object(data: bytes) -> dict[str, Any]:
 def canonical_json(value: Any) -> bytes:
     """Deterministic JSON: sorted keys, no whitespace, UTF-8. Equal to RFC 8785 for our value set
     (strings, integers, booleans, null, lists, objects; no floats are ever put on the wire)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _CANONICAL.encode(value).encode()
+
+
+# One encoder for every call: json.dumps with options builds a new one each time.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def jwk_thumbprint(public_key: bytes) -> str:
