@@ -80,16 +80,15 @@ def _json_default(value: object) -> object:
     raise TypeError(type(value).__name__)
 
 
+# Canonical, as the gateway stores it (checked fastest there); one encoder for every record.
+_VALUE_JSON = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"), default=_json_default
+)
+
+
 def _pushed(record: Record, index: int) -> ingest_pb2.PushedRecord:
     try:
-        value_json = json.dumps(
-            record.value,
-            ensure_ascii=False,
-            allow_nan=False,
-            sort_keys=True,  # canonical, as the gateway stores it: checked fastest
-            separators=(",", ":"),
-            default=_json_default,
-        )
+        value_json = _VALUE_JSON.encode(record.value)
     except (TypeError, ValueError) as e:  # the message names the type, never the value
         raise RecordValueInvalid(f"record {index} ({record.item_id}): the value is not JSON ({e})") from None
     as_of = record.as_of.isoformat() if isinstance(record.as_of, date) else record.as_of
