@@ -198,8 +198,8 @@ def _run(root: Path, *, database_url: str | None, citizens: int, seed: int) -> N
     )
     target, mtls_target = f"localhost:{running.port}", f"localhost:{running.mtls_port}"
     _say(
-        f"2. Gateway {settings.gateway_id}: citizens on {target} (TLS), institutions on {mtls_target} "
-        f"(mutual TLS); signing key {signer.key_id[:16]}..."
+        f"2. Gateway {settings.gateway_id}: citizens on {target} (TLS), institutions and departments on "
+        f"{mtls_target} (mutual TLS); signing key {signer.key_id[:16]}..."
     )
     root_ca = tls_files.ca_certificate.read_bytes()
     try:
