@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from veilgate.errors import DepartmentAlreadyRegistered, DepartmentNotRegistered
 from veilgate_server.crypto.records import RecordsKey, RecordsKeyError
-from veilgate_server.storage import Store, StoredRecord
+from veilgate_server.storage import RecordStore, Store, StoredRecord
 from veilgate_server.storage._session import write_connection
 
 NOW = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
@@ -74,6 +74,30 @@ def test_a_citizen_whose_first_records_another_write_stored_meanwhile_keeps_one_
     with write_connection(store._sessions) as connection:
         assert store.records.push_in(connection, sealed) == []
     assert _values(store, "c-new") == {ITEM: (november, "1"), OTHER: (november, '"contributing"')}
+
+
+def test_a_push_never_brings_back_a_data_key_an_erasure_destroyed(store: Store) -> None:
+    """The citizen is erased between the push's sealing (which read their data key) and its write:
+    the push stores their values under a fresh key, never the destroyed one, so nothing the old key
+    sealed (a page not yet reused, a backup) opens again."""
+    november = dt.date(2026, 11, 1)
+    _push(store, _record("c-1", "10", dt.date(2026, 10, 1)), _record("c-1", '"contributing"', november, OTHER))
+    destroyed = _wrapped_key(store, "c-1")
+    sealed = store.records.seal_push([_record("c-1", "11", november)], now=NOW)
+    with write_connection(store._sessions) as connection:
+        assert RecordStore.erase_in(connection, "c-1") == 2
+    with write_connection(store._sessions) as connection:
+        assert store.records.push_in(connection, sealed) == []
+    assert _wrapped_key(store, "c-1") not in (None, destroyed)
+    assert _values(store, "c-1") == {ITEM: (november, "11")}
+
+
+def _wrapped_key(store: Store, citizen: str) -> bytes | None:
+    with store.engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT wrapped_key FROM record_keys WHERE citizen_id = :c"), {"c": citizen}
+        ).one_or_none()
+    return None if row is None else bytes(row[0])
 
 
 def test_a_push_that_fails_leaves_nothing_and_the_transaction_usable(store: Store, database_url: str) -> None:

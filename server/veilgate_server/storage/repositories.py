@@ -141,12 +141,13 @@ class Institution:
 @dataclass(frozen=True, slots=True)
 class SealedPush:
     """A department's records with their values sealed, ready for :meth:`RecordStore.push_in`:
-    ``wrapped`` holds each citizen's data key, wrapped, that the values were sealed under (read
-    from the store, or made for a citizen new to it, and stored by ``push_in``)."""
+    ``wrapped`` holds each citizen's data key, wrapped, that the values were sealed under: read from
+    the store, or (for the citizens in ``made``, new to it) made, and stored by ``push_in``."""
 
     records: tuple[StoredRecord, ...]
     sealed: tuple[bytes, ...]
     wrapped: Mapping[str, bytes]
+    made: frozenset[str]  # the citizens whose data key was made here, not read
     key_id: str
     made_at: dt.datetime
 
@@ -743,7 +744,8 @@ class RecordStore:
         sealed = tuple(
             data_keys[r.citizen_id].seal(r.item_id, r.department, r.as_of.isoformat(), r.value_json) for r in records
         )
-        return SealedPush(tuple(records), sealed, wrapped, key.key_id, now)
+        made = frozenset(citizen for citizen in citizens if citizen not in stored)
+        return SealedPush(tuple(records), sealed, wrapped, made, key.key_id, now)
 
     def push_in(self, connection: Connection, push: SealedPush) -> list[int]:
         """Store a sealed push (:meth:`seal_push`) in ``connection``'s transaction (the one that
@@ -752,10 +754,11 @@ class RecordStore:
         ``as_of`` replaces the stored one, so pushing a batch again is harmless, and a delayed
         retry of an older batch cannot undo a newer one.
 
-        The data keys the values were sealed under are stored if they are not (a citizen new to
-        the store), and read back: where another write got there first (another push's first
-        record of the same citizen, on another gateway), that citizen's values are sealed again
-        here under the key that was stored. One statement then writes every record and names
+        The data keys made for citizens new to the store are stored, and every citizen's key read
+        back. Where another write changed it meanwhile, that citizen's values are sealed again here:
+        under the key another push stored first, or, for a citizen erased since their key was read,
+        under a fresh one. A key an erasure destroyed is never stored again, so that nothing it
+        sealed (in a page not yet reused, or a backup) can open again. One statement then writes every record and names
         those it wrote (an upsert whose update is conditional on the date, with ``RETURNING``), so
         the date is compared where it is written, whatever another gateway writes meanwhile.
 
@@ -769,20 +772,28 @@ class RecordStore:
         citizens = sorted(push.wrapped)
         written: set[tuple[str, str]] = set()
         with connection.begin_nested(), driver_cursor(connection) as cursor:
-            made = bind_instant(connection.dialect, push.made_at)
-            cursor.executemany(_INSERT_DATA_KEY[postgres], [(c, push.key_id, push.wrapped[c], made) for c in citizens])
+            made_at = bind_instant(connection.dialect, push.made_at)
+            new_keys = [(c, push.key_id, push.wrapped[c], made_at) for c in sorted(push.made)]
+            if new_keys:
+                cursor.executemany(_INSERT_DATA_KEY[postgres], new_keys)
             mark = "%s" if postgres else "?"
             cursor.execute(
                 f"SELECT citizen_id, records_key_id, wrapped_key FROM record_keys "  # noqa: S608
                 f"WHERE citizen_id IN ({', '.join([mark] * len(citizens))})",
                 citizens,
             )
-            for citizen, key_id, stored in cursor.fetchall():
-                if bytes(stored) != push.wrapped[citizen]:  # another write stored theirs first
-                    data_key = _unwrap(key, citizen, key_id, bytes(stored))
-                    for i, r in enumerate(records):
-                        if r.citizen_id == citizen:
-                            sealed[i] = data_key.seal(r.item_id, r.department, r.as_of.isoformat(), r.value_json)
+            stored = {citizen: (key_id, bytes(wrapped)) for citizen, key_id, wrapped in cursor.fetchall()}
+            for citizen in citizens:
+                if citizen not in stored:  # erased since seal_push read their key: a new one, never the old
+                    data_key, wrapped = key.new_data_key(citizen)
+                    cursor.execute(_INSERT_DATA_KEY[postgres], (citizen, key.key_id, wrapped, made_at))
+                elif stored[citizen][1] != push.wrapped[citizen]:  # another write stored theirs first
+                    data_key = _unwrap(key, citizen, *stored[citizen])
+                else:
+                    continue
+                for i, r in enumerate(records):
+                    if r.citizen_id == citizen:
+                        sealed[i] = data_key.seal(r.item_id, r.department, r.as_of.isoformat(), r.value_json)
             for start in range(0, len(records), _PUSH_ROWS):
                 values: list[Any] = []
                 for r, value in zip(
