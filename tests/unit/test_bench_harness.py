@@ -5,10 +5,13 @@ was: timing is not a test on a shared machine."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -35,7 +38,7 @@ from veilgate_server.bench.rpc_scenarios import (
     bench_get_my_data,
     latency_sweep,
 )
-from veilgate_server.rpc.processes import cpus_for, pinned_to
+from veilgate_server.rpc.processes import cpus_for, pinned_to, start_shielded
 from veilgate_server.storage import Store
 
 SMOKE_SECONDS = (0.2, 0.4)  # warm-up, measured
@@ -256,3 +259,23 @@ def test_the_latency_sweep_writes_a_plot_of_every_series(tmp_path: Path) -> None
     plot = tmp_path / "latency.png"
     write_plot(series, plot)
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def _report_sigint(pipe: Any) -> None:
+    pipe.send(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+
+def test_a_shielded_child_starts_with_sigint_ignored_and_the_parent_keeps_its_own() -> None:
+    """A Ctrl-C that reaches a spawned child before its main sets what it does with it must not end
+    it with a traceback: the child's interpreter starts with SIGINT ignored; the parent's handler
+    and mask are as they were."""
+    context = multiprocessing.get_context("spawn")
+    handler, mask = signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_report_sigint, args=(send,), daemon=True)
+    start_shielded(child)
+    ignored = receive.recv()
+    child.join(30)
+    assert ignored is True
+    assert signal.getsignal(signal.SIGINT) == handler
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask

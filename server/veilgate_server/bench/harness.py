@@ -54,7 +54,7 @@ from veilgate.v1 import (
     ingest_pb2_grpc,
 )
 from veilgate_server.bench.results import LatencyStats
-from veilgate_server.rpc.processes import Started, end_process
+from veilgate_server.rpc.processes import Started, end_process, start_shielded
 
 __all__ = [
     "BARE_METHOD",
@@ -502,7 +502,7 @@ def run_load(spec: LoadSpec, *, usage: Usage, start_timeout: float = 60.0) -> Lo
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(target=_child_main, args=(spec, sender), name="veilgate-bench-load", daemon=True)
-    child.start()
+    start_shielded(child)
     sender.close()
     cpu_start: float | None = None
     cpu_end: float | None = None

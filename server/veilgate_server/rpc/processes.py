@@ -19,7 +19,9 @@ pinned, the wake-ups of its threads (gRPC's, the workers', the log writer's), do
 on one CPU: on a 2-vCPU virtual machine an unpinned wake-up was measured to cost far more than
 the work it woke (evaluate 712-826 against 884-1,093 QPS pinned; docs/performance.md, item 34).
 
-Each child ignores SIGINT and SIGTERM: the parent decides when they stop. A child answers three
+Each child ignores SIGINT and SIGTERM: the parent decides when they stop. It starts with SIGINT
+ignored already (:func:`start_shielded`), so that a Ctrl-C that reaches the process group while
+its interpreter is still starting cannot end it with a traceback either. A child answers three
 requests on its pipe:
 
 * ``ports``: sent once when it serves: its TLS and mutual-TLS ports;
@@ -36,6 +38,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,6 +57,7 @@ __all__ = [
     "cpus_for",
     "end_process",
     "pinned_to",
+    "start_shielded",
 ]
 
 _log = logging.getLogger(__name__)
@@ -164,6 +168,27 @@ def _usage() -> tuple[float, int]:
     return time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
 
 
+def start_shielded(process: BaseProcess) -> None:
+    """Start a spawned ``process`` with SIGINT ignored, as it inherits an ignored signal.
+
+    A Ctrl-C reaches the whole foreground process group, and a spawned interpreter takes a while
+    to import its way to its main function, which is where a child sets what it does with it: one
+    arriving before would end it with a KeyboardInterrupt traceback. An interpreter that starts
+    with SIGINT ignored leaves it ignored. The parent blocks SIGINT meanwhile, so that one arriving
+    during the start is delivered to it afterwards rather than lost. From a thread other than the
+    main one (which alone may set handlers) the process is started as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        process.start()
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, handler if handler is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _child_main(factory: ServerFactory, index: int, pipe: Connection, log_level: int, cpu: int | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
@@ -246,7 +271,7 @@ class ServerProcesses:
                     name=f"{name}-{n}",
                     daemon=True,
                 )
-                process.start()
+                start_shielded(process)
                 child_end.close()
                 self._children.append((process, parent_end))
             for child, pipe in self._children:
