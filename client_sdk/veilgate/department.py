@@ -21,7 +21,6 @@ can be run again from the start after any failure.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -32,10 +31,9 @@ from typing import Final
 import grpc
 
 from veilgate._internal.pem import require_certificate, require_private_key
-from veilgate._internal.status import call
+from veilgate._internal.status import call_retrying
 from veilgate.audit import sha256_b64
-from veilgate.errors import GatewayUnavailable, RecordValueInvalid, RequestTooLarge, StorageError
-from veilgate.institution import _backoff
+from veilgate.errors import RecordValueInvalid, RequestTooLarge
 from veilgate.v1 import ingest_pb2, ingest_pb2_grpc
 
 __all__ = ["MAX_PUSH_BYTES", "MAX_PUSH_RECORDS", "DepartmentClient", "PushReceipt", "Record"]
@@ -168,14 +166,8 @@ class DepartmentClient:
             yield self._send(ingest_pb2.PushRecordsRequest(records=batch), first=first)
 
     def _send(self, request: ingest_pb2.PushRecordsRequest, *, first: int) -> PushReceipt:
-        for attempt in range(self._attempts):
-            try:
-                reply = call(self._stub.PushRecords, request, timeout=self._timeout)
-                break
-            except (GatewayUnavailable, StorageError):  # pushing again is harmless
-                if attempt + 1 == self._attempts:
-                    raise
-                time.sleep(_backoff(attempt))
+        # Pushing again is harmless: the newest date wins.
+        reply = call_retrying(self._stub.PushRecords, request, timeout=self._timeout, attempts=self._attempts)
         return PushReceipt(
             stored=reply.stored,
             stale=tuple(reply.stale),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
@@ -29,13 +28,11 @@ import grpc
 
 from veilgate._internal import jose
 from veilgate._internal.pem import require_certificate, require_private_key
-from veilgate._internal.status import call
+from veilgate._internal.status import call, call_retrying
 from veilgate.consent import CONSENT_TYP, PolicyInfo
 from veilgate.delivery import GatewayKey
 from veilgate.errors import (
-    GatewayUnavailable,
     PolicyParameterInvalid,
-    StorageError,
     TokenError,
     TokenInvalid,
     VeilgateError,
@@ -141,14 +138,7 @@ class InstitutionClient:
         request = eligibility_pb2.EvaluateRequest(
             policy_id=policy_id, consent_token=consent_token, request_id=request_id, parameters=params
         )
-        for attempt in range(self._attempts):
-            try:
-                reply = call(self._stub.Evaluate, request, timeout=self._timeout)
-                break
-            except (GatewayUnavailable, StorageError):  # not reached, timed out, or its store down: no refusal
-                if attempt + 1 == self._attempts:
-                    raise
-                time.sleep(_backoff(attempt))
+        reply = call_retrying(self._stub.Evaluate, request, timeout=self._timeout, attempts=self._attempts)
         expected = request_hash(
             consent_id=str(consent_id), policy_id=policy_id, request_id=request_id, parameters=params
         )
@@ -159,9 +149,3 @@ class InstitutionClient:
             expected_request=expected,
         )
         return dataclasses.replace(result, log_index=reply.log_index)
-
-
-def _backoff(attempt: int) -> float:
-    """Seconds before retry ``attempt + 1``: 0.1, 0.2, 0.4 ... up to 2, each drawn down by up to
-    half, so that clients that failed together do not all come back at once."""
-    return min(0.1 * (1 << attempt), 2.0) * (1 - secrets.randbelow(500) / 1000)

@@ -488,14 +488,16 @@ def cmd_institution_add(args: argparse.Namespace) -> int:
 
 
 def cmd_department_add(args: argparse.Namespace) -> int:
+    from veilgate_server.core.catalog import DepartmentId
+
     _check_caller(args)
     settings = _settings(args)
     catalog = settings.load_catalog()
-    if args.id not in catalog.departments:  # a department can push only what the catalog says it owns
+    department = catalog.departments.get(DepartmentId(args.id))
+    if department is None:  # a department can push only what the catalog says it owns
         raise ConfigurationError(
             f"the catalog has no department {args.id!r}; its departments are: {', '.join(catalog.departments)}"
         )
-    department = catalog.department(args.id)
     out = Path(args.out_dir) if args.out_dir else settings.departments_dir / args.id
 
     def registered(store: Store) -> bool:

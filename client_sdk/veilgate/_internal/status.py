@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -15,11 +17,12 @@ from veilgate.errors import (
     GatewayUnavailable,
     InternalError,
     RequestTooLarge,
+    StorageError,
     VeilgateError,
     error_for_reason,
 )
 
-__all__ = ["call", "error_from_rpc"]
+__all__ = ["call", "call_retrying", "error_from_rpc"]
 
 _Reply = TypeVar("_Reply")
 _BUSY = "Concurrent RPC limit exceeded"  # grpcio's server, past its maximum_concurrent_rpcs
@@ -39,6 +42,24 @@ def call(method: Callable[..., _Reply], request: object, *, timeout: float) -> _
         if "closed channel" not in str(e):
             raise
         raise ConfigurationError("this client is closed: make a new one") from None
+
+
+def call_retrying(method: Callable[..., _Reply], request: object, *, timeout: float, attempts: int) -> _Reply:
+    """:func:`call`, made again with backoff (up to ``attempts`` calls) while the gateway is not
+    reached, times out or has its store down: failures that refused nothing. For calls that are
+    safe to repeat (an evaluation under one request id, a push of records)."""
+    for attempt in range(attempts - 1):
+        try:
+            return call(method, request, timeout=timeout)
+        except (GatewayUnavailable, StorageError):
+            time.sleep(_backoff(attempt))
+    return call(method, request, timeout=timeout)
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt + 1``: 0.1, 0.2, 0.4 ... up to 2, each drawn down by up to
+    half, so that clients that failed together do not all come back at once."""
+    return min(0.1 * (1 << attempt), 2.0) * (1 - secrets.randbelow(500) / 1000)
 
 
 def error_from_rpc(error: grpc.RpcError) -> VeilgateError:

@@ -658,7 +658,8 @@ def bench_ingest(run: RpcRun) -> ScenarioResult:
     citizens = 30 if run.quick else 250
     in_flight = run.pushes or INGEST_PUSHES
     try:
-        with run.gateway(pad_to=2 * _shipped_items()) as bench:
+        shipped = _shipped_items()
+        with run.gateway(pad_to=2 * shipped) as bench:
             tls = _register_department(bench)
             records = _feed_records(bench, citizens)
             batches = tuple(
@@ -671,7 +672,7 @@ def bench_ingest(run: RpcRun) -> ScenarioResult:
                     f"{INGEST_PUSHES} pushes of {INGEST_BATCH} records in flight unless --concurrency says otherwise: "
                     "a department's feed, not a crowd of callers (other levels in docs/performance.md)"
                 ),
-                department=f"{INGEST_DEPARTMENT}, owning a copy of each of the {_shipped_items()} shipped items",
+                department=f"{INGEST_DEPARTMENT}, owning a copy of each of the {shipped} shipped items",
                 records_per_push=INGEST_BATCH,
                 distinct_records=len(batches) * INGEST_BATCH,
                 citizens=citizens,
