@@ -226,7 +226,7 @@ class GatewayHarness:
             institution_id, kind=kind, name=f"{institution_id} (test)", at=datetime.now(UTC)
         )
         cert, key, serial = self.institution_ca.issue_client_certificate(institution_id, now=datetime.now(UTC))
-        self.store.institutions.record_certificate(institution_id, serial)
+        self.store.certificates.record("institution", institution_id, serial, at=datetime.now(UTC))
         return InstitutionCredentials(institution_id, cert, key)
 
     def institution_client(self, credentials: InstitutionCredentials, **kw: Any) -> InstitutionClient:

@@ -17,6 +17,8 @@ from typing import ClassVar
 
 __all__ = [
     "CatalogError",
+    "CertificateNotAccepted",
+    "CertificateUnknown",
     "CitizenAlreadyEnrolled",
     "CitizenBudgetExhausted",
     "CitizenNotEnrolled",
@@ -262,6 +264,17 @@ class DepartmentAlreadyRegistered(VeilgateError):
 
 class DepartmentDisabled(VeilgateError):
     reason = "DEPARTMENT_DISABLED"
+
+
+class CertificateNotAccepted(VeilgateError):
+    """The client certificate is signed by the gateway's client CA, but the operator has no record
+    of it for this caller, or revoked it: use the caller's current certificate."""
+
+    reason = "CERTIFICATE_NOT_ACCEPTED"
+
+
+class CertificateUnknown(VeilgateError):
+    reason = "CERTIFICATE_UNKNOWN"
 
 
 class ItemNotOwned(VeilgateError):

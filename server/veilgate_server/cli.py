@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from veilgate.errors import (
     ConfigurationError,
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from veilgate_server.gateway import Gateway
     from veilgate_server.serving import ServeOptions
     from veilgate_server.storage import Store
+    from veilgate_server.storage.repositories import IssuedCertificate
 
 
 __all__ = ["main"]
@@ -382,13 +383,14 @@ def _issue_client(
     kind: CallerKind,
     out: Path,
     register: Callable[[Store, str], None],
-    registered: Callable[[Store], bool],
-    taken: VeilgateError,
+    check: Callable[[Store], None],
 ) -> tuple[str, bytes | None]:
     """Issue a client certificate for ``args.id`` (from ``args.csr`` when given), write it to
-    ``out`` with the gateway's CA, and register the caller; returns the serial and the private key
-    made (None for a CSR). Nothing is left behind when any step fails: a refused CSR or an
-    unwritable directory registers nothing, and a registration that fails takes its files back."""
+    ``out`` with the gateway's CA, and ``register`` it (the caller with it, or it for a registered
+    caller) once ``check`` has found the store ready for that; returns the serial and the private
+    key made (None for a CSR). Nothing is left behind when any step fails: a refused CSR or an
+    unwritable directory registers nothing, and a registration that fails takes its files back.
+    Files already in ``out`` are never replaced."""
     from veilgate_server.crypto import ensure_local_tls
     from veilgate_server.crypto.institutions import InstitutionCA
     from veilgate_server.crypto.keys import write_private_file
@@ -406,8 +408,10 @@ def _issue_client(
     store = settings.open_store()
     written: list[Path] = []
     try:
-        if registered(store):  # before its files, which would replace the first one's
-            raise taken
+        check(store)
+        held = [name for name in ("client.pem", "client.key") if (out / name).exists()]
+        if held:
+            raise ConfigurationError(f"{out} already holds {' and '.join(held)}: choose another --out-dir")
         key_pem: bytes | None = None
         if csr is not None:
             cert_pem, serial = ca.sign_csr(csr, args.id, kind=kind, trust_domain=args.trust_domain, now=_now())
@@ -463,25 +467,15 @@ def cmd_institution_add(args: argparse.Namespace) -> int:
     settings = _settings(args)
     out = Path(args.out_dir) if args.out_dir else settings.institutions_dir / args.id
 
-    def registered(store: Store) -> bool:
-        try:
+    def unregistered(store: Store) -> None:
+        with contextlib.suppress(InstitutionUnknown):
             store.institutions.get(args.id)
-        except InstitutionUnknown:
-            return False
-        return True
+            raise InstitutionAlreadyRegistered("institution is already registered")
 
     def register(store: Store, serial: str) -> None:
         store.institutions.register(args.id, kind=args.kind, name=args.name, at=_now(), certificate_serial=serial)
 
-    serial, key_pem = _issue_client(
-        args,
-        settings,
-        kind="institution",
-        out=out,
-        register=register,
-        registered=registered,
-        taken=InstitutionAlreadyRegistered("institution is already registered"),
-    )
+    serial, key_pem = _issue_client(args, settings, kind="institution", out=out, register=register, check=unregistered)
     print(f"registered {args.kind} {args.id} ({args.name})")
     _print_issued(out, serial, key_pem)
     return 0
@@ -500,25 +494,15 @@ def cmd_department_add(args: argparse.Namespace) -> int:
         )
     out = Path(args.out_dir) if args.out_dir else settings.departments_dir / args.id
 
-    def registered(store: Store) -> bool:
-        try:
+    def unregistered(store: Store) -> None:
+        with contextlib.suppress(DepartmentNotRegistered):
             store.departments.get(args.id)
-        except DepartmentNotRegistered:
-            return False
-        return True
+            raise DepartmentAlreadyRegistered("department is already registered")
 
     def register(store: Store, serial: str) -> None:
         store.departments.register(args.id, at=_now(), certificate_serial=serial)
 
-    serial, key_pem = _issue_client(
-        args,
-        settings,
-        kind="department",
-        out=out,
-        register=register,
-        registered=registered,
-        taken=DepartmentAlreadyRegistered("department is already registered"),
-    )
+    serial, key_pem = _issue_client(args, settings, kind="department", out=out, register=register, check=unregistered)
     items = len(catalog.items_of(args.id))
     print(f"registered department {args.id} ({department.name_en}); it may push its {items} catalog items")
     _print_issued(out, serial, key_pem)
@@ -577,6 +561,98 @@ def cmd_institution_enable(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"institution {institution.institution_id} is now {'enabled' if institution.enabled else 'disabled'}")
+    return 0
+
+
+def _caller_kind(args: argparse.Namespace) -> CallerKind:
+    kind: CallerKind = args.caller_kind
+    return kind
+
+
+def _certificates_of(store: Store, kind: CallerKind, caller_id: str) -> list[IssuedCertificate]:
+    """The caller's certificates on record; a CLI error if the caller is not registered."""
+    try:
+        if kind == "institution":
+            store.institutions.get(caller_id)
+        else:
+            store.departments.get(caller_id)
+    except (InstitutionUnknown, DepartmentNotRegistered):
+        raise ConfigurationError(f"no {kind} {caller_id!r} is registered (`veilgate {kind} list` shows them)") from None
+    return store.certificates.list(kind, caller_id)
+
+
+def cmd_certificate_renew(args: argparse.Namespace) -> int:
+    """Issue a further certificate to a registered institution or department. Its others stay
+    accepted until they are revoked, so that it can move to the new one without a gap."""
+    kind = _caller_kind(args)
+    _check_caller(args)
+    settings = _settings(args)
+    store = settings.open_store(existing=True)  # before a CA or a file is made for nobody
+    try:
+        _certificates_of(store, kind, args.id)
+    finally:
+        store.close()
+    home = settings.institutions_dir if kind == "institution" else settings.departments_dir
+    out = Path(args.out_dir) if args.out_dir else home / args.id / f"renewed-{_now():%Y%m%dT%H%M%SZ}"
+    others: list[IssuedCertificate] = []
+
+    def registered(store: Store) -> None:
+        others.extend(c for c in _certificates_of(store, kind, args.id) if c.revoked_at is None)
+
+    def record(store: Store, serial: str) -> None:
+        store.certificates.record(kind, args.id, serial, at=_now())
+
+    serial, key_pem = _issue_client(args, settings, kind=kind, out=out, register=record, check=registered)
+    print(f"issued a further certificate to {kind} {args.id}")
+    _print_issued(out, serial, key_pem)
+    for other in others:
+        print(
+            f"still accepted: serial {other.serial} (issued {other.issued_at:%Y-%m-%d}); once {args.id} uses the"
+            f" new one: veilgate {kind} revoke-certificate --id {args.id} --serial {other.serial}"
+        )
+    return 0
+
+
+def cmd_certificate_list(args: argparse.Namespace) -> int:
+    kind = _caller_kind(args)
+    store = _settings(args).open_store(existing=True)
+    try:
+        certificates = _certificates_of(store, kind, args.id)
+    finally:
+        store.close()
+    for c in certificates:
+        state = "accepted" if c.revoked_at is None else f"REVOKED {c.revoked_at:%Y-%m-%dT%H:%M:%SZ}"
+        print(f"{c.serial:<42} issued {c.issued_at:%Y-%m-%dT%H:%M:%SZ}  {state}")
+    if not certificates:
+        print(
+            f"no certificate is on record for {kind} {args.id}: issue one with `veilgate {kind} renew --id {args.id}`"
+        )
+    return 0
+
+
+def cmd_certificate_revoke(args: argparse.Namespace) -> int:
+    """Revoke one certificate of an institution or department: its next call with it is refused."""
+    kind = _caller_kind(args)
+    serial = args.serial.strip().lower().removeprefix("0x").replace(":", "")
+    store = _settings(args).open_store(existing=True)
+    try:
+        on_record = {c.serial: c for c in _certificates_of(store, kind, args.id)}
+        if serial not in on_record:
+            listed = ", ".join(on_record) or "none"
+            raise ConfigurationError(
+                f"no certificate with serial {args.serial!r} is on record for {kind} {args.id} (on record: {listed})"
+            )
+        revoked = store.certificates.revoke(kind, args.id, serial, at=_now())
+        accepted = [c for c in store.certificates.list(kind, args.id) if c.revoked_at is None]
+    finally:
+        store.close()
+    since = f"{revoked.revoked_at or _now():%Y-%m-%dT%H:%M:%SZ}"
+    already = on_record[serial].revoked_at is not None
+    print(
+        f"certificate {revoked.serial} of {kind} {args.id} {'was already' if already else 'is'} revoked since {since}"
+    )
+    if not accepted:
+        print(f"{args.id} has no accepted certificate left: issue one with `veilgate {kind} renew --id {args.id}`")
     return 0
 
 
@@ -1043,6 +1119,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------------------------
 
 
+def _add_certificate_commands(commands: Any, common: argparse.ArgumentParser, kind: str) -> None:
+    """renew, certificates and revoke-certificate, alike for institutions and departments."""
+    p = commands.add_parser(
+        "renew",
+        parents=[common],
+        help=f"issue a further client certificate to a registered {kind} (before the current one expires)",
+    )
+    p.set_defaults(func=cmd_certificate_renew, caller_kind=kind)
+    p.add_argument("--id", required=True)
+    p.add_argument("--csr", help="sign this CSR (PEM) instead of generating a key")
+    p.add_argument("--out-dir", help=f"where to write it (default DATA_DIR/{kind}s/ID/renewed-TIME)")
+    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    p = commands.add_parser("certificates", parents=[common], help=f"list a {kind}'s client certificates")
+    p.set_defaults(func=cmd_certificate_list, caller_kind=kind)
+    p.add_argument("--id", required=True)
+    p = commands.add_parser(
+        "revoke-certificate", parents=[common], help=f"stop accepting one of a {kind}'s client certificates"
+    )
+    p.set_defaults(func=cmd_certificate_revoke, caller_kind=kind)
+    p.add_argument("--id", required=True)
+    p.add_argument("--serial", required=True, help="its serial in hex, as `certificates` lists it")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", help="state directory (env VEILGATE_DATA_DIR; default ./veilgate-data)")
@@ -1186,6 +1285,7 @@ def _parser() -> argparse.ArgumentParser:
         p = institution.add_parser(name, parents=[common], help=f"{name} an institution")
         p.set_defaults(func=cmd_institution_enable, enable=enable)
         p.add_argument("--id", required=True)
+    _add_certificate_commands(institution, common, "institution")
 
     department = sub.add_parser("department", help="departments: the data sources").add_subparsers(
         dest="department_command", required=True
@@ -1204,6 +1304,7 @@ def _parser() -> argparse.ArgumentParser:
         p = department.add_parser(name, parents=[common], help=f"{name} a department")
         p.set_defaults(func=cmd_department_enable, enable=enable)
         p.add_argument("--id", required=True)
+    _add_certificate_commands(department, common, "department")
 
     policy = sub.add_parser("policy", help="policies and their signed manifest").add_subparsers(
         dest="policy_command", required=True

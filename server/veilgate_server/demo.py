@@ -375,8 +375,10 @@ def _department(target: str, root_ca: bytes, store: Store, ca: InstitutionCA, de
     """Register a department (as ``veilgate department add`` does) and connect as it."""
     now = datetime.now(UTC)
     cert, key, serial = ca.issue_client_certificate(department_id, kind="department", now=now)
-    with contextlib.suppress(DepartmentAlreadyRegistered):  # a kept --data-dir from an earlier run
+    try:
         store.departments.register(department_id, at=now, certificate_serial=serial)
+    except DepartmentAlreadyRegistered:  # a kept --data-dir from an earlier run: a certificate more
+        store.certificates.record("department", department_id, serial, at=now)
     return DepartmentClient(target, certificate_chain=cert, private_key=key, root_certificates=root_ca)
 
 
@@ -385,7 +387,7 @@ def _register(store: Store, ca: InstitutionCA, institution_id: str, kind: str, n
     with contextlib.suppress(InstitutionAlreadyRegistered):  # a kept --data-dir from an earlier run
         store.institutions.register(institution_id, kind=kind, name=name, at=now)
     cert, key, serial = ca.issue_client_certificate(institution_id, now=now)
-    store.institutions.record_certificate(institution_id, serial)
+    store.certificates.record("institution", institution_id, serial, at=now)
     return cert, key
 
 

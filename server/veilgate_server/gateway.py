@@ -26,6 +26,7 @@ from veilgate.citizen import GET_MY_DATA
 from veilgate.consent import CONSENT_TYP
 from veilgate.delivery import DELIVERY_TYP
 from veilgate.errors import (
+    CertificateNotAccepted,
     ConsentRevoked,
     ConsentUnknown,
     DepartmentDisabled,
@@ -82,6 +83,7 @@ __all__ = [
 Clock = Callable[[], float]
 DEFAULT_DAILY_BUDGET = 20
 _SERVICE = "/veilgate.v1.CitizenService/"
+_NOT_ACCEPTED = "this client certificate is not on record for its caller, or was revoked: use the current one"
 REGISTER_CONSENT = _SERVICE + "RegisterConsent"
 LIST_CONSENTS = _SERVICE + "ListConsents"
 REVOKE_CONSENT = _SERVICE + "RevokeConsent"
@@ -333,20 +335,26 @@ class Gateway:
             raise PolicyUnknown(f"no policy {policy_id!r} is loaded")
         return policy
 
-    def authenticate_institution(self, institution_id: str) -> Institution:
-        """The registered, enabled institution behind a verified client certificate."""
-        institution = self.store.institutions.get(institution_id)
+    def authenticate_institution(self, institution_id: str, certificate_serial: str) -> Institution:
+        """The registered, enabled institution behind a verified client certificate, which must be
+        one of its certificates on record and not revoked."""
+        institution, accepted = self.store.institutions.get_for_certificate(institution_id, certificate_serial)
         if not institution.enabled:
             raise InstitutionDisabled(f"institution {institution_id} is disabled")
+        if not accepted:
+            raise CertificateNotAccepted(_NOT_ACCEPTED)
         return institution
 
     # --- departments ------------------------------------------------------------------------------
 
-    def authenticate_department(self, department_id: str) -> Department:
-        """The registered, enabled department behind a verified client certificate."""
-        department = self.store.departments.get(department_id)
+    def authenticate_department(self, department_id: str, certificate_serial: str) -> Department:
+        """The registered, enabled department behind a verified client certificate, which must be
+        one of its certificates on record and not revoked."""
+        department, accepted = self.store.departments.get_for_certificate(department_id, certificate_serial)
         if not department.enabled:
             raise DepartmentDisabled(f"department {department_id} is disabled")
+        if not accepted:
+            raise CertificateNotAccepted(_NOT_ACCEPTED)
         return department
 
     def push_records(

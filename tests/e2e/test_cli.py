@@ -27,7 +27,7 @@ from veilgate._internal import jose
 from veilgate._internal.jose import b64url_decode
 from veilgate.audit import parse_entry
 from veilgate.consent import CONSENT_TYP
-from veilgate.errors import ConsentRevoked, DepartmentDisabled, InstitutionDisabled
+from veilgate.errors import CertificateNotAccepted, ConsentRevoked, DepartmentDisabled, InstitutionDisabled
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
 from veilgate_server.audit import checkpoint_body
 from veilgate_server.config import Settings, default_policies_dir
@@ -549,6 +549,10 @@ def test_an_operator_rotates_the_records_key_and_an_interrupted_rotation_finishe
         (["department", "list"], "no gateway state at"),
         (["department", "enable", "--id", "taxation"], "no gateway state at"),
         (["institution", "disable", "--id", "b"], "no gateway state at"),
+        (["institution", "renew", "--id", "Bad/Id"], "id must match"),
+        (["institution", "renew", "--id", "b"], "no gateway state at"),
+        (["institution", "certificates", "--id", "b"], "no gateway state at"),
+        (["department", "revoke-certificate", "--id", "taxation", "--serial", "ab"], "no gateway state at"),
         (["audit", "verify", "--log-key", "garbage"], "the log verifier key is malformed"),
         (["audit", "export", "--out", "x"], "no gateway state at"),
         (["audit", "export", "--out", ""], "--out must not be empty"),
@@ -668,6 +672,32 @@ def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, P
             )
         result = bank.evaluate("credit.mortgage_prequal", token, {"home_type": "first_home"})
         assert result.decision in {"ELIGIBLE", "NOT_ELIGIBLE", "REFER"}
+        # The certificate is renewed before it expires: both work until the bank has moved over.
+        renewed = veilgate("institution", "renew", "--id", "bank-e2e", *db).stdout
+        old_serial = veilgate("institution", "certificates", "--id", "bank-e2e", *db).stdout.splitlines()[1].split()[0]
+        assert f"--id bank-e2e --serial {old_serial}" in renewed
+        [new_dir] = creds.glob("renewed-*")
+        assert (new_dir / "client.key").stat().st_mode & 0o077 == 0
+        with InstitutionClient(
+            f"localhost:{server.mtls_port}",
+            certificate_chain=(new_dir / "client.pem").read_bytes(),
+            private_key=(new_dir / "client.key").read_bytes(),
+            root_certificates=ca,
+            institution_id="bank-e2e",
+        ) as moved:
+            assert {p.id for p in moved.list_policies()} == set(policies)
+            assert {p.id for p in bank.list_policies()} == set(policies)
+            revoked = veilgate("institution", "revoke-certificate", "--id", "bank-e2e", "--serial", old_serial, *db)
+            assert f"certificate {old_serial} of institution bank-e2e is revoked since" in revoked.stdout
+            with pytest.raises(CertificateNotAccepted):
+                bank.list_policies()
+            assert {p.id for p in moved.list_policies()} == set(policies)
+        listed = veilgate("institution", "certificates", "--id", "bank-e2e", *db).stdout.splitlines()
+        assert [line.split()[3] for line in listed] == ["accepted", "REVOKED"]
+        assert listed[1].startswith(old_serial)
+        wrong = veilgate("institution", "revoke-certificate", "--id", "bank-e2e", "--serial", "0xABC", *db, check=False)
+        assert wrong.returncode == 1
+        assert "no certificate with serial '0xABC' is on record for institution bank-e2e" in wrong.stderr
         unknown = veilgate("institution", "disable", "--id", "bank-e2f", *db, check=False)
         assert unknown.returncode == 1
         assert "no institution 'bank-e2f' is registered" in unknown.stderr
@@ -679,6 +709,7 @@ def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, P
     logs = "".join(server.stdout + server.stderr)
     assert "EligibilityService/Evaluate -> OK" in logs
     assert "INSTITUTION_DISABLED" in logs
+    assert "CERTIFICATE_NOT_ACCEPTED" in logs
     assert citizen not in logs
 
 

@@ -22,6 +22,7 @@ from veilgate._internal import jose
 from veilgate.audit import parse_entry
 from veilgate.consent import CONSENT_TYP
 from veilgate.errors import (
+    CertificateNotAccepted,
     CitizenBudgetExhausted,
     ConfigurationError,
     ConsentExhausted,
@@ -220,6 +221,36 @@ def test_mtls_identity_is_required_and_checked(scene: Scene, tmp_path: Any) -> N
         client.evaluate(LOAN, token, LOAN_PARAMS)
     with scene.gw.institution_client(scene.bank) as bank:
         assert bank.list_policies()
+
+
+def test_a_renewed_certificate_works_beside_the_old_one_and_a_revoked_one_is_refused_and_logged(
+    scene: Scene,
+) -> None:
+    gw = scene.gw
+    now = datetime.now(UTC)
+    cert, key, serial = gw.institution_ca.issue_client_certificate("bank-a", now=now)
+    renewed = InstitutionCredentials("bank-a", cert, key)
+    # Signed by the client CA for a registered bank, but never put on record: refused.
+    with gw.institution_client(renewed) as client, pytest.raises(CertificateNotAccepted):
+        client.list_policies()
+    gw.store.certificates.record("institution", "bank-a", serial, at=now)
+    [old] = [c.serial for c in gw.store.certificates.list("institution", "bank-a") if c.serial != serial]
+    with gw.institution_client(scene.bank) as bank, gw.institution_client(renewed) as client:
+        assert bank.list_policies() == client.list_policies()  # both, while the bank moves over
+        gw.store.certificates.revoke("institution", "bank-a", old, at=now)
+        token = scene.consent()
+        size = gw.store.log.tree_size()
+        with pytest.raises(CertificateNotAccepted, match="not on record for its caller, or was revoked"):
+            bank.evaluate(LOAN, token, LOAN_PARAMS)  # on the same connection, at its next call
+        assert client.evaluate(LOAN, token, LOAN_PARAMS).decision in {"ELIGIBLE", "NOT_ELIGIBLE", "REFER"}
+    with gw.audit() as audit:
+        entries = [parse_entry(raw) for _, raw in audit.entries(size, gw.store.log.tree_size() - size)]
+    assert [(e.caller_id, e.code, e.reason) for e in entries if e.method.endswith("/Evaluate")] == [
+        ("bank-a", "PERMISSION_DENIED", "CERTIFICATE_NOT_ACCEPTED"),
+        ("bank-a", "OK", ""),
+    ]
+    [consent] = gw.store.consents.for_citizen(scene.citizen)
+    assert consent.uses == 1
 
 
 def test_a_citizen_cannot_register_anothers_consent_nor_learn_whether_they_are_enrolled(scene: Scene) -> None:

@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 from veilgate import CitizenWallet, Record
 from veilgate.audit import parse_entry, sha256_b64
 from veilgate.errors import (
+    CertificateNotAccepted,
     ClientCertificateRequired,
     DepartmentDisabled,
     DepartmentNotRegistered,
@@ -150,6 +151,15 @@ def test_only_registered_enabled_departments_push(gateway_harness: GatewayHarnes
             client.push(record)
         gw.store.departments.set_enabled(SI, True)
         assert client.push(record).stored == 1
+        # A certificate the operator revoked (its key leaked, say) is refused at the next push.
+        [certificate] = gw.store.certificates.list("department", SI)
+        gw.store.certificates.revoke("department", SI, certificate.serial, at=datetime.now(UTC))
+        with pytest.raises(CertificateNotAccepted):
+            client.push(record)
+    # So is one the client CA signed that the operator never put on record.
+    cert, key, _ = gw.institution_ca.issue_client_certificate(SI, kind="department", now=datetime.now(UTC))
+    with gw.department_client(DepartmentCredentials(SI, cert, key)) as client, pytest.raises(CertificateNotAccepted):
+        client.push(record)
 
 
 def test_an_institution_cannot_push_and_a_department_cannot_evaluate(gateway_harness: GatewayHarness) -> None:

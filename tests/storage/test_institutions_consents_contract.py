@@ -22,20 +22,25 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select
 
 from veilgate.errors import (
+    CertificateUnknown,
     CitizenBudgetExhausted,
+    ConfigurationError,
     ConsentAlreadyRegistered,
     ConsentExhausted,
     ConsentRevoked,
     ConsentUnknown,
     ConsentWrongInstitution,
+    DepartmentNotRegistered,
     InstitutionAlreadyRegistered,
     InstitutionUnknown,
     VeilgateError,
 )
 from veilgate_server.storage import ConsentRow, EvaluationRow, Institution, Store, db
 from veilgate_server.storage.models import Base, Evaluation
+from veilgate_server.storage.repositories import IssuedCertificate
 
 T0 = dt.datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
 CST = dt.timezone(dt.timedelta(hours=8))
 THREADS = 8
 CITIZEN = "370102199001011234"
@@ -119,17 +124,24 @@ def test_register_and_get_institution(store: Store) -> None:
         name="Qilu Bank",
         enabled=True,
         registered_at=T0,
-        certificate_serial=None,
     )
     assert store.institutions.get(BANK) == registered
+    assert store.certificates.list("institution", BANK) == []
 
 
 def test_an_institution_registers_with_its_certificate_in_one_write(store: Store) -> None:
-    registered = store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0, certificate_serial="0a1b")
-    assert registered.certificate_serial == "0a1b"
-    assert store.institutions.get(BANK).certificate_serial == "0a1b"
+    store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0, certificate_serial="0a1b")
+    assert store.certificates.list("institution", BANK) == [IssuedCertificate("0a1b", "institution", BANK, T0, None)]
+    assert store.institutions.get_for_certificate(BANK, "0a1b")[1]
     with pytest.raises(ValueError, match="certificate_serial"):
         store.institutions.register("bank-2", kind="bank", name="B", at=T0, certificate_serial="0A1B")
+    with pytest.raises(InstitutionUnknown):
+        store.institutions.get("bank-2")
+    # A serial on record already fails the whole registration: neither row is written.
+    with pytest.raises(ConfigurationError, match="on record already"):
+        store.institutions.register("bank-3", kind="bank", name="C", at=T0, certificate_serial="0a1b")
+    with pytest.raises(InstitutionUnknown):
+        store.institutions.get("bank-3")
 
 
 @pytest.mark.parametrize("name", ["", "Qilu\nBank", "Qilu \x1b[31mBank", "Qilu\u200bBank", "x" * 201])
@@ -190,10 +202,12 @@ def test_get_unknown_institution(store: Store) -> None:
     with pytest.raises(InstitutionUnknown):
         store.institutions.set_enabled("nobody", False)
     with pytest.raises(InstitutionUnknown):
-        store.institutions.record_certificate("nobody", "ab12")
+        store.certificates.record("institution", "nobody", "ab12", at=T0)
+    with pytest.raises(InstitutionUnknown):
+        store.institutions.get_for_certificate("nobody", "ab12")
 
 
-def test_enable_disable_and_certificate_serial(store: Store) -> None:
+def test_enable_and_disable(store: Store) -> None:
     store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0)
 
     disabled = store.institutions.set_enabled(BANK, False)
@@ -201,12 +215,58 @@ def test_enable_disable_and_certificate_serial(store: Store) -> None:
     assert not store.institutions.set_enabled(BANK, False).enabled  # idempotent
     assert store.institutions.set_enabled(BANK, True).enabled
 
-    store.institutions.record_certificate(BANK, "1f" * 20)
-    assert store.institutions.get(BANK).certificate_serial == "1f" * 20
-    store.institutions.record_certificate(BANK, "2a")
-    assert store.institutions.get(BANK).certificate_serial == "2a"
+
+# --- client certificates ----------------------------------------------------------------------------
+
+
+def test_a_renewed_certificate_is_accepted_beside_the_old_one_until_that_is_revoked(store: Store) -> None:
+    store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0, certificate_serial="1f" * 20)
+    store.departments.register("taxation", at=T0, certificate_serial="0d")
+    renewed = store.certificates.record("institution", BANK, "2a", at=T0 + dt.timedelta(days=300))
+
+    accepted = store.institutions.get_for_certificate
+    assert (accepted(BANK, "1f" * 20)[1], accepted(BANK, "2a")[1]) == (True, True)
+    assert [c.serial for c in store.certificates.list("institution", BANK)] == ["2a", "1f" * 20]  # newest first
+
+    revoked_at = T0 + dt.timedelta(days=301)
+    revoked = store.certificates.revoke("institution", BANK, "1f" * 20, at=revoked_at)
+    assert revoked == IssuedCertificate("1f" * 20, "institution", BANK, T0, revoked_at)
+    assert (accepted(BANK, "1f" * 20)[1], accepted(BANK, "2a")[1]) == (False, True)
+    # Revoking again keeps the first time.
+    assert store.certificates.revoke("institution", BANK, "1f" * 20, at=revoked_at + HOUR).revoked_at == revoked_at
+    assert store.certificates.list("institution", BANK) == [renewed, revoked]
+
+
+def test_a_certificate_is_accepted_only_for_its_own_caller(store: Store) -> None:
+    store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0, certificate_serial="0b")
+    store.institutions.register("bank-2", kind="bank", name="B", at=T0, certificate_serial="0c")
+    store.departments.register("taxation", at=T0, certificate_serial="0d")
+
+    assert not store.institutions.get_for_certificate(BANK, "0c")[1]  # another bank's
+    assert not store.institutions.get_for_certificate("bank-2", "0d")[1]  # a department's
+    assert not store.departments.get_for_certificate("taxation", "0b")[1]
+    assert store.departments.get_for_certificate("taxation", "0d") == (store.departments.get("taxation"), True)
+    assert not store.institutions.get_for_certificate(BANK, "ff")[1]  # never issued
+    with pytest.raises(CertificateUnknown):  # nobody revokes another caller's certificate
+        store.certificates.revoke("institution", BANK, "0c", at=T0)
+    with pytest.raises(CertificateUnknown):
+        store.certificates.revoke("department", "taxation", "0b", at=T0)
+    assert store.institutions.get_for_certificate("bank-2", "0c")[1]
+
+
+def test_certificate_records_refuse_bad_input(store: Store) -> None:
+    store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0, certificate_serial="0b")
     with pytest.raises(ValueError, match="serial_hex"):
-        store.institutions.record_certificate(BANK, "0xAB")
+        store.certificates.record("institution", BANK, "0xAB", at=T0)
+    with pytest.raises(ValueError, match="caller kind"):
+        store.certificates.record("citizen", BANK, "0c", at=T0)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.certificates.record("institution", BANK, "0c", at=T0.replace(tzinfo=None))
+    with pytest.raises(ConfigurationError, match="on record already"):
+        store.certificates.record("institution", BANK, "0b", at=T0)
+    with pytest.raises(DepartmentNotRegistered):
+        store.certificates.record("department", BANK, "0c", at=T0)
+    assert [c.serial for c in store.certificates.list("institution", BANK)] == ["0b"]
 
 
 def test_list_institutions_by_id(store: Store) -> None:
@@ -584,6 +644,30 @@ def test_downgrade_to_0001_and_back(store: Store) -> None:
         assert not inspect(conn).has_table("institutions")
         command.upgrade(config, "head")
     assert store.institutions.list() == []
+
+
+def test_revision_0010_keeps_the_certificates_callers_had_on_record(store: Store) -> None:
+    """Before 0010 each caller's row held its latest serial, and any certificate from the client CA
+    was let in; after it, that serial is the caller's one accepted certificate, and back again."""
+    store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0, certificate_serial="0b")
+    store.institutions.register("bank-2", kind="bank", name="B", at=T0)
+    store.departments.register("taxation", at=T0, certificate_serial="0d")
+    store.certificates.record("department", "taxation", "0e", at=T0 + HOUR)
+    with store.engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0009")
+        assert not inspect(conn).has_table("client_certificates")
+        serials = conn.exec_driver_sql("SELECT institution_id, certificate_serial FROM institutions").all()
+        assert dict(serials) == {BANK: "0b", "bank-2": None}  # type: ignore[arg-type]
+        latest = conn.exec_driver_sql("SELECT certificate_serial FROM departments").scalar_one()
+        assert latest == "0e"  # the newest of the department's two
+        command.upgrade(config, "head")
+    assert store.certificates.list("institution", BANK) == [IssuedCertificate("0b", "institution", BANK, T0, None)]
+    assert store.certificates.list("institution", "bank-2") == []
+    assert [c.serial for c in store.certificates.list("department", "taxation")] == ["0e"]
+    assert store.departments.get_for_certificate("taxation", "0e")[1]
 
 
 def test_reads_on_the_driver_cursor_agree_with_sqlalchemys(store: Store) -> None:

@@ -470,6 +470,7 @@ def test_schema_lives_where_the_url_points(store: Store, db_backend: str) -> Non
         "alembic_version",
         "citizen_log_keys",
         "citizens",
+        "client_certificates",
         "consents",
         "departments",
         "evaluations",

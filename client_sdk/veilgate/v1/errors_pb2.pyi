@@ -86,6 +86,13 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """(operator) The department id is registered already."""
     DEPARTMENT_DISABLED: _ErrorReason.ValueType  # 56
     """The calling department is disabled by the operator. PERMISSION_DENIED."""
+    CERTIFICATE_NOT_ACCEPTED: _ErrorReason.ValueType  # 57
+    """The caller's client certificate chains to the client CA and names a registered caller, but it
+    is not one the operator has on record for that caller, or the operator revoked it (renewed,
+    or its key leaked). PERMISSION_DENIED.
+    """
+    CERTIFICATE_UNKNOWN: _ErrorReason.ValueType  # 58
+    """(operator) No certificate with this serial is on record for this caller."""
     CONSENT_INVALID: _ErrorReason.ValueType  # 60
     """The consent does not allow this evaluation (family reason). PERMISSION_DENIED."""
     CONSENT_UNKNOWN: _ErrorReason.ValueType  # 61
@@ -198,6 +205,13 @@ DEPARTMENT_ALREADY_REGISTERED: ErrorReason.ValueType  # 55
 """(operator) The department id is registered already."""
 DEPARTMENT_DISABLED: ErrorReason.ValueType  # 56
 """The calling department is disabled by the operator. PERMISSION_DENIED."""
+CERTIFICATE_NOT_ACCEPTED: ErrorReason.ValueType  # 57
+"""The caller's client certificate chains to the client CA and names a registered caller, but it
+is not one the operator has on record for that caller, or the operator revoked it (renewed,
+or its key leaked). PERMISSION_DENIED.
+"""
+CERTIFICATE_UNKNOWN: ErrorReason.ValueType  # 58
+"""(operator) No certificate with this serial is on record for this caller."""
 CONSENT_INVALID: ErrorReason.ValueType  # 60
 """The consent does not allow this evaluation (family reason). PERMISSION_DENIED."""
 CONSENT_UNKNOWN: ErrorReason.ValueType  # 61

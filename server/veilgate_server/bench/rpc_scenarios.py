@@ -520,7 +520,7 @@ def _register_bank(bench: _BenchGateway) -> ClientTls:
     now = datetime.now(UTC)
     bench.store.institutions.register(BANK, kind="bank", name="Benchmark bank", at=now)
     cert, key, serial = _certificates().institution_ca.issue_client_certificate(BANK, now=now)
-    bench.store.institutions.record_certificate(BANK, serial)
+    bench.store.certificates.record("institution", BANK, serial, at=now)
     return ClientTls(_certificates().root_certificates, certificate_chain=cert, private_key=key)
 
 

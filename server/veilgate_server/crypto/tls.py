@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from veilgate.errors import ConfigurationError
 from veilgate_server.crypto.keys import warn_if_others_can_read, write_private_file
 
-__all__ = ["CertificateAuthority", "TlsFiles", "certificate_uri_sans", "ensure_local_tls"]
+__all__ = ["CertificateAuthority", "PeerCertificate", "TlsFiles", "ensure_local_tls", "peer_certificate"]
 
 _DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -157,18 +157,28 @@ def ensure_local_tls(directory: Path, *, now: dt.datetime, hosts: Sequence[str] 
     return files, True
 
 
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """What the gateway reads from a caller's verified client certificate: its URI subject
+    alternative names (the SPIFFE ID) and its serial, in lower-case hex."""
+
+    uri_sans: tuple[str, ...]
+    serial_hex: str
+
+
 @functools.lru_cache(maxsize=1024)
-def certificate_uri_sans(certificate_pem: bytes) -> tuple[str, ...]:
-    """The URI subject alternative names of a PEM certificate (already verified by the TLS layer).
+def peer_certificate(certificate_pem: bytes) -> PeerCertificate:
+    """The URI SANs and serial of a PEM certificate (already verified by the TLS layer).
 
     Kept for the last 1024 certificates: an institution presents the same certificate on every
     call, and parsing it cost about 150 µs a call under load (measured). A pure function of the
     bytes, so the cache can never answer for another certificate."""
     try:
         certificate = x509.load_pem_x509_certificate(certificate_pem)
+        serial_hex = f"{certificate.serial_number:x}"
         extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
-        return ()
+        return PeerCertificate((), serial_hex)
     except ValueError as e:
         raise ConfigurationError("the peer certificate could not be parsed") from e
-    return tuple(extension.value.get_values_for_type(x509.UniformResourceIdentifier))
+    return PeerCertificate(tuple(extension.value.get_values_for_type(x509.UniformResourceIdentifier)), serial_hex)

@@ -5,7 +5,8 @@ run for an unauthenticated caller.
 The TLS layer has already verified the certificate chain against the client CA. Here the
 certificate's SPIFFE URI SAN names the caller, which must be of the kind the service is for
 (institutions call EligibilityService, departments IngestService) and registered and enabled by the
-operator. Handlers read the result with :func:`current_institution` or :func:`current_department`;
+operator, and the certificate itself must be one the operator has on record for that caller and has
+not revoked. Handlers read the result with :func:`current_institution` or :func:`current_department`;
 nothing in a request can name the caller.
 """
 
@@ -19,7 +20,7 @@ import grpc
 
 from veilgate.errors import ClientCertificateRequired, InternalError, PeerIdentityInvalid
 from veilgate_server.core.identity import CallerIdentity, CallerKind, identity_from_uri_sans
-from veilgate_server.crypto import certificate_uri_sans
+from veilgate_server.crypto import PeerCertificate, peer_certificate
 from veilgate_server.gateway import Gateway
 from veilgate_server.rpc.audit import current_call
 from veilgate_server.storage import Department, Institution
@@ -54,13 +55,14 @@ def current_department() -> Department:
     return department
 
 
-def identity_of(context: grpc.ServicerContext, *, trust_domain: str) -> CallerIdentity:
-    """The caller named by the verified client certificate of this call."""
+def identity_of(context: grpc.ServicerContext, *, trust_domain: str) -> tuple[CallerIdentity, PeerCertificate]:
+    """The caller named by the verified client certificate of this call, and the certificate."""
     # grpc returns {property: [values]}; the stubs type the values as bytes.
     certificates = cast("list[bytes]", context.auth_context().get("x509_pem_cert") or [])
     if not certificates:
         raise ClientCertificateRequired("this service is called over mutual TLS with a client certificate")
-    return identity_from_uri_sans(certificate_uri_sans(certificates[0]), trust_domain=trust_domain)
+    certificate = peer_certificate(certificates[0])
+    return identity_from_uri_sans(certificate.uri_sans, trust_domain=trust_domain), certificate
 
 
 class MutualTlsAuthentication(grpc.ServerInterceptor):
@@ -92,17 +94,17 @@ class MutualTlsAuthentication(grpc.ServerInterceptor):
 
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
             call = current_call()
-            identity = identity_of(context, trust_domain=trust_domain)
+            identity, certificate = identity_of(context, trust_domain=trust_domain)
             call.caller_kind, call.caller_id = identity.kind, identity.id  # logged even if refused below
             if identity.kind != kind:
                 raise PeerIdentityInvalid(f"this service is for {kind}s; the certificate names another kind of caller")
             if kind == "institution":
-                institution = _INSTITUTION.set(gateway.authenticate_institution(identity.id))
+                institution = _INSTITUTION.set(gateway.authenticate_institution(identity.id, certificate.serial_hex))
                 try:
                     return inner(request, context)
                 finally:
                     _INSTITUTION.reset(institution)
-            department = _DEPARTMENT.set(gateway.authenticate_department(identity.id))
+            department = _DEPARTMENT.set(gateway.authenticate_department(identity.id, certificate.serial_hex))
             try:
                 return inner(request, context)
             finally:

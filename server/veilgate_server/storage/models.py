@@ -176,11 +176,8 @@ INSTITUTION_KINDS = ("bank", "insurer")
 
 
 class RegisteredInstitution(Base):
-    """A bank or insurer registered by the operator; it authenticates with a client certificate.
-
-    ``certificate_serial`` is the hex serial of the last client certificate issued to it (for the
-    operator's records and revocation lists); the TLS layer, not this column, decides who is let in.
-    """
+    """A bank or insurer registered by the operator; it authenticates with a client certificate
+    that :class:`ClientCertificate` has on record for it."""
 
     __tablename__ = "institutions"
     __table_args__ = (CheckConstraint("kind IN ('bank', 'insurer')", name="kind_known"),)
@@ -190,22 +187,41 @@ class RegisteredInstitution(Base):
     name: Mapped[str] = mapped_column(String(200))
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
-    certificate_serial: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
 
 
 class RegisteredDepartment(Base):
     """A department (a data source in the catalog) the operator registered; it authenticates with a
-    client certificate and pushes the records of the items the catalog says it owns.
-
-    ``certificate_serial`` is the hex serial of the last client certificate issued to it, for the
-    operator's records, as for institutions."""
+    client certificate on record for it and pushes the records of the items the catalog says it owns."""
 
     __tablename__ = "departments"
 
     department_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
-    certificate_serial: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+
+
+CALLER_KINDS = ("institution", "department")
+"""The callers that authenticate over mutual TLS, each with client certificates on record."""
+
+
+class ClientCertificate(Base):
+    """A client certificate the operator issued to an institution or a department (its serial, in
+    lower-case hex). A mutual-TLS call is accepted only with a certificate on record for its caller
+    and not revoked: a renewed certificate is added beside the old one, and the old one is revoked
+    when the caller has moved (or at once, when its key leaked). The TLS layer has already checked
+    the chain and the dates."""
+
+    __tablename__ = "client_certificates"
+    __table_args__ = (
+        CheckConstraint("caller_kind IN ('institution', 'department')", name="caller_kind_known"),
+        Index("ix_client_certificates_caller", "caller_kind", "caller_id"),
+    )
+
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    caller_kind: Mapped[str] = mapped_column(String(16))
+    caller_id: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True, default=None)
 
 
 class Consent(Base):

@@ -26,7 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import islice
 from operator import attrgetter, itemgetter
@@ -34,9 +34,11 @@ from typing import Any, Final, Self
 
 from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from veilgate.errors import (
+    CertificateUnknown,
     CitizenAlreadyEnrolled,
     CitizenBudgetExhausted,
     CitizenNotEnrolled,
@@ -52,6 +54,7 @@ from veilgate.errors import (
     InstitutionUnknown,
     StorageError,
     TokenReplayed,
+    VeilgateError,
 )
 from veilgate_server.core.identity import check_caller_id
 from veilgate_server.crypto.records import CitizenDataKey, RecordsKey, RecordsKeyError, RecordsKeySource
@@ -73,9 +76,11 @@ from ._session import (
 from .db import check_schema, create_engine_for, upgrade_schema
 from .log import AuditLog
 from .models import (
+    CALLER_KINDS,
     INSTITUTION_KINDS,
     KEY_LENGTH,
     Citizen,
+    ClientCertificate,
     Consent,
     Evaluation,
     Record,
@@ -87,6 +92,7 @@ from .models import (
 __all__ = [
     "CitizenKeys",
     "CitizenRegistry",
+    "ClientCertificateRegistry",
     "ConsentLedger",
     "ConsentRow",
     "Department",
@@ -94,6 +100,7 @@ __all__ = [
     "EvaluationRow",
     "Institution",
     "InstitutionRegistry",
+    "IssuedCertificate",
     "RecordStore",
     "RegisteredConsent",
     "RequestLedger",
@@ -127,15 +134,24 @@ class StoredRecord:
 
 @dataclass(frozen=True, slots=True)
 class Institution:
-    """A registered bank or insurer. ``certificate_serial`` is the hex serial of its latest client
-    certificate, or None before one is issued."""
+    """A registered bank or insurer (its client certificates: :class:`ClientCertificateRegistry`)."""
 
     institution_id: str
     kind: str
     name: str
     enabled: bool
     registered_at: dt.datetime
-    certificate_serial: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """A client certificate on record for an institution or a department; ``serial`` in lower-case hex."""
+
+    serial: str
+    caller_kind: str
+    caller_id: str
+    issued_at: dt.datetime
+    revoked_at: dt.datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,13 +170,12 @@ class SealedPush:
 
 @dataclass(frozen=True, slots=True)
 class Department:
-    """A registered department (a data source of the catalog). ``certificate_serial`` is the hex
-    serial of its latest client certificate, or None before one is issued."""
+    """A registered department, a data source of the catalog (its client certificates:
+    :class:`ClientCertificateRegistry`)."""
 
     department_id: str
     enabled: bool
     registered_at: dt.datetime
-    certificate_serial: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +241,26 @@ def _driver_select(model: Any, where: str) -> DriverSql:
 _READ_CITIZEN = _driver_select(Citizen, "citizen_id = :citizen_id")
 _READ_INSTITUTION = _driver_select(RegisteredInstitution, "institution_id = :institution_id")
 _READ_DEPARTMENT = _driver_select(RegisteredDepartment, "department_id = :department_id")
+
+
+def _read_with_certificate(model: Any, kind: str, id_column: str) -> DriverSql:
+    """A caller's row and whether the certificate ``:serial`` is on record for it, unrevoked: one
+    statement on every mutual-TLS call."""
+    table = model.__table__.name
+    accepted = (
+        "EXISTS (SELECT 1 FROM client_certificates c WHERE c.serial = :serial"  # noqa: S608
+        f" AND c.caller_kind = '{kind}' AND c.caller_id = {table}.{id_column} AND c.revoked_at IS NULL)"
+    )
+    columns = _columns(model)
+    return DriverSql(
+        f"{model.__name__}WithCertificate",
+        [*columns, "certificate_accepted"],
+        f"SELECT {', '.join(columns)}, {accepted} FROM {table} WHERE {id_column} = :caller_id",  # noqa: S608
+    )
+
+
+_READ_INSTITUTION_WITH_CERTIFICATE = _read_with_certificate(RegisteredInstitution, "institution", "institution_id")
+_READ_DEPARTMENT_WITH_CERTIFICATE = _read_with_certificate(RegisteredDepartment, "department", "department_id")
 _READ_CONSENT = _driver_select(Consent, "consent_id = :consent_id")
 _READ_EVALUATION = _driver_select(Evaluation, "institution_id = :institution_id AND request_id = :request_id")
 _READ_CONSENT_WITH_ENROLLED_KEY = DriverSql(
@@ -459,7 +494,6 @@ def _institution(row: RegisteredInstitution | Row[Any]) -> Institution:
         name=row.name,
         enabled=bool(row.enabled),  # 0/1 on the SQLite driver cursor
         registered_at=_utc(row.registered_at),
-        certificate_serial=row.certificate_serial,
     )
 
 
@@ -468,7 +502,16 @@ def _department(row: RegisteredDepartment | Row[Any]) -> Department:
         department_id=row.department_id,
         enabled=bool(row.enabled),
         registered_at=_utc(row.registered_at),
-        certificate_serial=row.certificate_serial,
+    )
+
+
+def _certificate(row: ClientCertificate) -> IssuedCertificate:
+    return IssuedCertificate(
+        serial=row.serial,
+        caller_kind=row.caller_kind,
+        caller_id=row.caller_id,
+        issued_at=_utc(row.issued_at),
+        revoked_at=None if row.revoked_at is None else _utc(row.revoked_at),
     )
 
 
@@ -1031,8 +1074,39 @@ class RequestLedger:
         _FORGET_TOKEN.run(connection, {"citizen_id": citizen_id, "jti": jti})
 
 
+def _register_caller(
+    sessions: sessionmaker[Session],
+    row: RegisteredInstitution | RegisteredDepartment,
+    certificate: ClientCertificate | None,
+    *,
+    action: str,
+    exists: VeilgateError,
+) -> None:
+    """Insert a caller's row and, when given, its first certificate, in one transaction: ``exists``
+    if the caller is registered already, ConfigurationError if the serial is on record already."""
+    with storage_errors(action), write_session(sessions) as session:
+        try:
+            session.add(row)
+            session.flush()
+        except IntegrityError as e:
+            raise exists from e
+        if certificate is not None:
+            try:
+                session.add(certificate)
+                session.flush()
+            except IntegrityError as e:
+                raise ConfigurationError(f"certificate serial {certificate.serial} is on record already") from e
+
+
+def _first_certificate(kind: str, caller_id: str, serial: str | None, at: dt.datetime) -> ClientCertificate | None:
+    if serial is None:
+        return None
+    _require_serial(serial, "certificate_serial")
+    return ClientCertificate(serial=serial, caller_kind=kind, caller_id=caller_id, issued_at=at)
+
+
 class InstitutionRegistry:
-    """Banks and insurers registered by the operator, and the serial of their latest certificate."""
+    """Banks and insurers registered by the operator."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
@@ -1044,31 +1118,25 @@ class InstitutionRegistry:
 
         ``institution_id`` must match ``[a-z0-9][a-z0-9._-]{0,63}`` (it becomes part of a SPIFFE
         ID), ``kind`` be ``bank`` or ``insurer`` and ``name`` printable; anything else is a
-        ValueError. ``certificate_serial`` records the certificate issued to it in the same write
-        (see :meth:`record_certificate`).
+        ValueError. ``certificate_serial`` puts the certificate issued to it on record in the same
+        write (see :meth:`ClientCertificateRegistry.record`).
         """
         check_caller_id(institution_id)
         if kind not in INSTITUTION_KINDS:
             raise ValueError(f"institution kind must be one of {', '.join(INSTITUTION_KINDS)}")
         check_display_name(name, "name", 200)
         _require_aware(at, "at")
-        if certificate_serial is not None:
-            _require_serial(certificate_serial, "certificate_serial")
-        row = RegisteredInstitution(
-            institution_id=institution_id,
-            kind=kind,
-            name=name,
-            enabled=True,
-            registered_at=at,
-            certificate_serial=certificate_serial,
-        )
-        return insert_unique(
+        certificate = _first_certificate("institution", institution_id, certificate_serial, at)
+        row = RegisteredInstitution(institution_id=institution_id, kind=kind, name=name, enabled=True, registered_at=at)
+        institution = _institution(row)
+        _register_caller(
             self._sessions,
             row,
-            _institution,
+            certificate,
             action="register the institution",
             exists=InstitutionAlreadyRegistered("institution is already registered"),
         )
+        return institution
 
     def get(self, institution_id: str) -> Institution:
         """The institution; :class:`InstitutionUnknown` if it was never registered."""
@@ -1078,14 +1146,22 @@ class InstitutionRegistry:
             raise InstitutionUnknown("institution is not registered")
         return _institution(rows[0])
 
+    def get_for_certificate(self, institution_id: str, serial_hex: str) -> tuple[Institution, bool]:
+        """The institution, and whether the certificate ``serial_hex`` is on record for it and not
+        revoked, in one read; :class:`InstitutionUnknown` if it was never registered."""
+        with storage_errors("read the institution"):
+            rows = read_driver_rows(
+                self._sessions,
+                _READ_INSTITUTION_WITH_CERTIFICATE,
+                {"caller_id": institution_id, "serial": serial_hex},
+            )
+        if not rows:
+            raise InstitutionUnknown("institution is not registered")
+        return _institution(rows[0]), bool(rows[0].certificate_accepted)
+
     def set_enabled(self, institution_id: str, enabled: bool) -> Institution:
         """Enable or disable the institution (idempotent); :class:`InstitutionUnknown` if unknown."""
         return self._update(institution_id, "update the institution", enabled=enabled)
-
-    def record_certificate(self, institution_id: str, serial_hex: str) -> None:
-        """Remember the serial (lower-case hex) of the certificate just issued to the institution."""
-        _require_serial(serial_hex, "serial_hex")
-        self._update(institution_id, "record the institution's certificate", certificate_serial=serial_hex)
 
     def list(self) -> builtins.list[Institution]:
         """Every registered institution, by id."""
@@ -1403,8 +1479,8 @@ class ConsentLedger:
 
 
 class DepartmentRegistry:
-    """Departments registered by the operator to push records, and the serial of their latest
-    certificate. Which items a department owns is the catalog's to say, not this registry's."""
+    """Departments registered by the operator to push records. Which items a department owns is
+    the catalog's to say, not this registry's."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
@@ -1412,21 +1488,21 @@ class DepartmentRegistry:
     def register(self, department_id: str, *, at: dt.datetime, certificate_serial: str | None = None) -> Department:
         """Register an enabled department; :class:`DepartmentAlreadyRegistered` if it is already.
         ``department_id`` must match ``[a-z0-9][a-z0-9._-]{0,63}`` (it becomes part of a SPIFFE ID);
-        anything else is a ValueError."""
+        anything else is a ValueError. ``certificate_serial`` puts the certificate issued to it on
+        record in the same write (see :meth:`ClientCertificateRegistry.record`)."""
         check_caller_id(department_id)
         _require_aware(at, "at")
-        if certificate_serial is not None:
-            _require_serial(certificate_serial, "certificate_serial")
-        row = RegisteredDepartment(
-            department_id=department_id, enabled=True, registered_at=at, certificate_serial=certificate_serial
-        )
-        return insert_unique(
+        certificate = _first_certificate("department", department_id, certificate_serial, at)
+        row = RegisteredDepartment(department_id=department_id, enabled=True, registered_at=at)
+        department = _department(row)
+        _register_caller(
             self._sessions,
             row,
-            _department,
+            certificate,
             action="register the department",
             exists=DepartmentAlreadyRegistered("department is already registered"),
         )
+        return department
 
     def get(self, department_id: str) -> Department:
         """The department; :class:`DepartmentNotRegistered` if it was never registered."""
@@ -1435,6 +1511,19 @@ class DepartmentRegistry:
         if not rows:
             raise DepartmentNotRegistered("department is not registered")
         return _department(rows[0])
+
+    def get_for_certificate(self, department_id: str, serial_hex: str) -> tuple[Department, bool]:
+        """The department, and whether the certificate ``serial_hex`` is on record for it and not
+        revoked, in one read; :class:`DepartmentNotRegistered` if it was never registered."""
+        with storage_errors("read the department"):
+            rows = read_driver_rows(
+                self._sessions,
+                _READ_DEPARTMENT_WITH_CERTIFICATE,
+                {"caller_id": department_id, "serial": serial_hex},
+            )
+        if not rows:
+            raise DepartmentNotRegistered("department is not registered")
+        return _department(rows[0]), bool(rows[0].certificate_accepted)
 
     def set_enabled(self, department_id: str, enabled: bool) -> Department:
         """Enable or disable the department (idempotent); :class:`DepartmentNotRegistered` if unknown."""
@@ -1458,6 +1547,87 @@ class DepartmentRegistry:
             return [_department(row) for row in session.scalars(statement)]
 
 
+_CALLER_TABLES: Mapping[str, tuple[Any, Callable[[], VeilgateError]]] = {
+    "institution": (
+        RegisteredInstitution.institution_id,
+        lambda: InstitutionUnknown("institution is not registered"),
+    ),
+    "department": (
+        RegisteredDepartment.department_id,
+        lambda: DepartmentNotRegistered("department is not registered"),
+    ),
+}
+
+
+class ClientCertificateRegistry:
+    """The client certificates on record for each institution and department: a mutual-TLS call is
+    accepted only with one of its caller's, not revoked (``get_for_certificate`` of either registry).
+
+    Renewing adds a certificate beside the caller's others, so that it can move to the new one
+    without a gap; revoking the old one then, or at once when its key leaked, shuts it out for the
+    next call. Serials are lower-case hex, as :mod:`~veilgate_server.crypto.institutions` writes them."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def record(self, caller_kind: str, caller_id: str, serial_hex: str, *, at: dt.datetime) -> IssuedCertificate:
+        """Put a certificate just issued to a registered caller on record. The caller's unknown
+        error (:class:`InstitutionUnknown`, :class:`DepartmentNotRegistered`) if it is not
+        registered; ConfigurationError if the serial is on record already (for anyone)."""
+        id_column, unknown = self._caller(caller_kind)
+        _require_serial(serial_hex, "serial_hex")
+        _require_aware(at, "at")
+        row = ClientCertificate(serial=serial_hex, caller_kind=caller_kind, caller_id=caller_id, issued_at=at)
+        issued = _certificate(row)
+        with storage_errors("record the certificate"):
+            try:
+                with write_session(self._sessions) as session:
+                    if session.scalar(select(id_column).where(id_column == caller_id)) is None:
+                        raise unknown()
+                    session.add(row)
+                    session.flush()
+            except IntegrityError as e:
+                raise ConfigurationError(f"certificate serial {serial_hex} is on record already") from e
+        return issued
+
+    def revoke(self, caller_kind: str, caller_id: str, serial_hex: str, *, at: dt.datetime) -> IssuedCertificate:
+        """Revoke one of a caller's certificates from ``at`` on; revoking it again keeps the first
+        time. :class:`CertificateUnknown` if no certificate with that serial is on record for it."""
+        self._caller(caller_kind)
+        _require_aware(at, "at")
+        statement = select(ClientCertificate).where(
+            ClientCertificate.serial == serial_hex,
+            ClientCertificate.caller_kind == caller_kind,
+            ClientCertificate.caller_id == caller_id,
+        )
+        with storage_errors("revoke the certificate"), write_session(self._sessions) as session:
+            row = session.scalars(statement.with_for_update()).one_or_none()
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = at
+                session.flush()
+            revoked = None if row is None else _certificate(row)
+        if revoked is None:
+            raise CertificateUnknown(f"no certificate with serial {serial_hex} is on record for {caller_id}")
+        return revoked
+
+    def list(self, caller_kind: str, caller_id: str) -> builtins.list[IssuedCertificate]:
+        """A caller's certificates on record, newest first (revoked ones included)."""
+        self._caller(caller_kind)
+        statement = (
+            select(ClientCertificate)
+            .where(ClientCertificate.caller_kind == caller_kind, ClientCertificate.caller_id == caller_id)
+            .order_by(ClientCertificate.issued_at.desc(), ClientCertificate.serial)
+        )
+        with storage_errors("list the certificates"), self._sessions() as session:
+            return [_certificate(row) for row in session.scalars(statement)]
+
+    @staticmethod
+    def _caller(caller_kind: str) -> tuple[Any, Callable[[], VeilgateError]]:
+        if caller_kind not in CALLER_KINDS:
+            raise ValueError(f"caller kind must be one of {', '.join(CALLER_KINDS)}")
+        return _CALLER_TABLES[caller_kind]
+
+
 class Store:
     """Everything the gateway keeps, reached only through its repositories."""
 
@@ -1468,6 +1638,7 @@ class Store:
         self.records = RecordStore(self._sessions, records_key)
         self.requests = RequestLedger(self._sessions)
         self.institutions = InstitutionRegistry(self._sessions)
+        self.certificates = ClientCertificateRegistry(self._sessions)
         self.departments = DepartmentRegistry(self._sessions)
         self.consents = ConsentLedger(self._sessions)
         self.log = AuditLog(self._sessions)
