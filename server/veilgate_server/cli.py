@@ -382,16 +382,16 @@ def _issue_client(
     *,
     kind: CallerKind,
     out: Path,
-    register: Callable[[Store, str], None],
+    register: Callable[[Store, str, datetime], None],
     check: Callable[[Store], None],
 ) -> tuple[str, bytes | None]:
     """Issue a client certificate for ``args.id`` (from ``args.csr`` when given), write it to
-    ``out`` with the gateway's CA, and ``register`` it (the caller with it, or it for a registered
-    caller) once ``check`` has found the store ready for that; returns the serial and the private
-    key made (None for a CSR). Nothing is left behind when any step fails: a refused CSR or an
-    unwritable directory registers nothing, and a registration that fails takes its files back.
-    Files already in ``out`` are never replaced."""
-    from veilgate_server.crypto import ensure_local_tls
+    ``out`` with the gateway's CA, and ``register`` it with its serial and expiry (the caller with
+    it, or it for a registered caller) once ``check`` has found the store ready for that; returns
+    the serial and the private key made (None for a CSR). Nothing is left behind when any step
+    fails: a refused CSR or an unwritable directory registers nothing, and a registration that
+    fails takes its files back. Files already in ``out`` are never replaced."""
+    from veilgate_server.crypto import ensure_local_tls, peer_certificate
     from veilgate_server.crypto.institutions import InstitutionCA
     from veilgate_server.crypto.keys import write_private_file
 
@@ -431,7 +431,7 @@ def _issue_client(
             written[-1].write_bytes(gateway_ca.read_bytes())
         except OSError as e:
             raise ConfigurationError(f"cannot write the certificate to {out}: {e.strerror}") from e
-        register(store, serial)
+        register(store, serial, peer_certificate(cert_pem).not_after)
         written.clear()
     finally:
         for path in written:  # not registered: nothing of it is left behind
@@ -472,8 +472,15 @@ def cmd_institution_add(args: argparse.Namespace) -> int:
             store.institutions.get(args.id)
             raise InstitutionAlreadyRegistered("institution is already registered")
 
-    def register(store: Store, serial: str) -> None:
-        store.institutions.register(args.id, kind=args.kind, name=args.name, at=_now(), certificate_serial=serial)
+    def register(store: Store, serial: str, not_after: datetime) -> None:
+        store.institutions.register(
+            args.id,
+            kind=args.kind,
+            name=args.name,
+            at=_now(),
+            certificate_serial=serial,
+            certificate_not_after=not_after,
+        )
 
     serial, key_pem = _issue_client(args, settings, kind="institution", out=out, register=register, check=unregistered)
     print(f"registered {args.kind} {args.id} ({args.name})")
@@ -499,8 +506,8 @@ def cmd_department_add(args: argparse.Namespace) -> int:
             store.departments.get(args.id)
             raise DepartmentAlreadyRegistered("department is already registered")
 
-    def register(store: Store, serial: str) -> None:
-        store.departments.register(args.id, at=_now(), certificate_serial=serial)
+    def register(store: Store, serial: str, not_after: datetime) -> None:
+        store.departments.register(args.id, at=_now(), certificate_serial=serial, certificate_not_after=not_after)
 
     serial, key_pem = _issue_client(args, settings, kind="department", out=out, register=register, check=unregistered)
     items = len(catalog.items_of(args.id))
@@ -512,11 +519,11 @@ def cmd_department_add(args: argparse.Namespace) -> int:
 def cmd_department_list(args: argparse.Namespace) -> int:
     store = _settings(args).open_store(existing=True)
     try:
-        departments = store.departments.list()
+        departments = [(d, store.certificates.list("department", d.department_id)) for d in store.departments.list()]
     finally:
         store.close()
-    for d in departments:
-        print(f"{d.department_id:<24} {'enabled' if d.enabled else 'DISABLED'}")
+    for d, certificates in departments:
+        print(f"{d.department_id:<24} {'enabled' if d.enabled else 'DISABLED':<9} [{_certificate_state(certificates)}]")
     if not departments:
         print("no departments registered")
     return 0
@@ -539,12 +546,14 @@ def cmd_department_enable(args: argparse.Namespace) -> int:
 def cmd_institution_list(args: argparse.Namespace) -> int:
     store = _settings(args).open_store(existing=True)
     try:
-        institutions = store.institutions.list()
+        institutions = [
+            (i, store.certificates.list("institution", i.institution_id)) for i in store.institutions.list()
+        ]
     finally:
         store.close()
-    for i in institutions:
+    for i, certificates in institutions:
         state = "enabled" if i.enabled else "DISABLED"
-        print(f"{i.institution_id:<24} {i.kind:<8} {state:<9} {i.name}")
+        print(f"{i.institution_id:<24} {i.kind:<8} {state:<9} {i.name}  [{_certificate_state(certificates)}]")
     if not institutions:
         print("no institutions registered")
     return 0
@@ -581,6 +590,22 @@ def _certificates_of(store: Store, kind: CallerKind, caller_id: str) -> list[Iss
     return store.certificates.list(kind, caller_id)
 
 
+def _expiry(certificate: IssuedCertificate) -> str:
+    if certificate.not_after is None:
+        return "expiry not on record (recorded before revision 0010)"
+    days = (certificate.not_after - _now()).days
+    when = f"{certificate.not_after:%Y-%m-%d}"
+    return f"EXPIRED {when}" if days < 0 else f"expires {when} (in {days} days)"
+
+
+def _certificate_state(certificates: list[IssuedCertificate]) -> str:
+    """A caller's certificates in a few words, for its line in `list`: its newest accepted one."""
+    accepted = [c for c in certificates if c.revoked_at is None]
+    if not accepted:
+        return "NO ACCEPTED CERTIFICATE"
+    return f"certificate {_expiry(accepted[0])}" + (f", {len(accepted)} accepted" if len(accepted) > 1 else "")
+
+
 def cmd_certificate_renew(args: argparse.Namespace) -> int:
     """Issue a further certificate to a registered institution or department. Its others stay
     accepted until they are revoked, so that it can move to the new one without a gap."""
@@ -599,8 +624,8 @@ def cmd_certificate_renew(args: argparse.Namespace) -> int:
     def registered(store: Store) -> None:
         others.extend(c for c in _certificates_of(store, kind, args.id) if c.revoked_at is None)
 
-    def record(store: Store, serial: str) -> None:
-        store.certificates.record(kind, args.id, serial, at=_now())
+    def record(store: Store, serial: str, not_after: datetime) -> None:
+        store.certificates.record(kind, args.id, serial, at=_now(), not_after=not_after)
 
     serial, key_pem = _issue_client(args, settings, kind=kind, out=out, register=record, check=registered)
     print(f"issued a further certificate to {kind} {args.id}")
@@ -622,7 +647,7 @@ def cmd_certificate_list(args: argparse.Namespace) -> int:
         store.close()
     for c in certificates:
         state = "accepted" if c.revoked_at is None else f"REVOKED {c.revoked_at:%Y-%m-%dT%H:%M:%SZ}"
-        print(f"{c.serial:<42} issued {c.issued_at:%Y-%m-%dT%H:%M:%SZ}  {state}")
+        print(f"{c.serial:<42} {state:<28} issued {c.issued_at:%Y-%m-%d}  {_expiry(c)}")
     if not certificates:
         print(
             f"no certificate is on record for {kind} {args.id}: issue one with `veilgate {kind} renew --id {args.id}`"

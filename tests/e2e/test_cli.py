@@ -648,6 +648,8 @@ def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, P
     db = ["--data-dir", str(data), "--database-url", database_url]
     added = veilgate("institution", "add", "--id", "bank-e2e", "--kind", "bank", "--name", "E2E Bank", *db)
     assert "registered bank bank-e2e" in added.stdout
+    listed = veilgate("institution", "list", *db).stdout
+    assert "bank-e2e                 bank     enabled   E2E Bank  [certificate expires 20" in listed
     creds = data / "institutions" / "bank-e2e"
     assert (creds / "client.key").stat().st_mode & 0o077 == 0
     with Store.open(database_url) as store:
@@ -693,7 +695,8 @@ def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, P
                 bank.list_policies()
             assert {p.id for p in moved.list_policies()} == set(policies)
         listed = veilgate("institution", "certificates", "--id", "bank-e2e", *db).stdout.splitlines()
-        assert [line.split()[3] for line in listed] == ["accepted", "REVOKED"]
+        assert [line.split()[1] for line in listed] == ["accepted", "REVOKED"]
+        assert all(" expires 20" in line and "(in 39" in line for line in listed)  # 397 days from issue
         assert listed[1].startswith(old_serial)
         wrong = veilgate("institution", "revoke-certificate", "--id", "bank-e2e", "--serial", "0xABC", *db, check=False)
         assert wrong.returncode == 1

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import time
 import urllib.request
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -184,5 +185,57 @@ def test_the_store_gauge_follows_an_outage(gateway_harness: GatewayHarness, test
                     conn.execute(text("ALTER TABLE log_head_away RENAME TO log_head"))
             stub.GetGatewayInfo(citizen_pb2.GetGatewayInfoRequest(), timeout=10)
             assert store_up() == 1
+    finally:
+        running.stop(grace=None)
+
+
+def test_the_certificate_gauges_tell_when_a_renewal_is_due_and_who_is_shut_out(
+    gateway_harness: GatewayHarness, test_tls: tuple[bytes, object]
+) -> None:
+    """An operator alerts on the soonest expiry before a bank or a department is locked out, and on
+    callers left with no accepted certificate; neither figure names anyone."""
+    _, tls = test_tls
+    gw = gateway_harness
+    gw.register_institution("bank-a", "bank")
+    [certificate] = gw.store.certificates.list("institution", "bank-a")
+    expires = datetime(2027, 12, 1, tzinfo=UTC)
+    gw.store.certificates.record("institution", "bank-a", "0abc", at=datetime.now(UTC), not_after=expires)
+    gw.register_department("taxation")
+    running = build_server(gw.gateway, address="127.0.0.1:0", tls=tls, metrics_address="127.0.0.1:0")  # type: ignore[arg-type]
+
+    def gauges() -> tuple[dict[tuple[str, str], float], str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5) as reply:
+            page = reply.read().decode()
+        samples = {
+            (sample.name, sample.labels.get("kind", "")): sample.value
+            for family in text_string_to_metric_families(page)
+            for sample in family.samples
+            if "certificate" in sample.name
+        }
+        return samples, page
+
+    try:
+        samples, page = gauges()
+        assert samples == {
+            ("veilgate_client_certificate_expiry_timestamp_seconds", "institution"): expires.timestamp(),
+            ("veilgate_callers_without_certificate", "institution"): 0,
+            ("veilgate_callers_without_certificate", "department"): 0,
+        }
+        assert "bank-a" not in page
+        assert "taxation" not in page
+        for serial in (certificate.serial, "0abc"):
+            gw.store.certificates.revoke("institution", "bank-a", serial, at=datetime.now(UTC))
+        samples, _ = gauges()
+        assert samples[("veilgate_callers_without_certificate", "institution")] == 1
+        assert ("veilgate_client_certificate_expiry_timestamp_seconds", "institution") not in samples
+        with gw.store.engine.begin() as conn:  # a store that fails leaves them out of the scrape
+            conn.execute(text("ALTER TABLE client_certificates RENAME TO away"))
+        try:
+            samples, page = gauges()
+            assert samples == {}
+            assert "veilgate_store_up" in page
+        finally:
+            with gw.store.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE away RENAME TO client_certificates"))
     finally:
         running.stop(grace=None)

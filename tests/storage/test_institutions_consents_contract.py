@@ -37,7 +37,7 @@ from veilgate.errors import (
 )
 from veilgate_server.storage import ConsentRow, EvaluationRow, Institution, Store, db
 from veilgate_server.storage.models import Base, Evaluation
-from veilgate_server.storage.repositories import IssuedCertificate
+from veilgate_server.storage.repositories import CertificateRenewal, IssuedCertificate
 
 T0 = dt.datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
@@ -130,8 +130,13 @@ def test_register_and_get_institution(store: Store) -> None:
 
 
 def test_an_institution_registers_with_its_certificate_in_one_write(store: Store) -> None:
-    store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0, certificate_serial="0a1b")
-    assert store.certificates.list("institution", BANK) == [IssuedCertificate("0a1b", "institution", BANK, T0, None)]
+    expires = T0 + dt.timedelta(days=397)
+    store.institutions.register(
+        BANK, kind="bank", name="Qilu Bank", at=T0, certificate_serial="0a1b", certificate_not_after=expires
+    )
+    assert store.certificates.list("institution", BANK) == [
+        IssuedCertificate("0a1b", "institution", BANK, T0, expires, None)
+    ]
     assert store.institutions.get_for_certificate(BANK, "0a1b")[1]
     with pytest.raises(ValueError, match="certificate_serial"):
         store.institutions.register("bank-2", kind="bank", name="B", at=T0, certificate_serial="0A1B")
@@ -222,7 +227,10 @@ def test_enable_and_disable(store: Store) -> None:
 def test_a_renewed_certificate_is_accepted_beside_the_old_one_until_that_is_revoked(store: Store) -> None:
     store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0, certificate_serial="1f" * 20)
     store.departments.register("taxation", at=T0, certificate_serial="0d")
-    renewed = store.certificates.record("institution", BANK, "2a", at=T0 + dt.timedelta(days=300))
+    renewed = store.certificates.record(
+        "institution", BANK, "2a", at=T0 + dt.timedelta(days=300), not_after=T0 + dt.timedelta(days=697)
+    )
+    assert renewed.not_after == T0 + dt.timedelta(days=697)
 
     accepted = store.institutions.get_for_certificate
     assert (accepted(BANK, "1f" * 20)[1], accepted(BANK, "2a")[1]) == (True, True)
@@ -230,7 +238,7 @@ def test_a_renewed_certificate_is_accepted_beside_the_old_one_until_that_is_revo
 
     revoked_at = T0 + dt.timedelta(days=301)
     revoked = store.certificates.revoke("institution", BANK, "1f" * 20, at=revoked_at)
-    assert revoked == IssuedCertificate("1f" * 20, "institution", BANK, T0, revoked_at)
+    assert revoked == IssuedCertificate("1f" * 20, "institution", BANK, T0, None, revoked_at)
     assert (accepted(BANK, "1f" * 20)[1], accepted(BANK, "2a")[1]) == (False, True)
     # Revoking again keeps the first time.
     assert store.certificates.revoke("institution", BANK, "1f" * 20, at=revoked_at + HOUR).revoked_at == revoked_at
@@ -254,6 +262,33 @@ def test_a_certificate_is_accepted_only_for_its_own_caller(store: Store) -> None
     assert store.institutions.get_for_certificate("bank-2", "0c")[1]
 
 
+def test_renewal_due_is_the_soonest_latest_expiry_of_the_enabled_callers(store: Store) -> None:
+    days = [T0 + dt.timedelta(days=n) for n in range(400)]
+    assert store.certificates.renewal_due("institution") == CertificateRenewal(None, 0)
+    store.institutions.register("bank-1", kind="bank", name="A", at=T0, certificate_serial="01")  # expiry unknown
+    store.institutions.register(
+        "bank-2", kind="bank", name="B", at=T0, certificate_serial="02", certificate_not_after=days[30]
+    )
+    store.certificates.record("institution", "bank-2", "03", at=T0, not_after=days[390])  # renewed: its latest counts
+    store.institutions.register(
+        "bank-3", kind="bank", name="C", at=T0, certificate_serial="04", certificate_not_after=days[200]
+    )
+    store.institutions.register(
+        "bank-4", kind="bank", name="D", at=T0, certificate_serial="05", certificate_not_after=days[10]
+    )
+    store.institutions.set_enabled("bank-4", False)  # a disabled bank needs no renewal
+    store.institutions.register("bank-5", kind="bank", name="E", at=T0)  # nothing on record
+    assert store.certificates.renewal_due("institution") == CertificateRenewal(days[200], 1)
+
+    store.certificates.revoke("institution", "bank-3", "04", at=T0)  # bank-3 is now shut out
+    assert store.certificates.renewal_due("institution") == CertificateRenewal(days[390], 2)
+    store.certificates.revoke("institution", "bank-2", "03", at=T0)  # bank-2 falls back on its first
+    assert store.certificates.renewal_due("institution") == CertificateRenewal(days[30], 2)
+    assert store.certificates.renewal_due("department") == CertificateRenewal(None, 0)
+    store.departments.register("taxation", at=T0)
+    assert store.certificates.renewal_due("department") == CertificateRenewal(None, 1)
+
+
 def test_certificate_records_refuse_bad_input(store: Store) -> None:
     store.institutions.register(BANK, kind="bank", name="Qilu Bank", at=T0, certificate_serial="0b")
     with pytest.raises(ValueError, match="serial_hex"):
@@ -262,6 +297,8 @@ def test_certificate_records_refuse_bad_input(store: Store) -> None:
         store.certificates.record("citizen", BANK, "0c", at=T0)
     with pytest.raises(ValueError, match="timezone-aware"):
         store.certificates.record("institution", BANK, "0c", at=T0.replace(tzinfo=None))
+    with pytest.raises(ValueError, match="not_after"):
+        store.certificates.record("institution", BANK, "0c", at=T0, not_after=T0.replace(tzinfo=None))
     with pytest.raises(ConfigurationError, match="on record already"):
         store.certificates.record("institution", BANK, "0b", at=T0)
     with pytest.raises(DepartmentNotRegistered):
@@ -664,7 +701,9 @@ def test_revision_0010_keeps_the_certificates_callers_had_on_record(store: Store
         latest = conn.exec_driver_sql("SELECT certificate_serial FROM departments").scalar_one()
         assert latest == "0e"  # the newest of the department's two
         command.upgrade(config, "head")
-    assert store.certificates.list("institution", BANK) == [IssuedCertificate("0b", "institution", BANK, T0, None)]
+    assert store.certificates.list("institution", BANK) == [
+        IssuedCertificate("0b", "institution", BANK, T0, None, None)  # its expiry was never kept
+    ]
     assert store.certificates.list("institution", "bank-2") == []
     assert [c.serial for c in store.certificates.list("department", "taxation")] == ["0e"]
     assert store.departments.get_for_certificate("taxation", "0e")[1]

@@ -159,11 +159,12 @@ def ensure_local_tls(directory: Path, *, now: dt.datetime, hosts: Sequence[str] 
 
 @dataclass(frozen=True, slots=True)
 class PeerCertificate:
-    """What the gateway reads from a caller's verified client certificate: its URI subject
-    alternative names (the SPIFFE ID) and its serial, in lower-case hex."""
+    """What the gateway reads from a caller's client certificate: its URI subject alternative names
+    (the SPIFFE ID), its serial in lower-case hex, and when it expires."""
 
     uri_sans: tuple[str, ...]
     serial_hex: str
+    not_after: dt.datetime
 
 
 @functools.lru_cache(maxsize=1024)
@@ -175,10 +176,11 @@ def peer_certificate(certificate_pem: bytes) -> PeerCertificate:
     bytes, so the cache can never answer for another certificate."""
     try:
         certificate = x509.load_pem_x509_certificate(certificate_pem)
-        serial_hex = f"{certificate.serial_number:x}"
+        serial_hex, not_after = f"{certificate.serial_number:x}", certificate.not_valid_after_utc
         extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
-        return PeerCertificate((), serial_hex)
+        return PeerCertificate((), serial_hex, not_after)
     except ValueError as e:
         raise ConfigurationError("the peer certificate could not be parsed") from e
-    return PeerCertificate(tuple(extension.value.get_values_for_type(x509.UniformResourceIdentifier)), serial_hex)
+    uri_sans = tuple(extension.value.get_values_for_type(x509.UniformResourceIdentifier))
+    return PeerCertificate(uri_sans, serial_hex, not_after)

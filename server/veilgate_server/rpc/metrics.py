@@ -5,24 +5,32 @@
 * ``veilgate_call_duration_seconds{method}``: how long the handler took, as a histogram;
 * ``veilgate_log_entries_total`` and ``veilgate_log_batches_total``: what the log writer committed
   (their ratio is the group commit's mean batch);
-* ``veilgate_store_up``: 1 while the store answers, 0 during an outage (as the health service says).
+* ``veilgate_store_up``: 1 while the store answers, 0 during an outage (as the health service says);
+* ``veilgate_client_certificate_expiry_timestamp_seconds{kind}``: of the enabled institutions (or
+  departments), the soonest time at which one's latest accepted client certificate expires (absent
+  while none has a known expiry): alert well before it, then ``veilgate institution list`` names it;
+* ``veilgate_callers_without_certificate{kind}``: enabled institutions (or departments) with no
+  accepted certificate, which every call of theirs is refused for.
 
 No label holds a caller's identity, a citizen, a request or a value: only method names the gateway
 serves (any other path is counted as ``unrecognised``, so that callers cannot make up labels),
-status names and reasons. Each process of ``serve --processes`` serves its own figures, on a port of
-its own; sum them in the query.
+status names, reasons and the two kinds of mutual-TLS caller. Each process of ``serve --processes``
+serves its own figures, on a port of its own; sum the counts in the query (the certificate figures
+are the store's, the same in every process).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from veilgate.errors import VeilgateError
 from veilgate_server.storage import LogWriter
+from veilgate_server.storage.repositories import CertificateRenewal
 
 __all__ = ["Metrics"]
 
@@ -45,10 +53,47 @@ class _WriterCollector(Collector):
         )
 
 
+class _CertificateCollector(Collector):
+    """When the callers' certificates next need renewing, read from the store when scraped. A store
+    that fails then leaves the figures out of that scrape (``veilgate_store_up`` says why)."""
+
+    _KINDS = ("institution", "department")
+
+    def __init__(self, renewal_due: Callable[[str], CertificateRenewal]) -> None:
+        self._renewal_due = renewal_due
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            due = {kind: self._renewal_due(kind) for kind in self._KINDS}
+        except VeilgateError:
+            return
+        expiry = GaugeMetricFamily(
+            "veilgate_client_certificate_expiry_timestamp_seconds",
+            "Soonest expiry (Unix time) of an enabled caller's latest accepted client certificate",
+            labels=["kind"],
+        )
+        without = GaugeMetricFamily(
+            "veilgate_callers_without_certificate",
+            "Enabled callers with no accepted client certificate (their calls are refused)",
+            labels=["kind"],
+        )
+        for kind, renewal in due.items():
+            if renewal.soonest is not None:
+                expiry.add_metric([kind], renewal.soonest.timestamp())
+            without.add_metric([kind], renewal.without_certificate)
+        yield expiry
+        yield without
+
+
 class Metrics:
     """One process's registry (see the module docstring)."""
 
-    def __init__(self, methods: Collection[str], writer: LogWriter) -> None:
+    def __init__(
+        self,
+        methods: Collection[str],
+        writer: LogWriter,
+        renewal_due: Callable[[str], CertificateRenewal] | None = None,
+    ) -> None:
         self._methods = frozenset(methods)
         self.registry = CollectorRegistry(auto_describe=True)
         self._calls = Counter(
@@ -66,6 +111,8 @@ class Metrics:
         )
         self._store_up.set(1)
         self.registry.register(_WriterCollector(writer))
+        if renewal_due is not None:
+            self.registry.register(_CertificateCollector(renewal_due))
         self._http: WSGIServer | None = None
 
     def observe(self, method: str, code: str, reason: str, seconds: float) -> None:

@@ -139,7 +139,11 @@ def build_server(
     writer = LogWriter(gateway.store.log, health=store_health)
     auditor = Auditor(gateway.store, writer, clock=gateway.clock, status_of=status_name)
     checkpointer = Checkpointer(gateway.store, gateway.log_signer, interval=checkpoint_interval, health=store_health)
-    metrics = Metrics(_METHODS, writer) if metrics_address is not None else None
+    metrics = (
+        Metrics(_METHODS, writer, renewal_due=gateway.store.certificates.renewal_due)
+        if metrics_address is not None
+        else None
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veilgate-rpc"),
         # Outermost first: each method's handler is built once; errors become statuses; every call

@@ -209,7 +209,8 @@ class ClientCertificate(Base):
     lower-case hex). A mutual-TLS call is accepted only with a certificate on record for its caller
     and not revoked: a renewed certificate is added beside the old one, and the old one is revoked
     when the caller has moved (or at once, when its key leaked). The TLS layer has already checked
-    the chain and the dates."""
+    the chain and the dates; ``not_after`` (unknown for a certificate recorded before revision 0010)
+    is kept to tell the operator when to renew."""
 
     __tablename__ = "client_certificates"
     __table_args__ = (
@@ -221,6 +222,7 @@ class ClientCertificate(Base):
     caller_kind: Mapped[str] = mapped_column(String(16))
     caller_id: Mapped[str] = mapped_column(String(64))
     issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    not_after: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True, default=None)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True, default=None)
 
 

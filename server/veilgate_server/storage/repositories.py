@@ -90,6 +90,7 @@ from .models import (
 )
 
 __all__ = [
+    "CertificateRenewal",
     "CitizenKeys",
     "CitizenRegistry",
     "ClientCertificateRegistry",
@@ -144,6 +145,15 @@ class Institution:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateRenewal:
+    """When the enabled callers of one kind next need a certificate (see
+    :meth:`ClientCertificateRegistry.renewal_due`)."""
+
+    soonest: dt.datetime | None
+    without_certificate: int
+
+
+@dataclass(frozen=True, slots=True)
 class IssuedCertificate:
     """A client certificate on record for an institution or a department; ``serial`` in lower-case hex."""
 
@@ -151,6 +161,7 @@ class IssuedCertificate:
     caller_kind: str
     caller_id: str
     issued_at: dt.datetime
+    not_after: dt.datetime | None  # None: recorded before its expiry was kept (revision 0010)
     revoked_at: dt.datetime | None
 
 
@@ -511,6 +522,7 @@ def _certificate(row: ClientCertificate) -> IssuedCertificate:
         caller_kind=row.caller_kind,
         caller_id=row.caller_id,
         issued_at=_utc(row.issued_at),
+        not_after=None if row.not_after is None else _utc(row.not_after),
         revoked_at=None if row.revoked_at is None else _utc(row.revoked_at),
     )
 
@@ -1098,11 +1110,15 @@ def _register_caller(
                 raise ConfigurationError(f"certificate serial {certificate.serial} is on record already") from e
 
 
-def _first_certificate(kind: str, caller_id: str, serial: str | None, at: dt.datetime) -> ClientCertificate | None:
+def _first_certificate(
+    kind: str, caller_id: str, serial: str | None, not_after: dt.datetime | None, at: dt.datetime
+) -> ClientCertificate | None:
     if serial is None:
         return None
     _require_serial(serial, "certificate_serial")
-    return ClientCertificate(serial=serial, caller_kind=kind, caller_id=caller_id, issued_at=at)
+    if not_after is not None:
+        _require_aware(not_after, "certificate_not_after")
+    return ClientCertificate(serial=serial, caller_kind=kind, caller_id=caller_id, issued_at=at, not_after=not_after)
 
 
 class InstitutionRegistry:
@@ -1112,7 +1128,14 @@ class InstitutionRegistry:
         self._sessions = sessions
 
     def register(
-        self, institution_id: str, *, kind: str, name: str, at: dt.datetime, certificate_serial: str | None = None
+        self,
+        institution_id: str,
+        *,
+        kind: str,
+        name: str,
+        at: dt.datetime,
+        certificate_serial: str | None = None,
+        certificate_not_after: dt.datetime | None = None,
     ) -> Institution:
         """Register an enabled institution; :class:`InstitutionAlreadyRegistered` if the id is taken.
 
@@ -1126,7 +1149,7 @@ class InstitutionRegistry:
             raise ValueError(f"institution kind must be one of {', '.join(INSTITUTION_KINDS)}")
         check_display_name(name, "name", 200)
         _require_aware(at, "at")
-        certificate = _first_certificate("institution", institution_id, certificate_serial, at)
+        certificate = _first_certificate("institution", institution_id, certificate_serial, certificate_not_after, at)
         row = RegisteredInstitution(institution_id=institution_id, kind=kind, name=name, enabled=True, registered_at=at)
         institution = _institution(row)
         _register_caller(
@@ -1485,14 +1508,21 @@ class DepartmentRegistry:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    def register(self, department_id: str, *, at: dt.datetime, certificate_serial: str | None = None) -> Department:
+    def register(
+        self,
+        department_id: str,
+        *,
+        at: dt.datetime,
+        certificate_serial: str | None = None,
+        certificate_not_after: dt.datetime | None = None,
+    ) -> Department:
         """Register an enabled department; :class:`DepartmentAlreadyRegistered` if it is already.
         ``department_id`` must match ``[a-z0-9][a-z0-9._-]{0,63}`` (it becomes part of a SPIFFE ID);
         anything else is a ValueError. ``certificate_serial`` puts the certificate issued to it on
         record in the same write (see :meth:`ClientCertificateRegistry.record`)."""
         check_caller_id(department_id)
         _require_aware(at, "at")
-        certificate = _first_certificate("department", department_id, certificate_serial, at)
+        certificate = _first_certificate("department", department_id, certificate_serial, certificate_not_after, at)
         row = RegisteredDepartment(department_id=department_id, enabled=True, registered_at=at)
         department = _department(row)
         _register_caller(
@@ -1570,14 +1600,27 @@ class ClientCertificateRegistry:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    def record(self, caller_kind: str, caller_id: str, serial_hex: str, *, at: dt.datetime) -> IssuedCertificate:
-        """Put a certificate just issued to a registered caller on record. The caller's unknown
-        error (:class:`InstitutionUnknown`, :class:`DepartmentNotRegistered`) if it is not
-        registered; ConfigurationError if the serial is on record already (for anyone)."""
+    def record(
+        self,
+        caller_kind: str,
+        caller_id: str,
+        serial_hex: str,
+        *,
+        at: dt.datetime,
+        not_after: dt.datetime | None = None,
+    ) -> IssuedCertificate:
+        """Put a certificate just issued to a registered caller on record (``not_after``: when it
+        expires). The caller's unknown error (:class:`InstitutionUnknown`,
+        :class:`DepartmentNotRegistered`) if it is not registered; ConfigurationError if the serial
+        is on record already (for anyone)."""
         id_column, unknown = self._caller(caller_kind)
         _require_serial(serial_hex, "serial_hex")
         _require_aware(at, "at")
-        row = ClientCertificate(serial=serial_hex, caller_kind=caller_kind, caller_id=caller_id, issued_at=at)
+        if not_after is not None:
+            _require_aware(not_after, "not_after")
+        row = ClientCertificate(
+            serial=serial_hex, caller_kind=caller_kind, caller_id=caller_id, issued_at=at, not_after=not_after
+        )
         issued = _certificate(row)
         with storage_errors("record the certificate"):
             try:
@@ -1620,6 +1663,27 @@ class ClientCertificateRegistry:
         )
         with storage_errors("list the certificates"), self._sessions() as session:
             return [_certificate(row) for row in session.scalars(statement)]
+
+    def renewal_due(self, caller_kind: str) -> CertificateRenewal:
+        """Of the enabled callers of a kind: the soonest expiry among each one's latest accepted
+        certificate (None when none has a known expiry), and how many have no accepted certificate
+        at all (each is shut out until it is given one). For alerting: a renewal is due before it."""
+        id_column, _ = self._caller(caller_kind)
+        enabled = id_column.class_.enabled.is_(True)
+        accepted = (ClientCertificate.caller_kind == caller_kind) & ClientCertificate.revoked_at.is_(None)
+        latest = (
+            select(func.max(ClientCertificate.not_after).label("latest"))
+            .join(id_column.class_, id_column == ClientCertificate.caller_id)
+            .where(accepted, enabled)
+            .group_by(ClientCertificate.caller_id)
+            .subquery()
+        )
+        covered = select(ClientCertificate.serial).where(accepted, ClientCertificate.caller_id == id_column).exists()
+        without = select(func.count()).select_from(id_column.class_).where(enabled, ~covered)
+        with storage_errors("read the certificates' expiry"), self._sessions() as session:
+            soonest = session.scalar(select(func.min(latest.c.latest)))
+            uncovered = int(session.scalar(without) or 0)
+        return CertificateRenewal(soonest=None if soonest is None else _utc(soonest), without_certificate=uncovered)
 
     @staticmethod
     def _caller(caller_kind: str) -> tuple[Any, Callable[[], VeilgateError]]:

@@ -5,7 +5,8 @@ Until now each caller's row kept the serial of its latest certificate for the op
 only, and any certificate the client CA had signed for the caller's SPIFFE ID was let in. Now a
 mutual-TLS call is accepted only with a certificate on record for its caller and not revoked.
 The serials recorded so far become the callers' accepted certificates, so nothing that worked
-before the upgrade stops working.
+before the upgrade stops working; their expiry was not kept, so theirs is unknown (``not_after``
+null) until they are renewed.
 
 Revision ID: 0010
 Revises: 0009
@@ -35,6 +36,7 @@ def upgrade() -> None:
         sa.Column("caller_kind", sa.String(16), nullable=False),
         sa.Column("caller_id", sa.String(64), nullable=False),
         sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("not_after", sa.DateTime(timezone=True), nullable=True),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("serial", name="pk_client_certificates"),
         sa.CheckConstraint(
