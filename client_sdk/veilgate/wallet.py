@@ -63,6 +63,14 @@ def _derive(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes
     )
 
 
+def _consent_id() -> str:
+    """A fresh consent id: 192 random bits in base64url, never starting with "-", which a command
+    line would read as an option (`veilgate wallet revoke --consent ID`): one in 64 would."""
+    while (consent_id := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return consent_id
+
+
 class CitizenWallet:
     """A citizen's keys. Create with :meth:`generate`, persist with :meth:`save`, reopen with :meth:`load`."""
 
@@ -246,7 +254,7 @@ class CitizenWallet:
             "iss": self.citizen_id,
             "sub": self.citizen_id,
             "aud": institution_id,
-            "jti": secrets.token_urlsafe(24),
+            "jti": _consent_id(),
             "iat": issued_at,
             "nbf": start,
             "exp": start + valid_for,

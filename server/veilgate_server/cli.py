@@ -313,7 +313,7 @@ def cmd_wallet_grant(args: argparse.Namespace) -> int:
     print(
         f"consent {consent.consent_id} registered: {consent.institution_id} may ask up to {consent.max_uses} "
         f"time(s) until {_when(consent.expires_at)}; "
-        f"revoke with `veilgate wallet revoke --consent {consent.consent_id}`",
+        f"revoke with `veilgate wallet revoke --consent={consent.consent_id}`",
         file=sys.stderr,
     )
     if out is None:

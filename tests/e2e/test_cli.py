@@ -801,6 +801,7 @@ def test_a_citizen_consents_watches_and_revokes_with_the_cli(
     token = granted.stdout.strip()  # the token alone on stdout, for the bank
     consent_id = jose.unverified_claims(token, typ=CONSENT_TYP).claims["jti"]
     assert f"consent {consent_id} registered: bank-c may ask up to 2 time(s)" in granted.stderr
+    assert f"revoke with `veilgate wallet revoke --consent={consent_id}`" in granted.stderr
     assert "which reads:\n  social_insurance.insured_status, " in granted.stderr
 
     creds = data / "institutions" / "bank-c"

@@ -12,6 +12,7 @@ import pytest
 
 from veilgate import CitizenWallet, GatewayKey, verify_delivery
 from veilgate._internal import jose, sealed
+from veilgate.consent import CONSENT_TYP, PolicyPin
 from veilgate.delivery import DELIVERY_TYP, gateway_keys_from_jwks, request_binding
 from veilgate.errors import DeliveryInvalid, WalletError
 
@@ -140,3 +141,21 @@ def test_jwks_parsing() -> None:
     ):
         with pytest.raises(DeliveryInvalid):
             gateway_keys_from_jwks(bad)
+
+
+def test_a_consent_id_never_reads_as_a_command_line_option(wallet: CitizenWallet) -> None:
+    """`veilgate wallet revoke --consent ID` takes the id as the next word, unless it starts with "-"
+    (one base64url id in 64 would): the citizen could not revoke it as the CLI says to."""
+    pin = PolicyPin("credit.consumer_loan", "a" * 64)
+    ids = [
+        jose.unverified_claims(
+            wallet.consent_token(
+                institution_id="bank-a", purpose="credit.consumer_loan", policies=[pin], max_uses=1, valid_for=60
+            ),
+            typ=CONSENT_TYP,
+        ).claims["jti"]
+        for _ in range(1000)
+    ]
+    assert not [i for i in ids if i.startswith("-")]
+    assert len(set(ids)) == 1000
+    assert {len(i) for i in ids} == {32}
