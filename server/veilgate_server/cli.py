@@ -614,20 +614,17 @@ def cmd_certificate_renew(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = settings.open_store(existing=True)  # before a CA or a file is made for nobody
     try:
-        _certificates_of(store, kind, args.id)
+        others = [c for c in _certificates_of(store, kind, args.id) if c.revoked_at is None]
     finally:
         store.close()
     home = settings.institutions_dir if kind == "institution" else settings.departments_dir
     out = Path(args.out_dir) if args.out_dir else home / args.id / f"renewed-{_now():%Y%m%dT%H%M%SZ}"
-    others: list[IssuedCertificate] = []
-
-    def registered(store: Store) -> None:
-        others.extend(c for c in _certificates_of(store, kind, args.id) if c.revoked_at is None)
 
     def record(store: Store, serial: str, not_after: datetime) -> None:
+        # Refuses a caller that is not registered (any more) itself, and takes the files back.
         store.certificates.record(kind, args.id, serial, at=_now(), not_after=not_after)
 
-    serial, key_pem = _issue_client(args, settings, kind=kind, out=out, register=record, check=registered)
+    serial, key_pem = _issue_client(args, settings, kind=kind, out=out, register=record, check=lambda store: None)
     print(f"issued a further certificate to {kind} {args.id}")
     _print_issued(out, serial, key_pem)
     for other in others:
