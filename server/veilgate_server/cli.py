@@ -187,8 +187,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.rotate_records_key:
         records_key, old_id, rewrapped = settings.rotate_records_key()
         print(f"new records key {records_key.key_id}: {rewrapped} citizens' data keys rewrapped; {old_id} is destroyed")
-        print(f"copy {settings.records_key_path} to every gateway serving this database and restart them:")
-        print("until then they cannot open records (their calls fail as INTERNAL and their log says why)")
+        print("gateways serving from this data directory take it up at their next read, without a restart;")
+        print(f"copy {settings.records_key_path} to the data directory of every gateway on another host:")
+        print("until then those cannot open records (their calls fail as INTERNAL and their log says why)")
         return 0
     if args.rotate:
         signer, old_key_id = settings.rotate_signer(now=_now())

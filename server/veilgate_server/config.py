@@ -194,7 +194,14 @@ class Settings:
                 )
         if self.database_url is None:  # the embedded store lives in the data directory
             self.ensure_data_dir()
-        return Store.open(self.store_url, migrate=migrate, records_key=self.load_records_key if records else None)
+        if not records:
+            return Store.open(self.store_url, migrate=migrate)
+        return Store.open(
+            self.store_url,
+            migrate=migrate,
+            records_key=self.load_records_key,
+            reload_records_keys=self.records_keys_on_disk,
+        )
 
     @property
     def records_key_path(self) -> Path:
@@ -215,6 +222,20 @@ class Settings:
                 self.next_records_key_path,
             )
         return RecordsKey.load_or_create(self.records_key_path)
+
+    def records_keys_on_disk(self) -> list[RecordsKey]:
+        """The records keys in the data directory now, read again: ``records.key`` and, while a
+        rotation is under way (or was interrupted), ``records.key.next``. For a serving gateway to
+        take up the key another process rotated to; a file that does not read is left out, and said."""
+        keys = []
+        for path in (self.records_key_path, self.next_records_key_path):
+            if not path.exists():
+                continue
+            try:
+                keys.append(RecordsKey.load(path))
+            except ConfigurationError as e:
+                _log.error("%s", e)
+        return keys
 
     def rotate_records_key(self) -> tuple[RecordsKey, str, int]:
         """Wrap every data key under a new records key and make it ``keys/records.key``; returns it,

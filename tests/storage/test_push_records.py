@@ -107,7 +107,9 @@ def test_a_push_that_fails_leaves_nothing_and_the_transaction_usable(store: Stor
         with pytest.raises(RecordsKeyError):  # c-1's data key is not under this key: refused before any write
             other.records.seal_push([_record("c-1", "11", november)], now=NOW)
         sealed = store.records.seal_push([_record("c-2", "1", november), _record("c-3", "1", november)], now=NOW)
-        other.records.put_many([_record("c-3", "2", november, OTHER)])  # c-3's key, stored under the other key
+        store.records.put_many([_record("c-3", "2", november, OTHER)])  # c-3's key, stored meanwhile
+        with store.engine.begin() as changed:  # and found under a records key no gateway holds
+            changed.execute(text("UPDATE record_keys SET records_key_id = 'feedfacefeedface' WHERE citizen_id = 'c-3'"))
         with write_connection(store._sessions) as connection:
             with pytest.raises(RecordsKeyError):  # after c-2's key was written in the same transaction
                 store.records.push_in(connection, sealed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from veilgate.errors import ConfigurationError, StorageError
 from veilgate_server.admin import erase_records
 from veilgate_server.crypto.records import RecordsKey, RecordsKeyError
 from veilgate_server.storage import Store, StoredRecord, check_schema, db
+from veilgate_server.storage._session import write_connection
 
 T0 = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
 
@@ -244,3 +246,150 @@ def test_revision_0008_without_the_records_key_leaves_an_older_database_as_it_wa
     with Store.open(database_url, records_key=records_key) as upgraded:
         check_schema(upgraded.engine)
         assert upgraded.records.for_delivery("c-1") == {"a": ("2026-01-01", '"a"')}
+
+
+# --- a rotation made while gateways serve --------------------------------------------------------
+# `veilgate keys --rotate-records-key` rewraps every data key in one transaction and then destroys
+# the old key, while gateways started before it still hold that key.
+
+
+def _keys_under(store: Store) -> set[str]:
+    with store.engine.connect() as connection:
+        return {row[0] for row in connection.execute(text("SELECT DISTINCT records_key_id FROM record_keys"))}
+
+
+def _store_by(path: str, store: Store, record: StoredRecord) -> None:
+    """``put_many`` (the seeder's and the loader's), or the gateway's push: sealed outside the
+    write, then stored in a write transaction (the log entry's, when served)."""
+    if path == "put_many":
+        store.records.put_many([record])
+        return
+    sealed = store.records.seal_push([record], now=T0)
+    with write_connection(store._sessions) as connection:
+        store.records.push_in(connection, sealed)
+
+
+@pytest.mark.parametrize("push", ["put_many", "seal_push"])
+def test_a_gateway_started_before_a_rotation_wraps_no_data_key_under_the_old_key(
+    store: Store, database_url: str, records_key: RecordsKey, push: str
+) -> None:
+    """Without the new key on disk it refuses to store a new citizen's records: their data key would
+    be wrapped by a key about to be destroyed, and nothing of theirs would open again."""
+    store.records.put_many([_record("c-1", "a", '"1"')])
+    new = RecordsKey.generate()
+    with Store.open(database_url, records_key=records_key) as stale:
+        store.records.rewrap(records_key, new)  # another process rotates
+        with pytest.raises(RecordsKeyError, match=f"sealed under records key {new.key_id}, and this gateway holds"):
+            _store_by(push, stale, _record("c-2", "a", '"2"'))
+    assert _keys_under(store) == {new.key_id}
+    with Store.open(database_url, records_key=new) as rotated:
+        assert rotated.records.for_delivery("c-1") == {"a": ("2026-01-01", '"1"')}
+        assert rotated.records.for_delivery("c-2") == {}  # nothing half-written
+
+
+@pytest.mark.parametrize("push", ["put_many", "seal_push"])
+def test_a_gateway_started_before_a_rotation_takes_up_the_new_key_without_a_restart(
+    store: Store, database_url: str, records_key: RecordsKey, push: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.records.put_many([_record("c-1", "a", '"1"')])
+    new = RecordsKey.generate()
+    on_disk = [records_key]  # keys/records.key, as the rotation leaves it at each step
+    with Store.open(database_url, records_key=records_key, reload_records_keys=lambda: list(on_disk)) as serving:
+        sealed = serving.records.seal_push([_record("c-2", "a", '"2"')], now=T0)  # sealed under the old key
+        on_disk.append(new)  # records.key.next, written first
+        store.records.rewrap(records_key, new)
+        on_disk.remove(records_key)  # the old key destroyed
+        with write_connection(serving._sessions) as connection:  # a push sealed before the rotation lands after it
+            assert serving.records.push_in(connection, sealed) == []
+        _store_by(push, serving, _record("c-3", "a", '"3"'))
+        assert serving.records.for_delivery("c-1") == {"a": ("2026-01-01", '"1"')}
+        assert serving.records.key_id == new.key_id
+    assert "records key " + new.key_id + " taken up in place of " + records_key.key_id in caplog.text
+    assert _keys_under(store) == {new.key_id}
+    with Store.open(database_url, records_key=new) as rotated:
+        assert [rotated.records.for_delivery(f"c-{n}") for n in (2, 3)] == [
+            {"a": ("2026-01-01", '"2"')},
+            {"a": ("2026-01-01", '"3"')},
+        ]
+
+
+def test_a_gateway_started_after_an_interrupted_rotation_serves_with_the_new_key(
+    store: Store, database_url: str, records_key: RecordsKey
+) -> None:
+    """Rewrapped, but records.key.next never replaced records.key: the gateway finds the key the
+    database names among the files, where before it refused to start."""
+    store.records.put_many([_record("c-1", "a", '"1"')])
+    new = RecordsKey.generate()
+    store.records.rewrap(records_key, new)
+    with Store.open(database_url, records_key=records_key, reload_records_keys=lambda: [records_key, new]) as started:
+        assert started.records.for_delivery("c-1") == {"a": ("2026-01-01", '"1"')}
+
+
+def test_gateways_holding_different_keys_on_an_empty_database_cannot_both_store(
+    store: Store, database_url: str
+) -> None:
+    """The first data key stored names the database's records key; a gateway holding another one
+    is refused, where before each would have wrapped its own citizens under its own key."""
+    with Store.open(database_url, records_key=RecordsKey.generate()) as other:
+        store.records.put_many([_record("c-1", "a", '"1"')])
+        with pytest.raises(RecordsKeyError, match="and this gateway holds"):
+            other.records.put_many([_record("c-2", "a", '"2"')])
+    assert _keys_under(store) == {store.records.key_id}
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)  # SQLite: one writer at a time orders them
+def test_on_postgresql_a_rotation_waits_for_a_push_that_read_the_old_key(
+    store: Store, database_url: str, records_key: RecordsKey
+) -> None:
+    """The push read the current key before the rotation moved it, and commits after the rotation's
+    scan began: the rotation waits for it, then rewraps the data key it stored."""
+    store.records.put_many([_record("c-1", "a", '"1"')])
+    new = RecordsKey.generate()
+    sealed = store.records.seal_push([_record("c-2", "a", '"2"')], now=T0)
+    with store.engine.connect() as connection, connection.begin():
+        store.records.push_in(connection, sealed)  # c-2's data key under the old key, not committed yet
+        with ThreadPoolExecutor(1) as pool:
+            rotation = pool.submit(store.records.rewrap, records_key, new)
+            with store.engine.connect() as watcher:  # until the rotation waits on the current key's row
+                deadline = time.monotonic() + 10
+                while not watcher.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    )
+                ).scalar_one():
+                    assert time.monotonic() < deadline, "the rotation did not wait for the push"
+                    time.sleep(0.01)
+            connection.commit()
+            assert rotation.result(timeout=10) == 2
+    assert _keys_under(store) == {new.key_id}
+    with Store.open(database_url, records_key=new) as rotated:
+        assert rotated.records.for_delivery("c-2") == {"a": ("2026-01-01", '"2"')}
+
+
+def test_revision_0011_names_the_key_the_stored_data_keys_are_under(
+    store: Store, database_url: str, records_key: RecordsKey
+) -> None:
+    store.records.put_many([_record(f"c-{n}", "a", f'"{n}"') for n in range(3)])
+    with store.engine.begin() as connection:
+        command.downgrade(_alembic(connection, records_key), "0010")
+        connection.execute(  # a data key an earlier rotation stranded under a key since destroyed
+            text("UPDATE record_keys SET records_key_id = 'feedfacefeedface' WHERE citizen_id = 'c-2'")
+        )
+        command.upgrade(_alembic(connection, records_key), "head")
+        current = connection.execute(text("SELECT id, key_id FROM records_key_current")).all()
+    assert [tuple(row) for row in current] == [(1, records_key.key_id)]  # most of them are under it
+    with Store.open(database_url, records_key=records_key) as upgraded:
+        assert upgraded.records.for_delivery("c-1") == {"a": ("2026-01-01", '"1"')}
+
+
+def test_revision_0011_on_a_database_with_no_data_key_leaves_the_first_one_to_name_it(
+    store: Store, database_url: str
+) -> None:
+    with store.engine.begin() as connection:
+        command.downgrade(_alembic(connection, None), "0010")
+        command.upgrade(_alembic(connection, None), "head")
+        assert connection.execute(text("SELECT count(*) FROM records_key_current")).scalar_one() == 0
+    store.records.put_many([_record("c-1", "a", '"1"')])
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SELECT key_id FROM records_key_current")).scalar_one() == store.records.key_id

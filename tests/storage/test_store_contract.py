@@ -482,6 +482,7 @@ def test_schema_lives_where_the_url_points(store: Store, db_backend: str) -> Non
         "log_subtrees",
         "record_keys",
         "records",
+        "records_key_current",
         "used_request_tokens",
     ]
 

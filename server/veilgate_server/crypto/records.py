@@ -127,6 +127,11 @@ class RecordsKey:
                     write_private_file(path, text.encode())
             except OSError as e:
                 raise ConfigurationError(f"cannot create the records key {path}: {e.strerror}") from e
+        return cls.load(path)
+
+    @classmethod
+    def load(cls, path: Path) -> RecordsKey:
+        """The key in ``path``; ConfigurationError when it cannot be read or holds no records key."""
         try:
             text = path.read_text().strip()
         except OSError as e:

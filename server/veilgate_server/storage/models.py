@@ -40,6 +40,7 @@ __all__ = [
     "Citizen",
     "CitizenLogKey",
     "Consent",
+    "CurrentRecordsKey",
     "Evaluation",
     "Record",
     "RecordKey",
@@ -145,7 +146,7 @@ class RecordKey(Base):
 
     Made with the citizen's first record; deleting it makes every sealed value of theirs unreadable
     (crypto-shredding, :meth:`~veilgate_server.storage.RecordStore.erase`). ``records_key_id`` names
-    the records key that wrapped it, so that a gateway holding another one says so at start-up.
+    the records key that wrapped it, so that a gateway holding another one says which.
     Like ``records.citizen_id``, deliberately not a foreign key to ``citizens``.
     """
 
@@ -153,9 +154,27 @@ class RecordKey(Base):
     __table_args__ = (CheckConstraint(f"length(wrapped_key) = {WRAPPED_DATA_KEY_LENGTH}", name="wrapped_key_length"),)
 
     citizen_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    records_key_id: Mapped[str] = mapped_column(String(16), index=True)  # the start-up check: instant
+    records_key_id: Mapped[str] = mapped_column(String(16), index=True)  # revision 0008's start-up check
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary(WRAPPED_DATA_KEY_LENGTH))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class CurrentRecordsKey(Base):
+    """The one records key that new data keys are wrapped by (revision 0011): a single row, set by
+    the first data key stored and moved by a rotation in the transaction that rewraps every data key.
+
+    A gateway started before a rotation still holds the old key. Reading this row in the transaction
+    that stores a new data key (locked against a rotation on PostgreSQL) keeps it from wrapping one
+    under a key the rotation is about to destroy; it takes up the new key instead
+    (:class:`~veilgate_server.storage.RecordStore`).
+    """
+
+    __tablename__ = "records_key_current"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    key_id: Mapped[str] = mapped_column(String(16))
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
 class UsedRequestToken(Base):

@@ -25,7 +25,9 @@ import builtins
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
+import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import islice
@@ -109,6 +111,8 @@ __all__ = [
     "Store",
     "StoredRecord",
 ]
+
+_log = logging.getLogger("veilgate.storage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,11 +384,29 @@ _POSTGRES_RECORDS_AMONG = DriverSql(
     _POSTGRES_RECORDS.format(among=" AND r.item_id = ANY(:item_ids)"),
     backends=("postgresql",),
 )
-# Two ranges of the index rather than "<>", which both backends would answer with a full scan.
-_OTHER_RECORDS_KEY = DriverSql(
-    "OtherKey",
-    ["records_key_id"],
-    "SELECT records_key_id FROM record_keys WHERE records_key_id < :key_id OR records_key_id > :key_id LIMIT 1",
+# The records key new data keys are wrapped by (revision 0011). Read in the transaction that stores
+# one, and on PostgreSQL held there (FOR SHARE), so that a rotation, which moves the row first, waits
+# for that transaction and then rewraps what it stored, or the transaction waits and reads the new key.
+_CURRENT_RECORDS_KEY: Final = DriverSql.select("CurrentRecordsKey", "records_key_current", ["key_id"], "id = 1")
+_CURRENT_RECORDS_KEY_HELD: Final = {
+    "sqlite": _CURRENT_RECORDS_KEY,  # one writer at a time: nothing to hold
+    "postgresql": DriverSql(
+        "CurrentRecordsKey",
+        ["key_id"],
+        "SELECT key_id FROM records_key_current WHERE id = 1 FOR SHARE",
+        backends=("postgresql",),
+    ),
+}
+_CLAIM_RECORDS_KEY: Final = DriverSql(
+    "Claimed",
+    [],
+    "INSERT INTO records_key_current (id, key_id, changed_at) VALUES (1, :key_id, :at) ON CONFLICT (id) DO NOTHING",
+)
+_MOVE_RECORDS_KEY: Final = DriverSql(
+    "Moved",
+    [],
+    "INSERT INTO records_key_current (id, key_id, changed_at) VALUES (1, :key_id, :at)"
+    " ON CONFLICT (id) DO UPDATE SET key_id = excluded.key_id, changed_at = excluded.changed_at",
 )
 
 
@@ -402,18 +424,6 @@ def _split_records(count: int, joined: str | None) -> list[str]:
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def _unwrap(key: RecordsKey, citizen_id: str, key_id: str, wrapped: bytes) -> CitizenDataKey:
-    """A citizen's data key as read from ``record_keys``: refused when there is none (their records
-    outlived it) or another records key wrapped it (named, so the operator knows which file)."""
-    if not wrapped:
-        raise RecordsKeyError("could not read records: a citizen's records have no data key")
-    if key_id != key.key_id:
-        raise RecordsKeyError(
-            f"could not read records: sealed under records key {key_id}, and this gateway holds {key.key_id}"
-        )
-    return key.unwrap(citizen_id, wrapped)
 
 
 def _require_aware(value: dt.datetime, name: str) -> None:
@@ -694,9 +704,18 @@ class RecordStore:
     key never reaches the database. A store opened without the records key (the auditor's and
     the operator's tools that never touch records) refuses every call here."""
 
-    def __init__(self, sessions: sessionmaker[Session], records_key: RecordsKey | None) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        records_key: RecordsKey | None,
+        reload_keys: Callable[[], Iterable[RecordsKey]] | None = None,
+    ) -> None:
+        """``reload_keys`` gives the records keys on disk again (``keys/records.key`` and a rotation's
+        ``records.key.next``), for :meth:`_key_named` to take up a key another process rotated to."""
         self._sessions = sessions
         self._key = records_key
+        self._reload_keys = reload_keys
+        self._reload_lock = threading.Lock()
         bind = sessions.kw.get("bind")
         self._dialect = bind.dialect.name if isinstance(bind, Engine) else ""
 
@@ -710,18 +729,64 @@ class RecordStore:
             raise ConfigurationError("this store was opened without the records key; records cannot be read or written")
         return self._key
 
-    def check_records_key(self) -> None:
-        """Raise ConfigurationError when a citizen's data key in the database was wrapped by another
-        records key than this store's: every gateway serving one database must hold the same
-        ``keys/records.key``, and a gateway that made its own would fail every read of theirs."""
+    def _key_named(self, key_id: str) -> RecordsKey:
+        """The records key ``key_id``: this store's, or, when another process has rotated the records
+        key since this store was opened, the new key as it is now on disk (``reload_keys``), which
+        this store holds from then on; the old one is let go, as the rotation destroyed it.
+        RecordsKeyError (naming both keys, so the operator knows which file) when neither is it."""
         key = self._records_key()
-        with storage_errors("read the records keys"):
-            [*other] = read_driver_rows(self._sessions, _OTHER_RECORDS_KEY, {"key_id": key.key_id})
-        if other:
-            raise ConfigurationError(
-                f"the stored records are sealed under records key {other[0].records_key_id}, and this gateway "
-                f"holds records key {key.key_id}: copy keys/records.key from the gateway that stored them"
+        if key.key_id == key_id:
+            return key
+        with self._reload_lock:  # one thread reads the files; the others find the key it took up
+            key = self._records_key()
+            if key.key_id != key_id and self._reload_keys is not None:
+                found = next((k for k in self._reload_keys() if k.key_id == key_id), None)
+                if found is not None:
+                    _log.warning("records key %s taken up in place of %s: it was rotated", key_id, key.key_id)
+                    self._key = key = found
+        if key.key_id != key_id:
+            raise RecordsKeyError(
+                f"could not read records: sealed under records key {key_id}, and this gateway holds {key.key_id}"
             )
+        return key
+
+    def _open_data_key(self, citizen_id: str, key_id: str, wrapped: bytes) -> CitizenDataKey:
+        """A citizen's data key as read from ``record_keys``: refused when there is none (their records
+        outlived it) or no records key this gateway can find wrapped it."""
+        if not wrapped:
+            raise RecordsKeyError("could not read records: a citizen's records have no data key")
+        return self._key_named(key_id).unwrap(citizen_id, wrapped)
+
+    def _current_key_in(self, connection: Connection, now: dt.datetime) -> RecordsKey:
+        """The records key that a data key stored in ``connection``'s write transaction must be
+        wrapped by: the one the database names (this store's key claims it when it names none yet),
+        held on PostgreSQL until the transaction ends, so that no rotation moves it meanwhile."""
+        held = _CURRENT_RECORDS_KEY_HELD[connection.dialect.name]
+        current = held.run(connection, {})
+        if not current:
+            _CLAIM_RECORDS_KEY.run(
+                connection, {"key_id": self._records_key().key_id, "at": bind_instant(connection.dialect, now)}
+            )
+            current = held.run(connection, {})
+        return self._key_named(current[0].key_id)
+
+    def check_records_key(self) -> None:
+        """Raise ConfigurationError when the database's records key (the one every data key is
+        wrapped by) is neither this store's nor, after a rotation, the one on disk now: every
+        gateway serving one database must hold the same ``keys/records.key``, and a gateway that
+        made its own would fail every read of theirs."""
+        key = self._records_key()
+        with storage_errors("read the records key"):
+            current = read_driver_rows(self._sessions, _CURRENT_RECORDS_KEY, {})
+        if not current:  # no data key stored yet: the first one stored names it
+            return
+        try:
+            self._key_named(current[0].key_id)
+        except RecordsKeyError:
+            raise ConfigurationError(
+                f"the stored records are sealed under records key {current[0].key_id}, and this gateway "
+                f"holds records key {key.key_id}: copy keys/records.key from the gateway that stored them"
+            ) from None
 
     def put_many(
         self, records: Iterable[StoredRecord], *, batch_size: int = 5000, now: dt.datetime | None = None
@@ -740,7 +805,7 @@ class RecordStore:
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        key = self._records_key()
+        self._records_key()
         made_at = now or dt.datetime.now(dt.UTC)
         written = 0
         iterator = iter(records)
@@ -751,7 +816,7 @@ class RecordStore:
                 latest[(record.citizen_id, record.item_id)] = record
             with storage_errors("store records"), write_session(self._sessions) as session:
                 connection = session.connection()
-                data_keys = self._data_keys(connection, key, {citizen for citizen, _ in latest}, made_at)
+                data_keys = self._data_keys(connection, {citizen for citizen, _ in latest}, made_at)
                 rows = [
                     {
                         "citizen_id": r.citizen_id,
@@ -794,7 +859,7 @@ class RecordStore:
             if row is None:
                 data_keys[citizen], wrapped[citizen] = key.new_data_key(citizen)
             else:
-                data_keys[citizen] = _unwrap(key, citizen, row.records_key_id, row.wrapped_key)
+                data_keys[citizen] = self._open_data_key(citizen, row.records_key_id, row.wrapped_key)
                 wrapped[citizen] = row.wrapped_key
         sealed = tuple(
             data_keys[r.citizen_id].seal(r.item_id, r.department, r.as_of.isoformat(), r.value_json) for r in records
@@ -817,9 +882,12 @@ class RecordStore:
         those it wrote (an upsert whose update is conditional on the date, with ``RETURNING``), so
         the date is compared where it is written, whatever another gateway writes meanwhile.
 
+        A data key is stored only under the records key the database names (:meth:`_current_key_in`):
+        where a rotation moved it since the push was sealed, the new citizens' keys are made again
+        under the new key, never under the one the rotation destroys.
+
         All or nothing: on any failure, what it wrote is rolled back (to a savepoint) and the
         error is raised, so the transaction can still log the refusal."""
-        key = self._records_key()
         records, sealed = push.records, list(push.sealed)
         if not records:
             return []
@@ -828,8 +896,9 @@ class RecordStore:
         written: set[tuple[str, str]] = set()
         with connection.begin_nested(), driver_cursor(connection) as cursor:
             made_at = bind_instant(connection.dialect, push.made_at)
-            new_keys = [(c, push.key_id, push.wrapped[c], made_at) for c in sorted(push.made)]
-            if new_keys:
+            current = self._current_key_in(connection, push.made_at) if push.made else None
+            if current is not None and current.key_id == push.key_id:
+                new_keys = [(c, push.key_id, push.wrapped[c], made_at) for c in sorted(push.made)]
                 cursor.executemany(_INSERT_DATA_KEY[postgres], new_keys)
             mark = "%s" if postgres else "?"
             cursor.execute(
@@ -839,11 +908,14 @@ class RecordStore:
             )
             stored = {citizen: (key_id, bytes(wrapped)) for citizen, key_id, wrapped in cursor.fetchall()}
             for citizen in citizens:
-                if citizen not in stored:  # erased since seal_push read their key: a new one, never the old
-                    data_key, wrapped = key.new_data_key(citizen)
-                    cursor.execute(_INSERT_DATA_KEY[postgres], (citizen, key.key_id, wrapped, made_at))
+                # None stored: their key was made under a records key rotated away since, or they were
+                # erased since seal_push read their key. A new one, never the old.
+                if citizen not in stored:
+                    current = current or self._current_key_in(connection, push.made_at)
+                    data_key, wrapped = current.new_data_key(citizen)
+                    cursor.execute(_INSERT_DATA_KEY[postgres], (citizen, current.key_id, wrapped, made_at))
                 elif stored[citizen][1] != push.wrapped[citizen]:  # another write stored theirs first
-                    data_key = _unwrap(key, citizen, *stored[citizen])
+                    data_key = self._open_data_key(citizen, *stored[citizen])
                 else:
                     continue
                 for i, r in enumerate(records):
@@ -865,17 +937,17 @@ class RecordStore:
                 written.update(map(tuple, cursor.fetchall()))
         return [i for i, r in enumerate(records) if (r.citizen_id, r.item_id) not in written]
 
-    @staticmethod
-    def _data_keys(
-        connection: Connection, key: RecordsKey, citizens: set[str], now: dt.datetime
-    ) -> dict[str, CitizenDataKey]:
-        """The data keys of ``citizens``, made and stored for those who have none yet."""
+    def _data_keys(self, connection: Connection, citizens: set[str], now: dt.datetime) -> dict[str, CitizenDataKey]:
+        """The data keys of ``citizens``, made and stored for those who have none yet (under the
+        database's current records key)."""
         table = RecordKey.__table__
         assert isinstance(table, Table)
         wanted = sorted(citizens)
         stored = {
             row.citizen_id: row for row in connection.execute(select(table).where(table.c.citizen_id.in_(wanted)))
         }
+        missing = [citizen for citizen in wanted if citizen not in stored]
+        key = self._current_key_in(connection, now) if missing else None
         new = [
             {
                 "citizen_id": citizen,
@@ -883,8 +955,8 @@ class RecordStore:
                 "wrapped_key": key.new_data_key(citizen)[1],
                 "created_at": now,
             }
-            for citizen in wanted
-            if citizen not in stored
+            for citizen in missing
+            if key is not None
         ]
         if new:  # on PostgreSQL a concurrent first push may win: theirs is read back below
             insert = (sqlite.insert if connection.dialect.name == "sqlite" else postgresql.insert)(table)
@@ -892,7 +964,10 @@ class RecordStore:
             stored = {
                 row.citizen_id: row for row in connection.execute(select(table).where(table.c.citizen_id.in_(wanted)))
             }
-        return {citizen: _unwrap(key, citizen, row.records_key_id, row.wrapped_key) for citizen, row in stored.items()}
+        return {
+            citizen: self._open_data_key(citizen, row.records_key_id, row.wrapped_key)
+            for citizen, row in stored.items()
+        }
 
     @staticmethod
     def _upsert(dialect: str) -> Any:
@@ -940,7 +1015,7 @@ class RecordStore:
         """The citizen's records (all, or those among ``item_ids``) as ``(item_id, department, as_of
         as an ISO date, sealed value)``, in no particular order, and their values opened, in the
         same order."""
-        key = self._records_key()
+        self._records_key()
         if item_ids is not None and not item_ids:
             return [], []
         params: dict[str, Any]
@@ -964,7 +1039,7 @@ class RecordStore:
             located = [(r.item_id, r.department, r.as_of.isoformat(), r.value_sealed) for r in stored]
         if not located:
             return [], []
-        return located, _unwrap(key, citizen_id, key_id, wrapped).open_many(located)
+        return located, self._open_data_key(citizen_id, key_id, wrapped).open_many(located)
 
     def rewrap(self, old: RecordsKey, new: RecordsKey) -> int:
         """Wrap every citizen's data key under ``new`` instead of ``old`` (a records key rotation), in
@@ -972,11 +1047,18 @@ class RecordStore:
 
         Keys already under ``new`` are left as they are, so a rotation that was interrupted before
         its new key file replaced the old one can run again. A key under neither is refused, naming
-        its records key, and nothing is changed."""
+        its records key, and nothing is changed.
+
+        The database's current records key moves to ``new`` first: a gateway that stores a new data
+        key from then on wraps it under ``new``, and on PostgreSQL one that read the old key beforehand
+        holds it until it commits, so that the scan below sees, and rewraps, what it stored."""
         table = RecordKey.__table__
         assert isinstance(table, Table)
         rewrapped, last = 0, ""
         with storage_errors("rewrap the data keys"), write_connection(self._sessions) as connection:
+            _MOVE_RECORDS_KEY.run(
+                connection, {"key_id": new.key_id, "at": bind_instant(connection.dialect, dt.datetime.now(dt.UTC))}
+            )
             while rows := connection.execute(
                 select(table.c.citizen_id, table.c.records_key_id, table.c.wrapped_key)
                 .where(table.c.citizen_id > last)
@@ -1695,11 +1777,17 @@ class ClientCertificateRegistry:
 class Store:
     """Everything the gateway keeps, reached only through its repositories."""
 
-    def __init__(self, engine: Engine, *, records_key: RecordsKey | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        records_key: RecordsKey | None = None,
+        reload_records_keys: Callable[[], Iterable[RecordsKey]] | None = None,
+    ) -> None:
         self.engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
         self.citizens = CitizenRegistry(self._sessions)
-        self.records = RecordStore(self._sessions, records_key)
+        self.records = RecordStore(self._sessions, records_key, reload_records_keys)
         self.requests = RequestLedger(self._sessions)
         self.institutions = InstitutionRegistry(self._sessions)
         self.certificates = ClientCertificateRegistry(self._sessions)
@@ -1708,12 +1796,20 @@ class Store:
         self.log = AuditLog(self._sessions)
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True, records_key: RecordsKeySource | None = None) -> Self:
+    def open(
+        cls,
+        url: str,
+        *,
+        migrate: bool = True,
+        records_key: RecordsKeySource | None = None,
+        reload_records_keys: Callable[[], Iterable[RecordsKey]] | None = None,
+    ) -> Self:
         """Connect to ``url``; migrate the schema to the newest revision, or check that it is there.
         ``records_key`` seals and opens records (see :class:`RecordStore`); without it the store
         serves everything but records. Given as a function (one that makes the key file on first
         use), it is called only once the database has answered, so that a bad URL leaves nothing
-        made behind.
+        made behind. ``reload_records_keys`` gives the records keys on disk again, for a gateway
+        to follow a rotation made by another process without a restart.
 
         Raises :class:`~veilgate.errors.ConfigurationError` for an unsupported URL and
         :class:`~veilgate.errors.StorageError` when the database cannot be reached or (with
@@ -1726,7 +1822,7 @@ class Store:
             else:
                 check_schema(engine)
             key = records_key() if callable(records_key) else records_key
-            store = cls(engine, records_key=key)
+            store = cls(engine, records_key=key, reload_records_keys=reload_records_keys)
             if key is not None:
                 store.records.check_records_key()
         except BaseException:
