@@ -195,7 +195,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         signer, old_key_id = settings.rotate_signer(now=_now())
         print(f"new gateway signing key {signer.key_id}; {old_key_id} is retired and its private key destroyed")
         print("the retired keys stay published, so that what they signed still verifies;")
-        print("restart the gateway (every process) to sign with the new key, and give clients the new JWKS")
+        print("gateways serving from this data directory sign with the new key within a second, without a restart;")
+        print("give clients the new JWKS (GetGatewayInfo lists it first)")
     else:
         signer = settings.load_signer()
     print(f"gateway signing key id: {signer.key_id}")

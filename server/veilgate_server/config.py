@@ -302,6 +302,12 @@ class Settings:
         self.publish_keys(signer)
         return signer
 
+    def reload_signer(self) -> GatewaySigner:
+        """The gateway key as the key file has it now, with the retired keys: for a serving gateway to
+        take up a key rotated by another process. Never makes a key; ConfigurationError when the
+        file is gone or does not read."""
+        return GatewaySigner.load(self.signing_key_path, load_retired_keys(self.retired_keys_path))
+
     def rotate_signer(self, *, now: dt.datetime) -> tuple[GatewaySigner, str]:
         """A new current gateway key (see :func:`~veilgate_server.crypto.keys.rotate_gateway_key`),
         published with the retired ones; returns it and the old key's id."""

@@ -219,11 +219,12 @@ class Gateway:
             watermark=call.watermark,
             issued_at=int(now),
         )
-        signed = self.signer.sign_payload(payload, typ=DELIVERY_TYP)
+        signer = self.signer  # once: a key rotation may swap it meanwhile (serving.SigningKeyFollower)
+        signed = signer.sign_payload(payload, typ=DELIVERY_TYP)
         sealed = seal(signed.encode("ascii"), recipient_public_key=keys.encryption_key)
         call.result(sealed)
         self._spend(claims, now=now, call=call)
-        return SealedDelivery(sealed=sealed, key_id=self.signer.key_id, item_count=item_count)
+        return SealedDelivery(sealed=sealed, key_id=signer.key_id, item_count=item_count)
 
     def register_consent(self, request_token: str, consent_token: str, *, call: CallRecord | None = None) -> ConsentRow:
         """Record a consent the citizen signed. Checked now against the institution and the loaded

@@ -7,9 +7,12 @@ the single-process server builds (see :mod:`veilgate_server.rpc.processes`).
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 
+from veilgate.errors import ConfigurationError
 from veilgate_server.config import Settings
 from veilgate_server.crypto import TlsFiles
 from veilgate_server.crypto.institutions import TRUST_DOMAIN as DEFAULT_TRUST_DOMAIN
@@ -18,7 +21,9 @@ from veilgate_server.gateway import DEFAULT_DAILY_BUDGET, Gateway
 from veilgate_server.rpc.processes import Started
 from veilgate_server.rpc.server import RunningServer, ServerTls, build_server
 
-__all__ = ["GatewayProcess", "ServeOptions", "open_gateway", "serve", "server_tls"]
+__all__ = ["GatewayProcess", "ServeOptions", "SigningKeyFollower", "open_gateway", "serve", "server_tls"]
+
+_log = logging.getLogger("veilgate.keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,56 @@ def open_gateway(settings: Settings, *, daily_budget: int = DEFAULT_DAILY_BUDGET
     )
 
 
+class SigningKeyFollower:
+    """Takes up the gateway signing key that ``veilgate keys --rotate`` made while this process
+    serves, without a restart: every ``interval`` seconds it looks at the key file, and once the
+    rotation has replaced it, the gateway signs with the new key from its next call and publishes it
+    first in GetGatewayInfo. The old private key, which the rotation destroyed on disk, is let go
+    here too; its public key stays published with the retired ones."""
+
+    def __init__(self, gateway: Gateway, settings: Settings, *, interval: float = 1.0) -> None:
+        self._gateway = gateway
+        self._settings = settings
+        self._seen = self._stamp()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), name="veilgate-signing-key", daemon=True)
+        self._thread.start()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        """The key file's inode, change time and size: a rotation replaces the file (a rename)."""
+        try:
+            stat = self._settings.signing_key_path.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+    def check(self) -> None:
+        """Look at the key file once; take up the key in it if it was replaced."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return
+        self._seen = stamp
+        current = self._gateway.signer
+        try:
+            signer = self._settings.reload_signer()
+        except ConfigurationError as e:  # said once per change of the file, not every second
+            _log.error("%s; still signing with gateway key %s", e, current.key_id)
+            return
+        if signer.key_id != current.key_id:
+            self._gateway.signer = signer  # one reference swapped: a call signs with the old key or the new
+            _log.warning(
+                "gateway signing key %s taken up in place of %s: it was rotated", signer.key_id, current.key_id
+            )
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.check()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def serve(settings: Settings, options: ServeOptions, *, index: int = 0) -> tuple[Gateway, RunningServer]:
     """Open the gateway and start its server; the store is closed again if the server cannot start.
     ``index``: which of several server processes this is (its metrics port is the given one + index)."""
@@ -81,6 +136,7 @@ def serve(settings: Settings, options: ServeOptions, *, index: int = 0) -> tuple
     except BaseException:
         gateway.store.close()
         raise
+    running.on_stop.append(SigningKeyFollower(gateway, settings).close)
     return gateway, running
 
 

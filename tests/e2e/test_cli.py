@@ -184,6 +184,17 @@ def test_citizen_journey_through_the_cli(served: tuple[ServeProcess, Path, str],
     rotated = veilgate("keys", "--rotate-records-key", *db)
     assert "take it up at their next read, without a restart" in rotated.stdout
     assert "61 items" in veilgate(*fetch_args, env=env).stdout
+    # So was the gateway signing key: the serving gateway signs with the new one within a second.
+    signing_rotated = veilgate("keys", "--rotate", *db)
+    new_kid = re.search(r"new gateway signing key (\S+);", signing_rotated.stdout)
+    assert new_kid is not None
+    deadline = time.monotonic() + 30
+    while True:
+        veilgate(*fetch_args, "--out", str(tmp_path / "delivery.jws"), env=env)  # verified with the new JWKS
+        header = (tmp_path / "delivery.jws").read_text().strip().split(".")[0]
+        if json.loads(b64url_decode(header))["kid"] == new_kid.group(1):
+            break
+        assert time.monotonic() < deadline, "the serving gateway never signed with the rotated key"
     narrowed = veilgate(*fetch_args, "--items", "no_such.item", env=env, check=False)
     assert narrowed.returncode == 1
     assert "unknown data item" in narrowed.stderr
@@ -205,6 +216,7 @@ def test_citizen_journey_through_the_cli(served: tuple[ServeProcess, Path, str],
     assert "GetMyData -> OK" in logs
     assert "GetMyData -> INVALID_ARGUMENT ITEM_UNKNOWN" in logs
     assert f"taken up in place of {old_records_key.key_id}: it was rotated" in logs
+    assert f"gateway signing key {new_kid.group(1)} taken up in place of" in logs
     assert canary not in logs
     assert citizen not in logs
     assert "Traceback" not in logs

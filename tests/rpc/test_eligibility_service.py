@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import secrets
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -44,9 +45,11 @@ from veilgate.errors import (
     StorageError,
     TokenInvalid,
 )
+from veilgate.result import RESULT_TYP
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2, eligibility_pb2_grpc
 from veilgate_server.core.policy import Policy
 from veilgate_server.crypto.institutions import InstitutionCA
+from veilgate_server.crypto.keys import GatewaySigner
 from veilgate_server.gateway import REGISTER_CONSENT, REVOKE_CONSENT
 from veilgate_server.rpc.errors import status_name
 from veilgate_server.storage import StoredRecord
@@ -646,6 +649,40 @@ def test_privacy_canary_income_never_reaches_the_institution(scene: Scene) -> No
     covered = {policy_id for policy_id, *_ in first}
     assert covered == set(gw.gateway.policies)
     assert len(first) == sum(len(_parameter_sets(p, claim)) for p in gw.gateway.policies.values())
+
+
+def test_a_retried_evaluation_names_the_key_that_signed_its_recorded_result(scene: Scene) -> None:
+    """The gateway key was rotated between a request and its retry: the retry gets the result recorded
+    at the first call, and the reply names the key that signed that result, not the current one."""
+    token = scene.consent(max_uses=3)
+    bank = scene.bank
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=scene.gw.ca_pem, private_key=bank.private_key_pem, certificate_chain=bank.certificate_pem
+    )
+
+    def request(request_id: str) -> eligibility_pb2.EvaluateRequest:
+        return eligibility_pb2.EvaluateRequest(
+            policy_id=LOAN, consent_token=token, request_id=request_id, parameters=LOAN_PARAMS
+        )
+
+    old = scene.gw.gateway.signer
+    rotated = GatewaySigner.from_seed(secrets.token_bytes(32))
+    with grpc.secure_channel(scene.gw.mtls_target, credentials) as channel:
+        stub = eligibility_pb2_grpc.EligibilityServiceStub(channel)
+        first = stub.Evaluate(request("before-rotation-01"), timeout=5)
+        scene.gw.gateway.signer = rotated  # as a serving gateway takes up a rotated key (SigningKeyFollower)
+        again = stub.Evaluate(request("before-rotation-01"), timeout=5)
+        fresh = stub.Evaluate(request("after-rotation-002"), timeout=5)
+    assert again.signed_result == first.signed_result
+    assert (first.gateway_key_id, again.gateway_key_id, fresh.gateway_key_id) == (
+        old.key_id,
+        old.key_id,
+        rotated.key_id,
+    )
+    keys = [GatewayKey(old.key_id, old.public_key), GatewayKey(rotated.key_id, rotated.public_key)]
+    for reply in (again, fresh):
+        assert jose.unverified_claims(reply.signed_result, typ=RESULT_TYP).kid == reply.gateway_key_id
+        verify_result(reply.signed_result, gateway_keys=keys)
 
 
 def test_results_from_the_raw_rpc_carry_error_info(scene: Scene) -> None:

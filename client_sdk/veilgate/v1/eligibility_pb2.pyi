@@ -263,6 +263,9 @@ class EvaluateResponse(_message.Message):
       data_as_of {department id: "YYYY-MM-DD"} for the sources the policy read
     """
     gateway_key_id: _builtins.str
+    """The key that signed signed_result (its kid). For a repeated request_id, the key of the first
+    answer, which a key rotation may since have retired (GetGatewayInfo lists retired keys too).
+    """
     log_index: _builtins.int
     """Receipt: the index of this call's entry in the audit log. The entry's "result" member is
     base64url(SHA-256(ASCII signed_result)); prove its inclusion with AuditService.

@@ -118,6 +118,11 @@ class GatewaySigner:
                 pass  # another process created it first: use theirs
             except OSError as e:
                 raise ConfigurationError(f"cannot create gateway signing key {path}: {e.strerror}") from e
+        return cls.load(path, retired)
+
+    @classmethod
+    def load(cls, path: Path, retired: Sequence[RetiredKey] = ()) -> GatewaySigner:
+        """The key in ``path``; ConfigurationError when it cannot be read or is not an Ed25519 key."""
         try:
             pem = path.read_bytes()
         except OSError as e:

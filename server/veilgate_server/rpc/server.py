@@ -9,8 +9,9 @@ TLS is the default and the only configuration a production caller can reach; pla
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -101,6 +102,7 @@ class RunningServer:
     mtls_port: int | None = None
     metrics: Metrics | None = None
     metrics_port: int | None = None
+    on_stop: list[Callable[[], None]] = field(default_factory=list)  # what its starter runs beside it
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.health.enter_graceful_shutdown()
@@ -109,6 +111,8 @@ class RunningServer:
         self.checkpointer.close()  # signs a final checkpoint over every appended entry
         if self.metrics is not None:
             self.metrics.close()
+        for close in self.on_stop:
+            close()
 
 
 def build_server(
