@@ -378,6 +378,13 @@ def cmd_wallet_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
 def _issue_client(
     args: argparse.Namespace,
     settings: Settings,
@@ -395,7 +402,7 @@ def _issue_client(
     fails takes its files back. Files already in ``out`` are never replaced."""
     from veilgate_server.crypto import ensure_local_tls, peer_certificate
     from veilgate_server.crypto.institutions import InstitutionCA
-    from veilgate_server.crypto.keys import write_private_file
+    from veilgate_server.crypto.keys import write_exclusively
 
     csr = None
     if args.csr:
@@ -412,6 +419,8 @@ def _issue_client(
     try:
         check(store)
         held = [name for name in ("client.pem", "client.key") if (out / name).exists()]
+        if (out / "gateway-ca.pem").exists() and not _holds(out / "gateway-ca.pem", gateway_ca.read_bytes()):
+            held.append("another gateway-ca.pem")
         if held:
             raise ConfigurationError(f"{out} already holds {' and '.join(held)}: choose another --out-dir")
         key_pem: bytes | None = None
@@ -421,16 +430,16 @@ def _issue_client(
             cert_pem, key_pem, serial = ca.issue_client_certificate(
                 args.id, kind=kind, trust_domain=args.trust_domain, now=_now()
             )
+        files = {"client.pem": cert_pem, "client.key": key_pem, "gateway-ca.pem": gateway_ca.read_bytes()}
         try:
             out.mkdir(parents=True, exist_ok=True)
-            written.append(out / "client.pem")
-            written[-1].write_bytes(cert_pem)
-            if key_pem is not None:
-                written.append(out / "client.key")
-                written[-1].unlink(missing_ok=True)
-                write_private_file(written[-1], key_pem)
-            written.append(out / "gateway-ca.pem")
-            written[-1].write_bytes(gateway_ca.read_bytes())
+            for name, data in files.items():
+                if data is None or (name == "gateway-ca.pem" and _holds(out / name, data)):
+                    continue  # no key for a CSR; the same CA certificate, kept from an earlier issue
+                write_exclusively(out / name, data, private=name == "client.key")
+                written.append(out / name)
+        except FileExistsError as e:  # made there meanwhile, or another gateway CA's certificate
+            raise ConfigurationError(f"{out} already holds {Path(e.filename).name}: choose another --out-dir") from e
         except OSError as e:
             raise ConfigurationError(f"cannot write the certificate to {out}: {e.strerror}") from e
         register(store, serial, peer_certificate(cert_pem).not_after)

@@ -660,6 +660,47 @@ def test_an_institution_whose_certificate_cannot_be_written_is_not_registered(tm
     assert not (tmp_path / "out2").exists()  # the first one's files are not replaced, nor new ones made
 
 
+def test_a_renewal_never_replaces_files_in_its_out_dir(tmp_path: Path) -> None:
+    """A bank's certificate and key in --out-dir are the ones it serves with: a renewal into the same
+    directory, or into one holding another gateway's CA certificate, is refused and changes
+    nothing, on disk or on record. The same CA certificate is kept as it is."""
+    data = ["--data-dir", str(tmp_path / "d")]
+    veilgate("migrate", *data)
+    first = tmp_path / "first"
+    veilgate(
+        "institution", "add", "--id", "bank-r", "--kind", "bank", "--name", "Bank R", "--out-dir", str(first), *data
+    )
+    held = {p.name: p.read_bytes() for p in first.iterdir()}
+    renew = ["institution", "renew", "--id", "bank-r", *data, "--out-dir"]
+
+    def on_record() -> list[str]:
+        return veilgate("institution", "certificates", "--id", "bank-r", *data).stdout.splitlines()
+
+    same = veilgate(*renew, str(first), check=False)
+    assert (same.returncode, same.stderr.strip()) == (
+        1,
+        f"veilgate: error: {first} already holds client.pem and client.key: choose another --out-dir",
+    )
+    other_ca = tmp_path / "other-ca"
+    other_ca.mkdir()
+    (other_ca / "gateway-ca.pem").write_bytes(b"another gateway's CA certificate\n")
+    refused = veilgate(*renew, str(other_ca), check=False)
+    assert refused.returncode == 1
+    assert "already holds another gateway-ca.pem" in refused.stderr
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == held
+    assert [p.name for p in other_ca.iterdir()] == ["gateway-ca.pem"]
+    assert (other_ca / "gateway-ca.pem").read_bytes() == b"another gateway's CA certificate\n"
+    assert len(on_record()) == 1
+
+    kept_ca = tmp_path / "kept-ca"
+    kept_ca.mkdir()
+    (kept_ca / "gateway-ca.pem").write_bytes(held["gateway-ca.pem"])
+    veilgate(*renew, str(kept_ca))
+    assert sorted(p.name for p in kept_ca.iterdir()) == ["client.key", "client.pem", "gateway-ca.pem"]
+    assert (kept_ca / "client.pem").read_bytes() != held["client.pem"]
+    assert len(on_record()) == 2
+
+
 def test_bank_journey_with_cli_issued_certificates(served: tuple[ServeProcess, Path, str], tmp_path: Path) -> None:
     """The operator registers a bank with the CLI; the bank's engineer uses the files it wrote."""
     server, data, database_url = served

@@ -36,6 +36,7 @@ __all__ = [
     "replace_durably",
     "rotate_gateway_key",
     "warn_if_others_can_read",
+    "write_exclusively",
     "write_private_file",
 ]
 
@@ -62,8 +63,14 @@ def warn_if_others_can_read(path: Path, what: str) -> None:
 
 def write_private_file(path: Path, data: bytes) -> None:
     """Create ``path`` with mode 0600 and exactly ``data``; never replaces an existing file."""
+    write_exclusively(path, data, private=True)
+
+
+def write_exclusively(path: Path, data: bytes, *, private: bool) -> None:
+    """Create ``path`` with exactly ``data``, mode 0600 when ``private`` (else 0644, less the umask);
+    FileExistsError, and nothing written, when it exists already."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
