@@ -46,7 +46,7 @@ from veilgate_server.admin import seed_population
 from veilgate_server.config import default_policies_dir
 from veilgate_server.core.catalog import Catalog, load_catalog
 from veilgate_server.core.policy import Policy, load_policies
-from veilgate_server.crypto import CertificateAuthority, GatewaySigner
+from veilgate_server.crypto import CertificateAuthority, GatewaySigner, peer_certificate
 from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.crypto.records import RecordsKey
@@ -226,7 +226,9 @@ class GatewayHarness:
             institution_id, kind=kind, name=f"{institution_id} (test)", at=datetime.now(UTC)
         )
         cert, key, serial = self.institution_ca.issue_client_certificate(institution_id, now=datetime.now(UTC))
-        self.store.certificates.record("institution", institution_id, serial, at=datetime.now(UTC))
+        self.store.certificates.record(
+            "institution", institution_id, serial, at=datetime.now(UTC), not_after=peer_certificate(cert).not_after
+        )
         return InstitutionCredentials(institution_id, cert, key)
 
     def institution_client(self, credentials: InstitutionCredentials, **kw: Any) -> InstitutionClient:
@@ -244,7 +246,12 @@ class GatewayHarness:
         cert, key, serial = self.institution_ca.issue_client_certificate(
             department_id, kind="department", now=datetime.now(UTC)
         )
-        self.store.departments.register(department_id, at=datetime.now(UTC), certificate_serial=serial)
+        self.store.departments.register(
+            department_id,
+            at=datetime.now(UTC),
+            certificate_serial=serial,
+            certificate_not_after=peer_certificate(cert).not_after,
+        )
         return DepartmentCredentials(department_id, cert, key)
 
     def department_client(self, credentials: DepartmentCredentials, **kw: Any) -> DepartmentClient:

@@ -41,7 +41,7 @@ from veilgate.errors import (
 from veilgate_server.admin import CitizenIdentity, enroll, seed_population
 from veilgate_server.config import Settings, default_policies_dir, ensure_data_dir
 from veilgate_server.core.manifest import ManifestInvalid
-from veilgate_server.crypto import canonical_json, ensure_local_tls
+from veilgate_server.crypto import canonical_json, ensure_local_tls, peer_certificate
 from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.gateway import Gateway
 from veilgate_server.governance import (
@@ -376,9 +376,13 @@ def _department(target: str, root_ca: bytes, store: Store, ca: InstitutionCA, de
     now = datetime.now(UTC)
     cert, key, serial = ca.issue_client_certificate(department_id, kind="department", now=now)
     try:
-        store.departments.register(department_id, at=now, certificate_serial=serial)
+        store.departments.register(
+            department_id, at=now, certificate_serial=serial, certificate_not_after=peer_certificate(cert).not_after
+        )
     except DepartmentAlreadyRegistered:  # a kept --data-dir from an earlier run: a certificate more
-        store.certificates.record("department", department_id, serial, at=now)
+        store.certificates.record(
+            "department", department_id, serial, at=now, not_after=peer_certificate(cert).not_after
+        )
     return DepartmentClient(target, certificate_chain=cert, private_key=key, root_certificates=root_ca)
 
 
@@ -387,7 +391,7 @@ def _register(store: Store, ca: InstitutionCA, institution_id: str, kind: str, n
     with contextlib.suppress(InstitutionAlreadyRegistered):  # a kept --data-dir from an earlier run
         store.institutions.register(institution_id, kind=kind, name=name, at=now)
     cert, key, serial = ca.issue_client_certificate(institution_id, now=now)
-    store.certificates.record("institution", institution_id, serial, at=now)
+    store.certificates.record("institution", institution_id, serial, at=now, not_after=peer_certificate(cert).not_after)
     return cert, key
 
 

@@ -425,6 +425,11 @@ def test_demo_state_serves_later_commands(tmp_path: Path) -> None:
     assert json.loads((data / "gateway-keys.json").read_text())["keys"][0]["kid"] in key_id
     # The demo is re-runnable on kept state (the citizen's keys are rotated to a new wallet).
     assert "key version 2" in veilgate("demo", "--data-dir", str(data)).stdout
+    # Each run issued its callers a certificate, on record with its expiry for the operator to renew by.
+    for kind in ("institution", "department"):
+        listed = veilgate(kind, "list", "--data-dir", str(data)).stdout.splitlines()
+        assert listed
+        assert all("[certificate expires 20" in line and ", 2 accepted]" in line for line in listed), listed
     server = ServeProcess("--data-dir", str(data), "--policies-dir", str(data / "policies"))
     try:
         fetched = veilgate(

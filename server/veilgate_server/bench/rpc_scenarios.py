@@ -68,7 +68,7 @@ from veilgate_server.bench.reviewed import PADDING_DEPARTMENT, reviewed_policies
 from veilgate_server.bench.store_scenarios import postgres_schema
 from veilgate_server.config import Settings, default_policies_dir
 from veilgate_server.core.catalog import load_catalog
-from veilgate_server.crypto import CertificateAuthority
+from veilgate_server.crypto import CertificateAuthority, peer_certificate
 from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.gateway import Gateway
 from veilgate_server.rpc.processes import ServerProcesses, cpus_for
@@ -520,7 +520,7 @@ def _register_bank(bench: _BenchGateway) -> ClientTls:
     now = datetime.now(UTC)
     bench.store.institutions.register(BANK, kind="bank", name="Benchmark bank", at=now)
     cert, key, serial = _certificates().institution_ca.issue_client_certificate(BANK, now=now)
-    bench.store.certificates.record("institution", BANK, serial, at=now)
+    bench.store.certificates.record("institution", BANK, serial, at=now, not_after=peer_certificate(cert).not_after)
     return ClientTls(_certificates().root_certificates, certificate_chain=cert, private_key=key)
 
 
@@ -645,7 +645,9 @@ def _register_department(bench: _BenchGateway) -> ClientTls:
     cert, key, serial = _certificates().institution_ca.issue_client_certificate(
         INGEST_DEPARTMENT, kind="department", now=now
     )
-    bench.store.departments.register(INGEST_DEPARTMENT, at=now, certificate_serial=serial)
+    bench.store.departments.register(
+        INGEST_DEPARTMENT, at=now, certificate_serial=serial, certificate_not_after=peer_certificate(cert).not_after
+    )
     return ClientTls(_certificates().root_certificates, certificate_chain=cert, private_key=key)
 
 
