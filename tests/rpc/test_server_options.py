@@ -201,6 +201,10 @@ def test_the_certificate_gauges_tell_when_a_renewal_is_due_and_who_is_shut_out(
     expires = datetime(2027, 12, 1, tzinfo=UTC)
     gw.store.certificates.record("institution", "bank-a", "0abc", at=datetime.now(UTC), not_after=expires)
     gw.register_department("taxation")
+    [department_certificate] = gw.store.certificates.list("department", "taxation")
+    assert certificate.not_after is not None
+    assert department_certificate.not_after is not None
+    assert expires < certificate.not_after  # bank-a is shut out only when the later of its two expires
     running = build_server(gw.gateway, address="127.0.0.1:0", tls=tls, metrics_address="127.0.0.1:0")  # type: ignore[arg-type]
 
     def gauges() -> tuple[dict[tuple[str, str], float], str]:
@@ -217,7 +221,10 @@ def test_the_certificate_gauges_tell_when_a_renewal_is_due_and_who_is_shut_out(
     try:
         samples, page = gauges()
         assert samples == {
-            ("veilgate_client_certificate_expiry_timestamp_seconds", "institution"): expires.timestamp(),
+            ("veilgate_client_certificate_expiry_timestamp_seconds", "institution"): certificate.not_after.timestamp(),
+            ("veilgate_client_certificate_expiry_timestamp_seconds", "department"): (
+                department_certificate.not_after.timestamp()
+            ),
             ("veilgate_callers_without_certificate", "institution"): 0,
             ("veilgate_callers_without_certificate", "department"): 0,
         }
