@@ -45,9 +45,9 @@ class ServeOptions:
 def server_tls(settings: Settings, files: TlsFiles, *, now: datetime) -> ServerTls:
     """The server's certificate and key from ``files``; the institutions' CA of the settings' TLS
     directory (created if absent) verifies client certificates on the mutual-TLS port."""
-    chain, key = files.load()
+    chain, key, _ = files.load_checked()
     institution_ca = InstitutionCA.load_or_create(settings.tls_dir, now=now)
-    return ServerTls(certificate_chain=chain, private_key=key, client_ca=institution_ca.certificate_pem)
+    return ServerTls(certificate_chain=chain, private_key=key, client_ca=institution_ca.certificate_pem, files=files)
 
 
 def open_gateway(settings: Settings, *, daily_budget: int = DEFAULT_DAILY_BUDGET) -> Gateway:

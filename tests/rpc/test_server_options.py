@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
+import ssl
+import tempfile
 import time
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import pytest
-from conftest import GatewayHarness
+from conftest import GatewayHarness, InstitutionCredentials
+from cryptography import x509
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from veilgate import CitizenClient, CitizenWallet
+from veilgate import CitizenClient, CitizenWallet, InstitutionClient
 from veilgate._internal.status import error_from_rpc
 from veilgate.citizen import GET_MY_DATA
 from veilgate.errors import ConfigurationError, GatewayUnavailable, TokenReplayed
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
+from veilgate_server.crypto import CertificateAuthority, TlsFiles
 from veilgate_server.gateway import Gateway
-from veilgate_server.rpc.server import build_server
+from veilgate_server.rpc.server import ServerTls, build_server
 from veilgate_server.storage._session import write_session
 
 
@@ -214,7 +220,7 @@ def test_the_certificate_gauges_tell_when_a_renewal_is_due_and_who_is_shut_out(
             (sample.name, sample.labels.get("kind", "")): sample.value
             for family in text_string_to_metric_families(page)
             for sample in family.samples
-            if "certificate" in sample.name
+            if sample.name.startswith(("veilgate_client_certificate", "veilgate_callers_without"))
         }
         return samples, page
 
@@ -246,3 +252,92 @@ def test_the_certificate_gauges_tell_when_a_renewal_is_due_and_who_is_shut_out(
                 conn.execute(text("ALTER TABLE away RENAME TO client_certificates"))
     finally:
         running.stop(grace=None)
+
+
+def _served_serial(port: int, ca_pem: bytes, client: InstitutionCredentials | None = None) -> int:
+    """The serial of the certificate the server shows a new connection (a plain TLS handshake)."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    context.set_alpn_protocols(["h2"])
+    if client is not None:
+        with tempfile.TemporaryDirectory() as held:
+            chain, key = Path(held) / "client.pem", Path(held) / "client.key"
+            chain.write_bytes(client.certificate_pem)
+            key.write_bytes(client.private_key_pem)
+            context.load_cert_chain(chain, key)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_a_renewed_server_certificate_is_served_to_new_connections_without_a_restart(
+    gateway_harness: GatewayHarness, test_tls: tuple[bytes, ServerTls], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As an ACME client or cert-manager renews it: the files are rewritten in place, the certificate
+    first. Until the key matches again the certificate in use stays; then both ports show the new
+    one, and connections already open keep working."""
+    _, tls = test_tls
+    ca = CertificateAuthority.create("Veilgate renewal CA", now=datetime.now(UTC))
+    files = TlsFiles(tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key")
+    files.ca_certificate.write_bytes(ca.certificate_pem)
+
+    def issue(days: int) -> tuple[bytes, bytes, int]:
+        chain, key = ca.issue("veilgate-test", hosts=["localhost", "127.0.0.1"], now=datetime.now(UTC), days=days)
+        return chain, key, x509.load_pem_x509_certificate(chain).serial_number
+
+    def expiry_told() -> datetime:
+        with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=5) as reply:
+            page = reply.read().decode()
+        [told] = [
+            sample.value
+            for family in text_string_to_metric_families(page)
+            for sample in family.samples
+            if sample.name == "veilgate_server_certificate_expiry_timestamp_seconds"
+        ]
+        return datetime.fromtimestamp(told, UTC)
+
+    first_chain, first_key, first = issue(90)
+    files.certificate.write_bytes(first_chain)
+    files.private_key.write_bytes(first_key)
+    files.private_key.chmod(0o600)
+    served = dataclasses.replace(tls, certificate_chain=first_chain, private_key=first_key, files=files)
+    running = build_server(
+        gateway_harness.gateway,
+        address="127.0.0.1:0",
+        tls=served,
+        mtls_address="127.0.0.1:0",
+        metrics_address="127.0.0.1:0",
+    )
+    bank = gateway_harness.register_institution("bank-a", "bank")
+    ports = [(running.port, None), (running.mtls_port or 0, bank)]
+    try:
+        assert [_served_serial(port, ca.certificate_pem, who) for port, who in ports] == [first, first]
+        assert expiry_told() == x509.load_pem_x509_certificate(first_chain).not_valid_after_utc
+        wallet = CitizenWallet.generate("x")
+        with CitizenClient(f"localhost:{running.port}", wallet, root_certificates=ca.certificate_pem) as held_open:
+            held_open.gateway_info()
+            second_chain, second_key, second = issue(180)
+            files.certificate.write_bytes(second_chain)  # the key not yet
+            assert [_served_serial(port, ca.certificate_pem, who) for port, who in ports] == [first, first]
+            assert "is not for the key in" in caplog.text
+            files.private_key.write_bytes(second_key)
+            assert [_served_serial(port, ca.certificate_pem, who) for port, who in ports] == [second, second]
+            assert held_open.gateway_info().gateway_id == "veilgate.test"
+            assert expiry_told() == x509.load_pem_x509_certificate(second_chain).not_valid_after_utc
+        with CitizenClient(f"localhost:{running.port}", wallet, root_certificates=ca.certificate_pem) as fresh:
+            assert fresh.gateway_info().gateway_id == "veilgate.test"
+        with InstitutionClient(
+            f"localhost:{running.mtls_port}",
+            certificate_chain=bank.certificate_pem,
+            private_key=bank.private_key_pem,
+            root_certificates=ca.certificate_pem,
+            institution_id=bank.institution_id,
+        ) as institution:
+            assert institution.list_policies()
+    finally:
+        running.stop(grace=None)
+    assert caplog.text.count("TLS certificate taken up from") == 1  # one look serves both ports
+    assert caplog.text.count("is not for the key in") == 1

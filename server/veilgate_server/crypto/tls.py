@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -135,6 +136,32 @@ class TlsFiles:
             return self.certificate.read_bytes(), self.private_key.read_bytes()
         except OSError as e:
             raise ConfigurationError(f"cannot read TLS file {e.filename}: {e.strerror}") from e
+
+    def load_checked(self) -> tuple[bytes, bytes, dt.datetime]:
+        """:meth:`load`, and the certificate's expiry, once the chain's first certificate is found to
+        be for the private key: ConfigurationError otherwise (a renewal caught half-written)."""
+        chain, key = self.load()
+        try:
+            certificate = x509.load_pem_x509_certificate(chain)
+            private = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError) as e:
+            raise ConfigurationError(f"{self.certificate} and {self.private_key} do not read as PEM: {e}") from e
+        if _spki(certificate.public_key()) != _spki(private.public_key()):
+            raise ConfigurationError(f"the certificate in {self.certificate} is not for the key in {self.private_key}")
+        return chain, key, certificate.not_valid_after_utc
+
+    def stamp(self) -> tuple[int, ...] | None:
+        """The files' inodes, modification times and sizes, to tell that either was replaced or
+        rewritten; None while either is missing."""
+        try:
+            stats = [path.stat() for path in (self.certificate, self.private_key)]
+        except OSError:
+            return None
+        return tuple(value for st in stats for value in (st.st_ino, st.st_mtime_ns, st.st_size))
+
+
+def _spki(key: Any) -> bytes:
+    return bytes(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def ensure_local_tls(directory: Path, *, now: dt.datetime, hosts: Sequence[str] = ()) -> tuple[TlsFiles, bool]:

@@ -10,7 +10,9 @@
   departments), the soonest time at which one's latest accepted client certificate expires (absent
   while none has a known expiry): alert well before it, then ``veilgate institution list`` names it;
 * ``veilgate_callers_without_certificate{kind}``: enabled institutions (or departments) with no
-  accepted certificate, which every call of theirs is refused for.
+  accepted certificate, which every call of theirs is refused for;
+* ``veilgate_server_certificate_expiry_timestamp_seconds``: when the TLS certificate the gateway
+  shows new connections expires (a certificate renewed in its files is taken up without a restart).
 
 No label holds a caller's identity, a citizen, a request or a value: only method names the gateway
 serves (any other path is counted as ``unrecognised``, so that callers cannot make up labels),
@@ -21,6 +23,7 @@ are the store's, the same in every process).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Collection, Iterator
 from wsgiref.simple_server import WSGIServer
 
@@ -85,6 +88,21 @@ class _CertificateCollector(Collector):
         yield without
 
 
+class _ServerCertificateCollector(Collector):
+    """When the TLS certificate that this process shows new connections expires, as its files hold
+    it when scraped (a renewed certificate is taken up by then)."""
+
+    def __init__(self, not_after: Callable[[], dt.datetime]) -> None:
+        self._not_after = not_after
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "veilgate_server_certificate_expiry_timestamp_seconds",
+            "Expiry (Unix time) of the TLS certificate the gateway shows new connections",
+            value=self._not_after().timestamp(),
+        )
+
+
 class Metrics:
     """One process's registry (see the module docstring)."""
 
@@ -93,6 +111,7 @@ class Metrics:
         methods: Collection[str],
         writer: LogWriter,
         renewal_due: Callable[[str], CertificateRenewal] | None = None,
+        server_certificate_not_after: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self._methods = frozenset(methods)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -113,6 +132,8 @@ class Metrics:
         self.registry.register(_WriterCollector(writer))
         if renewal_due is not None:
             self.registry.register(_CertificateCollector(renewal_due))
+        if server_certificate_not_after is not None:
+            self.registry.register(_ServerCertificateCollector(server_certificate_not_after))
         self._http: WSGIServer | None = None
 
     def observe(self, method: str, code: str, reason: str, seconds: float) -> None:

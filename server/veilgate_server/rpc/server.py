@@ -8,7 +8,11 @@ TLS is the default and the only configuration a production caller can reach; pla
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import functools
 import logging
+import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from veilgate.v1 import (
     ingest_pb2_grpc,
 )
 from veilgate_server.audit import Auditor, Checkpointer
+from veilgate_server.crypto import TlsFiles, peer_certificate
 from veilgate_server.crypto.institutions import TRUST_DOMAIN as DEFAULT_TRUST_DOMAIN
 from veilgate_server.gateway import PUSH_RECORDS, Gateway
 from veilgate_server.rpc.audit import AuditTrail
@@ -90,6 +95,89 @@ class ServerTls:
     certificate_chain: bytes
     private_key: bytes
     client_ca: bytes | None = None
+    # Where the certificate and key were read from: a certificate renewed there (as an ACME client
+    # or cert-manager renews it) is served to every new connection, with no restart.
+    files: TlsFiles | None = None
+
+
+class _ServerCertificates:
+    """The server's TLS material as its files hold it now, looked at whenever a connection is made:
+    once the certificate or its key file changes, and the two match again, the new pair is served
+    to new connections (those already open keep theirs). A pair that does not match (caught
+    between the certificate's write and the key's) or does not read is logged, and the pair in
+    use stays, until the files change again."""
+
+    def __init__(self, tls: ServerTls, files: TlsFiles | None) -> None:
+        """Without ``files``, ``tls`` is served as it is, for good."""
+        self._tls = tls
+        self._files = files
+        self._stamp = files.stamp() if files is not None else None
+        self._lock = threading.Lock()
+        self.not_after = peer_certificate(tls.certificate_chain).not_after
+
+    @property
+    def reloads(self) -> bool:
+        return self._files is not None
+
+    def current(self) -> ServerTls:
+        if self._files is None:
+            return self._tls
+        stamp = self._files.stamp()
+        if stamp is None or stamp == self._stamp:
+            return self._tls
+        with self._lock:
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    chain, key, not_after = self._files.load_checked()
+                except ConfigurationError as e:
+                    _log.error("%s; new connections keep the certificate in use", e)
+                else:
+                    self._tls = dataclasses.replace(self._tls, certificate_chain=chain, private_key=key)
+                    self.not_after = not_after
+                    _log.warning("TLS certificate taken up from %s (expires %s)", self._files.certificate, not_after)
+            return self._tls
+
+
+def _not_after(certificates: _ServerCertificates) -> dt.datetime:
+    certificates.current()  # a renewal is taken up at a scrape too, not only at a new connection
+    return certificates.not_after
+
+
+def _server_credentials(certificates: _ServerCertificates, *, mutual: bool) -> grpc.ServerCredentials:
+    """A port's TLS credentials: client certificates required and checked against the institution CA
+    when ``mutual``; the server's own taken from ``certificates`` as they change."""
+    tls = certificates.current()
+    if mutual and tls.client_ca is None:
+        raise ConfigurationError("the mutual-TLS port needs the institution CA certificate")
+    client_ca = tls.client_ca if mutual else None
+    if not certificates.reloads:
+        key_pair = [(tls.private_key, tls.certificate_chain)]
+        return grpc.ssl_server_credentials(key_pair, root_certificates=client_ca, require_client_auth=mutual)
+    served = [tls]
+
+    def configuration(pair: ServerTls) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(pair.private_key, pair.certificate_chain)], root_certificates=client_ca
+        )
+
+    def changed() -> grpc.ServerCertificateConfiguration | None:  # gRPC asks at each new connection
+        try:
+            pair = certificates.current()
+        except Exception:  # a failure here must never refuse a connection
+            _log.exception("could not look at the TLS certificate files")
+            return None
+        if pair is served[0]:
+            return None
+        served[0] = pair
+        return configuration(pair)
+
+    # gRPC documents None as "no change"; its type stubs leave that out.
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(tls),
+        changed,  # type: ignore[arg-type]
+        require_client_authentication=mutual,
+    )
 
 
 @dataclass(slots=True)
@@ -143,8 +231,14 @@ def build_server(
     writer = LogWriter(gateway.store.log, health=store_health)
     auditor = Auditor(gateway.store, writer, clock=gateway.clock, status_of=status_name)
     checkpointer = Checkpointer(gateway.store, gateway.log_signer, interval=checkpoint_interval, health=store_health)
+    certificates = _ServerCertificates(tls, tls.files) if tls is not None else None  # both ports'
     metrics = (
-        Metrics(_METHODS, writer, renewal_due=gateway.store.certificates.renewal_due)
+        Metrics(
+            _METHODS,
+            writer,
+            renewal_due=gateway.store.certificates.renewal_due,
+            server_certificate_not_after=None if certificates is None else functools.partial(_not_after, certificates),
+        )
         if metrics_address is not None
         else None
     )
@@ -181,16 +275,10 @@ def build_server(
         reflection.enable_server_reflection((*_SERVICES, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
     mtls_port: int | None = None
     try:
-        if tls is not None:
-            key_pair = [(tls.private_key, tls.certificate_chain)]
-            port = server.add_secure_port(address, grpc.ssl_server_credentials(key_pair))
+        if certificates is not None:
+            port = server.add_secure_port(address, _server_credentials(certificates, mutual=False))
             if mtls_address is not None:
-                if tls.client_ca is None:
-                    raise ConfigurationError("the mutual-TLS port needs the institution CA certificate")
-                mutual = grpc.ssl_server_credentials(
-                    key_pair, root_certificates=tls.client_ca, require_client_auth=True
-                )
-                mtls_port = server.add_secure_port(mtls_address, mutual)
+                mtls_port = server.add_secure_port(mtls_address, _server_credentials(certificates, mutual=True))
                 if mtls_port == 0:
                     raise ConfigurationError(f"could not listen on {mtls_address}")
         elif insecure_plaintext:
