@@ -237,19 +237,40 @@ class CitizenClient:
 
     def access_history(self) -> list[tuple[int, AuditEntry]]:
         """Every entry about me in the audit log (newest first), each proven included in a checkpoint
-        signed by the log key and recognised as mine with my log key."""
+        signed by the log key and recognised as mine with my log key. The gateway returns them a
+        page at a time (:meth:`access_history_page`); this asks for every page, each with a request
+        token of its own, and each page is itself logged (as a newer entry, not in this list)."""
+        history: list[tuple[int, AuditEntry]] = []
+        before: int | None = None
+        while True:
+            page, before = self.access_history_page(before)
+            history += page
+            if not before:
+                return history
+
+    def access_history_page(self, before: int | None = None) -> tuple[list[tuple[int, AuditEntry]], int]:
+        """One page of :meth:`access_history`: my newest entries, or with ``before`` those below
+        that log index; and the ``before`` that asks for the next page, 0 when this one reaches my
+        oldest entry. ProofInvalid when an entry is not proven, not mine, or not in its place."""
         info = self.gateway_info()
-        request = citizen_pb2.ListMyAccessHistoryRequest(request_token=self._token("ListMyAccessHistory"))
+        claims = None if before is None else {"before": before}
+        request = citizen_pb2.ListMyAccessHistoryRequest(request_token=self._token("ListMyAccessHistory", claims))
         reply = self._call(self._stub.ListMyAccessHistory, request)
         if not reply.entries:
-            return []
+            return [], 0
         verifier = LogVerifier(self._log_key or info.log_verifier_key)
         checkpoint = verifier.checkpoint(reply.checkpoint)
         history = []
+        below = before if before is not None else checkpoint.tree_size
         for item in reply.entries:
+            if item.index >= below:  # newest first, each page below the one before it
+                raise ProofInvalid("the gateway returned the entries of the access history out of order")
+            below = item.index
             verifier.inclusion(item.entry, index=item.index, proof=list(item.inclusion_proof), checkpoint=checkpoint)
             entry = parse_entry(item.entry)
             if not entry.is_about(reply.log_key):
                 raise ProofInvalid("the gateway returned an entry that is not about this citizen")
             history.append((item.index, entry))
-        return history
+        if reply.next_before_index and reply.next_before_index != below:
+            raise ProofInvalid("the gateway's next page of the access history does not follow this one")
+        return history, reply.next_before_index

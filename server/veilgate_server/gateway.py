@@ -106,6 +106,7 @@ class AccessHistory:
     checkpoint: str
     log_key: bytes
     entries: list[tuple[int, bytes, list[bytes]]]
+    next_before: int  # the "before" claim of the next page; 0 when this one reaches the oldest entry
 
 
 def _unrecorded(method: str) -> CallRecord:
@@ -145,12 +146,15 @@ class Gateway:
     log_signer: NoteSigner
     policies: Mapping[str, Policy] = field(default_factory=dict)
     daily_budget: int = DEFAULT_DAILY_BUDGET
+    history_page: int = 256  # a citizen's log entries per ListMyAccessHistory page
     clock: Clock = field(default=time.time)
     _deliveries: DeliveryEncoder = field(init=False)
 
     def __post_init__(self) -> None:
         if self.daily_budget < 0:  # refused here, not by every evaluation's spend
             raise ValueError("daily_budget must not be negative")
+        if self.history_page < 1:
+            raise ValueError("history_page must be at least 1")
         self._deliveries = DeliveryEncoder(self.catalog)
 
     # --- citizens ---------------------------------------------------------------------------------
@@ -307,17 +311,21 @@ class Gateway:
         return rows
 
     def access_history(
-        self, request_token: str, *, checkpointer: Checkpointer, call: CallRecord | None = None, limit: int = 256
+        self, request_token: str, *, checkpointer: Checkpointer, call: CallRecord | None = None
     ) -> AccessHistory:
-        """The citizen's entries in the audit log, each with an inclusion proof against one signed
-        checkpoint, and the citizen's log key to recognise them with."""
+        """A page of the citizen's entries in the audit log (``history_page``, newest first, below
+        the token's "before" claim when it has one), each with an inclusion proof against one
+        signed checkpoint, and the citizen's log key to recognise them with."""
         call = call or _unrecorded(LIST_MY_ACCESS_HISTORY)
         now = self.clock()
-        claims, _ = self._authenticate_citizen(request_token, LIST_MY_ACCESS_HISTORY, now=now, call=call)
+        claims, _ = self._authenticate_citizen(request_token, LIST_MY_ACCESS_HISTORY, ("before",), now=now, call=call)
+        before = claims.positive_integer("before")
         log = self.store.log
         key = log.pseudonym_key(claims.citizen_id, create=True)
         assert key is not None
-        indices = log.indices_for_citizen(claims.citizen_id, limit=limit)
+        indices = log.indices_for_citizen(claims.citizen_id, limit=self.history_page + 1, before=before)
+        older = len(indices) > self.history_page
+        indices = indices[: self.history_page]
         checkpoint = checkpointer.covering(max(indices, default=-1) + 1)
         entries: list[tuple[int, bytes, list[bytes]]] = []
         if checkpoint is not None:
@@ -326,7 +334,12 @@ class Gateway:
                     [entry] = log.entries(index, 1)
                     entries.append((index, entry.entry, inclusion_proof(index, checkpoint.tree_size, log)))
         self._spend(claims, now=now, call=call)
-        return AccessHistory(checkpoint=checkpoint.note if checkpoint else "", log_key=key, entries=entries)
+        return AccessHistory(
+            checkpoint=checkpoint.note if checkpoint else "",
+            log_key=key,
+            entries=entries,
+            next_before=indices[-1] if older else 0,
+        )
 
     # --- institutions -------------------------------------------------------------------------------
 

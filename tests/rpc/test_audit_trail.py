@@ -29,6 +29,7 @@ from veilgate_server.rpc.server import MAX_MESSAGE_BYTES, TRANSPORT_LIMIT_BYTES
 from veilgate_server.storage import StoredRecord
 
 LOAN = "credit.consumer_loan"
+LIST_MY_ACCESS_HISTORY = GET_MY_DATA.replace("GetMyData", "ListMyAccessHistory")
 
 
 def _all_entries(gw: GatewayHarness, audit: AuditClient) -> list[tuple[int, bytes]]:
@@ -130,6 +131,42 @@ def test_citizens_see_their_trail_and_nobody_elses(gateway_harness: GatewayHarne
         assert [e.method.rsplit("/", 1)[-1] for _, e in b.access_history()] == ["GetMyData"]
         # The history call itself is logged too, and shows up the next time.
         assert [e.method.rsplit("/", 1)[-1] for _, e in b.access_history()] == ["ListMyAccessHistory", "GetMyData"]
+
+
+def test_a_citizens_whole_trail_comes_page_by_page(gateway_harness: GatewayHarness) -> None:
+    """However long the trail, every entry is reachable: each page holds the entries below the
+    previous one's last, and the SDK's access_history walks them all."""
+    gw = gateway_harness
+    gw.gateway.history_page = 3
+    alice = gw.enroll(gw.citizen_ids[0])
+    with gw.client(alice) as a:
+        for _ in range(7):
+            a.get_my_data(items=[])
+        first, before = a.access_history_page()
+        assert len(first) == 3
+        assert before == first[-1][0]
+        second, after_second = a.access_history_page(before)
+        assert [index for index, _ in second] == sorted((index for index, _ in second), reverse=True)
+        assert max(index for index, _ in second) < before
+        everything = a.access_history()
+    methods = [entry.method.rsplit("/", 1)[-1] for _, entry in everything]
+    # Newest first: the two page calls above, then the seven data returns, and nothing more.
+    assert methods == ["ListMyAccessHistory"] * 2 + ["GetMyData"] * 7
+    assert (everything[2:5], everything[5:8]) == (first, second)
+    assert after_second == second[-1][0]
+    with gw.client(alice) as a:
+        last, end = a.access_history_page(everything[-1][0] + 1)
+        assert ([index for index, _ in last], end) == ([everything[-1][0]], 0)  # the oldest: no next page
+        assert a.access_history_page(everything[-1][0]) == ([], 0)
+    with gw.channel() as channel:
+        stub = citizen_pb2_grpc.CitizenServiceStub(channel)
+        for wrong in (0, -1, "12", 2**63, True):
+            token = alice.request_token(
+                audience="veilgate.test", operation=LIST_MY_ACCESS_HISTORY, claims={"before": wrong}
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListMyAccessHistory(citizen_pb2.ListMyAccessHistoryRequest(request_token=token), timeout=5)
+            assert _refusal(refused.value) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_INVALID"), wrong
 
 
 def test_an_operators_erasure_is_in_the_citizens_trail_while_the_gateway_serves(

@@ -402,6 +402,9 @@ class ListMyAccessHistoryRequest(_message.Message):
 
     REQUEST_TOKEN_FIELD_NUMBER: _builtins.int
     request_token: _builtins.str
+    """Request token; its optional extra claim "before" (an integer log index, at least 1) asks for
+    the entries below that index: the next page, from the previous response's next_before_index.
+    """
     def __init__(
         self,
         *,
@@ -450,10 +453,15 @@ class ListMyAccessHistoryResponse(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     LOG_KEY_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_BEFORE_INDEX_FIELD_NUMBER: _builtins.int
     checkpoint: _builtins.str
     """The signed checkpoint every proof is against."""
     log_key: _builtins.bytes
     """The caller's log key (32 bytes)."""
+    next_before_index: _builtins.int
+    """When entries older than this page remain: the "before" claim that asks for them. 0 when this
+    page reaches the caller's oldest entry.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessHistoryEntry]: ...
     def __init__(
@@ -462,10 +470,11 @@ class ListMyAccessHistoryResponse(_message.Message):
         checkpoint: _builtins.str = ...,
         log_key: _builtins.bytes = ...,
         entries: _abc.Iterable[Global___AccessHistoryEntry] | None = ...,
+        next_before_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entries", b"entries", "log_key", b"log_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entries", b"entries", "log_key", b"log_key", "next_before_index", b"next_before_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

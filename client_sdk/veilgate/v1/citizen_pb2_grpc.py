@@ -154,9 +154,10 @@ class CitizenServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMyAccessHistory(self, request, context):
-        """The caller's trail in the audit log: every entry about them (newest first, at most 256), each
+        """The caller's trail in the audit log: the entries about them, newest first, 256 at a time, each
         with an inclusion proof against the returned signed checkpoint, and the caller's log key, with
-        which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag).
+        which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag). Older
+        entries come page by page: see ListMyAccessHistoryRequest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

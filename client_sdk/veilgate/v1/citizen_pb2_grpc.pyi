@@ -63,9 +63,10 @@ class CitizenServiceStub:
     ListEvaluations: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.ListEvaluationsRequest, _citizen_pb2.ListEvaluationsResponse]
     """Every evaluation made under the caller's consents: who asked what, when, and the decision."""
     ListMyAccessHistory: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.ListMyAccessHistoryRequest, _citizen_pb2.ListMyAccessHistoryResponse]
-    """The caller's trail in the audit log: every entry about them (newest first, at most 256), each
+    """The caller's trail in the audit log: the entries about them, newest first, 256 at a time, each
     with an inclusion proof against the returned signed checkpoint, and the caller's log key, with
-    which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag).
+    which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag). Older
+    entries come page by page: see ListMyAccessHistoryRequest.
     """
 
 @_typing.type_check_only
@@ -102,9 +103,10 @@ class CitizenServiceAsyncStub(CitizenServiceStub):
     ListEvaluations: _aio.UnaryUnaryMultiCallable[_citizen_pb2.ListEvaluationsRequest, _citizen_pb2.ListEvaluationsResponse]  # type: ignore[assignment]
     """Every evaluation made under the caller's consents: who asked what, when, and the decision."""
     ListMyAccessHistory: _aio.UnaryUnaryMultiCallable[_citizen_pb2.ListMyAccessHistoryRequest, _citizen_pb2.ListMyAccessHistoryResponse]  # type: ignore[assignment]
-    """The caller's trail in the audit log: every entry about them (newest first, at most 256), each
+    """The caller's trail in the audit log: the entries about them, newest first, 256 at a time, each
     with an inclusion proof against the returned signed checkpoint, and the caller's log key, with
-    which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag).
+    which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag). Older
+    entries come page by page: see ListMyAccessHistoryRequest.
     """
 
 class CitizenServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -186,9 +188,10 @@ class CitizenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _citizen_pb2.ListMyAccessHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_citizen_pb2.ListMyAccessHistoryResponse, _abc.Awaitable[_citizen_pb2.ListMyAccessHistoryResponse]]:
-        """The caller's trail in the audit log: every entry about them (newest first, at most 256), each
+        """The caller's trail in the audit log: the entries about them, newest first, 256 at a time, each
         with an inclusion proof against the returned signed checkpoint, and the caller's log key, with
-        which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag).
+        which they recognise their entries (HMAC-SHA256(key, subject.nonce) == subject.tag). Older
+        entries come page by page: see ListMyAccessHistoryRequest.
         """
 
 def add_CitizenServiceServicer_to_server(servicer: CitizenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

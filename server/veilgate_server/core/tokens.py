@@ -84,6 +84,15 @@ class RequestClaims:
             raise RequestTooLarge(f"claim {name!r} names more than {MAX_LIST_CLAIM} entries")
         return tuple(dict.fromkeys(value))
 
+    def positive_integer(self, name: str) -> int | None:
+        """An optional claim holding a whole number from 1 to 2^63 - 1; None when absent."""
+        value = self.extra.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**63:
+            raise RequestInvalid(f"claim {name!r} must be a whole number from 1 to 2^63 - 1")
+        return value
+
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> int:
     value = claims[name]

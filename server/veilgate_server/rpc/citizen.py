@@ -96,6 +96,7 @@ class CitizenServicer(citizen_pb2_grpc.CitizenServiceServicer):
                 citizen_pb2.AccessHistoryEntry(index=index, entry=entry, inclusion_proof=proof)
                 for index, entry, proof in history.entries
             ],
+            next_before_index=history.next_before,
         )
 
 

@@ -523,17 +523,16 @@ class AuditLog:
 
     # -- the private side: subjects and pseudonym keys ----------------------------------------------
 
-    def indices_for_citizen(self, citizen_id: str, *, limit: int = 1000) -> list[int]:
-        """Up to ``limit`` indices of entries about the citizen, newest (highest index) first."""
+    def indices_for_citizen(self, citizen_id: str, *, limit: int = 1000, before: int | None = None) -> list[int]:
+        """Up to ``limit`` indices of entries about the citizen, newest (highest index) first; with
+        ``before``, only those below it (the next page)."""
         _require_citizen_id(citizen_id)
         if limit < 0:
             raise ValueError("limit must not be negative")
-        statement = (
-            select(AuditLogSubject.idx)
-            .where(AuditLogSubject.citizen_id == citizen_id)
-            .order_by(AuditLogSubject.idx.desc())
-            .limit(limit)
-        )
+        statement = select(AuditLogSubject.idx).where(AuditLogSubject.citizen_id == citizen_id)
+        if before is not None:
+            statement = statement.where(AuditLogSubject.idx < before)
+        statement = statement.order_by(AuditLogSubject.idx.desc()).limit(limit)
         with storage_errors("read the citizen's log entries"), self._sessions() as session:
             return [int(index) for index in session.scalars(statement)]
 
