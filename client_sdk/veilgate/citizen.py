@@ -28,7 +28,7 @@ from veilgate._internal.status import call
 from veilgate.audit import AuditEntry, LogVerifier, parse_entry
 from veilgate.consent import CONSENT_TYP, PolicyInfo, PolicyPin
 from veilgate.delivery import DataDelivery, GatewayKey
-from veilgate.errors import ConfigurationError, DeliveryInvalid, ProofInvalid
+from veilgate.errors import ConfigurationError, DeliveryInvalid, InternalError, ProofInvalid
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc, eligibility_pb2
 from veilgate.wallet import CitizenWallet
 
@@ -209,9 +209,27 @@ class CitizenClient:
         return ConsentInfo.from_proto(self._call(self._stub.RevokeConsent, request).consent)
 
     def list_evaluations(self) -> list[EvaluationRecord]:
-        """Who asked what under my consents, newest first."""
-        request = citizen_pb2.ListEvaluationsRequest(request_token=self._token("ListEvaluations"))
-        return [
+        """Who asked what under my consents, newest first: every evaluation, page by page
+        (:meth:`list_evaluations_page`), each page with a request token of its own."""
+        evaluations: list[EvaluationRecord] = []
+        page: str | None = None
+        while True:
+            rows, following = self.list_evaluations_page(page)
+            if following and (following == page or not rows):
+                raise InternalError("the gateway's next page of evaluations does not move on from this one")
+            evaluations += rows
+            if not following:
+                return evaluations
+            page = following
+
+    def list_evaluations_page(self, page: str | None = None) -> tuple[list[EvaluationRecord], str]:
+        """One page of :meth:`list_evaluations`: the newest, or those after ``page`` (the ``next_page``
+        of the page before, as it came); and the ``next_page`` of this one, "" when it reaches the
+        oldest."""
+        claims = None if page is None else {"page": page}
+        request = citizen_pb2.ListEvaluationsRequest(request_token=self._token("ListEvaluations", claims))
+        reply = self._call(self._stub.ListEvaluations, request)
+        rows = [
             EvaluationRecord(
                 institution_id=e.institution_id,
                 consent_id=e.consent_id,
@@ -220,8 +238,9 @@ class CitizenClient:
                 evaluated_at=e.evaluated_at,
                 request_id=e.request_id,
             )
-            for e in self._call(self._stub.ListEvaluations, request).evaluations
+            for e in reply.evaluations
         ]
+        return rows, reply.next_page
 
     def send_get_my_data(self, request_token: str) -> DataDelivery:
         """Send a GetMyData request token made elsewhere (e.g. on a separate signing device)."""

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
@@ -59,6 +59,7 @@ from veilgate_server.storage import (
     ConsentLedger,
     ConsentRow,
     Department,
+    EvaluationPosition,
     EvaluationRow,
     Institution,
     RecordStore,
@@ -109,6 +110,25 @@ class AccessHistory:
     next_before: int  # the "before" claim of the next page; 0 when this one reaches the oldest entry
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EVALUATION_PAGE = re.compile(r"([0-9]{1,17})/([a-z0-9][a-z0-9._-]{0,63})/([A-Za-z0-9_.:-]{8,128})")
+
+
+def _evaluation_page(row: EvaluationRow) -> str:
+    """The "page" claim that asks for the evaluations after ``row``: its time in microseconds, its
+    institution and its request id (opaque to citizens, who pass it back as it came)."""
+    micros = (row.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}/{row.institution_id}/{row.request_id}"
+
+
+def _evaluation_position(page: object) -> EvaluationPosition:
+    matched = _EVALUATION_PAGE.fullmatch(page) if isinstance(page, str) else None
+    if matched is None:
+        raise RequestInvalid("claim 'page' is not a page of this list: pass next_page as the gateway gave it")
+    micros, institution_id, request_id = matched.groups()
+    return EvaluationPosition(_EPOCH + timedelta(microseconds=int(micros)), institution_id, request_id)
+
+
 def _unrecorded(method: str) -> CallRecord:
     """A record for calls made outside the RPC layer (tests, tools); nothing commits it."""
     return CallRecord(method=method, request_hash="")
@@ -147,14 +167,15 @@ class Gateway:
     policies: Mapping[str, Policy] = field(default_factory=dict)
     daily_budget: int = DEFAULT_DAILY_BUDGET
     history_page: int = 256  # a citizen's log entries per ListMyAccessHistory page
+    evaluations_page: int = 100  # evaluations per ListEvaluations page
     clock: Clock = field(default=time.time)
     _deliveries: DeliveryEncoder = field(init=False)
 
     def __post_init__(self) -> None:
         if self.daily_budget < 0:  # refused here, not by every evaluation's spend
             raise ValueError("daily_budget must not be negative")
-        if self.history_page < 1:
-            raise ValueError("history_page must be at least 1")
+        if self.history_page < 1 or self.evaluations_page < 1:
+            raise ValueError("a page holds at least one item")
         self._deliveries = DeliveryEncoder(self.catalog)
 
     # --- citizens ---------------------------------------------------------------------------------
@@ -302,13 +323,25 @@ class Gateway:
         assert revocation.stored is not None  # set by apply, which returned
         return revocation.stored
 
-    def list_evaluations(self, request_token: str, *, call: CallRecord | None = None) -> list[EvaluationRow]:
+    def list_evaluations(
+        self, request_token: str, *, call: CallRecord | None = None
+    ) -> tuple[list[EvaluationRow], str]:
+        """A page of the evaluations under the citizen's consents (``evaluations_page``, newest
+        first, after the token's "page" claim when it has one), and the "page" claim of the next
+        page ("" when this one reaches the oldest)."""
         call = call or _unrecorded(LIST_EVALUATIONS)
         now = self.clock()
-        claims, _ = self._authenticate_citizen(request_token, LIST_EVALUATIONS, now=now, call=call)
-        rows = self.store.consents.evaluations_for_citizen(claims.citizen_id)
+        claims, _ = self._authenticate_citizen(request_token, LIST_EVALUATIONS, ("page",), now=now, call=call)
+        page = claims.extra.get("page")
+        after = None if page is None else _evaluation_position(page)
+        rows = self.store.consents.evaluations_for_citizen(
+            claims.citizen_id, limit=self.evaluations_page + 1, after=after
+        )
         self._spend(claims, now=now, call=call)
-        return rows
+        if len(rows) <= self.evaluations_page:
+            return rows, ""
+        rows = rows[: self.evaluations_page]
+        return rows, _evaluation_page(rows[-1])
 
     def access_history(
         self, request_token: str, *, checkpointer: Checkpointer, call: CallRecord | None = None

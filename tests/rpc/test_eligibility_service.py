@@ -41,6 +41,7 @@ from veilgate.errors import (
     PolicyParameterInvalid,
     PolicyUnknown,
     RequestIdReused,
+    RequestInvalid,
     ResultInvalid,
     StorageError,
     TokenInvalid,
@@ -402,6 +403,25 @@ def test_revocation_takes_effect_on_the_next_call(scene: Scene) -> None:
             assert citizen.revoke_consent(consent_id).revoked_at == revoked.revoked_at  # idempotent
         with pytest.raises(ConsentRevoked):
             bank.evaluate(LOAN, token, LOAN_PARAMS)
+
+
+def test_a_citizen_sees_every_evaluation_page_by_page(scene: Scene) -> None:
+    scene.gw.gateway.evaluations_page = 2
+    token = scene.consent(max_uses=5)
+    with scene.gw.institution_client(scene.bank) as bank:
+        for n in range(5):
+            bank.evaluate(LOAN, token, LOAN_PARAMS, request_id=f"paged-request-{n}")
+    with scene.gw.client(scene.wallet) as citizen:
+        first, page = citizen.list_evaluations_page()
+        assert len(first) == 2
+        assert page
+        everything = citizen.list_evaluations()
+        second, _ = citizen.list_evaluations_page(page)
+        with pytest.raises(RequestInvalid, match="claim 'page' is not a page of this list"):
+            citizen.list_evaluations_page("not-a-page")
+    assert sorted(e.request_id for e in everything) == [f"paged-request-{n}" for n in range(5)]
+    assert everything[:4] == first + second
+    assert [e.evaluated_at for e in everything] == sorted((e.evaluated_at for e in everything), reverse=True)
 
 
 def test_idempotent_retry_spends_one_use(scene: Scene) -> None:

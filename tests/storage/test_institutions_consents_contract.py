@@ -35,7 +35,7 @@ from veilgate.errors import (
     InstitutionUnknown,
     VeilgateError,
 )
-from veilgate_server.storage import ConsentRow, EvaluationRow, Institution, Store, db
+from veilgate_server.storage import ConsentRow, EvaluationPosition, EvaluationRow, Institution, Store, db
 from veilgate_server.storage.models import Base, Evaluation
 from veilgate_server.storage.repositories import CertificateRenewal, IssuedCertificate
 
@@ -589,6 +589,34 @@ def test_evaluations_for_citizen_newest_first_with_limit(store: Store) -> None:
     assert [e.request_id for e in store.consents.evaluations_for_citizen(OTHER_CITIZEN)] == ["req-x"]
     with pytest.raises(ValueError, match="limit"):
         store.consents.evaluations_for_citizen(CITIZEN, limit=-1)
+
+
+def test_evaluations_for_citizen_page_after_page_with_ties_on_time(store: Store) -> None:
+    """Pages follow the listing's order (newest first, then institution and request id) from any
+    evaluation on, so evaluations made at the same instant are neither lost nor listed twice."""
+    _consent(store, max_uses=20)
+    store.institutions.register("bank-b", kind="bank", name="B", at=T0)
+    _consent(store, "consent-b", institution_id="bank-b", max_uses=20)
+    same = T0 + dt.timedelta(hours=5, microseconds=123_456)
+    for n in range(4):
+        _spend(store, f"req-same-{n}", at=same)
+        _spend(store, f"req-same-{n}", "consent-b", institution_id="bank-b", at=same)
+        _spend(store, f"req-before-{n}", at=T0 + dt.timedelta(hours=1, minutes=n))
+    everything = store.consents.evaluations_for_citizen(CITIZEN, limit=100)
+    assert len(everything) == 12
+
+    walked: list[EvaluationRow] = []
+    after = None
+    for _ in range(5):  # four pages of three, then none (bounded, so that a page that repeats fails)
+        page = store.consents.evaluations_for_citizen(CITIZEN, limit=3, after=after)
+        walked += page
+        if not page:
+            break
+        after = EvaluationPosition(page[-1].created_at, page[-1].institution_id, page[-1].request_id)
+    assert walked == everything
+    assert [(e.institution_id, e.request_id) for e in everything[:8]] == sorted(
+        (institution, f"req-same-{n}") for institution in (BANK, "bank-b") for n in range(4)
+    )
 
 
 # --- races ----------------------------------------------------------------------------------------

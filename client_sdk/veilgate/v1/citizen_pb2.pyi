@@ -257,6 +257,9 @@ class ListEvaluationsRequest(_message.Message):
 
     REQUEST_TOKEN_FIELD_NUMBER: _builtins.int
     request_token: _builtins.str
+    """Request token; its optional extra claim "page" (a string, the previous response's next_page
+    as it came) asks for the evaluations after that page.
+    """
     def __init__(
         self,
         *,
@@ -275,16 +278,22 @@ class ListEvaluationsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVALUATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_FIELD_NUMBER: _builtins.int
+    next_page: _builtins.str
+    """When older evaluations remain: the "page" claim that asks for them (opaque). Empty when this
+    page reaches the oldest.
+    """
     @_builtins.property
     def evaluations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evaluation]: ...
     def __init__(
         self,
         *,
         evaluations: _abc.Iterable[Global___Evaluation] | None = ...,
+        next_page: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluations", b"evaluations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluations", b"evaluations", "next_page", b"next_page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -147,7 +147,8 @@ class CitizenServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEvaluations(self, request, context):
-        """Every evaluation made under the caller's consents: who asked what, when, and the decision.
+        """Every evaluation made under the caller's consents: who asked what, when, and the decision,
+        newest first, 100 at a time. Older ones come page by page: see ListEvaluationsRequest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

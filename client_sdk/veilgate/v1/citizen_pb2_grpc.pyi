@@ -61,7 +61,9 @@ class CitizenServiceStub:
     RevokeConsent: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.RevokeConsentRequest, _citizen_pb2.RevokeConsentResponse]
     """Revoke one of the caller's consents; it takes effect for the next evaluation. Idempotent."""
     ListEvaluations: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.ListEvaluationsRequest, _citizen_pb2.ListEvaluationsResponse]
-    """Every evaluation made under the caller's consents: who asked what, when, and the decision."""
+    """Every evaluation made under the caller's consents: who asked what, when, and the decision,
+    newest first, 100 at a time. Older ones come page by page: see ListEvaluationsRequest.
+    """
     ListMyAccessHistory: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.ListMyAccessHistoryRequest, _citizen_pb2.ListMyAccessHistoryResponse]
     """The caller's trail in the audit log: the entries about them, newest first, 256 at a time, each
     with an inclusion proof against the returned signed checkpoint, and the caller's log key, with
@@ -101,7 +103,9 @@ class CitizenServiceAsyncStub(CitizenServiceStub):
     RevokeConsent: _aio.UnaryUnaryMultiCallable[_citizen_pb2.RevokeConsentRequest, _citizen_pb2.RevokeConsentResponse]  # type: ignore[assignment]
     """Revoke one of the caller's consents; it takes effect for the next evaluation. Idempotent."""
     ListEvaluations: _aio.UnaryUnaryMultiCallable[_citizen_pb2.ListEvaluationsRequest, _citizen_pb2.ListEvaluationsResponse]  # type: ignore[assignment]
-    """Every evaluation made under the caller's consents: who asked what, when, and the decision."""
+    """Every evaluation made under the caller's consents: who asked what, when, and the decision,
+    newest first, 100 at a time. Older ones come page by page: see ListEvaluationsRequest.
+    """
     ListMyAccessHistory: _aio.UnaryUnaryMultiCallable[_citizen_pb2.ListMyAccessHistoryRequest, _citizen_pb2.ListMyAccessHistoryResponse]  # type: ignore[assignment]
     """The caller's trail in the audit log: the entries about them, newest first, 256 at a time, each
     with an inclusion proof against the returned signed checkpoint, and the caller's log key, with
@@ -180,7 +184,9 @@ class CitizenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _citizen_pb2.ListEvaluationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_citizen_pb2.ListEvaluationsResponse, _abc.Awaitable[_citizen_pb2.ListEvaluationsResponse]]:
-        """Every evaluation made under the caller's consents: who asked what, when, and the decision."""
+        """Every evaluation made under the caller's consents: who asked what, when, and the decision,
+        newest first, 100 at a time. Older ones come page by page: see ListEvaluationsRequest.
+        """
 
     @_abc_1.abstractmethod
     def ListMyAccessHistory(

@@ -58,8 +58,9 @@ class CitizenServicer(citizen_pb2_grpc.CitizenServiceServicer):
     def ListEvaluations(
         self, request: citizen_pb2.ListEvaluationsRequest, context: grpc.ServicerContext
     ) -> citizen_pb2.ListEvaluationsResponse:
-        rows = self._gateway.list_evaluations(request.request_token, call=current_call())
+        rows, next_page = self._gateway.list_evaluations(request.request_token, call=current_call())
         return citizen_pb2.ListEvaluationsResponse(
+            next_page=next_page,
             evaluations=[
                 citizen_pb2.Evaluation(
                     institution_id=row.institution_id,
@@ -70,7 +71,7 @@ class CitizenServicer(citizen_pb2_grpc.CitizenServiceServicer):
                     request_id=row.request_id,
                 )
                 for row in rows
-            ]
+            ],
         )
 
     def GetMyData(

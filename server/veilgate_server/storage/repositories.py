@@ -34,7 +34,21 @@ from itertools import islice
 from operator import attrgetter, itemgetter
 from typing import Any, Final, Self
 
-from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -100,6 +114,7 @@ __all__ = [
     "ConsentRow",
     "Department",
     "DepartmentRegistry",
+    "EvaluationPosition",
     "EvaluationRow",
     "Institution",
     "InstitutionRegistry",
@@ -113,6 +128,15 @@ __all__ = [
 ]
 
 _log = logging.getLogger("veilgate.storage")
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationPosition:
+    """Where an evaluation stands in a citizen's list (newest first): the next page starts after it."""
+
+    created_at: dt.datetime
+    institution_id: str
+    request_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -1569,16 +1593,30 @@ class ConsentLedger:
             )
         return _evaluation(rows[0]) if rows else None
 
-    def evaluations_for_citizen(self, citizen_id: str, *, limit: int = 100) -> list[EvaluationRow]:
-        """Up to ``limit`` evaluations under the citizen's consents, newest first."""
+    def evaluations_for_citizen(
+        self, citizen_id: str, *, limit: int = 100, after: EvaluationPosition | None = None
+    ) -> list[EvaluationRow]:
+        """Up to ``limit`` evaluations under the citizen's consents, newest first; with ``after``,
+        those that come after it in that order (the next page: a position that stays put however
+        many evaluations are made meanwhile, as those come first)."""
         if limit < 0:
             raise ValueError("limit must not be negative")
-        statement = (
-            select(Evaluation)
-            .where(Evaluation.citizen_id == citizen_id)
-            .order_by(Evaluation.created_at.desc(), Evaluation.institution_id, Evaluation.request_id)
-            .limit(limit)
-        )
+        statement = select(Evaluation).where(Evaluation.citizen_id == citizen_id)
+        if after is not None:
+            _require_aware(after.created_at, "after.created_at")
+            statement = statement.where(
+                or_(
+                    Evaluation.created_at < after.created_at,
+                    and_(
+                        Evaluation.created_at == after.created_at,
+                        tuple_(Evaluation.institution_id, Evaluation.request_id)
+                        > tuple_(literal(after.institution_id), literal(after.request_id)),
+                    ),
+                )
+            )
+        statement = statement.order_by(
+            Evaluation.created_at.desc(), Evaluation.institution_id, Evaluation.request_id
+        ).limit(limit)
         with storage_errors("list the citizen's evaluations"), self._sessions() as session:
             return [_evaluation(row) for row in session.scalars(statement)]
 
