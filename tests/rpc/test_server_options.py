@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 import ssl
 import tempfile
@@ -25,9 +26,11 @@ from veilgate._internal.status import error_from_rpc
 from veilgate.citizen import GET_MY_DATA
 from veilgate.errors import ConfigurationError, GatewayUnavailable, TokenReplayed
 from veilgate.v1 import citizen_pb2, citizen_pb2_grpc
+from veilgate_server.config import Settings
 from veilgate_server.crypto import CertificateAuthority, TlsFiles
 from veilgate_server.gateway import Gateway
 from veilgate_server.rpc.server import ServerTls, build_server
+from veilgate_server.serving import SigningKeyFollower
 from veilgate_server.storage._session import write_session
 
 
@@ -341,3 +344,39 @@ def test_a_renewed_server_certificate_is_served_to_new_connections_without_a_res
         running.stop(grace=None)
     assert caplog.text.count("TLS certificate taken up from") == 1  # one look serves both ports
     assert caplog.text.count("is not for the key in") == 1
+
+
+def test_a_serving_gateway_follows_its_signing_key_file(
+    gateway_harness: GatewayHarness, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each look at the file: nothing while it is unchanged; a file that does not read is said once
+    and the key in use stays; a rotated key is taken up, and the old one is published as retired."""
+    settings = Settings.from_env(data_dir=str(tmp_path / "d"))
+    gateway = gateway_harness.gateway
+    gateway.signer = first = settings.load_signer()
+    follower = SigningKeyFollower(gateway, settings, interval=3600)  # looked at by hand below
+    try:
+        follower.check()
+        assert gateway.signer is first
+        kept = settings.signing_key_path.read_bytes()
+        broken = settings.signing_key_path.with_name("broken")
+        broken.write_bytes(b"not a key")
+        os.replace(broken, settings.signing_key_path)
+        follower.check()
+        follower.check()
+        assert gateway.signer is first
+        assert caplog.text.count(f"still signing with gateway key {first.key_id}") == 1
+        broken.write_bytes(kept)
+        broken.chmod(0o600)
+        os.replace(broken, settings.signing_key_path)  # mended: the same key, not taken up again
+        follower.check()
+        assert gateway.signer is first
+        second, _ = settings.rotate_signer(now=datetime.now(UTC))
+        follower.check()
+        assert gateway.signer.key_id == second.key_id
+        assert first.key_id in dict(gateway.signer.published)  # retired, still published
+        with gateway_harness.client(CitizenWallet.generate("x")) as c:
+            assert c.gateway_info().signing_keys[0].key_id == second.key_id
+    finally:
+        follower.close()
+    assert f"gateway signing key {second.key_id} taken up in place of {first.key_id}" in caplog.text
