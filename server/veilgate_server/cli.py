@@ -184,12 +184,21 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.stage_records_key:
+        staged = settings.stage_records_key()
+        print(f"staged records key {staged.key_id} in {settings.next_records_key_path} (nothing uses it yet)")
+        print("copy it to keys/records.key.next on every other host serving this database, then run")
+        print("`veilgate keys --rotate-records-key` here; the other hosts' gateways take it up as they serve;")
+        print("afterwards run `veilgate keys --rotate-records-key` on each other host too (it rewraps nothing")
+        print("there: it makes the staged key their records.key and destroys the old one)")
+        return 0
     if args.rotate_records_key:
         records_key, old_id, rewrapped = settings.rotate_records_key()
         print(f"new records key {records_key.key_id}: {rewrapped} citizens' data keys rewrapped; {old_id} is destroyed")
         print("gateways serving from this data directory take it up at their next read, without a restart;")
-        print(f"copy {settings.records_key_path} to the data directory of every gateway on another host:")
-        print("until then those cannot open records (their calls fail as INTERNAL and their log says why)")
+        print("on another host, gateways take it up once keys/records.key.next there holds it (staged with")
+        print("--stage-records-key and copied before the rotation; until then they cannot open records, their")
+        print("calls fail as INTERNAL and their log says why); run --rotate-records-key there too to complete it")
         return 0
     if args.rotate:
         signer, old_key_id = settings.rotate_signer(now=_now())
@@ -1298,7 +1307,13 @@ def _parser() -> argparse.ArgumentParser:
     rotations.add_argument(
         "--rotate-records-key",
         action="store_true",
-        help="wrap every citizen's data key under a new records key; the old one is destroyed",
+        help="wrap every citizen's data key under a new records key (the staged one, if any); the old one is destroyed",
+    )
+    rotations.add_argument(
+        "--stage-records-key",
+        action="store_true",
+        help="make the next records key (keys/records.key.next) without using it yet, to copy to every "
+        "other host before --rotate-records-key",
     )
 
     institution = sub.add_parser("institution", help="banks and insurers").add_subparsers(

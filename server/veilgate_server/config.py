@@ -217,8 +217,8 @@ class Settings:
         self.ensure_data_dir()
         if self.next_records_key_path.exists():
             _log.warning(
-                "%s is left from an interrupted records key rotation: run `veilgate keys --rotate-records-key` "
-                "again to finish it",
+                "%s is present: a records key rotation is staged, or was interrupted; "
+                "`veilgate keys --rotate-records-key` completes it",
                 self.next_records_key_path,
             )
         return RecordsKey.load_or_create(self.records_key_path)
@@ -236,6 +236,14 @@ class Settings:
             except ConfigurationError as e:
                 _log.error("%s", e)
         return keys
+
+    def stage_records_key(self) -> RecordsKey:
+        """The next records key, made (``records.key.next``) but not used: for the operator to copy
+        to every other host serving the database before the rotation, so that no gateway meets a
+        data key under a key it does not hold. A key staged before is kept as it is."""
+        if not self.records_key_path.exists():
+            raise ConfigurationError(f"no records key at {self.records_key_path} to rotate")
+        return RecordsKey.load_or_create(self.next_records_key_path)
 
     def rotate_records_key(self) -> tuple[RecordsKey, str, int]:
         """Wrap every data key under a new records key and make it ``keys/records.key``; returns it,

@@ -530,7 +530,9 @@ def test_an_operator_rotates_the_records_key_and_an_interrupted_rotation_finishe
         assert store.records.rewrap(new, pending) == 3
     # Meanwhile the gateway's commands work under the key the database names, and say to finish.
     meanwhile = veilgate("erase", other, "--yes", "--data-dir", str(data))
-    assert "interrupted records key rotation: run `veilgate keys --rotate-records-key` again" in meanwhile.stderr
+    assert "a records key rotation is staged, or was interrupted; `veilgate keys --rotate-records-key`" in (
+        meanwhile.stderr
+    )
     assert f"records key {pending.key_id} taken up in place of {new.key_id}" in meanwhile.stderr
     finished = veilgate("keys", "--rotate-records-key", "--data-dir", str(data))
     assert f"new records key {pending.key_id}: 0 citizens' data keys rewrapped" in finished.stdout
@@ -538,10 +540,39 @@ def test_an_operator_rotates_the_records_key_and_an_interrupted_rotation_finishe
         assert store.records.for_citizen(citizen) == before
 
 
+def test_a_records_key_rotation_staged_on_every_host_never_stops_their_reads(tmp_path: Path, database_url: str) -> None:
+    """Replicas on two hosts serve one database, each with its own data directory. The next key is
+    staged and copied to the other host first; after the rotation its gateway, which never stopped,
+    reads and stores records under the new key, and the rotation run there completes it."""
+    host_a, host_b = tmp_path / "host-a", tmp_path / "host-b"
+    db = ["--database-url", database_url]
+    veilgate("seed", "--citizens", "3", "--seed", "7", "--data-dir", str(host_a), *db)
+    (host_b / "keys").mkdir(parents=True)
+    shutil.copy2(host_a / "keys" / "records.key", host_b / "keys" / "records.key")
+    with Settings.from_env(data_dir=str(host_b), database_url=database_url).open_store() as serving:
+        citizen = serving.records.citizen_ids(limit=1)[0]
+        before = serving.records.for_citizen(citizen)
+        staged = veilgate("keys", "--stage-records-key", "--data-dir", str(host_a), *db).stdout
+        staged_id = RecordsKey.load(host_a / "keys" / "records.key.next").key_id
+        assert f"staged records key {staged_id} in " in staged
+        assert serving.records.for_citizen(citizen) == before  # staged, not used
+        shutil.copy2(host_a / "keys" / "records.key.next", host_b / "keys" / "records.key.next")
+        veilgate("keys", "--rotate-records-key", "--data-dir", str(host_a), *db)
+        assert serving.records.for_citizen(citizen) == before
+        serving.records.put_many([StoredRecord("c-new", before[0].item_id, before[0].department, before[0].as_of, "1")])
+        assert serving.records.key_id == staged_id
+    finished = veilgate("keys", "--rotate-records-key", "--data-dir", str(host_b), *db).stdout
+    assert f"new records key {staged_id}: 0 citizens' data keys rewrapped" in finished
+    assert not (host_b / "keys" / "records.key.next").exists()
+    with Store.open(database_url, records_key=RecordsKey.load(host_b / "keys" / "records.key")) as completed:
+        assert completed.records.for_citizen("c-new")[0].value_json == "1"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["keys", "--rotate-records-key"], "no records key at"),
+        (["keys", "--stage-records-key"], "no records key at"),
         (["erase", "a b", "--yes"], "citizen_id must not hold spaces"),
         (["erase", "c-1", "--yes"], "no gateway state at"),
         (["seed", "--citizens", "0", "--seed", "1"], "--citizens must be from 1 to 10,000,000"),
