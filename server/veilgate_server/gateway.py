@@ -48,6 +48,7 @@ from veilgate_server.core.consent import (
     read_consent_token,
 )
 from veilgate_server.core.delivery import DeliveryEncoder, select_items
+from veilgate_server.core.identity import CALLER_ID_PATTERN
 from veilgate_server.core.ingest import Pushed, check_push
 from veilgate_server.core.merkle import inclusion_proof
 from veilgate_server.core.policy import Policy, evaluate_stored
@@ -111,7 +112,7 @@ class AccessHistory:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EVALUATION_PAGE = re.compile(r"([0-9]{1,17})/([a-z0-9][a-z0-9._-]{0,63})/([A-Za-z0-9_.:-]{8,128})")
+_EVALUATION_PAGE = re.compile(rf"([0-9]{{1,17}})/({CALLER_ID_PATTERN.pattern})/({_REQUEST_ID.pattern})")
 
 
 def _evaluation_page(row: EvaluationRow) -> str:

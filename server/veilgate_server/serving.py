@@ -17,6 +17,7 @@ from veilgate_server.config import Settings
 from veilgate_server.crypto import TlsFiles
 from veilgate_server.crypto.institutions import TRUST_DOMAIN as DEFAULT_TRUST_DOMAIN
 from veilgate_server.crypto.institutions import InstitutionCA
+from veilgate_server.crypto.keys import file_stamp
 from veilgate_server.gateway import DEFAULT_DAILY_BUDGET, Gateway
 from veilgate_server.rpc.processes import Started
 from veilgate_server.rpc.server import RunningServer, ServerTls, build_server
@@ -76,22 +77,14 @@ class SigningKeyFollower:
     def __init__(self, gateway: Gateway, settings: Settings, *, interval: float = 1.0) -> None:
         self._gateway = gateway
         self._settings = settings
-        self._seen = self._stamp()
+        self._seen = file_stamp(settings.signing_key_path)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), name="veilgate-signing-key", daemon=True)
         self._thread.start()
 
-    def _stamp(self) -> tuple[int, int, int] | None:
-        """The key file's inode, change time and size: a rotation replaces the file (a rename)."""
-        try:
-            stat = self._settings.signing_key_path.stat()
-        except OSError:
-            return None
-        return stat.st_ino, stat.st_mtime_ns, stat.st_size
-
     def check(self) -> None:
         """Look at the key file once; take up the key in it if it was replaced."""
-        stamp = self._stamp()
+        stamp = file_stamp(self._settings.signing_key_path)  # a rotation replaces the file (a rename)
         if stamp is None or stamp == self._seen:
             return
         self._seen = stamp

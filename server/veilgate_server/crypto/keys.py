@@ -32,6 +32,7 @@ _log = logging.getLogger("veilgate.keys")
 __all__ = [
     "GatewaySigner",
     "RetiredKey",
+    "file_stamp",
     "load_retired_keys",
     "replace_durably",
     "rotate_gateway_key",
@@ -59,6 +60,16 @@ def warn_if_others_can_read(path: Path, what: str) -> None:
         return
     if mode & 0o077:
         _log.warning("%s %s is mode %04o: other users can read it; chmod 600 it", what, path, mode & 0o7777)
+
+
+def file_stamp(*paths: Path) -> tuple[int, ...] | None:
+    """The files' inodes, modification times and sizes, to tell that one was replaced (a rename) or
+    rewritten in place since the last look; None while one of them is missing."""
+    try:
+        stats = [path.stat() for path in paths]
+    except OSError:
+        return None
+    return tuple(value for st in stats for value in (st.st_ino, st.st_mtime_ns, st.st_size))
 
 
 def write_private_file(path: Path, data: bytes) -> None:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from veilgate.errors import ConfigurationError
-from veilgate_server.crypto.keys import warn_if_others_can_read, write_private_file
+from veilgate_server.crypto.keys import file_stamp, warn_if_others_can_read, write_private_file
 
 __all__ = ["CertificateAuthority", "PeerCertificate", "TlsFiles", "ensure_local_tls", "peer_certificate"]
 
@@ -151,13 +151,8 @@ class TlsFiles:
         return chain, key, certificate.not_valid_after_utc
 
     def stamp(self) -> tuple[int, ...] | None:
-        """The files' inodes, modification times and sizes, to tell that either was replaced or
-        rewritten; None while either is missing."""
-        try:
-            stats = [path.stat() for path in (self.certificate, self.private_key)]
-        except OSError:
-            return None
-        return tuple(value for st in stats for value in (st.st_ino, st.st_mtime_ns, st.st_size))
+        """:func:`~veilgate_server.crypto.keys.file_stamp` of the certificate and the key."""
+        return file_stamp(self.certificate, self.private_key)
 
 
 def _spki(key: Any) -> bytes:

@@ -829,7 +829,7 @@ class RecordStore:
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self._records_key()
+        self._records_key()  # without it, refused before anything is written
         made_at = now or dt.datetime.now(dt.UTC)
         written = 0
         iterator = iter(records)
@@ -971,18 +971,17 @@ class RecordStore:
             row.citizen_id: row for row in connection.execute(select(table).where(table.c.citizen_id.in_(wanted)))
         }
         missing = [citizen for citizen in wanted if citizen not in stored]
-        key = self._current_key_in(connection, now) if missing else None
-        new = [
-            {
-                "citizen_id": citizen,
-                "records_key_id": key.key_id,
-                "wrapped_key": key.new_data_key(citizen)[1],
-                "created_at": now,
-            }
-            for citizen in missing
-            if key is not None
-        ]
-        if new:  # on PostgreSQL a concurrent first push may win: theirs is read back below
+        if missing:  # on PostgreSQL a concurrent first push may win: theirs is read back below
+            key = self._current_key_in(connection, now)
+            new = [
+                {
+                    "citizen_id": citizen,
+                    "records_key_id": key.key_id,
+                    "wrapped_key": key.new_data_key(citizen)[1],
+                    "created_at": now,
+                }
+                for citizen in missing
+            ]
             insert = (sqlite.insert if connection.dialect.name == "sqlite" else postgresql.insert)(table)
             connection.execute(insert.on_conflict_do_nothing(index_elements=[table.c.citizen_id]), new)
             stored = {
@@ -1039,7 +1038,7 @@ class RecordStore:
         """The citizen's records (all, or those among ``item_ids``) as ``(item_id, department, as_of
         as an ISO date, sealed value)``, in no particular order, and their values opened, in the
         same order."""
-        self._records_key()
+        self._records_key()  # without it, refused before anything is read
         if item_ids is not None and not item_ids:
             return [], []
         params: dict[str, Any]
