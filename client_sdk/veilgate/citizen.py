@@ -199,9 +199,28 @@ class CitizenClient:
         return ConsentInfo.from_proto(self._call(self._stub.RegisterConsent, request).consent)
 
     def list_consents(self) -> list[ConsentInfo]:
-        """Every consent this citizen registered, with its uses and whether it was revoked."""
-        request = citizen_pb2.ListConsentsRequest(request_token=self._token("ListConsents"))
-        return [ConsentInfo.from_proto(c) for c in self._call(self._stub.ListConsents, request).consents]
+        """Every consent this citizen registered, with its uses and whether it was revoked, newest
+        registration first: page by page (:meth:`list_consents_page`), each page with a request
+        token of its own."""
+        consents: list[ConsentInfo] = []
+        page: str | None = None
+        while True:
+            rows, following = self.list_consents_page(page)
+            if following and (following == page or not rows):
+                raise InternalError("the gateway's next page of consents does not move on from this one")
+            consents += rows
+            if not following:
+                return consents
+            page = following
+
+    def list_consents_page(self, page: str | None = None) -> tuple[list[ConsentInfo], str]:
+        """One page of :meth:`list_consents`: the newest, or those after ``page`` (the ``next_page``
+        of the page before, as it came); and the ``next_page`` of this one, "" when it reaches the
+        oldest."""
+        claims = None if page is None else {"page": page}
+        request = citizen_pb2.ListConsentsRequest(request_token=self._token("ListConsents", claims))
+        reply = self._call(self._stub.ListConsents, request)
+        return [ConsentInfo.from_proto(c) for c in reply.consents], reply.next_page
 
     def revoke_consent(self, consent_id: str) -> ConsentInfo:
         """Revoke at once: the next evaluation under this consent is refused."""

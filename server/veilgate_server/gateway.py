@@ -41,6 +41,7 @@ from veilgate.result import RESULT_TYP, request_hash
 from veilgate_server.audit import CallRecord, Checkpointer
 from veilgate_server.core.catalog import Catalog
 from veilgate_server.core.consent import (
+    CONSENT_ID_PATTERN,
     ConsentClaims,
     VerifiedToken,
     check_use,
@@ -58,6 +59,7 @@ from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.storage import (
     CitizenKeys,
     ConsentLedger,
+    ConsentPosition,
     ConsentRow,
     Department,
     EvaluationPosition,
@@ -130,6 +132,24 @@ def _evaluation_position(page: object) -> EvaluationPosition:
     return EvaluationPosition(_EPOCH + timedelta(microseconds=int(micros)), institution_id, request_id)
 
 
+_CONSENT_PAGE = re.compile(rf"([0-9]{{1,17}})/({CONSENT_ID_PATTERN.pattern})")
+
+
+def _consent_page(row: ConsentRow) -> str:
+    """The "page" claim that asks for the consents after ``row``: its registration time in
+    microseconds and its id (opaque to citizens, who pass it back as it came)."""
+    micros = (row.registered_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}/{row.consent_id}"
+
+
+def _consent_position(page: object) -> ConsentPosition:
+    matched = _CONSENT_PAGE.fullmatch(page) if isinstance(page, str) else None
+    if matched is None:
+        raise RequestInvalid("claim 'page' is not a page of this list: pass next_page as the gateway gave it")
+    micros, consent_id = matched.groups()
+    return ConsentPosition(_EPOCH + timedelta(microseconds=int(micros)), consent_id)
+
+
 def _unrecorded(method: str) -> CallRecord:
     """A record for calls made outside the RPC layer (tests, tools); nothing commits it."""
     return CallRecord(method=method, request_hash="")
@@ -169,13 +189,14 @@ class Gateway:
     daily_budget: int = DEFAULT_DAILY_BUDGET
     history_page: int = 256  # a citizen's log entries per ListMyAccessHistory page
     evaluations_page: int = 100  # evaluations per ListEvaluations page
+    consents_page: int = 100  # consents per ListConsents page
     clock: Clock = field(default=time.time)
     _deliveries: DeliveryEncoder = field(init=False)
 
     def __post_init__(self) -> None:
         if self.daily_budget < 0:  # refused here, not by every evaluation's spend
             raise ValueError("daily_budget must not be negative")
-        if self.history_page < 1 or self.evaluations_page < 1:
+        if min(self.history_page, self.evaluations_page, self.consents_page) < 1:
             raise ValueError("a page holds at least one item")
         self._deliveries = DeliveryEncoder(self.catalog)
 
@@ -303,13 +324,21 @@ class Gateway:
         assert registration.stored is not None  # set by apply, which returned
         return registration.stored
 
-    def list_consents(self, request_token: str, *, call: CallRecord | None = None) -> list[ConsentRow]:
+    def list_consents(self, request_token: str, *, call: CallRecord | None = None) -> tuple[list[ConsentRow], str]:
+        """A page of the citizen's consents (``consents_page``, newest registration first, after the
+        token's "page" claim when it has one), and the "page" claim of the next page ("" when this
+        one reaches the oldest)."""
         call = call or _unrecorded(LIST_CONSENTS)
         now = self.clock()
-        claims, _ = self._authenticate_citizen(request_token, LIST_CONSENTS, now=now, call=call)
-        rows = self.store.consents.for_citizen(claims.citizen_id)
+        claims, _ = self._authenticate_citizen(request_token, LIST_CONSENTS, ("page",), now=now, call=call)
+        page = claims.extra.get("page")
+        after = None if page is None else _consent_position(page)
+        rows = self.store.consents.for_citizen(claims.citizen_id, limit=self.consents_page + 1, after=after)
         self._spend(claims, now=now, call=call)
-        return rows
+        if len(rows) <= self.consents_page:
+            return rows, ""
+        rows = rows[: self.consents_page]
+        return rows, _consent_page(rows[-1])
 
     def revoke_consent(self, request_token: str, *, call: CallRecord | None = None) -> ConsentRow:
         call = call or _unrecorded(REVOKE_CONSENT)

@@ -424,6 +424,26 @@ def test_a_citizen_sees_every_evaluation_page_by_page(scene: Scene) -> None:
     assert [e.evaluated_at for e in everything] == sorted((e.evaluated_at for e in everything), reverse=True)
 
 
+def test_a_citizen_sees_every_consent_page_by_page(scene: Scene) -> None:
+    scene.gw.gateway.consents_page = 2
+    tokens = [scene.consent() for _ in range(5)]
+    with scene.gw.client(scene.wallet) as citizen:
+        first, page = citizen.list_consents_page()
+        assert len(first) == 2
+        assert page
+        everything = citizen.list_consents()
+        second, _ = citizen.list_consents_page(page)
+        with pytest.raises(RequestInvalid, match="claim 'page' is not a page of this list"):
+            citizen.list_consents_page("not-a-page")
+        with pytest.raises(RequestInvalid, match="claim 'page' is not a page of this list"):
+            citizen.list_consents_page(f"1/{'A' * 15}")  # too short for a consent id
+    issued = {jose.unverified_claims(t, typ=CONSENT_TYP).claims["jti"] for t in tokens}
+    assert len(everything) == 5
+    assert {c.consent_id for c in everything} == issued
+    assert everything[:4] == first + second
+    assert [c.registered_at for c in everything] == sorted((c.registered_at for c in everything), reverse=True)
+
+
 def test_idempotent_retry_spends_one_use(scene: Scene) -> None:
     token = scene.consent(max_uses=2)
     with scene.gw.institution_client(scene.bank) as bank:

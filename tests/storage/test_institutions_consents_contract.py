@@ -35,7 +35,15 @@ from veilgate.errors import (
     InstitutionUnknown,
     VeilgateError,
 )
-from veilgate_server.storage import ConsentRow, EvaluationPosition, EvaluationRow, Institution, Store, db
+from veilgate_server.storage import (
+    ConsentPosition,
+    ConsentRow,
+    EvaluationPosition,
+    EvaluationRow,
+    Institution,
+    Store,
+    db,
+)
 from veilgate_server.storage.models import Base, Evaluation
 from veilgate_server.storage.repositories import CertificateRenewal, IssuedCertificate
 
@@ -402,6 +410,33 @@ def test_for_citizen_lists_own_consents_newest_first(store: Store) -> None:
     assert [c.consent_id for c in store.consents.for_citizen(CITIZEN)] == ["c-new", "c-mid", "c-old"]
     assert [c.consent_id for c in store.consents.for_citizen(OTHER_CITIZEN)] == ["c-other"]
     assert store.consents.for_citizen("nobody") == []
+
+
+def test_for_citizen_page_after_page_with_ties_on_time(store: Store) -> None:
+    """Pages follow the listing's order (newest registration first, then id descending) from any
+    consent on, so consents registered at the same instant are neither lost nor listed twice."""
+    same = T0 + dt.timedelta(hours=5, microseconds=123_456)
+    for n in range(4):
+        _consent(store, f"c-same-{n}", at=same)
+        _consent(store, f"c-before-{n}", at=T0 + dt.timedelta(hours=1, minutes=n))
+    _consent(store, "c-other", citizen_id=OTHER_CITIZEN, at=same)
+    everything = store.consents.for_citizen(CITIZEN)
+    assert [c.consent_id for c in everything] == [f"c-same-{n}" for n in (3, 2, 1, 0)] + [
+        f"c-before-{n}" for n in (3, 2, 1, 0)
+    ]
+    assert store.consents.for_citizen(CITIZEN, limit=3) == everything[:3]
+
+    walked: list[ConsentRow] = []
+    after = None
+    for _ in range(4):  # three pages of three, two and none (bounded, so that a page that repeats fails)
+        page = store.consents.for_citizen(CITIZEN, limit=3, after=after)
+        walked += page
+        if not page:
+            break
+        after = ConsentPosition(page[-1].registered_at, page[-1].consent_id)
+    assert walked == everything
+    with pytest.raises(ValueError, match="limit must not be negative"):
+        store.consents.for_citizen(CITIZEN, limit=-1)
 
 
 def test_revoke_is_idempotent_and_keeps_the_first_time(store: Store) -> None:

@@ -26,7 +26,7 @@ from veilgate.v1 import common_pb2 as veilgate_dot_v1_dot_common__pb2
 from veilgate.v1 import eligibility_pb2 as veilgate_dot_v1_dot_eligibility__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19veilgate/v1/citizen.proto\x12\x0bveilgate.v1\x1a\x18veilgate/v1/common.proto\x1a\x1dveilgate/v1/eligibility.proto\"\x17\n\x15GetGatewayInfoRequest\"t\n\x16GetGatewayInfoResponse\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12,\n\x0csigning_keys\x18\x02 \x03(\x0b\x32\x16.veilgate.v1.PublicKey\x12\x18\n\x10log_verifier_key\x18\x03 \x01(\t\")\n\x10GetMyDataRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"W\n\x11GetMyDataResponse\x12\x17\n\x0fsealed_delivery\x18\x01 \x01(\x0c\x12\x16\n\x0egateway_key_id\x18\x02 \x01(\t\x12\x11\n\tlog_index\x18\x03 \x01(\x04\"F\n\x16RegisterConsentRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\x12\x15\n\rconsent_token\x18\x02 \x01(\t\"@\n\x17RegisterConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.veilgate.v1.Consent\",\n\x13ListConsentsRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\">\n\x14ListConsentsResponse\x12&\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x14.veilgate.v1.Consent\"-\n\x14RevokeConsentRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\">\n\x15RevokeConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.veilgate.v1.Consent\"/\n\x16ListEvaluationsRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"Z\n\x17ListEvaluationsResponse\x12,\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x17.veilgate.v1.Evaluation\x12\x11\n\tnext_page\x18\x02 \x01(\t\"-\n\x0f\x43onsentedPolicy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xe9\x01\n\x07\x43onsent\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x16\n\x0einstitution_id\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12.\n\x08policies\x18\x04 \x03(\x0b\x32\x1c.veilgate.v1.ConsentedPolicy\x12\x12\n\nnot_before\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x10\n\x08max_uses\x18\x07 \x01(\x05\x12\x0c\n\x04uses\x18\x08 \x01(\x05\x12\x12\n\nrevoked_at\x18\t \x01(\x03\x12\x15\n\rregistered_at\x18\n \x01(\x03\"\x87\x01\n\nEvaluation\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12\x11\n\tpolicy_id\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x04 \x01(\t\x12\x14\n\x0c\x65valuated_at\x18\x05 \x01(\x03\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"3\n\x1aListMyAccessHistoryRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"K\n\x12\x41\x63\x63\x65ssHistoryEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x17\n\x0finclusion_proof\x18\x03 \x03(\x0c\"\x8f\x01\n\x1bListMyAccessHistoryResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0f\n\x07log_key\x18\x02 \x01(\x0c\x12\x30\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1f.veilgate.v1.AccessHistoryEntry\x12\x19\n\x11next_before_index\x18\x04 \x01(\x04\x32\xdf\x05\n\x0e\x43itizenService\x12Y\n\x0eGetGatewayInfo\x12\".veilgate.v1.GetGatewayInfoRequest\x1a#.veilgate.v1.GetGatewayInfoResponse\x12S\n\x0cListPolicies\x12 .veilgate.v1.ListPoliciesRequest\x1a!.veilgate.v1.ListPoliciesResponse\x12J\n\tGetMyData\x12\x1d.veilgate.v1.GetMyDataRequest\x1a\x1e.veilgate.v1.GetMyDataResponse\x12\\\n\x0fRegisterConsent\x12#.veilgate.v1.RegisterConsentRequest\x1a$.veilgate.v1.RegisterConsentResponse\x12S\n\x0cListConsents\x12 .veilgate.v1.ListConsentsRequest\x1a!.veilgate.v1.ListConsentsResponse\x12V\n\rRevokeConsent\x12!.veilgate.v1.RevokeConsentRequest\x1a\".veilgate.v1.RevokeConsentResponse\x12\\\n\x0fListEvaluations\x12#.veilgate.v1.ListEvaluationsRequest\x1a$.veilgate.v1.ListEvaluationsResponse\x12h\n\x13ListMyAccessHistory\x12\'.veilgate.v1.ListMyAccessHistoryRequest\x1a(.veilgate.v1.ListMyAccessHistoryResponseB\x13\n\x0forg.veilgate.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19veilgate/v1/citizen.proto\x12\x0bveilgate.v1\x1a\x18veilgate/v1/common.proto\x1a\x1dveilgate/v1/eligibility.proto\"\x17\n\x15GetGatewayInfoRequest\"t\n\x16GetGatewayInfoResponse\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12,\n\x0csigning_keys\x18\x02 \x03(\x0b\x32\x16.veilgate.v1.PublicKey\x12\x18\n\x10log_verifier_key\x18\x03 \x01(\t\")\n\x10GetMyDataRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"W\n\x11GetMyDataResponse\x12\x17\n\x0fsealed_delivery\x18\x01 \x01(\x0c\x12\x16\n\x0egateway_key_id\x18\x02 \x01(\t\x12\x11\n\tlog_index\x18\x03 \x01(\x04\"F\n\x16RegisterConsentRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\x12\x15\n\rconsent_token\x18\x02 \x01(\t\"@\n\x17RegisterConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.veilgate.v1.Consent\",\n\x13ListConsentsRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"Q\n\x14ListConsentsResponse\x12&\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x14.veilgate.v1.Consent\x12\x11\n\tnext_page\x18\x02 \x01(\t\"-\n\x14RevokeConsentRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\">\n\x15RevokeConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.veilgate.v1.Consent\"/\n\x16ListEvaluationsRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"Z\n\x17ListEvaluationsResponse\x12,\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x17.veilgate.v1.Evaluation\x12\x11\n\tnext_page\x18\x02 \x01(\t\"-\n\x0f\x43onsentedPolicy\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xe9\x01\n\x07\x43onsent\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x16\n\x0einstitution_id\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12.\n\x08policies\x18\x04 \x03(\x0b\x32\x1c.veilgate.v1.ConsentedPolicy\x12\x12\n\nnot_before\x18\x05 \x01(\x03\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x10\n\x08max_uses\x18\x07 \x01(\x05\x12\x0c\n\x04uses\x18\x08 \x01(\x05\x12\x12\n\nrevoked_at\x18\t \x01(\x03\x12\x15\n\rregistered_at\x18\n \x01(\x03\"\x87\x01\n\nEvaluation\x12\x16\n\x0einstitution_id\x18\x01 \x01(\t\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12\x11\n\tpolicy_id\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x04 \x01(\t\x12\x14\n\x0c\x65valuated_at\x18\x05 \x01(\x03\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"3\n\x1aListMyAccessHistoryRequest\x12\x15\n\rrequest_token\x18\x01 \x01(\t\"K\n\x12\x41\x63\x63\x65ssHistoryEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x17\n\x0finclusion_proof\x18\x03 \x03(\x0c\"\x8f\x01\n\x1bListMyAccessHistoryResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0f\n\x07log_key\x18\x02 \x01(\x0c\x12\x30\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1f.veilgate.v1.AccessHistoryEntry\x12\x19\n\x11next_before_index\x18\x04 \x01(\x04\x32\xdf\x05\n\x0e\x43itizenService\x12Y\n\x0eGetGatewayInfo\x12\".veilgate.v1.GetGatewayInfoRequest\x1a#.veilgate.v1.GetGatewayInfoResponse\x12S\n\x0cListPolicies\x12 .veilgate.v1.ListPoliciesRequest\x1a!.veilgate.v1.ListPoliciesResponse\x12J\n\tGetMyData\x12\x1d.veilgate.v1.GetMyDataRequest\x1a\x1e.veilgate.v1.GetMyDataResponse\x12\\\n\x0fRegisterConsent\x12#.veilgate.v1.RegisterConsentRequest\x1a$.veilgate.v1.RegisterConsentResponse\x12S\n\x0cListConsents\x12 .veilgate.v1.ListConsentsRequest\x1a!.veilgate.v1.ListConsentsResponse\x12V\n\rRevokeConsent\x12!.veilgate.v1.RevokeConsentRequest\x1a\".veilgate.v1.RevokeConsentResponse\x12\\\n\x0fListEvaluations\x12#.veilgate.v1.ListEvaluationsRequest\x1a$.veilgate.v1.ListEvaluationsResponse\x12h\n\x13ListMyAccessHistory\x12\'.veilgate.v1.ListMyAccessHistoryRequest\x1a(.veilgate.v1.ListMyAccessHistoryResponseB\x13\n\x0forg.veilgate.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,27 +49,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCONSENTSREQUEST']._serialized_start=512
   _globals['_LISTCONSENTSREQUEST']._serialized_end=556
   _globals['_LISTCONSENTSRESPONSE']._serialized_start=558
-  _globals['_LISTCONSENTSRESPONSE']._serialized_end=620
-  _globals['_REVOKECONSENTREQUEST']._serialized_start=622
-  _globals['_REVOKECONSENTREQUEST']._serialized_end=667
-  _globals['_REVOKECONSENTRESPONSE']._serialized_start=669
-  _globals['_REVOKECONSENTRESPONSE']._serialized_end=731
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=733
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=780
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=782
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=872
-  _globals['_CONSENTEDPOLICY']._serialized_start=874
-  _globals['_CONSENTEDPOLICY']._serialized_end=919
-  _globals['_CONSENT']._serialized_start=922
-  _globals['_CONSENT']._serialized_end=1155
-  _globals['_EVALUATION']._serialized_start=1158
-  _globals['_EVALUATION']._serialized_end=1293
-  _globals['_LISTMYACCESSHISTORYREQUEST']._serialized_start=1295
-  _globals['_LISTMYACCESSHISTORYREQUEST']._serialized_end=1346
-  _globals['_ACCESSHISTORYENTRY']._serialized_start=1348
-  _globals['_ACCESSHISTORYENTRY']._serialized_end=1423
-  _globals['_LISTMYACCESSHISTORYRESPONSE']._serialized_start=1426
-  _globals['_LISTMYACCESSHISTORYRESPONSE']._serialized_end=1569
-  _globals['_CITIZENSERVICE']._serialized_start=1572
-  _globals['_CITIZENSERVICE']._serialized_end=2307
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=639
+  _globals['_REVOKECONSENTREQUEST']._serialized_start=641
+  _globals['_REVOKECONSENTREQUEST']._serialized_end=686
+  _globals['_REVOKECONSENTRESPONSE']._serialized_start=688
+  _globals['_REVOKECONSENTRESPONSE']._serialized_end=750
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=752
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=799
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=801
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=891
+  _globals['_CONSENTEDPOLICY']._serialized_start=893
+  _globals['_CONSENTEDPOLICY']._serialized_end=938
+  _globals['_CONSENT']._serialized_start=941
+  _globals['_CONSENT']._serialized_end=1174
+  _globals['_EVALUATION']._serialized_start=1177
+  _globals['_EVALUATION']._serialized_end=1312
+  _globals['_LISTMYACCESSHISTORYREQUEST']._serialized_start=1314
+  _globals['_LISTMYACCESSHISTORYREQUEST']._serialized_end=1365
+  _globals['_ACCESSHISTORYENTRY']._serialized_start=1367
+  _globals['_ACCESSHISTORYENTRY']._serialized_end=1442
+  _globals['_LISTMYACCESSHISTORYRESPONSE']._serialized_start=1445
+  _globals['_LISTMYACCESSHISTORYRESPONSE']._serialized_end=1588
+  _globals['_CITIZENSERVICE']._serialized_start=1591
+  _globals['_CITIZENSERVICE']._serialized_end=2326
 # @@protoc_insertion_point(module_scope)

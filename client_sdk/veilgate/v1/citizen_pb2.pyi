@@ -178,6 +178,9 @@ class ListConsentsRequest(_message.Message):
 
     REQUEST_TOKEN_FIELD_NUMBER: _builtins.int
     request_token: _builtins.str
+    """Request token; its optional extra claim "page" (a string, the previous response's next_page
+    as it came) asks for the consents after that page.
+    """
     def __init__(
         self,
         *,
@@ -196,16 +199,22 @@ class ListConsentsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_FIELD_NUMBER: _builtins.int
+    next_page: _builtins.str
+    """When older consents remain: the "page" claim that asks for them (opaque). Empty when this
+    page reaches the oldest.
+    """
     @_builtins.property
     def consents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Consent]: ...
     def __init__(
         self,
         *,
         consents: _abc.Iterable[Global___Consent] | None = ...,
+        next_page: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consents", b"consents", "next_page", b"next_page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -133,7 +133,8 @@ class CitizenServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListConsents(self, request, context):
-        """The caller's consents, newest first, with their uses and state.
+        """The caller's consents, newest registration first, with their uses and state, 100 at a time.
+        Older ones come page by page: see ListConsentsRequest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,7 +57,9 @@ class CitizenServiceStub:
     RegisterConsent: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.RegisterConsentRequest, _citizen_pb2.RegisterConsentResponse]
     """Register a consent the caller signed, so that the institution it names can use it."""
     ListConsents: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.ListConsentsRequest, _citizen_pb2.ListConsentsResponse]
-    """The caller's consents, newest first, with their uses and state."""
+    """The caller's consents, newest registration first, with their uses and state, 100 at a time.
+    Older ones come page by page: see ListConsentsRequest.
+    """
     RevokeConsent: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.RevokeConsentRequest, _citizen_pb2.RevokeConsentResponse]
     """Revoke one of the caller's consents; it takes effect for the next evaluation. Idempotent."""
     ListEvaluations: _grpc.UnaryUnaryMultiCallable[_citizen_pb2.ListEvaluationsRequest, _citizen_pb2.ListEvaluationsResponse]
@@ -99,7 +101,9 @@ class CitizenServiceAsyncStub(CitizenServiceStub):
     RegisterConsent: _aio.UnaryUnaryMultiCallable[_citizen_pb2.RegisterConsentRequest, _citizen_pb2.RegisterConsentResponse]  # type: ignore[assignment]
     """Register a consent the caller signed, so that the institution it names can use it."""
     ListConsents: _aio.UnaryUnaryMultiCallable[_citizen_pb2.ListConsentsRequest, _citizen_pb2.ListConsentsResponse]  # type: ignore[assignment]
-    """The caller's consents, newest first, with their uses and state."""
+    """The caller's consents, newest registration first, with their uses and state, 100 at a time.
+    Older ones come page by page: see ListConsentsRequest.
+    """
     RevokeConsent: _aio.UnaryUnaryMultiCallable[_citizen_pb2.RevokeConsentRequest, _citizen_pb2.RevokeConsentResponse]  # type: ignore[assignment]
     """Revoke one of the caller's consents; it takes effect for the next evaluation. Idempotent."""
     ListEvaluations: _aio.UnaryUnaryMultiCallable[_citizen_pb2.ListEvaluationsRequest, _citizen_pb2.ListEvaluationsResponse]  # type: ignore[assignment]
@@ -168,7 +172,9 @@ class CitizenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _citizen_pb2.ListConsentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_citizen_pb2.ListConsentsResponse, _abc.Awaitable[_citizen_pb2.ListConsentsResponse]]:
-        """The caller's consents, newest first, with their uses and state."""
+        """The caller's consents, newest registration first, with their uses and state, 100 at a time.
+        Older ones come page by page: see ListConsentsRequest.
+        """
 
     @_abc_1.abstractmethod
     def RevokeConsent(

@@ -31,11 +31,19 @@ from veilgate.errors import (
 )
 from veilgate_server.core.tokens import LEEWAY, CitizenId
 
-__all__ = ["ConsentClaims", "VerifiedToken", "check_use", "consent_id_claimed", "read_consent_token"]
+__all__ = [
+    "CONSENT_ID_PATTERN",
+    "ConsentClaims",
+    "VerifiedToken",
+    "check_use",
+    "consent_id_claimed",
+    "read_consent_token",
+]
 
 _REQUIRED = frozenset({"iss", "sub", "aud", "jti", "iat", "nbf", "exp", "purpose", "policies", "max_uses"})
 _ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
-_JTI = re.compile(r"[A-Za-z0-9_-]{16,128}")
+CONSENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+"""What a consent id (its token's ``jti``) is: 16-128 base64url characters."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -89,7 +97,7 @@ def consent_id_claimed(parsed: jose.ParsedJws) -> str | None:
     """The consent id an unverified consent token claims (its ``jti``), if it is one at all: only to
     find the registered consent, never trusted before :func:`read_consent_token`."""
     jti = parsed.claims.get("jti")
-    return jti if isinstance(jti, str) and _JTI.fullmatch(jti) else None
+    return jti if isinstance(jti, str) and CONSENT_ID_PATTERN.fullmatch(jti) else None
 
 
 def read_consent_token(
@@ -124,7 +132,7 @@ def read_consent_token(
     institution, jti, purpose = claims["aud"], claims["jti"], claims["purpose"]
     if not isinstance(institution, str) or not _ID.fullmatch(institution):
         raise TokenInvalid("consent claim 'aud' must be one institution id")
-    if not isinstance(jti, str) or not _JTI.fullmatch(jti):
+    if not isinstance(jti, str) or not CONSENT_ID_PATTERN.fullmatch(jti):
         raise TokenInvalid("consent claim 'jti' must be 16-128 base64url characters")
     if not isinstance(purpose, str) or purpose not in PURPOSES:
         raise TokenInvalid(f"consent purpose must be one of {sorted(PURPOSES)}")

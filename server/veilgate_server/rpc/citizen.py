@@ -45,8 +45,8 @@ class CitizenServicer(citizen_pb2_grpc.CitizenServiceServicer):
     def ListConsents(
         self, request: citizen_pb2.ListConsentsRequest, context: grpc.ServicerContext
     ) -> citizen_pb2.ListConsentsResponse:
-        rows = self._gateway.list_consents(request.request_token, call=current_call())
-        return citizen_pb2.ListConsentsResponse(consents=[_consent(row) for row in rows])
+        rows, next_page = self._gateway.list_consents(request.request_token, call=current_call())
+        return citizen_pb2.ListConsentsResponse(consents=[_consent(row) for row in rows], next_page=next_page)
 
     def RevokeConsent(
         self, request: citizen_pb2.RevokeConsentRequest, context: grpc.ServicerContext

@@ -111,6 +111,7 @@ __all__ = [
     "CitizenRegistry",
     "ClientCertificateRegistry",
     "ConsentLedger",
+    "ConsentPosition",
     "ConsentRow",
     "Department",
     "DepartmentRegistry",
@@ -137,6 +138,14 @@ class EvaluationPosition:
     created_at: dt.datetime
     institution_id: str
     request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentPosition:
+    """Where a consent stands in a citizen's list (newest first): the next page starts after it."""
+
+    registered_at: dt.datetime
+    consent_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -1452,13 +1461,24 @@ class ConsentLedger:
         row = rows[0]
         return RegisteredConsent(_consent(row), None if row.enrolled_key is None else bytes(row.enrolled_key))
 
-    def for_citizen(self, citizen_id: str) -> list[ConsentRow]:
-        """The citizen's consents, revoked ones included, newest registration first."""
-        statement = (
-            select(Consent)
-            .where(Consent.citizen_id == citizen_id)
-            .order_by(Consent.registered_at.desc(), Consent.consent_id.desc())
-        )
+    def for_citizen(
+        self, citizen_id: str, *, limit: int | None = None, after: ConsentPosition | None = None
+    ) -> list[ConsentRow]:
+        """The citizen's consents, revoked ones included, newest registration first (then by id,
+        descending): all of them, or up to ``limit``; with ``after``, those that come after it in
+        that order (the next page, which consents registered meanwhile do not shift)."""
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        statement = select(Consent).where(Consent.citizen_id == citizen_id)
+        if after is not None:
+            _require_aware(after.registered_at, "after.registered_at")
+            statement = statement.where(
+                or_(
+                    Consent.registered_at < after.registered_at,
+                    and_(Consent.registered_at == after.registered_at, Consent.consent_id < after.consent_id),
+                )
+            )
+        statement = statement.order_by(Consent.registered_at.desc(), Consent.consent_id.desc()).limit(limit)
         with storage_errors("list the citizen's consents"), self._sessions() as session:
             return [_consent(row) for row in session.scalars(statement)]
 
