@@ -154,7 +154,7 @@ class RecordKey(Base):
     __table_args__ = (CheckConstraint(f"length(wrapped_key) = {WRAPPED_DATA_KEY_LENGTH}", name="wrapped_key_length"),)
 
     citizen_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    records_key_id: Mapped[str] = mapped_column(String(16), index=True)  # revision 0008's start-up check
+    records_key_id: Mapped[str] = mapped_column(String(16))  # not indexed: nothing reads by it (revision 0012)
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary(WRAPPED_DATA_KEY_LENGTH))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
