@@ -257,10 +257,12 @@ class Consent(Base):
     __table_args__ = (
         CheckConstraint("max_uses >= 1", name="max_uses_positive"),
         CheckConstraint("uses >= 0 AND uses <= max_uses", name="uses_within_max"),
+        # A citizen's list, newest first, page by page (revision 0013).
+        Index("ix_consents_citizen_id_registered_at", "citizen_id", "registered_at", "consent_id"),
     )
 
     consent_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    citizen_id: Mapped[str] = mapped_column(String(64), index=True)
+    citizen_id: Mapped[str] = mapped_column(String(64))
     institution_id: Mapped[str] = mapped_column(String(64), index=True)
     purpose: Mapped[str] = mapped_column(String(64))
     policies_json: Mapped[str] = mapped_column(Text)
