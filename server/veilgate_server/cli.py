@@ -753,9 +753,10 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from veilgate.audit import LogVerifier
-    from veilgate_server.audit_tools import verify_log
+    from veilgate_server.audit_tools import default_workers, verify_log
 
     settings = _settings(args)
+    workers = default_workers() if args.workers is None else args.workers
     if args.log_key:
         vkey = args.log_key
     else:
@@ -766,12 +767,13 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     verifier = LogVerifier(vkey)  # a bad key is refused before the store is opened
     store = settings.open_store(migrate=False, existing=True, records=False)
     try:
-        summary = verify_log(store, verifier)
+        summary = verify_log(store, verifier, workers=workers)
     finally:
         store.close()
+    by = f" (in {summary.pieces} pieces, by {summary.workers} processes)" if summary.pieces else ""
     print(
         f"log verified: {summary.entries} entries, {summary.subtrees} stored subtree hashes, "
-        f"{summary.checkpoints} signed checkpoints consistent with the entries"
+        f"{summary.checkpoints} signed checkpoints consistent with the entries{by}"
     )
     return 0
 
@@ -1394,6 +1396,11 @@ def _parser() -> argparse.ArgumentParser:
     p = audit.add_parser("verify", parents=[common], help="recompute the log and check every stored hash")
     p.set_defaults(func=cmd_audit_verify)
     p.add_argument("--log-key", help="the log verifier key to trust (default DATA_DIR/log.vkey)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes that verify the log in pieces at once (default: one per CPU; 1 on a busy gateway host)",
+    )
 
     wallet = sub.add_parser("wallet", help="citizen wallets").add_subparsers(dest="wallet_command", required=True)
     p = wallet.add_parser("create", parents=[common], help="create a passphrase-protected wallet")

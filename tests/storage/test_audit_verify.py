@@ -10,15 +10,18 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from veilgate.audit import LogVerifier
-from veilgate.errors import ProofInvalid
+from veilgate.errors import ConfigurationError, ProofInvalid
 from veilgate_server.audit import Checkpointer
-from veilgate_server.audit_tools import export_log, verify_log
+from veilgate_server.audit_tools import _verify_in_one_pass, _verify_in_pieces, export_log, verify_log
+from veilgate_server.core.merkle import Frontier
 from veilgate_server.crypto.note import NoteSigner
 from veilgate_server.storage import Store
-from veilgate_server.storage.log import AppendRequest
+from veilgate_server.storage.log import AppendRequest, StoredCheckpoint
 
 SIGNER = NoteSigner.generate("veilgate.test/log")
 VERIFIER = LogVerifier(SIGNER.verifier_key_string())
@@ -114,6 +117,111 @@ def test_tampering_is_found_and_named(store: Store, tamper: str, message: str) -
         _sql(store, tamper, x=b'{"n":"tampered"}')
     with pytest.raises(ProofInvalid, match=message):
         verify_log(store, VERIFIER)
+    with pytest.raises(ProofInvalid, match=message):  # found in pieces, then named by the one pass
+        verify_log(store, VERIFIER, piece=4)
+    if not tamper.startswith("INSERT"):  # those are refused before any entry is read
+        for piece in (2, 4, 8, 16):
+            assert _verify_in_pieces(store, _checkpoints(store), 40, piece, 1) is None
+
+
+def _checkpoints(store: Store) -> dict[int, StoredCheckpoint]:
+    return {c.tree_size: c for c in store.log.checkpoints()}
+
+
+def test_a_forger_who_rewrites_every_stored_hash_is_caught_by_the_checkpoints(store: Store) -> None:
+    """An entry changed with its leaf hash and every stored subtree over it: nothing stored disagrees
+    with the entries any more but the signed checkpoints after it, in pieces as in one pass."""
+    _grow(store, [10, 33, 40])
+    forged = {i: store.log.entries(i, 1)[0].entry for i in range(40)}
+    forged[5] = b'{"n":"forged"}'
+    frontier = Frontier()
+    for i in range(40):
+        leaf = hashlib.sha256(b"\0" + forged[i]).digest()
+        _sql(store, "UPDATE log_entries SET entry = :e, leaf_hash = :h WHERE idx = :i", e=forged[i], h=leaf, i=i)
+        for subtree in frontier.append(leaf)[1:]:
+            _sql(
+                store,
+                "UPDATE log_subtrees SET hash = :h WHERE level = :l AND idx = :i",
+                h=subtree.hash,
+                l=subtree.level,
+                i=subtree.index,
+            )
+    with pytest.raises(ProofInvalid, match="the checkpoint at size 10 does not match"):
+        verify_log(store, VERIFIER)
+    with pytest.raises(ProofInvalid, match="the checkpoint at size 10 does not match"):
+        verify_log(store, VERIFIER, piece=8)
+    for piece in (2, 4, 8, 16):
+        assert _verify_in_pieces(store, _checkpoints(store), 40, piece, 1) is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_pieces_verify_any_log_as_the_one_pass_does(built_log: Store, data: st.DataObject) -> None:
+    """Any prefix of a log, any piece size and any set of checkpoints: the pieces find it whole and
+    count the same stored subtrees as the one pass (so they checked the same ones)."""
+    store = built_log
+    size = data.draw(st.integers(2, 100), label="size")
+    piece = 1 << data.draw(st.integers(1, 7), label="log2(piece)")
+    every = _checkpoints(store)
+    chosen = data.draw(st.sets(st.integers(0, size)), label="checkpoints")
+    checkpoints = {s: every[s] for s in chosen if s in every}
+    one_pass = _verify_in_one_pass(store, checkpoints, size)
+    in_pieces = _verify_in_pieces(store, checkpoints, size, piece, 1)
+    assert in_pieces is not None
+    assert (in_pieces.entries, in_pieces.checkpoints, in_pieces.subtrees) == (
+        one_pass.entries,
+        one_pass.checkpoints,
+        one_pass.subtrees,
+    )
+    assert in_pieces.pieces == -(-size // piece)
+
+
+@pytest.fixture
+def built_log(store: Store) -> Store:
+    """100 entries with a signed checkpoint at every size."""
+    _grow(store, list(range(1, 101)))
+    return store
+
+
+def test_a_long_log_is_verified_in_pieces_by_several_processes(store: Store) -> None:
+    _grow(store, [10, 33, 64, 70])
+    summary = verify_log(store, VERIFIER, workers=2, piece=16)
+    assert (summary.workers, summary.pieces) == (2, 5)
+    one_pass = verify_log(store, VERIFIER)
+    assert (summary.entries, summary.checkpoints, summary.subtrees) == (70, 4, one_pass.subtrees)
+    assert (one_pass.workers, one_pass.pieces) == (1, 0)
+    _sql(store, "UPDATE log_entries SET entry = :x WHERE idx = 50", x=b'{"n":"tampered"}')
+    with pytest.raises(ProofInvalid, match="entry 50 was changed"):
+        verify_log(store, VERIFIER, workers=2, piece=16)
+
+
+def test_verify_refuses_a_piece_or_a_worker_count_it_cannot_use(store: Store) -> None:
+    _grow(store, [8])
+    with pytest.raises(ValueError, match="power of two"):
+        verify_log(store, VERIFIER, piece=12)
+    with pytest.raises(ConfigurationError, match="workers must be 1 to 16"):
+        verify_log(store, VERIFIER, workers=0)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        ("UPDATE log_subtrees SET hash = :x WHERE level = 2 AND idx = 3", "the stored hash of entries 12..15 differs"),
+        ("DELETE FROM log_subtrees WHERE level = 1 AND idx = 9", "the stored hash of entries 18..19 differs"),
+        ("UPDATE log_subtrees SET hash = :x WHERE level = 5 AND idx = 0", "the stored hash of entries 0..31 differs"),
+    ],
+)
+def test_a_stored_subtree_changed_alone_is_found(store: Store, tamper: str, message: str) -> None:
+    """Entries and checkpoints untouched, one stored subtree hash changed or gone: the proofs served
+    from it would be wrong, so the log does not verify, in pieces (inside one or above them) or not."""
+    _grow(store, [10, 33, 40])
+    _sql(store, tamper, x=b"\1" * 32)
+    with pytest.raises(ProofInvalid, match=message):
+        verify_log(store, VERIFIER)
+    with pytest.raises(ProofInvalid, match=message):
+        verify_log(store, VERIFIER, piece=4)
+    for piece in (2, 4, 8, 16):
+        assert _verify_in_pieces(store, _checkpoints(store), 40, piece, 1) is None
 
 
 def test_a_checkpoint_edited_in_the_store_is_found(store: Store) -> None:

@@ -45,7 +45,7 @@ from veilgate.audit import AuditEntry, LogVerifier, entry_bytes, sha256_b64, sub
 from veilgate.errors import VeilgateError
 from veilgate.merkle import leaf_hash, verify_consistency, verify_inclusion
 from veilgate_server.audit import Checkpointer
-from veilgate_server.audit_tools import export_log, verify_log
+from veilgate_server.audit_tools import default_workers, export_log, verify_log
 from veilgate_server.bench.results import ScenarioResult, Target
 from veilgate_server.bench.reviewed import reviewed_policies
 from veilgate_server.core.merkle import consistency_proof, inclusion_proof, root_of
@@ -454,12 +454,13 @@ def _checkpointed_log(size: int) -> Iterator[_CheckpointedLog]:
 
 
 def bench_audit_verify(quick: bool, *, size: int | None = None) -> ScenarioResult:
-    """Entries/s of ``verify_log`` (rehash every entry, check every stored subtree and checkpoint)."""
+    """Entries/s of ``verify_log`` (rehash every entry, check every stored subtree and checkpoint),
+    with as many processes as ``veilgate audit verify`` uses by default: one per CPU."""
     size = size or (100_000 if quick else 1_000_000)
     with _checkpointed_log(size) as built:
         verifier = LogVerifier(built.checkpointer.verifier_key)
         t0 = time.perf_counter()
-        summary = verify_log(built.store, verifier)
+        summary = verify_log(built.store, verifier, workers=default_workers())
         seconds = time.perf_counter() - t0
     result = ScenarioResult(
         name="audit_verify",
@@ -468,6 +469,8 @@ def bench_audit_verify(quick: bool, *, size: int | None = None) -> ScenarioResul
             "entries": summary.entries,
             "checkpoints": summary.checkpoints,
             "subtrees": summary.subtrees,
+            "workers": summary.workers,
+            "pieces": summary.pieces,
             "seconds": round(seconds, 3),
             "projected_seconds_for_1m": round(1_000_000 * seconds / summary.entries, 2),
             "backend": "sqlite",
