@@ -38,6 +38,7 @@ _SERVICE = "/veilgate.v1.CitizenService/"
 GET_MY_DATA = _SERVICE + "GetMyData"
 _log = logging.getLogger(__name__)
 _Reply = TypeVar("_Reply")
+_Row = TypeVar("_Row")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,16 +203,7 @@ class CitizenClient:
         """Every consent this citizen registered, with its uses and whether it was revoked, newest
         registration first: page by page (:meth:`list_consents_page`), each page with a request
         token of its own."""
-        consents: list[ConsentInfo] = []
-        page: str | None = None
-        while True:
-            rows, following = self.list_consents_page(page)
-            if following and (following == page or not rows):
-                raise InternalError("the gateway's next page of consents does not move on from this one")
-            consents += rows
-            if not following:
-                return consents
-            page = following
+        return _every_page(self.list_consents_page, "consents")
 
     def list_consents_page(self, page: str | None = None) -> tuple[list[ConsentInfo], str]:
         """One page of :meth:`list_consents`: the newest, or those after ``page`` (the ``next_page``
@@ -230,16 +222,7 @@ class CitizenClient:
     def list_evaluations(self) -> list[EvaluationRecord]:
         """Who asked what under my consents, newest first: every evaluation, page by page
         (:meth:`list_evaluations_page`), each page with a request token of its own."""
-        evaluations: list[EvaluationRecord] = []
-        page: str | None = None
-        while True:
-            rows, following = self.list_evaluations_page(page)
-            if following and (following == page or not rows):
-                raise InternalError("the gateway's next page of evaluations does not move on from this one")
-            evaluations += rows
-            if not following:
-                return evaluations
-            page = following
+        return _every_page(self.list_evaluations_page, "evaluations")
 
     def list_evaluations_page(self, page: str | None = None) -> tuple[list[EvaluationRecord], str]:
         """One page of :meth:`list_evaluations`: the newest, or those after ``page`` (the ``next_page``
@@ -312,3 +295,19 @@ class CitizenClient:
         if reply.next_before_index and reply.next_before_index != below:
             raise ProofInvalid("the gateway's next page of the access history does not follow this one")
         return history, reply.next_before_index
+
+
+def _every_page(page_of: Callable[[str | None], tuple[list[_Row], str]], what: str) -> list[_Row]:
+    """Every row of a paged list, walked from the newest page: ``page_of(page)`` gives a page's rows
+    and the ``next_page`` after them ("" at the end). A next page that does not move on is refused
+    rather than asked for again and again."""
+    rows: list[_Row] = []
+    page: str | None = None
+    while True:
+        found, following = page_of(page)
+        if following and (following == page or not found):
+            raise InternalError(f"the gateway's next page of {what} does not move on from this one")
+        rows += found
+        if not following:
+            return rows
+        page = following

@@ -114,40 +114,35 @@ class AccessHistory:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A list's "page" claim names the last item of the page before: its time in microseconds since the
+# epoch, then the ids that order items of the same instant, joined by "/" (which no id holds).
 _EVALUATION_PAGE = re.compile(rf"([0-9]{{1,17}})/({CALLER_ID_PATTERN.pattern})/({_REQUEST_ID.pattern})")
-
-
-def _evaluation_page(row: EvaluationRow) -> str:
-    """The "page" claim that asks for the evaluations after ``row``: its time in microseconds, its
-    institution and its request id (opaque to citizens, who pass it back as it came)."""
-    micros = (row.created_at - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros}/{row.institution_id}/{row.request_id}"
-
-
-def _evaluation_position(page: object) -> EvaluationPosition:
-    matched = _EVALUATION_PAGE.fullmatch(page) if isinstance(page, str) else None
-    if matched is None:
-        raise RequestInvalid("claim 'page' is not a page of this list: pass next_page as the gateway gave it")
-    micros, institution_id, request_id = matched.groups()
-    return EvaluationPosition(_EPOCH + timedelta(microseconds=int(micros)), institution_id, request_id)
-
-
 _CONSENT_PAGE = re.compile(rf"([0-9]{{1,17}})/({CONSENT_ID_PATTERN.pattern})")
 
 
-def _consent_page(row: ConsentRow) -> str:
-    """The "page" claim that asks for the consents after ``row``: its registration time in
-    microseconds and its id (opaque to citizens, who pass it back as it came)."""
-    micros = (row.registered_at - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros}/{row.consent_id}"
+def _page_claim(at: datetime, *ids: str) -> str:
+    """The "page" claim that asks for the items after the one at ``at`` with ``ids`` (opaque to
+    citizens, who pass it back as it came)."""
+    return "/".join((str((at - _EPOCH) // timedelta(microseconds=1)), *ids))
+
+
+def _page_position(page: object, pattern: re.Pattern[str]) -> tuple[datetime, tuple[str, ...]]:
+    """The instant and the ids a "page" claim names; RequestInvalid for anything else."""
+    matched = pattern.fullmatch(page) if isinstance(page, str) else None
+    if matched is None:
+        raise RequestInvalid("claim 'page' is not a page of this list: pass next_page as the gateway gave it")
+    micros, *ids = matched.groups()
+    return _EPOCH + timedelta(microseconds=int(micros)), tuple(ids)
+
+
+def _evaluation_position(page: object) -> EvaluationPosition:
+    at, (institution_id, request_id) = _page_position(page, _EVALUATION_PAGE)
+    return EvaluationPosition(at, institution_id, request_id)
 
 
 def _consent_position(page: object) -> ConsentPosition:
-    matched = _CONSENT_PAGE.fullmatch(page) if isinstance(page, str) else None
-    if matched is None:
-        raise RequestInvalid("claim 'page' is not a page of this list: pass next_page as the gateway gave it")
-    micros, consent_id = matched.groups()
-    return ConsentPosition(_EPOCH + timedelta(microseconds=int(micros)), consent_id)
+    at, (consent_id,) = _page_position(page, _CONSENT_PAGE)
+    return ConsentPosition(at, consent_id)
 
 
 def _unrecorded(method: str) -> CallRecord:
@@ -338,7 +333,7 @@ class Gateway:
         if len(rows) <= self.consents_page:
             return rows, ""
         rows = rows[: self.consents_page]
-        return rows, _consent_page(rows[-1])
+        return rows, _page_claim(rows[-1].registered_at, rows[-1].consent_id)
 
     def revoke_consent(self, request_token: str, *, call: CallRecord | None = None) -> ConsentRow:
         call = call or _unrecorded(REVOKE_CONSENT)
@@ -371,7 +366,7 @@ class Gateway:
         if len(rows) <= self.evaluations_page:
             return rows, ""
         rows = rows[: self.evaluations_page]
-        return rows, _evaluation_page(rows[-1])
+        return rows, _page_claim(rows[-1].created_at, rows[-1].institution_id, rows[-1].request_id)
 
     def access_history(
         self, request_token: str, *, checkpointer: Checkpointer, call: CallRecord | None = None
