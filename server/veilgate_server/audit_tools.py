@@ -33,9 +33,9 @@ from pathlib import Path
 
 from veilgate.audit import LogVerifier
 from veilgate.errors import ConfigurationError, ProofInvalid, VeilgateError
-from veilgate.merkle import EMPTY_ROOT, Hash, leaf_hash, node_hash
+from veilgate.merkle import Hash, leaf_hash
 from veilgate_server.audit import Checkpointer
-from veilgate_server.core.merkle import Frontier, SubtreeKey
+from veilgate_server.core.merkle import Frontier, SubtreeKey, root_over
 from veilgate_server.storage import Store
 from veilgate_server.storage.log import StoredCheckpoint
 
@@ -139,7 +139,6 @@ def verify_log(store: Store, verifier: LogVerifier, *, workers: int = 1, piece: 
 
 
 def _verify_in_one_pass(store: Store, checkpoints: Mapping[int, StoredCheckpoint], size: int) -> VerifySummary:
-    log = store.log
     frontier = Frontier()
     subtrees_checked = 0
     for page in _pages(store, size):
@@ -161,12 +160,7 @@ def _verify_in_one_pass(store: Store, checkpoints: Mapping[int, StoredCheckpoint
                 unmatched_checkpoint = unmatched_checkpoint or frontier.size
         # Stored subtree hashes name the changed entry precisely; check them before the checkpoints,
         # which only say that something before their size changed.
-        by_level: dict[int, list[int]] = {}
-        for level, index in completed:
-            by_level.setdefault(level, []).append(index)
-        stored: dict[SubtreeKey, bytes] = {}
-        for level, indices in by_level.items():  # the page's subtrees: one index range per level
-            stored.update(log.subtree_range(level, min(indices), max(indices) + 1))
+        stored = _stored_subtrees(store, completed)
         mismatched = [(key[0], first) for key, (expected, first) in completed.items() if stored.get(key) != expected]
         if mismatched:
             level, first_leaf = min(mismatched)  # the smallest differing subtree is the most precise
@@ -209,14 +203,20 @@ def _piece_size(size: int, workers: int) -> int:
     return 1 << (target.bit_length() - 1)
 
 
-def _stored_match(store: Store, completed: Mapping[SubtreeKey, Hash]) -> bool:
-    """Whether every subtree in ``completed`` is stored with the recomputed hash: one range read per level."""
+def _stored_subtrees(store: Store, keys: Iterable[SubtreeKey]) -> dict[SubtreeKey, bytes]:
+    """The stored hashes of the subtrees ``keys`` (those stored): one index range read per level."""
     by_level: dict[int, list[int]] = {}
-    for level, index in completed:
+    for level, index in keys:
         by_level.setdefault(level, []).append(index)
     stored: dict[SubtreeKey, bytes] = {}
     for level, indices in by_level.items():
         stored.update(store.log.subtree_range(level, min(indices), max(indices) + 1))
+    return stored
+
+
+def _stored_match(store: Store, completed: Mapping[SubtreeKey, Hash]) -> bool:
+    """Whether every subtree in ``completed`` is stored with the recomputed hash."""
+    stored = _stored_subtrees(store, completed)
     return all(stored.get(key) == expected for key, expected in completed.items())
 
 
@@ -255,17 +255,6 @@ def _verify_piece(store: Store, job: tuple[int, int, tuple[int, ...]]) -> _Piece
     return _Piece(subtrees=subtrees, root=frontier.root(), edges=edges)
 
 
-def _root_of(edge: tuple[Hash, ...]) -> Hash:
-    """The root over complete subtrees given left to right. Two neighbours of the same level (a
-    whole piece after a prefix ending in its level) fold into their parent, as a carry would."""
-    if not edge:
-        return EMPTY_ROOT
-    acc = edge[-1]
-    for left in reversed(edge[:-1]):
-        acc = node_hash(left, acc)
-    return acc
-
-
 def _verify_in_pieces(
     store: Store, checkpoints: Mapping[int, StoredCheckpoint], size: int, piece: int, workers: int
 ) -> VerifySummary | None:
@@ -284,7 +273,8 @@ def _verify_in_pieces(
             if found is None:
                 return None
             before = tuple(subtree.hash for subtree in above.edge)
-            if any(_root_of(before + found.edges[s]) != checkpoints[s].root_hash for s in inside):
+            # A whole piece after a prefix ending at its level folds into their parent (see root_over).
+            if any(root_over(before + found.edges[s]) != checkpoints[s].root_hash for s in inside):
                 return None
             subtrees += found.subtrees
             if end - start == piece:

@@ -43,6 +43,7 @@ __all__ = [
     "proof_keys_for_inclusion",
     "root_keys",
     "root_of",
+    "root_over",
 ]
 
 SubtreeKey = tuple[int, int]
@@ -232,10 +233,19 @@ def _fetch(reader: SubtreeReader, keys: list[SubtreeKey]) -> Mapping[SubtreeKey,
 
 
 def _fold(cover: Sequence[SubtreeKey], hashes: Mapping[SubtreeKey, bytes]) -> Hash:
-    """MTH of a range from its covering subtrees: combine right to left (largest subtree leftmost)."""
-    acc = hashes[cover[-1]]
-    for key in reversed(cover[:-1]):
-        acc = node_hash(hashes[key], acc)
+    """MTH of a range from its covering subtrees."""
+    return root_over([hashes[key] for key in cover])
+
+
+def root_over(subtrees: Sequence[bytes]) -> Hash:
+    """MTH over complete subtrees given left to right, largest leftmost: combined right to left,
+    because MTH splits off the largest power of two on the left (the empty-tree hash for none). Two
+    rightmost neighbours of the same size fold into their parent, as the carry of an append would."""
+    if not subtrees:
+        return EMPTY_ROOT
+    acc = subtrees[-1]
+    for left in reversed(subtrees[:-1]):
+        acc = node_hash(left, acc)
     return Hash(acc)
 
 
@@ -294,12 +304,7 @@ class Frontier:
 
     def root(self) -> Hash:
         """The MTH of the leaves appended so far (the empty-tree hash for none)."""
-        if not self._edge:
-            return EMPTY_ROOT
-        acc = self._edge[-1].hash
-        for subtree in reversed(self._edge[:-1]):
-            acc = node_hash(subtree.hash, acc)
-        return acc
+        return root_over([subtree.hash for subtree in self._edge])
 
 
 # --- checks -----------------------------------------------------------------------------------------
