@@ -884,7 +884,7 @@ def _output_file(value: str, option: str) -> Path:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from veilgate_server.bench.report import pyplot, render_json, render_table
+    from veilgate_server.bench.report import check_plot_file, render_json, render_table
     from veilgate_server.bench.run import run_bench
 
     def progress(line: str) -> None:
@@ -893,7 +893,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     json_path = _output_file(args.json, "--json") if args.json is not None and args.json != "-" else None
     plot_path = _output_file(args.plot, "--plot") if args.plot is not None else None
     if plot_path is not None:
-        pyplot()  # refused now when matplotlib is missing, not after the run
+        check_plot_file(plot_path)  # matplotlib missing, or a format it cannot write: refused now, not after the run
     run = run_bench(
         quick=args.quick,
         only=args.scenario,
@@ -1268,8 +1268,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="run only this scenario (evaluate, get_my_data, log_append, proofs, ...); repeat for several",
     )
-    p.add_argument("--json", help="write machine-readable results to FILE, or - for stdout")
-    p.add_argument("--plot", help="also write a latency-versus-concurrency PNG to FILE")
+    p.add_argument("--json", metavar="FILE", help="write machine-readable results to FILE, or - for stdout")
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also write a latency-versus-concurrency plot to FILE: PNG, or the format its suffix names (.svg, .pdf)",
+    )
     p.add_argument("--postgres-url", help="PostgreSQL for log_append (default: the local test server, if up)")
     p.add_argument(
         "--processes",

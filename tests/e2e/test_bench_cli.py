@@ -162,6 +162,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_run(tmp_path: Pat
         ("--json", str(missing_dir), f"--json {missing_dir}: there is no directory {missing_dir.parent}"),
         ("--json", str(tmp_path), f"--json {tmp_path}: is a directory; name a file"),
         ("--plot", str(missing_dir.with_suffix(".png")), "there is no directory"),
+        ("--plot", str(tmp_path / "latency.txt"), "matplotlib cannot write .txt files"),
     ):
         refused = _bench("--quick", "--scenario", "audit_export", option, value)
         assert refused.returncode == 1, refused.stderr

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from veilgate.errors import ConfigurationError
-from veilgate_server.bench.report import render_table, write_plot
+from veilgate_server.bench.report import check_plot_file, render_table, write_plot
 from veilgate_server.bench.results import ScenarioResult
 
 MACHINE = {"cpu": "test cpu", "cores": 2, "python": "3", "grpcio": "1", "sqlite": "3", "postgres": None}
@@ -86,3 +86,26 @@ def test_the_plot_is_written_or_refused_with_the_reason(tmp_path: Path) -> None:
     assert written.read_bytes().startswith(b"\x89PNG")
     with pytest.raises(ConfigurationError, match=r"cannot write the plot to .*missing.*: No such file or directory"):
         write_plot(series, tmp_path / "missing" / "latency.png")
+
+
+def test_the_plot_is_written_in_the_format_its_name_says_and_exactly_there(tmp_path: Path) -> None:
+    """A name without a suffix is a PNG under that very name (matplotlib alone would add ".png" and
+    write elsewhere than `veilgate bench` checked and reported); a suffix in capitals is honoured."""
+    series = {"bare TLS": [(1, 0.4, 0.9), (4, 0.8, 1.7)]}
+    for name, magic in (("latency", b"\x89PNG"), ("LATENCY.PNG", b"\x89PNG"), ("latency.svg", b"<?xml")):
+        write_plot(series, tmp_path / name)
+        assert (tmp_path / name).read_bytes().startswith(magic), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATENCY.PNG", "latency", "latency.svg"]
+
+
+def test_a_plot_format_matplotlib_cannot_write_is_refused_with_the_formats_it_can(tmp_path: Path) -> None:
+    for name in ("latency.png", "latency.PDF", "latency.svg", "latency"):
+        check_plot_file(tmp_path / name)  # accepted
+    for name in ("latency.txt", "latency.json", "latency.png.bak"):
+        with pytest.raises(ConfigurationError) as refused:
+            check_plot_file(tmp_path / name)
+        message = refused.value.message
+        assert message.startswith(f"--plot {tmp_path / name}: matplotlib cannot write .{name.rsplit('.', 1)[1]} files")
+        assert ".png" in message
+        assert ".svg" in message
+    assert not list(tmp_path.iterdir())  # a check writes nothing

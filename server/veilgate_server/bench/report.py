@@ -24,7 +24,7 @@ import grpc
 from veilgate.errors import ConfigurationError
 from veilgate_server.bench.results import ScenarioResult
 
-__all__ = ["DRIFT_WARNING", "machine_facts", "pyplot", "render_json", "render_table", "write_plot"]
+__all__ = ["DRIFT_WARNING", "check_plot_file", "machine_facts", "pyplot", "render_json", "render_table", "write_plot"]
 
 DRIFT_WARNING = 0.10
 """A bare server this much faster or slower after the gateway scenarios than before them: the
@@ -190,6 +190,22 @@ def pyplot() -> Any:
     return plt
 
 
+def check_plot_file(path: Path) -> None:
+    """Refuse, before a run of several minutes, a plot file matplotlib would refuse at its end: its
+    suffix must name a format matplotlib writes (``.png``, ``.svg``, ``.pdf``, ...; a name without
+    one is written as PNG). Also refuses when matplotlib is missing (see :func:`pyplot`)."""
+    pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = path.suffix.lower().removeprefix(".")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in formats:
+        raise ConfigurationError(
+            f"--plot {path}: matplotlib cannot write .{suffix} files; name a file ending in one of "
+            + ", ".join(f".{name}" for name in sorted(formats))
+        )
+
+
 def write_plot(series: dict[str, list[tuple[int, float, float]]], path: Path) -> None:
     """Latency versus concurrency: ``series`` maps a label to (calls in flight, p50 ms, p99 ms)."""
     plt = pyplot()
@@ -206,7 +222,8 @@ def write_plot(series: dict[str, list[tuple[int, float, float]]], path: Path) ->
     axis.legend(fontsize=8)
     figure.tight_layout()
     try:
-        figure.savefig(path)
+        # The format named, always: without one, matplotlib would write "latency" to "latency.png".
+        figure.savefig(path, format=path.suffix.lower().removeprefix(".") or "png")
     except OSError as e:
         raise ConfigurationError(f"cannot write the plot to {path}: {e.strerror}") from e
     finally:
