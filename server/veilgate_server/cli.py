@@ -753,12 +753,13 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from veilgate.audit import LogVerifier
-    from veilgate_server.audit_tools import MAX_WORKERS, default_workers, verify_log
+    from veilgate_server.audit_tools import MAX_WORKERS as MAX_VERIFY_WORKERS  # not serve's threads
+    from veilgate_server.audit_tools import default_workers, verify_log
 
     settings = _settings(args)
     workers = default_workers() if args.workers is None else args.workers
-    if not 1 <= workers <= MAX_WORKERS:  # before the key and the store: the first mistake named is this one
-        raise ConfigurationError(f"--workers must be from 1 to {MAX_WORKERS} processes")
+    if not 1 <= workers <= MAX_VERIFY_WORKERS:  # before the key and the store: the first mistake named is this one
+        raise ConfigurationError(f"--workers must be from 1 to {MAX_VERIFY_WORKERS} processes")
     if args.log_key:
         vkey = args.log_key
     else:

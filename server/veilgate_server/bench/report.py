@@ -197,13 +197,18 @@ def check_plot_file(path: Path) -> None:
     pyplot()
     from matplotlib.backend_bases import FigureCanvasBase
 
-    suffix = path.suffix.lower().removeprefix(".")
     formats = FigureCanvasBase.get_supported_filetypes()
-    if suffix and suffix not in formats:
+    if _plot_format(path) not in formats:
         raise ConfigurationError(
-            f"--plot {path}: matplotlib cannot write .{suffix} files; name a file ending in one of "
+            f"--plot {path}: matplotlib cannot write .{_plot_format(path)} files; name a file ending in one of "
             + ", ".join(f".{name}" for name in sorted(formats))
         )
+
+
+def _plot_format(path: Path) -> str:
+    """The format a plot is written in: its file's suffix, in any case, or PNG for a name without one.
+    Always named to matplotlib, which would otherwise write "latency" to "latency.png"."""
+    return path.suffix.lower().removeprefix(".") or "png"
 
 
 def write_plot(series: dict[str, list[tuple[int, float, float]]], path: Path) -> None:
@@ -222,8 +227,7 @@ def write_plot(series: dict[str, list[tuple[int, float, float]]], path: Path) ->
     axis.legend(fontsize=8)
     figure.tight_layout()
     try:
-        # The format named, always: without one, matplotlib would write "latency" to "latency.png".
-        figure.savefig(path, format=path.suffix.lower().removeprefix(".") or "png")
+        figure.savefig(path, format=_plot_format(path))
     except OSError as e:
         raise ConfigurationError(f"cannot write the plot to {path}: {e.strerror}") from e
     finally:
