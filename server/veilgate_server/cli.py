@@ -886,6 +886,19 @@ def _output_file(value: str, option: str) -> Path:
     return path
 
 
+def _refuse_store_options(args: argparse.Namespace) -> None:
+    """bench builds its own gateways and stores and removes them: the options that name a kept
+    gateway's would be ignored, so they are refused rather than silently measured without."""
+    refused = {
+        "--data-dir": "it works in temporary directories it removes afterwards",
+        "--database-url": "it builds its stores afresh (the gateway's on PostgreSQL: --rpc-store postgresql)",
+        "--policies-dir": "it measures the packaged catalog and policies (choose the policy with --policy)",
+    }
+    for option, reason in refused.items():
+        if getattr(args, option.removeprefix("--").replace("-", "_")):
+            raise ConfigurationError(f"bench does not take {option}: {reason}")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from veilgate_server.bench.report import check_plot_file, render_json, render_table
     from veilgate_server.bench.run import run_bench
@@ -893,10 +906,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    _refuse_store_options(args)
     json_path = _output_file(args.json, "--json") if args.json is not None and args.json != "-" else None
     plot_path = _output_file(args.plot, "--plot") if args.plot is not None else None
     if plot_path is not None:
         check_plot_file(plot_path)  # matplotlib missing, or a format it cannot write: refused now, not after the run
+    policy = None
+    if args.policy is not None or args.param:
+        if args.scenario and "evaluate" not in args.scenario and plot_path is None:
+            raise ConfigurationError("--policy and --param apply to the evaluate scenario and the plot: neither runs")
+        from veilgate_server.bench.rpc_scenarios import bench_policy
+
+        policy = bench_policy(args.policy, args.param or ())  # checked now, not after the baseline
     run = run_bench(
         quick=args.quick,
         only=args.scenario,
@@ -907,6 +928,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         pin=not args.no_pin,
         concurrency=args.concurrency,
         seconds=args.seconds,
+        policy=policy,
     )
     if args.json == "-":
         print(render_json(run.machine, run.baseline, run.scenarios))
@@ -923,7 +945,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from veilgate_server.bench.rpc_scenarios import latency_sweep
 
         progress("latency sweep for the plot ...")
-        write_plot(latency_sweep(quick=args.quick, processes=run.processes, pin=not args.no_pin), plot_path)
+        series = latency_sweep(quick=args.quick, processes=run.processes, pin=not args.no_pin, policy=policy)
+        write_plot(series, plot_path)
         progress(f"plot written to {args.plot}")
     return 0
 
@@ -1276,6 +1299,17 @@ def _parser() -> argparse.ArgumentParser:
         "--plot",
         metavar="FILE",
         help="also write a latency-versus-concurrency plot to FILE: PNG, or the format its suffix names (.svg, .pdf)",
+    )
+    p.add_argument(
+        "--policy",
+        metavar="ID",
+        help="the policy evaluate (and the plot) asks, e.g. insurance.inpatient_claim (default credit.consumer_loan)",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a parameter every evaluation states; repeat for each the policy declares",
     )
     p.add_argument("--postgres-url", help="PostgreSQL for log_append (default: the local test server, if up)")
     p.add_argument(

@@ -155,6 +155,59 @@ def test_calls_in_flight_and_the_measured_window_are_the_callers() -> None:
         assert figures["qps"] * figures["p50_ms"] / 1000 <= 2.0, (name, figures)
 
 
+def test_evaluate_asks_the_policy_named_and_a_mistake_is_refused_before_the_run() -> None:
+    """An insurer sizes for the policy it will call: `--policy` (with `--param`) sets what every
+    evaluation asks, and an unknown policy or a parameter the gateway would refuse stops the run
+    before anything is measured, rather than failing every call of it."""
+    asked = ("--policy", "insurance.health_underwriting")
+    result = _bench("--quick", "--scenario", "evaluate", *asked, "--seconds", "1", "--concurrency", "2", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    [scenario] = json.loads(result.stdout)["scenarios"]
+    details = scenario["details"]
+    assert (details["policy"], details["institution_kind"], details["parameters"]) == (
+        "insurance.health_underwriting",
+        "insurer",
+        {},
+    )
+    assert details["errors"] == 0, details.get("first_error")
+    assert details["calls"] > 0
+    assert details["probe"]["decision"] in {"ELIGIBLE", "NOT_ELIGIBLE", "REFER"}
+    for args, message in (
+        (("--policy", "credit.payday"), "--policy 'credit.payday': no such policy; choose from "),
+        (("--policy", "credit.mortgage_prequal"), "--policy credit.mortgage_prequal needs --param NAME=VALUE for: "),
+        (("--param", "requested_amount_band=all_of_it"), "--param: parameter 'requested_amount_band' must be one of "),
+        (("--param", "requested_amount_band"), "--param 'requested_amount_band': give NAME=VALUE"),
+    ):
+        refused = _bench("--quick", "--scenario", "evaluate", *args)
+        assert refused.returncode == 1, args
+        assert refused.stderr.startswith(f"veilgate: error: {message}"), refused.stderr
+        assert "baseline" not in refused.stderr  # nothing ran
+    unused = _bench("--quick", "--scenario", "audit_export", *asked)
+    assert unused.returncode == 1
+    assert unused.stderr.strip() == (
+        "veilgate: error: --policy and --param apply to the evaluate scenario and the plot: neither runs"
+    )
+
+
+def test_the_options_of_a_kept_gateway_are_refused_not_ignored(tmp_path: Path) -> None:
+    """bench builds its own gateways and stores: a --data-dir, --database-url or --policies-dir it
+    would not use is refused by name, not silently left out of the measurement."""
+    for option, value, reason in (
+        ("--data-dir", str(tmp_path), "it works in temporary directories it removes afterwards"),
+        (
+            "--database-url",
+            f"sqlite:///{tmp_path}/kept.db",
+            "it builds its stores afresh (the gateway's on PostgreSQL: ",
+        ),
+        ("--policies-dir", str(tmp_path), "it measures the packaged catalog and policies (choose the policy with "),
+    ):
+        refused = _bench("--quick", "--scenario", "audit_export", option, value)
+        assert refused.returncode == 1, option
+        assert refused.stderr.startswith(f"veilgate: error: bench does not take {option}: {reason}"), refused.stderr
+        assert "audit_export ..." not in refused.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_outputs_that_cannot_be_written_are_refused_before_the_run(tmp_path: Path) -> None:
     """A full run takes minutes: an output it could not write is refused before any of it runs."""
     missing_dir = tmp_path / "no-such-dir" / "results.json"

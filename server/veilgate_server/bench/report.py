@@ -104,6 +104,16 @@ def _load_line(baseline: dict[str, Any]) -> list[str]:
     ]
 
 
+def _policy_line(scenarios: Sequence[ScenarioResult]) -> list[str]:
+    """What evaluate asked, when it ran."""
+    for s in scenarios:
+        if s.name == "evaluate" and "policy" in s.details:
+            stated = ", ".join(f"{k}={v}" for k, v in s.details.get("parameters", {}).items())
+            parameters = f"parameters {stated}" if stated else "no parameters"
+            return [f"evaluate: policy {s.details['policy']} ({s.details.get('institution_kind')}), {parameters}"]
+    return []
+
+
 def _processes(count: int) -> str:
     return f"{count} server process{'' if count == 1 else 'es'}"
 
@@ -140,6 +150,7 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
         f"grpcio {machine['grpcio']}, SQLite {machine['sqlite']}, PostgreSQL {machine['postgres'] or 'n/a'}; "
         f"Veilgate {machine.get('veilgate') or 'n/a'}",
         *_load_line(baseline),
+        *_policy_line(scenarios),
         "",
         f"{'scenario':<16} {'qps/rate':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/call':>12} "
         f"{'baseline':>10} {'ratio':>7}  {'meets':<6} target",

@@ -37,9 +37,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -47,7 +48,7 @@ from sqlalchemy.engine import make_url
 from veilgate import CitizenWallet, GatewayKey, PolicyPin
 from veilgate._internal import jose
 from veilgate.consent import CONSENT_TYP
-from veilgate.errors import InternalError, VeilgateError
+from veilgate.errors import ConfigurationError, InternalError, PolicyParameterInvalid, VeilgateError
 from veilgate_server.admin import seed_population
 from veilgate_server.bench.harness import (
     SERVER_WORKERS,
@@ -68,6 +69,7 @@ from veilgate_server.bench.reviewed import PADDING_DEPARTMENT, reviewed_policies
 from veilgate_server.bench.store_scenarios import postgres_schema
 from veilgate_server.config import Settings, default_policies_dir
 from veilgate_server.core.catalog import load_catalog
+from veilgate_server.core.policy import Parameter, check_parameters, load_policies
 from veilgate_server.crypto import CertificateAuthority, peer_certificate
 from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.gateway import Gateway
@@ -85,12 +87,14 @@ __all__ = [
     "GET_MY_DATA_TARGETS",
     "INGEST_TARGETS",
     "SWEEP_LEVELS",
+    "BenchPolicy",
     "RpcRun",
     "bench_audited_call",
     "bench_baseline",
     "bench_evaluate",
     "bench_get_my_data",
     "bench_ingest",
+    "bench_policy",
     "default_durations",
     "latency_sweep",
 ]
@@ -102,7 +106,6 @@ MAX_USES = 100  # the most uses a consent may allow
 BENCH_DAILY_BUDGET = MAX_USES
 DELIVERY_ITEMS = 188
 GATEWAY_ID = "veilgate.bench"
-BANK = "bench-bank"
 LOAN = "credit.consumer_loan"
 LOAN_PARAMETERS = {"requested_amount_band": "50k_to_200k"}
 BENCH_CITIZENS = 8
@@ -128,6 +131,67 @@ INGEST_BATCH = 500  # records a push: half the most a push may hold
 INGEST_PUSHES = 4  # pushes in flight
 
 
+@dataclass(frozen=True, slots=True)
+class BenchPolicy:
+    """What ``evaluate`` (and the plot's evaluate series) asks: the policy, the parameters every call
+    states, and the kind of institution the policy serves, which the bench institution is registered
+    as. The default is the consumer loan a bank asks about, as in every run on record."""
+
+    policy_id: str = LOAN
+    parameters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(dict(LOAN_PARAMETERS)))
+    purpose: str = LOAN
+    institution_kind: str = "bank"
+
+    @property
+    def institution_id(self) -> str:
+        return f"bench-{self.institution_kind}"
+
+
+def _parameter_form(parameter: Parameter) -> str:
+    if parameter.type == "enum":
+        return "one of " + ", ".join(parameter.values)
+    if parameter.type == "date":
+        return "a date YYYY-MM-DD"
+    return f"text of the form {parameter.pattern}, at most {parameter.max_length} characters"
+
+
+def bench_policy(policy_id: str | None, params: Sequence[str]) -> BenchPolicy:
+    """The :class:`BenchPolicy` of ``--policy`` and its ``--param NAME=VALUE`` options, checked
+    against the packaged policy as the gateway will check every call, so that a mistake stops the run
+    before its first measurement rather than failing every call of it. Without ``policy_id``, the
+    consumer loan, whose ``requested_amount_band`` a ``--param`` may change. Any other policy takes
+    no parameter it was not given: each is named with its form when missing."""
+    given: dict[str, str] = {}
+    for param in params:
+        name, equals, value = param.partition("=")
+        if not (equals and name):
+            raise ConfigurationError(f"--param {param!r}: give NAME=VALUE")
+        if name in given:
+            raise ConfigurationError(f"--param {name}: given twice")
+        given[name] = value
+    chosen = policy_id or LOAN
+    catalog = load_catalog(default_policies_dir() / "catalog.yaml")
+    policies = load_policies(default_policies_dir(), catalog)
+    policy = policies.get(chosen)
+    if policy is None:
+        raise ConfigurationError(f"--policy {chosen!r}: no such policy; choose from {', '.join(sorted(policies))}")
+    parameters = {**LOAN_PARAMETERS, **given} if chosen == LOAN else given
+    missing = [name for name in policy.parameters if name not in parameters]
+    if missing:
+        needed = "; ".join(f"{name} ({_parameter_form(policy.parameters[name])})" for name in missing)
+        raise ConfigurationError(f"--policy {chosen} needs --param NAME=VALUE for: {needed}")
+    try:
+        check_parameters(policy, parameters)
+    except PolicyParameterInvalid as e:
+        raise ConfigurationError(f"--param: {e.message}") from None
+    return BenchPolicy(
+        policy_id=chosen,
+        parameters=MappingProxyType(parameters),
+        purpose=policy.purpose,
+        institution_kind=policy.institution_kinds[0],
+    )
+
+
 Seconds = tuple[float, float]
 """(warm-up, measured) seconds of one load run."""
 
@@ -148,6 +212,7 @@ class RpcRun:
     postgres_url: str | None = None  # the gateway's store in a fresh schema there; None: SQLite
     pin: bool = True  # each server process on a CPU of its own, as ``veilgate serve --processes`` runs them
     pushes: int | None = None  # ingest's pushes in flight; None: INGEST_PUSHES
+    policy: BenchPolicy = field(default_factory=BenchPolicy)  # what evaluate asks
 
     @property
     def durations(self) -> Seconds:
@@ -498,15 +563,22 @@ def _consents_for(bare_qps: float, seconds: float) -> int:
     return math.ceil((bare_qps * seconds * 1.25 + 1) / MAX_USES) + 4
 
 
-def _issue_consents(bench: _BenchGateway, wallets: list[CitizenWallet], count: int) -> tuple[str, ...]:
-    """``count`` consents for the bench bank, spread over the wallets, each registered through the
-    gateway's own RegisterConsent operation (in process: the checks and the store are the real ones)."""
-    pins = [PolicyPin(LOAN, bench.gateway.policies[LOAN].sha256)]
+def _issue_consents(
+    bench: _BenchGateway, wallets: list[CitizenWallet], count: int, asked: BenchPolicy
+) -> tuple[str, ...]:
+    """``count`` consents for the bench institution to ask ``asked``, spread over the wallets, each
+    registered through the gateway's own RegisterConsent operation (in process: the checks and the
+    store are the real ones)."""
+    pins = [PolicyPin(asked.policy_id, bench.gateway.policies[asked.policy_id].sha256)]
     tokens = []
     for n in range(count):
         wallet = wallets[n % len(wallets)]
         token = wallet.consent_token(
-            institution_id=BANK, purpose=LOAN, policies=pins, max_uses=MAX_USES, valid_for=3600
+            institution_id=asked.institution_id,
+            purpose=asked.purpose,
+            policies=pins,
+            max_uses=MAX_USES,
+            valid_for=3600,
         )
         consent_id = jose.unverified_claims(token, typ=CONSENT_TYP).claims["jti"]
         request = wallet.request_token(audience=GATEWAY_ID, operation=_REGISTER_CONSENT, claims={"consent": consent_id})
@@ -515,31 +587,43 @@ def _issue_consents(bench: _BenchGateway, wallets: list[CitizenWallet], count: i
     return tuple(tokens)
 
 
-def _register_bank(bench: _BenchGateway) -> ClientTls:
-    """Register the bench bank and issue its client certificate; the mutual-TLS client it makes."""
+def _register_institution(bench: _BenchGateway, asked: BenchPolicy) -> ClientTls:
+    """Register the bench institution (of the kind ``asked`` serves) and issue its client
+    certificate; the mutual-TLS client it makes."""
     now = datetime.now(UTC)
-    bench.store.institutions.register(BANK, kind="bank", name="Benchmark bank", at=now)
-    cert, key, serial = _certificates().institution_ca.issue_client_certificate(BANK, now=now)
-    bench.store.certificates.record("institution", BANK, serial, at=now, not_after=peer_certificate(cert).not_after)
+    institution = asked.institution_id
+    bench.store.institutions.register(
+        institution, kind=asked.institution_kind, name=f"Benchmark {asked.institution_kind}", at=now
+    )
+    cert, key, serial = _certificates().institution_ca.issue_client_certificate(institution, now=now)
+    bench.store.certificates.record(
+        "institution", institution, serial, at=now, not_after=peer_certificate(cert).not_after
+    )
     return ClientTls(_certificates().root_certificates, certificate_chain=cert, private_key=key)
 
 
-def _evaluate_workload(bench: _BenchGateway, consents: tuple[str, ...]) -> EvaluateWorkload:
+def _evaluate_label(asked: BenchPolicy) -> str:
+    """The plot's name for evaluate's series: the policy named when it is not the default."""
+    return "evaluate" if asked.policy_id == LOAN else f"evaluate ({asked.policy_id})"
+
+
+def _evaluate_workload(bench: _BenchGateway, consents: tuple[str, ...], asked: BenchPolicy) -> EvaluateWorkload:
     return EvaluateWorkload(
-        policy_id=LOAN,
-        parameters=LOAN_PARAMETERS,
+        policy_id=asked.policy_id,
+        parameters=dict(asked.parameters),
         consent_tokens=consents,
         max_uses=MAX_USES,
-        institution_id=BANK,
+        institution_id=asked.institution_id,
         gateway_keys=bench.keys,
         run_tag=f"bench-{secrets.token_hex(4)}",
     )
 
 
 def bench_evaluate(baseline: Mapping[str, Any], run: RpcRun) -> ScenarioResult:
-    """An institution over mutual TLS calls Evaluate(credit.consumer_loan) under valid consents:
-    consent JWS verify, consent-use accounting, CEL policy, signed result, durable audit append.
-    Judged against the bare mTLS baseline (``baseline`` is what :func:`bench_baseline` returned)."""
+    """An institution over mutual TLS calls Evaluate (of ``run.policy``: by default a bank's
+    credit.consumer_loan) under valid consents: consent JWS verify, consent-use accounting, CEL
+    policy, signed result, durable audit append. Judged against the bare mTLS baseline
+    (``baseline`` is what :func:`bench_baseline` returned)."""
     warmup, measured = run.durations
     details = run.details()
     # The gateway cannot beat the bare server: its QPS bounds the calls one run can make. One
@@ -549,20 +633,22 @@ def bench_evaluate(baseline: Mapping[str, Any], run: RpcRun) -> ScenarioResult:
         with run.gateway(citizens=needed) as bench:
             started = time.perf_counter()
             wallets = [bench.enroll(citizen_id) for citizen_id in bench.citizen_ids]
-            tls = _register_bank(bench)
-            consents = _issue_consents(bench, wallets, needed)
+            asked = run.policy
+            tls = _register_institution(bench, asked)
+            consents = _issue_consents(bench, wallets, needed, asked)
             _seen_before(bench, bench.citizen_ids)
             details["consent_setup_s"] = round(time.perf_counter() - started, 2)
             details.update(
-                policy=LOAN,
-                parameters=LOAN_PARAMETERS,
+                policy=asked.policy_id,
+                parameters=dict(asked.parameters),
+                institution_kind=asked.institution_kind,
                 citizens=len(wallets),
                 consents=len(consents),
                 consent_max_uses=MAX_USES,
                 consent_rotation="call n uses consent n mod consents (never more than max_uses each); one per citizen",
                 pseudonym_keys="created in setup (a citizen's first logged call creates theirs, once)",
             )
-            workload = _evaluate_workload(bench, consents)
+            workload = _evaluate_workload(bench, consents, asked)
             result = bench.load(run.spec(bench.mtls_target, tls, workload))
     except VeilgateError as e:
         return _not_measured("evaluate", EVALUATE_TARGETS, e.message, details)
@@ -711,10 +797,16 @@ SWEEP_LEVELS = (1, 4, 16, 64)
 
 
 def latency_sweep(
-    *, quick: bool, levels: tuple[int, ...] = SWEEP_LEVELS, processes: int = 1, pin: bool = True
+    *,
+    quick: bool,
+    levels: tuple[int, ...] = SWEEP_LEVELS,
+    processes: int = 1,
+    pin: bool = True,
+    policy: BenchPolicy | None = None,
 ) -> dict[str, list[tuple[int, float, float]]]:
     """Latency versus calls in flight, for ``report.write_plot``: ``{label: [(in flight, p50 ms,
-    p99 ms), ...]}`` for the bare server (TLS, mTLS), ``evaluate`` and ``get_my_data``. One bare server
+    p99 ms), ...]}`` for the bare server (TLS, mTLS), ``evaluate`` (of ``policy``, by default the
+    consumer loan) and ``get_my_data``. One bare server
     and one gateway (catalog padded to 188 items) serve every level; each level is a fresh load
     generator. Quick: 0.5 s warm-up + 2 s per point; full: 1 + 5. Raises :class:`InternalError` when
     a run cannot be made."""
@@ -743,16 +835,22 @@ def latency_sweep(
         pad_to=DELIVERY_ITEMS, citizens=1 + sum(needed.values()), processes=processes, pin=pin
     ) as bench:
         citizen = _citizen_workload(bench)  # citizen_ids[0]: the one who fetches their data
-        bank = _register_bank(bench)
+        asked = policy or BenchPolicy()
+        institution = _register_institution(bench, asked)
+        evaluate_label = _evaluate_label(asked)
         evaluating = iter(bench.citizen_ids[1:])  # one consent per citizen, as in bench_evaluate
         for n in levels:
             wallets = [bench.enroll(next(evaluating)) for _ in range(needed[n])]
-            consents = _issue_consents(bench, wallets, needed[n])
+            consents = _issue_consents(bench, wallets, needed[n], asked)
             _seen_before(bench, [wallet.citizen_id for wallet in wallets])
             evaluate = _spec(
-                bench.mtls_target, bank, _evaluate_workload(bench, consents), seconds=seconds, concurrency=n
+                bench.mtls_target,
+                institution,
+                _evaluate_workload(bench, consents, asked),
+                seconds=seconds,
+                concurrency=n,
             )
-            point("evaluate", n, bench.load(evaluate))
+            point(evaluate_label, n, bench.load(evaluate))
             fetch = _spec(bench.target, ClientTls(certs.root_certificates), citizen, seconds=seconds, concurrency=n)
             point("get_my_data", n, bench.load(fetch))
     return series

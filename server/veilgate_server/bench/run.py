@@ -16,7 +16,7 @@ from veilgate_server.bench.results import ScenarioResult
 from veilgate_server.rpc.processes import process_count_problem, usable_cpus
 
 if TYPE_CHECKING:
-    from veilgate_server.bench.rpc_scenarios import RpcRun
+    from veilgate_server.bench.rpc_scenarios import BenchPolicy, RpcRun
 
 __all__ = ["RPC_SCENARIOS", "SCENARIOS", "BenchRun", "run_bench"]
 
@@ -76,6 +76,7 @@ def run_bench(
     pin: bool = True,
     concurrency: int | None = None,
     seconds: float | None = None,
+    policy: BenchPolicy | None = None,
 ) -> BenchRun:
     """The baseline, then each scenario, and the baseline again after the last RPC scenario (see
     :func:`~veilgate_server.bench.rpc_scenarios.bench_baseline_again`). RPC scenarios serve from
@@ -85,7 +86,9 @@ def run_bench(
     ``veilgate serve --processes`` runs them, and ``log_append``'s writers on one CPU, as in a
     server process. ``concurrency`` (calls in flight) and ``seconds`` (each load run's measured
     window) apply to the baseline and every RPC scenario alike; None: 16, and 15 s (4 s quick).
-    ``ingest`` keeps 4 pushes (of 500 records) in flight unless ``concurrency`` is given."""
+    ``ingest`` keeps 4 pushes (of 500 records) in flight unless ``concurrency`` is given.
+    ``policy``: what ``evaluate`` asks (see :func:`~veilgate_server.bench.rpc_scenarios.bench_policy`);
+    None: the consumer loan."""
     if rpc_store not in RPC_STORES:
         choices = ", ".join(RPC_STORES)
         raise ConfigurationError(f"unknown store {rpc_store!r} for the RPC scenarios; choose from {choices}")
@@ -129,6 +132,7 @@ def run_bench(
         concurrency=rpc_scenarios.CONCURRENCY if concurrency is None else concurrency,
         pushes=concurrency,
         seconds=None if seconds is None else (rpc_scenarios.default_durations(quick)[0], seconds),
+        policy=policy or rpc_scenarios.BenchPolicy(),
     )
     baseline: dict[str, Any] = {}
     if any(n in RPC_SCENARIOS for n in names):

@@ -90,6 +90,7 @@ __all__ = [
     "PolicyOutcome",
     "PolicyParameterInvalid",
     "Rule",
+    "check_parameters",
     "date_to_days",
     "evaluate",
     "evaluate_stored",
@@ -690,6 +691,11 @@ def _run(program: cel.Expression, activation: cel.Activation, rules: int) -> tup
     if any(type(value) is not bool for value in passed) or any(type(label) is not str for label in labels):
         raise _EvaluationFailed
     return passed, labels
+
+
+def check_parameters(policy: Policy, params: Mapping[str, str]) -> None:
+    """Refuse, with :class:`PolicyParameterInvalid`, the parameters an evaluation of ``policy`` would refuse."""
+    _parameter_values(policy, params)
 
 
 def _parameter_values(policy: Policy, params: Mapping[str, str]) -> dict[str, Any]:
