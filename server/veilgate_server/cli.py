@@ -892,11 +892,25 @@ def _refuse_store_options(args: argparse.Namespace) -> None:
     refused = {
         "--data-dir": "it works in temporary directories it removes afterwards",
         "--database-url": "it builds its stores afresh (the gateway's on PostgreSQL: --rpc-store postgresql)",
-        "--policies-dir": "it measures the packaged catalog and policies (choose the policy with --policy)",
     }
     for option, reason in refused.items():
         if getattr(args, option.removeprefix("--").replace("-", "_")):
             raise ConfigurationError(f"bench does not take {option}: {reason}")
+
+
+def _bench_policies_dir(args: argparse.Namespace) -> Path | None:
+    """The catalog and policies bench measures, as every command finds them (``--policies-dir``,
+    else ``VEILGATE_POLICIES_DIR``); None: the packaged ones."""
+    given = args.policies_dir or os.environ.get("VEILGATE_POLICIES_DIR")
+    if not given:
+        return None
+    option = "--policies-dir" if args.policies_dir else "VEILGATE_POLICIES_DIR"
+    path = Path(given)
+    if not (path / "catalog.yaml").is_file():
+        raise ConfigurationError(
+            f"{option} {given}: no catalog.yaml there; name the directory of a catalog and its policies"
+        )
+    return path
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -911,13 +925,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plot_path = _output_file(args.plot, "--plot") if args.plot is not None else None
     if plot_path is not None:
         check_plot_file(plot_path)  # matplotlib missing, or a format it cannot write: refused now, not after the run
+    policies_dir = _bench_policies_dir(args)
+    evaluates = not args.scenario or "evaluate" in args.scenario or plot_path is not None
+    asked = args.policy is not None or bool(args.param)
+    if asked and not evaluates:
+        raise ConfigurationError("--policy and --param apply to the evaluate scenario and the plot: neither runs")
     policy = None
-    if args.policy is not None or args.param:
-        if args.scenario and "evaluate" not in args.scenario and plot_path is None:
-            raise ConfigurationError("--policy and --param apply to the evaluate scenario and the plot: neither runs")
-        from veilgate_server.bench.rpc_scenarios import bench_policy
+    if asked or policies_dir is not None:  # checked now, not after the baseline
+        from veilgate_server.bench.rpc_scenarios import bench_policy, load_bench_policies
 
-        policy = bench_policy(args.policy, args.param or ())  # checked now, not after the baseline
+        if evaluates:
+            policy = bench_policy(args.policy, args.param or (), policies_dir)
+        else:
+            load_bench_policies(policies_dir)
     run = run_bench(
         quick=args.quick,
         only=args.scenario,
@@ -929,6 +949,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         seconds=args.seconds,
         policy=policy,
+        policies_dir=policies_dir,
     )
     if args.json == "-":
         print(render_json(run.machine, run.baseline, run.scenarios))
@@ -945,7 +966,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from veilgate_server.bench.rpc_scenarios import latency_sweep
 
         progress("latency sweep for the plot ...")
-        series = latency_sweep(quick=args.quick, processes=run.processes, pin=not args.no_pin, policy=policy)
+        series = latency_sweep(
+            quick=args.quick, processes=run.processes, pin=not args.no_pin, policy=policy, policies_dir=policies_dir
+        )
         write_plot(series, plot_path)
         progress(f"plot written to {args.plot}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from veilgate_server.config import default_policies_dir
 from veilgate_server.rpc.processes import max_processes
 
 
@@ -155,17 +157,39 @@ def test_calls_in_flight_and_the_measured_window_are_the_callers() -> None:
         assert figures["qps"] * figures["p50_ms"] / 1000 <= 2.0, (name, figures)
 
 
-def test_evaluate_asks_the_policy_named_and_a_mistake_is_refused_before_the_run() -> None:
-    """An insurer sizes for the policy it will call: `--policy` (with `--param`) sets what every
-    evaluation asks, and an unknown policy or a parameter the gateway would refuse stops the run
-    before anything is measured, rather than failing every call of it."""
-    asked = ("--policy", "insurance.health_underwriting")
-    result = _bench("--quick", "--scenario", "evaluate", *asked, "--seconds", "1", "--concurrency", "2", "--json", "-")
+def _insurers_policies(tmp_path: Path) -> Path:
+    """An operator's catalog and policies: the packaged ones without the credit policies, and with a
+    policy of its own that no packaged directory has."""
+    policies = tmp_path / "insurers-policies"
+    shutil.copytree(default_policies_dir(), policies, ignore=shutil.ignore_patterns("MANIFEST"))
+    shutil.rmtree(policies / "credit")
+    underwriting = (policies / "insurance" / "health_underwriting" / "v1" / "policy.yaml").read_text()
+    own = policies / "insurance" / "travel_underwriting" / "v1"
+    own.mkdir(parents=True)
+    (own / "policy.yaml").write_text(
+        underwriting.replace("id: insurance.health_underwriting", "id: insurance.travel_underwriting")
+    )
+    return policies
+
+
+def test_evaluate_asks_the_policy_named_and_a_mistake_is_refused_before_the_run(tmp_path: Path) -> None:
+    """An insurer sizes for the policy it will call, and an operator for the policies it will
+    deploy: `--policy` (with `--param`) sets what every evaluation asks, `--policies-dir` whose
+    catalog and policies the gateway serves; an unknown policy, a parameter the gateway would refuse
+    or a directory it could not serve stops the run before anything is measured, rather than failing
+    every call of it."""
+    policies = _insurers_policies(tmp_path)
+    asked = ("--policy", "insurance.travel_underwriting")  # served only from --policies-dir
+    result = _bench(
+        "--quick", "--scenario", "evaluate", *asked, "--policies-dir", str(policies),
+        "--seconds", "1", "--concurrency", "2", "--json", "-",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     [scenario] = json.loads(result.stdout)["scenarios"]
     details = scenario["details"]
+    assert details["policies"] == str(policies)
     assert (details["policy"], details["institution_kind"], details["parameters"]) == (
-        "insurance.health_underwriting",
+        "insurance.travel_underwriting",
         "insurer",
         {},
     )
@@ -177,6 +201,16 @@ def test_evaluate_asks_the_policy_named_and_a_mistake_is_refused_before_the_run(
         (("--policy", "credit.mortgage_prequal"), "--policy credit.mortgage_prequal needs --param NAME=VALUE for: "),
         (("--param", "requested_amount_band=all_of_it"), "--param: parameter 'requested_amount_band' must be one of "),
         (("--param", "requested_amount_band"), "--param 'requested_amount_band': give NAME=VALUE"),
+        (
+            ("--policies-dir", str(policies)),
+            f"--policies-dir {policies} has no credit.consumer_loan, which evaluate asks unless --policy names "
+            "another; choose from insurance.health_underwriting, insurance.inpatient_claim, "
+            "insurance.travel_underwriting",
+        ),
+        (
+            ("--policies-dir", str(tmp_path / "nowhere"), *asked),
+            f"--policies-dir {tmp_path / 'nowhere'}: no catalog.yaml there; name the directory of a catalog",
+        ),
     ):
         refused = _bench("--quick", "--scenario", "evaluate", *args)
         assert refused.returncode == 1, args
@@ -190,8 +224,8 @@ def test_evaluate_asks_the_policy_named_and_a_mistake_is_refused_before_the_run(
 
 
 def test_the_options_of_a_kept_gateway_are_refused_not_ignored(tmp_path: Path) -> None:
-    """bench builds its own gateways and stores: a --data-dir, --database-url or --policies-dir it
-    would not use is refused by name, not silently left out of the measurement."""
+    """bench builds its own gateways and stores: a --data-dir or --database-url it would not use is
+    refused by name, not silently left out of the measurement."""
     for option, value, reason in (
         ("--data-dir", str(tmp_path), "it works in temporary directories it removes afterwards"),
         (
@@ -199,7 +233,6 @@ def test_the_options_of_a_kept_gateway_are_refused_not_ignored(tmp_path: Path) -
             f"sqlite:///{tmp_path}/kept.db",
             "it builds its stores afresh (the gateway's on PostgreSQL: ",
         ),
-        ("--policies-dir", str(tmp_path), "it measures the packaged catalog and policies (choose the policy with "),
     ):
         refused = _bench("--quick", "--scenario", "audit_export", option, value)
         assert refused.returncode == 1, option

@@ -131,3 +131,7 @@ def test_the_table_says_what_evaluate_asked() -> None:
         machine, {}, [underwriting]
     )
     assert "evaluate:" not in render_table(machine, {}, [ScenarioResult(name="log_append", rate=1.0)])
+    operators = ScenarioResult(name="get_my_data", details={"policies": "ops/policies"})
+    assert "\ncatalog and policies: a signed copy of ops/policies\n" in render_table(machine, {}, [operators, claim])
+    packaged = ScenarioResult(name="get_my_data", details={"policies": "packaged"})
+    assert "catalog and policies" not in render_table(machine, {}, [packaged, claim])

@@ -7,11 +7,13 @@ runs the real path to the end, reports the figures the issue names, and judges `
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from veilgate.audit import parse_entry
+from veilgate_server.bench.reviewed import padded_catalog
 from veilgate_server.bench.store_scenarios import (
     _percentile,
     bench_audit_export,
@@ -114,6 +116,21 @@ def test_audit_verify_and_export_over_a_checkpointed_log() -> None:
     assert export.rate is not None
     assert export.rate > 0
     assert export.meets is None
+
+
+def test_rss_serves_the_catalog_and_policies_of_a_policies_dir(tmp_path: Path) -> None:
+    """`veilgate bench --policies-dir`: the population is seeded for that catalog and the gateway
+    serves a signed copy of those policies, not the packaged ones."""
+    source = tmp_path / "operator-policies"
+    shutil.copytree(default_policies_dir(), source, ignore=shutil.ignore_patterns("MANIFEST"))
+    shutil.rmtree(source / "credit")
+    shipped = len(load_catalog(default_policies_dir() / "catalog.yaml").items)
+    (source / "catalog.yaml").write_text(padded_catalog(default_policies_dir() / "catalog.yaml", shipped + 5))
+    result = bench_rss(True, citizens=2, policies_dir=source)
+    assert result.details["policies"] == str(source)
+    assert result.details["sample_citizen_items"] == shipped + 5
+    assert result.details["policies_served"] == len(list(source.glob("*/*/v*/policy.yaml"))) == 2
+    assert not (source / "MANIFEST").exists()  # the copy was signed, not the operator's directory
 
 
 def test_rss_measures_a_fresh_serving_process() -> None:

@@ -105,13 +105,21 @@ def _load_line(baseline: dict[str, Any]) -> list[str]:
 
 
 def _policy_line(scenarios: Sequence[ScenarioResult]) -> list[str]:
-    """What evaluate asked, when it ran."""
+    """Whose catalog and policies the gateway ran under, when not the packaged ones; what evaluate
+    asked, when it ran."""
+    lines = []
+    source = next(
+        (s.details["policies"] for s in scenarios if s.details.get("policies", "packaged") != "packaged"), None
+    )
+    if source is not None:
+        lines.append(f"catalog and policies: a signed copy of {source}")
     for s in scenarios:
         if s.name == "evaluate" and "policy" in s.details:
             stated = ", ".join(f"{k}={v}" for k, v in s.details.get("parameters", {}).items())
             parameters = f"parameters {stated}" if stated else "no parameters"
-            return [f"evaluate: policy {s.details['policy']} ({s.details.get('institution_kind')}), {parameters}"]
-    return []
+            lines.append(f"evaluate: policy {s.details['policy']} ({s.details.get('institution_kind')}), {parameters}")
+            break
+    return lines
 
 
 def _processes(count: int) -> str:

@@ -1,4 +1,5 @@
-"""Policies for a benchmark's gateway: a copy of the packaged ones, signed by a throwaway governance key.
+"""Policies for a benchmark's gateway: a copy of the packaged ones (or of the catalog and policies
+``veilgate bench --policies-dir`` names), signed by a throwaway governance key.
 
 A gateway serves only policies under a signed manifest (there is no unsigned mode), so every
 benchmark that starts one starts it as an operator would, from a reviewed and signed copy.
@@ -47,14 +48,15 @@ def padded_catalog(shipped: Path, total: int) -> str:
     return str(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=200))
 
 
-def reviewed_policies(root: Path, *, pad_to: int | None) -> tuple[Path, str]:
-    """A copy of the packaged policies signed by a throwaway governance key, with the catalog
-    padded to ``pad_to`` items when asked."""
+def reviewed_policies(root: Path, *, pad_to: int | None, source: Path | None = None) -> tuple[Path, str]:
+    """A copy of the catalog and policies in ``source`` (None: the packaged ones) signed by a
+    throwaway governance key, with the catalog padded to ``pad_to`` items when asked."""
+    source = source or default_policies_dir()
     policies = root / "policies"
-    shutil.copytree(default_policies_dir(), policies, ignore=shutil.ignore_patterns("MANIFEST"))
+    shutil.copytree(source, policies, ignore=shutil.ignore_patterns("MANIFEST"))
     if pad_to is not None:
         catalog = policies / "catalog.yaml"
-        catalog.write_text(padded_catalog(default_policies_dir() / "catalog.yaml", pad_to), encoding="utf-8")
+        catalog.write_text(padded_catalog(source / "catalog.yaml", pad_to), encoding="utf-8")
     signer = create_governance_key(root / "governance.key")
     sign_manifest(policies, signer)
     return policies, signer.verifier_key_string()

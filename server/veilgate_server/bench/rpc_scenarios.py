@@ -69,7 +69,7 @@ from veilgate_server.bench.reviewed import PADDING_DEPARTMENT, reviewed_policies
 from veilgate_server.bench.store_scenarios import postgres_schema
 from veilgate_server.config import Settings, default_policies_dir
 from veilgate_server.core.catalog import load_catalog
-from veilgate_server.core.policy import Parameter, check_parameters, load_policies
+from veilgate_server.core.policy import Parameter, Policy, check_parameters, load_policies
 from veilgate_server.crypto import CertificateAuthority, peer_certificate
 from veilgate_server.crypto.institutions import InstitutionCA
 from veilgate_server.gateway import Gateway
@@ -97,6 +97,7 @@ __all__ = [
     "bench_policy",
     "default_durations",
     "latency_sweep",
+    "load_bench_policies",
 ]
 
 CONCURRENCY = 16
@@ -155,12 +156,20 @@ def _parameter_form(parameter: Parameter) -> str:
     return f"text of the form {parameter.pattern}, at most {parameter.max_length} characters"
 
 
-def bench_policy(policy_id: str | None, params: Sequence[str]) -> BenchPolicy:
+def load_bench_policies(policies_dir: Path | None) -> dict[str, Policy]:
+    """The policies of ``policies_dir`` (None: the packaged ones), loaded and compiled against its
+    catalog as a gateway loads them: a catalog or policy the gateway would refuse is refused now."""
+    source = policies_dir or default_policies_dir()
+    return load_policies(source, load_catalog(source / "catalog.yaml"))
+
+
+def bench_policy(policy_id: str | None, params: Sequence[str], policies_dir: Path | None = None) -> BenchPolicy:
     """The :class:`BenchPolicy` of ``--policy`` and its ``--param NAME=VALUE`` options, checked
-    against the packaged policy as the gateway will check every call, so that a mistake stops the run
-    before its first measurement rather than failing every call of it. Without ``policy_id``, the
-    consumer loan, whose ``requested_amount_band`` a ``--param`` may change. Any other policy takes
-    no parameter it was not given: each is named with its form when missing."""
+    against the policy in ``policies_dir`` (None: the packaged ones) as the gateway will check every
+    call, so that a mistake stops the run before its first measurement rather than failing every
+    call of it. Without ``policy_id``, the consumer loan, whose ``requested_amount_band`` a
+    ``--param`` may change. Any other policy takes no parameter it was not given: each is named with
+    its form when missing."""
     given: dict[str, str] = {}
     for param in params:
         name, equals, value = param.partition("=")
@@ -170,11 +179,17 @@ def bench_policy(policy_id: str | None, params: Sequence[str]) -> BenchPolicy:
             raise ConfigurationError(f"--param {name}: given twice")
         given[name] = value
     chosen = policy_id or LOAN
-    catalog = load_catalog(default_policies_dir() / "catalog.yaml")
-    policies = load_policies(default_policies_dir(), catalog)
+    source = policies_dir or default_policies_dir()
+    policies = load_bench_policies(policies_dir)
     policy = policies.get(chosen)
+    choices = ", ".join(sorted(policies)) or "none: it holds no policy"
+    if policy is None and policy_id is None:
+        raise ConfigurationError(
+            f"--policies-dir {source} has no {LOAN}, which evaluate asks unless --policy names another; "
+            f"choose from {choices}"
+        )
     if policy is None:
-        raise ConfigurationError(f"--policy {chosen!r}: no such policy; choose from {', '.join(sorted(policies))}")
+        raise ConfigurationError(f"--policy {chosen!r}: no such policy; choose from {choices}")
     parameters = {**LOAN_PARAMETERS, **given} if chosen == LOAN else given
     missing = [name for name in policy.parameters if name not in parameters]
     if missing:
@@ -213,6 +228,7 @@ class RpcRun:
     pin: bool = True  # each server process on a CPU of its own, as ``veilgate serve --processes`` runs them
     pushes: int | None = None  # ingest's pushes in flight; None: INGEST_PUSHES
     policy: BenchPolicy = field(default_factory=BenchPolicy)  # what evaluate asks
+    policies_dir: Path | None = None  # the catalog and policies measured; None: the packaged ones
 
     @property
     def durations(self) -> Seconds:
@@ -235,6 +251,7 @@ class RpcRun:
             "warmup_s": warmup,
             "measured_s": measured,
             "store": store,
+            "policies": str(self.policies_dir) if self.policies_dir else "packaged",
             "server": "build_server: sync grpc.server, 8 workers per process, full interceptor chain",
             "daily_budget": f"{BENCH_DAILY_BUDGET} evaluations per citizen per day, counted per use",
             "unchanged": "consent-use accounting, token replay protection, signatures, durable audit append",
@@ -245,7 +262,12 @@ class RpcRun:
     ) -> contextlib.AbstractContextManager[_BenchGateway]:
         """The gateway under test, served and stored as this run says (see :func:`_bench_gateway`)."""
         return _bench_gateway(
-            pad_to=pad_to, citizens=citizens, processes=self.processes, postgres_url=self.postgres_url, pin=self.pin
+            pad_to=pad_to,
+            citizens=citizens,
+            processes=self.processes,
+            postgres_url=self.postgres_url,
+            pin=self.pin,
+            policies_dir=self.policies_dir,
         )
 
 
@@ -433,24 +455,32 @@ def _bench_gateway(
     processes: int = 1,
     postgres_url: str | None = None,
     pin: bool = True,
+    policies_dir: Path | None = None,
 ) -> Iterator[_BenchGateway]:
     """A gateway served by ``processes`` server processes as ``veilgate serve --processes`` would,
     on SQLite in a temporary directory, or in a fresh schema of the PostgreSQL server at
-    ``postgres_url``; everything is removed afterwards."""
+    ``postgres_url``, under a signed copy of the catalog and policies in ``policies_dir`` (None: the
+    packaged ones); everything is removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="veilgate-bench-"))
     try:
         with contextlib.ExitStack() as stack:
             database_url = stack.enter_context(postgres_schema(postgres_url)) if postgres_url else None
-            yield stack.enter_context(_gateway_in(root, database_url, pad_to, citizens, processes, pin))
+            yield stack.enter_context(_gateway_in(root, database_url, pad_to, citizens, processes, pin, policies_dir))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def _gateway_in(
-    root: Path, database_url: str | None, pad_to: int | None, citizens: int, processes: int, pin: bool
+    root: Path,
+    database_url: str | None,
+    pad_to: int | None,
+    citizens: int,
+    processes: int,
+    pin: bool,
+    source: Path | None,
 ) -> Iterator[_BenchGateway]:
-    policies_dir, governance_key = reviewed_policies(root, pad_to=pad_to)
+    policies_dir, governance_key = reviewed_policies(root, pad_to=pad_to, source=source)
     settings = Settings(
         data_dir=root,
         database_url=database_url,
@@ -705,8 +735,8 @@ def bench_get_my_data(baseline: Mapping[str, Any], run: RpcRun) -> ScenarioResul
 # --- ingest ---------------------------------------------------------------------------------------
 
 
-def _shipped_items() -> int:
-    return len(load_catalog(default_policies_dir() / "catalog.yaml").items)
+def _shipped_items(policies_dir: Path | None) -> int:
+    return len(load_catalog((policies_dir or default_policies_dir()) / "catalog.yaml").items)
 
 
 def _feed_records(bench: _BenchGateway, citizens: int) -> list[tuple[str, str, str]]:
@@ -746,7 +776,7 @@ def bench_ingest(run: RpcRun) -> ScenarioResult:
     citizens = 30 if run.quick else 250
     in_flight = run.pushes or INGEST_PUSHES
     try:
-        shipped = _shipped_items()
+        shipped = _shipped_items(run.policies_dir)
         with run.gateway(pad_to=2 * shipped) as bench:
             tls = _register_department(bench)
             records = _feed_records(bench, citizens)
@@ -803,10 +833,12 @@ def latency_sweep(
     processes: int = 1,
     pin: bool = True,
     policy: BenchPolicy | None = None,
+    policies_dir: Path | None = None,
 ) -> dict[str, list[tuple[int, float, float]]]:
     """Latency versus calls in flight, for ``report.write_plot``: ``{label: [(in flight, p50 ms,
     p99 ms), ...]}`` for the bare server (TLS, mTLS), ``evaluate`` (of ``policy``, by default the
-    consumer loan) and ``get_my_data``. One bare server
+    consumer loan) and ``get_my_data``, under the catalog and policies in ``policies_dir`` (None:
+    the packaged ones). One bare server
     and one gateway (catalog padded to 188 items) serve every level; each level is a fresh load
     generator. Quick: 0.5 s warm-up + 2 s per point; full: 1 + 5. Raises :class:`InternalError` when
     a run cannot be made."""
@@ -832,7 +864,11 @@ def latency_sweep(
             bare_qps[n] = mtls.stats.qps
     needed = {n: _consents_for(bare_qps[n], sum(seconds)) for n in levels}
     with _bench_gateway(
-        pad_to=DELIVERY_ITEMS, citizens=1 + sum(needed.values()), processes=processes, pin=pin
+        pad_to=DELIVERY_ITEMS,
+        citizens=1 + sum(needed.values()),
+        processes=processes,
+        pin=pin,
+        policies_dir=policies_dir,
     ) as bench:
         citizen = _citizen_workload(bench)  # citizen_ids[0]: the one who fetches their data
         asked = policy or BenchPolicy()

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
@@ -61,7 +62,7 @@ def _scenario(name: str, baseline: dict[str, Any], postgres_url: str | None, rpc
         case "ingest":
             return rpc_scenarios.bench_ingest(rpc)
         case "rss":
-            return store_scenarios.bench_rss(quick=quick)
+            return store_scenarios.bench_rss(quick=quick, policies_dir=rpc.policies_dir)
     raise ConfigurationError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
 
 
@@ -77,6 +78,7 @@ def run_bench(
     concurrency: int | None = None,
     seconds: float | None = None,
     policy: BenchPolicy | None = None,
+    policies_dir: Path | None = None,
 ) -> BenchRun:
     """The baseline, then each scenario, and the baseline again after the last RPC scenario (see
     :func:`~veilgate_server.bench.rpc_scenarios.bench_baseline_again`). RPC scenarios serve from
@@ -88,7 +90,8 @@ def run_bench(
     window) apply to the baseline and every RPC scenario alike; None: 16, and 15 s (4 s quick).
     ``ingest`` keeps 4 pushes (of 500 records) in flight unless ``concurrency`` is given.
     ``policy``: what ``evaluate`` asks (see :func:`~veilgate_server.bench.rpc_scenarios.bench_policy`);
-    None: the consumer loan."""
+    None: the consumer loan. ``policies_dir``: the catalog and policies the gateway scenarios and
+    ``rss`` run under (a signed copy); None: the packaged ones."""
     if rpc_store not in RPC_STORES:
         choices = ", ".join(RPC_STORES)
         raise ConfigurationError(f"unknown store {rpc_store!r} for the RPC scenarios; choose from {choices}")
@@ -133,6 +136,7 @@ def run_bench(
         pushes=concurrency,
         seconds=None if seconds is None else (rpc_scenarios.default_durations(quick)[0], seconds),
         policy=policy or rpc_scenarios.BenchPolicy(),
+        policies_dir=policies_dir,
     )
     baseline: dict[str, Any] = {}
     if any(n in RPC_SCENARIOS for n in names):

@@ -513,12 +513,13 @@ def _read_status_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _seed_child(data_dir: str, citizens: int, reply: Connection) -> None:
-    """Process body: seed ``citizens`` into the data directory's store (then exit, freeing it all)."""
+def _seed_child(data_dir: str, citizens: int, policies_dir: str | None, reply: Connection) -> None:
+    """Process body: seed ``citizens`` into the data directory's store, with a record of every item
+    of the catalog in ``policies_dir`` (None: the packaged one), then exit, freeing it all."""
     from veilgate_server.admin import seed_population
     from veilgate_server.config import Settings
 
-    settings = Settings(data_dir=Path(data_dir))
+    settings = Settings(data_dir=Path(data_dir), policies_dir=Path(policies_dir) if policies_dir else None)
     store = settings.open_store()
     try:
         summary = seed_population(store, settings.load_catalog(), citizens=citizens, seed=20)
@@ -581,24 +582,25 @@ def _in_child(target: Any, *args: Any, timeout: float) -> dict[str, Any]:
     return answer
 
 
-def bench_rss(quick: bool, *, citizens: int | None = None) -> ScenarioResult:
+def bench_rss(quick: bool, *, citizens: int | None = None, policies_dir: Path | None = None) -> ScenarioResult:
     """Resident memory of a serving gateway process after seeding a population.
 
     A spawned child seeds the population into a SQLite store (every catalog item per citizen) and
     exits; a second, fresh spawned child then starts the gateway as ``veilgate serve`` does, under a
-    copy of the packaged policies signed by a throwaway governance key (store, catalog, policies,
-    keys, TLS and mTLS ports, log writer, checkpointer), touches the data the first requests read, and
-    reports ``VmRSS`` from ``/proc/self/status``. The full run seeds 100k citizens;
-    the quick run seeds 10k and reports that, leaving ``meets`` None (the target is at 100k; nothing
-    is extrapolated).
+    copy of the packaged policies (or of ``policies_dir``) signed by a throwaway governance key
+    (store, catalog, policies, keys, TLS and mTLS ports, log writer, checkpointer), touches the data
+    the first requests read, and reports ``VmRSS`` from ``/proc/self/status``. The full run seeds
+    100k citizens; the quick run seeds 10k and reports that, leaving ``meets`` None (the target is at
+    100k; nothing is extrapolated).
     """
     citizens = citizens or (10_000 if quick else 100_000)
     with tempfile.TemporaryDirectory(prefix="veilgate-bench-rss-") as tmp:
         t0 = time.perf_counter()
-        seeded = _in_child(_seed_child, tmp, citizens, timeout=3600)
+        source = str(policies_dir) if policies_dir else None
+        seeded = _in_child(_seed_child, tmp, citizens, source, timeout=3600)
         seed_seconds = time.perf_counter() - t0
-        policies_dir, governance_key = reviewed_policies(Path(tmp), pad_to=None)
-        served = _in_child(_serve_child, tmp, str(policies_dir), governance_key, seeded["sample"], timeout=300)
+        reviewed, governance_key = reviewed_policies(Path(tmp), pad_to=None, source=policies_dir)
+        served = _in_child(_serve_child, tmp, str(reviewed), governance_key, seeded["sample"], timeout=300)
         db_bytes = sum(p.stat().st_size for p in Path(tmp).glob("veilgate.db*"))
     rss_mb = round(served["rss_kb"] / 1024, 1)
     details: dict[str, Any] = {
@@ -611,6 +613,7 @@ def bench_rss(quick: bool, *, citizens: int | None = None) -> ScenarioResult:
         "records_visible": served["records_visible"],
         "sample_citizen_items": served["sample_items"],
         "policies_served": served["policies"],
+        "policies": str(policies_dir) if policies_dir else "packaged",
         "backend": "sqlite",
         "measured": "a fresh spawned process, started like `veilgate serve`, after the seeder exited",
     }
