@@ -55,6 +55,13 @@ def test_another_policy_is_asked_by_the_kind_of_institution_it_serves_with_the_p
             id="unknown-policy",
         ),
         pytest.param(
+            "",
+            (),
+            "--policy '': no such policy; choose from credit.consumer_loan, credit.mortgage_prequal, "
+            "credit.sme_loan, insurance.health_underwriting, insurance.inpatient_claim",
+            id="empty-policy",
+        ),
+        pytest.param(
             "insurance.inpatient_claim",
             CLAIM[2:],
             "--policy insurance.inpatient_claim needs --param NAME=VALUE for: claimed_admission_date "

@@ -178,7 +178,7 @@ def bench_policy(policy_id: str | None, params: Sequence[str], policies_dir: Pat
         if name in given:
             raise ConfigurationError(f"--param {name}: given twice")
         given[name] = value
-    chosen = policy_id or LOAN
+    chosen = LOAN if policy_id is None else policy_id  # "--policy ''" names no policy, not the default
     source = policies_dir or default_policies_dir()
     policies = load_bench_policies(policies_dir)
     policy = policies.get(chosen)
