@@ -239,6 +239,10 @@ def test_the_options_of_a_kept_gateway_are_refused_not_ignored(tmp_path: Path) -
         assert refused.stderr.startswith(f"veilgate: error: bench does not take {option}: {reason}"), refused.stderr
         assert "audit_export ..." not in refused.stderr
     assert list(tmp_path.iterdir()) == []
+    offered = _bench("--help").stdout
+    assert "--policies-dir" in offered
+    assert "--data-dir" not in offered
+    assert "--database-url" not in offered
 
 
 def test_outputs_that_cannot_be_written_are_refused_before_the_run(tmp_path: Path) -> None:
