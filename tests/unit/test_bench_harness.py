@@ -36,11 +36,13 @@ from veilgate_server.bench.rpc_scenarios import (
     bench_baseline,
     bench_evaluate,
     bench_get_my_data,
+    bench_policy,
     latency_sweep,
 )
 from veilgate_server.rpc.processes import cpus_for, pinned_to, start_shielded
 from veilgate_server.storage import Store
 
+CLAIM = ("claimed_admission_date=2026-05-10", "claimed_discharge_date=2026-05-18", "hospital_code=H37010200015")
 SMOKE_SECONDS = (0.2, 0.4)  # warm-up, measured
 SMOKE = RpcRun(quick=True, seconds=SMOKE_SECONDS)
 TWO_PROCESSES = replace(SMOKE, processes=2)
@@ -250,9 +252,11 @@ def test_the_gateway_scenarios_run_on_postgresql_and_leave_nothing(database_url:
 
 def test_the_latency_sweep_writes_a_plot_of_every_series(tmp_path: Path) -> None:
     """`veilgate bench --plot`: latency against calls in flight for the bare server and both gateway
-    scenarios, measured in one sweep and written as a PNG."""
-    series = latency_sweep(quick=True, levels=(1, 4))
-    assert set(series) == {"bare TLS", "bare mTLS", "evaluate", "get_my_data"}
+    scenarios, measured in one sweep and written as a PNG; evaluate asks the policy of `--policy`
+    (here an insurer's) and its series is named after it."""
+    claim = bench_policy("insurance.inpatient_claim", CLAIM)
+    series = latency_sweep(quick=True, levels=(1, 4), policy=claim)
+    assert set(series) == {"bare TLS", "bare mTLS", "evaluate (insurance.inpatient_claim)", "get_my_data"}
     for label, points in series.items():
         assert [n for n, _, _ in points] == [1, 4], label
         assert all(0 < p50 <= p99 for _, p50, p99 in points), label
