@@ -889,12 +889,15 @@ def _output_file(value: str, option: str) -> Path:
 def _refuse_store_options(args: argparse.Namespace) -> None:
     """bench builds its own gateways and stores and removes them: the options that name a kept
     gateway's would be ignored, so they are refused rather than silently measured without."""
-    refused = {
-        "--data-dir": "it works in temporary directories it removes afterwards",
-        "--database-url": "it builds its stores afresh (the gateway's on PostgreSQL: --rpc-store postgresql)",
-    }
-    for option, reason in refused.items():
-        if getattr(args, option.removeprefix("--").replace("-", "_")):
+    for option, given, reason in (
+        ("--data-dir", args.data_dir, "it works in temporary directories it removes afterwards"),
+        (
+            "--database-url",
+            args.database_url,
+            "it builds its stores afresh (the gateway's on PostgreSQL: --rpc-store postgresql)",
+        ),
+    ):
+        if given:
             raise ConfigurationError(f"bench does not take {option}: {reason}")
 
 

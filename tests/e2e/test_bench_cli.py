@@ -216,6 +216,16 @@ def test_evaluate_asks_the_policy_named_and_a_mistake_is_refused_before_the_run(
         assert refused.returncode == 1, args
         assert refused.stderr.startswith(f"veilgate: error: {message}"), refused.stderr
         assert "baseline" not in refused.stderr  # nothing ran
+    from_env = subprocess.run(
+        [sys.executable, "-m", "veilgate_server.cli", "bench", "--quick", "--scenario", "evaluate", *asked],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "VEILGATE_POLICIES_DIR": str(tmp_path / "nowhere")},
+        check=False,
+    )  # read as every command reads it, and named as such when wrong
+    assert from_env.returncode == 1
+    assert from_env.stderr.startswith(f"veilgate: error: VEILGATE_POLICIES_DIR {tmp_path / 'nowhere'}: no catalog.yaml")
     unused = _bench("--quick", "--scenario", "audit_export", *asked)
     assert unused.returncode == 1
     assert unused.stderr.strip() == (

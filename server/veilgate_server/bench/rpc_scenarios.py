@@ -180,7 +180,7 @@ def bench_policy(policy_id: str | None, params: Sequence[str], policies_dir: Pat
         given[name] = value
     chosen = LOAN if policy_id is None else policy_id  # "--policy ''" names no policy, not the default
     source = policies_dir or default_policies_dir()
-    policies = load_bench_policies(policies_dir)
+    policies = load_bench_policies(source)
     policy = policies.get(chosen)
     choices = ", ".join(sorted(policies)) or "none: it holds no policy"
     if policy is None and policy_id is None:
