@@ -953,6 +953,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         policy=policy,
         policies_dir=policies_dir,
+        rounds=args.rounds,
     )
     if args.json == "-":
         print(render_json(run.machine, run.baseline, run.scenarios))
@@ -1377,6 +1378,14 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="S",
         help="measured seconds of each RPC load run, after its warm-up (default 15, or 4 with --quick; 1 to 600)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure the baseline and the RPC scenarios N times in turn, each scenario against its round's "
+        "baseline, and report its median round (default 1; 1 to 20)",
     )
 
     add("migrate", cmd_migrate, "create or upgrade the database schema")

@@ -122,6 +122,8 @@ def test_a_table_by_default_and_a_clear_error_for_an_unknown_scenario() -> None:
         ("--seconds", "nan", "--seconds must be from 1 to 600"),
         ("--postgres-url", "garbage", "--postgres-url (or VEILGATE_BENCH_POSTGRES_URL) must be a postgresql:// URL"),
         ("--postgres-url", "", "--postgres-url must not be empty"),
+        ("--rounds", "0", "--rounds must be from 1 to 20"),
+        ("--rounds", "21", "--rounds must be from 1 to 20"),
     ):
         refused = _bench("--quick", "--scenario", "evaluate", option, value)
         assert refused.returncode == 1, (option, value)
@@ -137,6 +139,11 @@ def test_a_table_by_default_and_a_clear_error_for_an_unknown_scenario() -> None:
     )
     assert unreachable.returncode == 1
     assert unreachable.stderr.strip() == "veilgate: error: --rpc-store postgresql: no PostgreSQL answers at 127.0.0.1:1"
+    no_rounds = _bench("--quick", "--scenario", "proofs", "--rounds", "2")
+    assert no_rounds.returncode == 1
+    assert no_rounds.stderr.strip() == (
+        "veilgate: error: --rounds applies to the RPC scenarios (audited_call, evaluate, get_my_data): none runs"
+    )
 
 
 def test_calls_in_flight_and_the_measured_window_are_the_callers() -> None:
@@ -155,6 +162,56 @@ def test_calls_in_flight_and_the_measured_window_are_the_callers() -> None:
     for name, figures in (("bare TLS", baseline["tls"]), ("bare mTLS", baseline["mtls"]), ("audited", scenario)):
         assert figures["qps"] > 0, name
         assert figures["qps"] * figures["p50_ms"] / 1000 <= 2.0, (name, figures)
+
+
+def test_rounds_judge_each_scenario_against_its_own_rounds_baseline() -> None:
+    """`--rounds 2`: the baseline and the RPC scenarios twice, their order turned by one the second
+    time, each round's scenario against the baseline measured at the start of that round; each
+    scenario is reported as its median round, every figure from that round; the store scenarios
+    run once, after the rounds."""
+    named = ("--scenario", "evaluate", "--scenario", "audit_export", "--scenario", "audited_call")
+    result = _bench("--quick", *named, "--rounds", "2", "--seconds", "1", "--concurrency", "2", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.endswith(" ...")]
+    assert progress == [
+        "round 1/2: baseline: bare grpcio over TLS and mTLS ...",
+        "round 1/2: [1/2] evaluate ...",
+        "round 1/2: [2/2] audited_call ...",
+        "round 2/2: baseline: bare grpcio over TLS and mTLS ...",
+        "round 2/2: [1/2] audited_call ...",
+        "round 2/2: [2/2] evaluate ...",
+        "[1/1] audit_export ...",
+    ]
+    report = json.loads(result.stdout)
+    baseline = report["baseline"]
+    rounds = baseline["rounds"]
+    assert len(rounds) == 2
+    assert "after" not in baseline
+    bare = {name: [float(r[name]["qps"]) for r in rounds] for name in ("tls", "mtls")}
+    for name in ("tls", "mtls"):
+        assert baseline[name] == {**rounds[baseline[name]["round"] - 1][name], "round": baseline[name]["round"]}
+        assert baseline[name]["qps"] == min(bare[name])  # the lower middle of two
+    scenarios = {s["name"]: s for s in report["scenarios"]}
+    assert list(scenarios) == ["evaluate", "audit_export", "audited_call"]  # in the order named
+    for name, transport in (("evaluate", "mtls"), ("audited_call", "tls")):
+        scenario = scenarios[name]
+        listed = scenario["details"]["rounds"]
+        assert [r["round"] for r in listed] == [1, 2]
+        assert [r["baseline_qps"] for r in listed] == bare[transport]
+        for r in listed:
+            assert r["qps"] > 0
+            assert r["errors"] == 0
+            assert r["ratio"] == round(r["qps"] / r["baseline_qps"], 3)
+        reported = listed[scenario["details"]["round"] - 1]
+        assert reported["ratio"] == min(r["ratio"] for r in listed)
+        assert {k: scenario[k] for k in ("qps", "p50_ms", "p99_ms", "baseline_qps", "ratio", "meets")} == {
+            k: reported[k] for k in ("qps", "p50_ms", "p99_ms", "baseline_qps", "ratio", "meets")
+        }
+    for name, order in (("evaluate", (1, 2)), ("audited_call", (2, 1))):  # the place it ran in each round
+        details = scenarios[name]["details"]
+        assert details["order_in_round"] == order[details["round"] - 1]
+    assert "rounds" not in scenarios["audit_export"]["details"]
+    assert scenarios["audit_export"]["rate"] > 0
 
 
 def _insurers_policies(tmp_path: Path) -> Path:

@@ -3,9 +3,13 @@
 JSON schema (stable; other tools read it)::
 
     {"machine": {"cpu", "cores", "python", "grpcio", "sqlite", "postgres", "veilgate"},
-     "baseline": {..., "after"?: {"tls", "mtls", "drift": {"tls", "mtls"}} | {"error"}},
+     "baseline": {..., "after"?: {"tls", "mtls", "drift": {"tls", "mtls"}} | {"error"},
+                  "rounds"?: [{... one round's baseline ...}, ...]},
      "scenarios": [{"name", "qps" | "rate", "p50_ms", "p99_ms", "baseline_qps", "ratio",
                     "target", "meets", "skipped"?, "details"}]}
+
+A run in rounds (``--rounds``) has ``baseline.rounds`` instead of ``baseline.after``, and each RPC
+scenario's ``details.rounds`` (each round's figures) and ``details.round`` (the one reported).
 """
 
 from __future__ import annotations
@@ -98,9 +102,11 @@ def _load_line(baseline: dict[str, Any]) -> list[str]:
     """How every RPC figure was measured, when the run had RPC scenarios."""
     if "concurrency" not in baseline:
         return []
+    rounds = len(baseline.get("rounds", ()))
+    in_rounds = f"; {rounds} rounds, each scenario's median round reported" if rounds else ""
     return [
         f"RPC load: {baseline['concurrency']} calls in flight, {baseline['warmup_s']:g} s warm-up and "
-        f"{baseline['measured_s']:g} s measured per run ({_processes(baseline['processes'])})"
+        f"{baseline['measured_s']:g} s measured per run ({_processes(baseline['processes'])}){in_rounds}"
     ]
 
 
@@ -133,7 +139,8 @@ def _baseline_note(bare: dict[str, Any], processes: object) -> str:
     if not isinstance(count, int):
         return "the baseline"
     faster = f", faster than {processes}" if isinstance(processes, int) and processes != count else ""
-    return f"the baseline ({_processes(count)}{faster})"
+    median = f"; the median round, {bare['round']}" if "round" in bare else ""
+    return f"the baseline ({_processes(count)}{faster}{median})"
 
 
 def _row(
@@ -173,6 +180,7 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
         meets = "skip" if s.skipped else {True: "yes", False: "NO", None: "-"}[s.meets]
         figures = (value, s.p50_ms, s.p99_ms, s.details.get("cpu_us_per_call"))
         lines.append(_row(s.name, figures, s.baseline_qps, s.ratio, meets, s.skipped or s.target))
+    lines += _rounds_lines(baseline, scenarios)
     after = baseline.get("after")
     if after and "error" in after:
         lines += ["", f"bare baseline again after the RPC scenarios: not measured ({after['error']})"]
@@ -194,6 +202,38 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
                 "the ratios may be off by as much"
             )
     return "\n".join(lines)
+
+
+def _spread(values: Sequence[float], spec: str) -> str:
+    return f"{min(values):{spec}}–{max(values):{spec}}"
+
+
+def _rounds_lines(baseline: dict[str, Any], scenarios: Sequence[ScenarioResult]) -> list[str]:
+    """For a run in rounds: how far each figure moved from round to round, and a warning when the
+    bare server itself moved by more than :data:`DRIFT_WARNING` (its slowest against its fastest)."""
+    sections = baseline.get("rounds")
+    if not sections:
+        return []
+    bare = {name: [float(section[name]["qps"]) for section in sections] for name in ("tls", "mtls")}
+    lines = [
+        "",
+        f"over {len(sections)} rounds, each scenario against the bare baseline measured at the start of its round: "
+        f"bare TLS {_spread(bare['tls'], ',.0f')} QPS, bare mTLS {_spread(bare['mtls'], ',.0f')} QPS",
+    ]
+    for s in scenarios:
+        measured = [r for r in s.details.get("rounds", ()) if r.get("ratio") is not None]
+        if measured:
+            ratios, qps = [r["ratio"] for r in measured], [r["qps"] for r in measured]
+            lines.append(
+                f"  {s.name}: ratio {_spread(ratios, '.3f')}, {_spread(qps, ',.0f')} QPS; "
+                f"reported: round {s.details['round']}"
+            )
+    if any(max(qps) > min(qps) * (1 + DRIFT_WARNING) for qps in bare.values()):
+        lines.append(
+            f"the machine's speed moved by more than {DRIFT_WARNING:.0%} between rounds: "
+            "each ratio's spread says by how much to trust it"
+        )
+    return lines
 
 
 def pyplot() -> Any:

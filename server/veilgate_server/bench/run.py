@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from veilgate.errors import ConfigurationError, VeilgateError
-from veilgate_server.bench.results import ScenarioResult
+from veilgate_server.bench.results import ScenarioResult, median_round
 from veilgate_server.rpc.processes import process_count_problem, usable_cpus
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 RPC_STORES = ("sqlite", "postgresql")
 MAX_CONCURRENCY = 256  # one load-generator thread per call in flight
 MIN_SECONDS, MAX_SECONDS = 1.0, 600.0  # a measured window; evaluate's setup grows with it (a consent per 100 calls)
+MAX_ROUNDS = 20
 
 Progress = Callable[[str], None]
 
@@ -79,6 +80,7 @@ def run_bench(
     seconds: float | None = None,
     policy: BenchPolicy | None = None,
     policies_dir: Path | None = None,
+    rounds: int = 1,
 ) -> BenchRun:
     """The baseline, then each scenario, and the baseline again after the last RPC scenario (see
     :func:`~veilgate_server.bench.rpc_scenarios.bench_baseline_again`). RPC scenarios serve from
@@ -91,7 +93,14 @@ def run_bench(
     ``ingest`` keeps 4 pushes (of 500 records) in flight unless ``concurrency`` is given.
     ``policy``: what ``evaluate`` asks (see :func:`~veilgate_server.bench.rpc_scenarios.bench_policy`);
     None: the consumer loan. ``policies_dir``: the catalog and policies the gateway scenarios and
-    ``rss`` run under (a signed copy); None: the packaged ones."""
+    ``rss`` run under (a signed copy); None: the packaged ones.
+
+    ``rounds`` above 1 measures the baseline and the RPC scenarios that many times in turn, each
+    round the baseline first and then the scenarios, their order rotated by one from round to
+    round; each scenario is judged against its own round's baseline and reported as its median
+    round (see :func:`~veilgate_server.bench.results.median_round`). On a shared machine whose
+    speed moves, that is steadier than one run, and the spread of the rounds says by how much. The
+    other scenarios run once, after the rounds."""
     if rpc_store not in RPC_STORES:
         choices = ", ".join(RPC_STORES)
         raise ConfigurationError(f"unknown store {rpc_store!r} for the RPC scenarios; choose from {choices}")
@@ -99,6 +108,8 @@ def run_bench(
         raise ConfigurationError(f"--concurrency must be from 1 to {MAX_CONCURRENCY} calls in flight")
     if seconds is not None and not MIN_SECONDS <= seconds <= MAX_SECONDS:
         raise ConfigurationError(f"--seconds must be from {MIN_SECONDS:g} to {MAX_SECONDS:g}")
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise ConfigurationError(f"--rounds must be from 1 to {MAX_ROUNDS}")
     from veilgate_server.bench import rpc_scenarios
     from veilgate_server.bench.report import machine_facts
 
@@ -106,6 +117,9 @@ def run_bench(
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ConfigurationError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+    rpc_names = [n for n in names if n in RPC_SCENARIOS]
+    if rounds > 1 and not rpc_names:
+        raise ConfigurationError(f"--rounds applies to the RPC scenarios ({', '.join(RPC_SCENARIOS)}): none runs")
     if postgres_url is not None:
         given = postgres_url
     else:
@@ -138,18 +152,23 @@ def run_bench(
         policy=policy or rpc_scenarios.BenchPolicy(),
         policies_dir=policies_dir,
     )
-    baseline: dict[str, Any] = {}
-    if any(n in RPC_SCENARIOS for n in names):
+    if rounds > 1:
+        baseline, measured = _in_rounds(rpc_names, rounds, rpc, url, progress)
+        others = [n for n in names if n not in RPC_SCENARIOS]
+        for index, name in enumerate(others, 1):
+            progress(f"[{index}/{len(others)}] {name} ...")
+            measured[name] = _timed(name, baseline, url, rpc)
+        results = [measured[name] for name in names]
+        return BenchRun(machine=machine, baseline=baseline, scenarios=results, processes=processes)
+    baseline = {}
+    if rpc_names:
         progress("baseline: bare grpcio over TLS and mTLS ...")
         baseline = rpc_scenarios.bench_baseline(rpc)
-    last_rpc = next((n for n in reversed(names) if n in RPC_SCENARIOS), None)
+    last_rpc = rpc_names[-1] if rpc_names else None
     results = []
     for index, name in enumerate(names, 1):
         progress(f"[{index}/{len(names)}] {name} ...")
-        started = time.perf_counter()
-        result = _scenario(name, baseline, url, rpc)
-        result.details.setdefault("wall_seconds", round(time.perf_counter() - started, 1))
-        results.append(result)
+        results.append(_timed(name, baseline, url, rpc))
         if name == last_rpc:
             progress("baseline again: has the machine's speed moved since? ...")
             try:
@@ -157,3 +176,46 @@ def run_bench(
             except VeilgateError as e:  # a check on the figures: its failure must not discard them
                 baseline["after"] = {"error": e.message}
     return BenchRun(machine=machine, baseline=baseline, scenarios=results, processes=processes)
+
+
+def _timed(name: str, baseline: dict[str, Any], postgres_url: str | None, rpc: RpcRun) -> ScenarioResult:
+    started = time.perf_counter()
+    result = _scenario(name, baseline, postgres_url, rpc)
+    result.details.setdefault("wall_seconds", round(time.perf_counter() - started, 1))
+    return result
+
+
+def _in_rounds(
+    names: Sequence[str], rounds: int, rpc: RpcRun, postgres_url: str | None, progress: Progress
+) -> tuple[dict[str, Any], dict[str, ScenarioResult]]:
+    """The RPC scenarios ``names`` in ``rounds`` rounds (see :func:`run_bench`): the JSON
+    ``baseline`` section, and each scenario's median round."""
+    from veilgate_server.bench import rpc_scenarios
+
+    sections: list[dict[str, Any]] = []
+    measured: dict[str, list[ScenarioResult]] = {name: [] for name in names}
+    for number in range(1, rounds + 1):
+        progress(f"round {number}/{rounds}: baseline: bare grpcio over TLS and mTLS ...")
+        section = rpc_scenarios.bench_baseline(rpc)
+        sections.append(section)
+        turn = (number - 1) % len(names)
+        order = [*names[turn:], *names[:turn]]
+        for index, name in enumerate(order, 1):
+            progress(f"round {number}/{rounds}: [{index}/{len(order)}] {name} ...")
+            result = _timed(name, section, postgres_url, rpc)
+            result.details["order_in_round"] = index
+            measured[name].append(result)
+    return _rounds_baseline(sections), {name: median_round(results) for name, results in measured.items()}
+
+
+def _rounds_baseline(sections: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON ``baseline`` of a run in rounds: how it was measured, as in one round; for each
+    transport the round whose bare QPS is the median (the lower of the middle two), numbered
+    ``round``; and every round's own section under ``rounds``."""
+    baseline = {key: value for key, value in sections[0].items() if key not in ("tls", "mtls", "runs")}
+    for name in ("tls", "mtls"):
+        ranked = sorted(range(len(sections)), key=lambda i: (float(sections[i][name]["qps"]), i))
+        median = ranked[(len(sections) - 1) // 2]
+        baseline[name] = {**sections[median][name], "round": median + 1}
+    baseline["rounds"] = list(sections)
+    return baseline
