@@ -162,6 +162,10 @@ def test_calls_in_flight_and_the_measured_window_are_the_callers() -> None:
     for name, figures in (("bare TLS", baseline["tls"]), ("bare mTLS", baseline["mtls"]), ("audited", scenario)):
         assert figures["qps"] > 0, name
         assert figures["qps"] * figures["p50_ms"] / 1000 <= 2.0, (name, figures)
+    # the sizing answers, from the run's own CPU figures: calls a core serves, and the audit's cost a call
+    assert details["calls_per_core_second"] == round(1e6 / details["cpu_us_per_call"])
+    over_bare = details["cpu_us_per_call"] - baseline["tls"]["cpu_us_per_call"]
+    assert details["cpu_us_over_bare"] == pytest.approx(over_bare, abs=0.11)
 
 
 def test_rounds_judge_each_scenario_against_its_own_rounds_baseline() -> None:

@@ -79,6 +79,31 @@ def test_the_table_shows_the_bare_baseline_and_the_servers_cpu_per_call() -> Non
     assert "bare" not in render_table(MACHINE, {}, [log_append])  # no RPC scenario ran: no baseline rows
 
 
+def test_the_table_answers_the_sizing_questions_in_a_sentence_each() -> None:
+    """How many checks a core serves, at what tail latency, and what the audit log costs a call:
+    the issue's three questions, answered under the table from the run's own figures."""
+    load = {"concurrency": 16, "warmup_s": 1.0, "measured_s": 4.0, "processes": 2}
+    baseline = {"tls": {"qps": 5000.0}, "mtls": {"qps": 5000.0}, **load}
+    evaluate = ScenarioResult(
+        name="evaluate", qps=977.0, p99_ms=33.24, ratio=0.2,
+        details={"cpu_us_per_call": 1580.3, "calls_per_core_second": 633, "cpu_us_over_bare": 1416.0},
+    )  # fmt: skip
+    audited = ScenarioResult(
+        name="audited_call", qps=2000.0, p99_ms=9.1, ratio=0.4,
+        details={"cpu_us_per_call": 407.4, "calls_per_core_second": 2455, "cpu_us_over_bare": 240.4,
+                 "baseline_cpu_us_per_call": 167.0},
+    )  # fmt: skip
+    log_append = ScenarioResult(name="log_append", rate=15657.0, p50_ms=3.14, p99_ms=14.3)
+    table = render_table(MACHINE, baseline, [evaluate, audited, log_append])
+    assert table.endswith(
+        "for sizing, at 16 calls in flight:\n"
+        "  evaluate: about 633 calls a second per core of server CPU (1,580 µs a call), p99 33.2 ms\n"
+        "  the audit log (the interceptors and one durable entry): 240 µs of server CPU a call over a bare gRPC "
+        "call (407 against 167 µs), and each call waits for its entry's commit"
+    )
+    assert "for sizing" not in render_table(MACHINE, {}, [log_append])  # no RPC figure: nothing to size from
+
+
 def test_the_plot_is_written_or_refused_with_the_reason(tmp_path: Path) -> None:
     series = {"bare TLS": [(1, 0.4, 0.9), (4, 0.8, 1.7)], "evaluate": [(1, 3.0, 5.0), (4, 7.0, 12.0)]}
     written = tmp_path / "latency.png"

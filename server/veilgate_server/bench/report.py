@@ -180,6 +180,7 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
         meets = "skip" if s.skipped else {True: "yes", False: "NO", None: "-"}[s.meets]
         figures = (value, s.p50_ms, s.p99_ms, s.details.get("cpu_us_per_call"))
         lines.append(_row(s.name, figures, s.baseline_qps, s.ratio, meets, s.skipped or s.target))
+    lines += _sizing_lines(baseline, scenarios)
     lines += _rounds_lines(baseline, scenarios)
     after = baseline.get("after")
     if after and "error" in after:
@@ -202,6 +203,33 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
                 "the ratios may be off by as much"
             )
     return "\n".join(lines)
+
+
+def _sizing_lines(baseline: dict[str, Any], scenarios: Sequence[ScenarioResult]) -> list[str]:
+    """The sizing questions the benchmark answers, in a sentence each: the calls a core of server
+    CPU serves and at what tail latency, and what the audit log costs a call (the audited no-op
+    call's CPU over the bare server's)."""
+    lines = []
+    for s in scenarios:
+        cpu, per_core, over = (
+            s.details.get(k) for k in ("cpu_us_per_call", "calls_per_core_second", "cpu_us_over_bare")
+        )
+        if s.name == "audited_call" and over is not None:
+            bare = s.details["baseline_cpu_us_per_call"]
+            lines.append(
+                f"  the audit log (the interceptors and one durable entry): {over:,.0f} µs of server CPU a call over "
+                f"a bare gRPC call ({cpu:,.0f} against {bare:,.0f} µs), and each call waits for its entry's commit"
+            )
+        elif per_core is not None and s.p99_ms is not None:
+            lines.append(
+                f"  {s.name}: about {per_core:,} calls a second per core of server CPU ({cpu:,.0f} µs a call), "
+                f"p99 {s.p99_ms:.1f} ms"
+            )
+    if not lines:
+        return []
+    in_flight = baseline.get("concurrency")
+    calls = "call" if in_flight == 1 else "calls"
+    return ["", f"for sizing, at {in_flight} {calls} in flight:", *lines]
 
 
 def _spread(values: Sequence[float], spec: str) -> str:

@@ -526,10 +526,15 @@ def _judged(
     stats = result.stats
     bare_qps, bare_p99 = float(bare["qps"]), float(bare["p99_ms"])
     p99_ratio = stats.p99_ms / bare_p99 if bare_p99 > 0 and stats.calls else None
+    cpu, bare_cpu = result.cpu_us_per_call, bare.get("cpu_us_per_call")
     details.update(
         calls=stats.calls,
         errors=result.total_errors,
-        cpu_us_per_call=None if result.cpu_us_per_call is None else round(result.cpu_us_per_call, 1),
+        cpu_us_per_call=None if cpu is None else round(cpu, 1),
+        # the sizing answers: calls a core of server CPU serves at this load, and the CPU a call
+        # costs over a bare gRPC call (for audited_call: what the audit log costs a call)
+        calls_per_core_second=None if not cpu else round(1e6 / cpu),
+        cpu_us_over_bare=None if cpu is None or bare_cpu is None else round(cpu - float(bare_cpu), 1),
         baseline_transport=transport,
         baseline_p99_ms=bare_p99,
         switches_per_call=None if result.switches_per_call is None else round(result.switches_per_call, 1),
