@@ -1255,6 +1255,10 @@ def _parser() -> argparse.ArgumentParser:
         help="catalog and policies to measure, served as a signed copy (env VEILGATE_POLICIES_DIR; default: packaged)",
     )
     measuring.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    # a citizen's wallet and a governance key live in files of their own, outside any gateway's
+    # data directory, store or policies: those commands take none of the three
+    standalone = argparse.ArgumentParser(add_help=False)
+    standalone.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
 
     parser = argparse.ArgumentParser(prog="veilgate", description="Veilgate privacy-preserving data gateway")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -1451,7 +1455,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_policy_test)
     p = policy.add_parser("list", parents=[common], help="list policies with their sha256")
     p.set_defaults(func=cmd_policy_list)
-    p = policy.add_parser("keygen", parents=[common], help="create a governance signing key")
+    p = policy.add_parser("keygen", parents=[standalone], help="create a governance signing key")
     p.set_defaults(func=cmd_policy_keygen)
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="veilgate-governance")
@@ -1491,7 +1495,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     wallet = sub.add_parser("wallet", help="citizen wallets").add_subparsers(dest="wallet_command", required=True)
-    p = wallet.add_parser("create", parents=[common], help="create a passphrase-protected wallet")
+    p = wallet.add_parser("create", parents=[standalone], help="create a passphrase-protected wallet")
     p.set_defaults(func=cmd_wallet_create)
     p.add_argument("--citizen-id", required=True)
     p.add_argument("--out", required=True, help="wallet file to create")
@@ -1508,7 +1512,7 @@ def _parser() -> argparse.ArgumentParser:
     def citizen(
         name: str, func: Callable[[argparse.Namespace], int], help_: str, *, own: bool = True
     ) -> argparse.ArgumentParser:
-        p = wallet.add_parser(name, parents=[common, mine if own else gateway], help=help_, description=help_)
+        p = wallet.add_parser(name, parents=[standalone, mine if own else gateway], help=help_, description=help_)
         p.set_defaults(func=func)
         return p
 

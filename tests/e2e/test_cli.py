@@ -634,12 +634,35 @@ def test_a_records_key_rotation_staged_on_every_host_never_stops_their_reads(tmp
 )
 def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path: Path, args: list[str], message: str) -> None:
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    result = veilgate(*args, "--data-dir", str(tmp_path / "d"), env={"VEILGATE_WALLET_PASSPHRASE": "x"}, check=False)
+    state = [] if args[0] == "wallet" else ["--data-dir", str(tmp_path / "d")]  # a wallet is a file of its own
+    result = veilgate(*args, *state, env={"VEILGATE_WALLET_PASSPHRASE": "x"}, check=False)
     assert result.returncode == 1
     assert message in result.stderr
     assert result.stderr.startswith("veilgate: error: ")
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before a directory, a key or a file is made
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["wallet", "create", "--citizen-id", "ab", "--out", "{tmp}/w"],
+        ["wallet", "fetch", "--wallet", "{tmp}/w", "--target", "localhost:1"],
+        ["wallet", "policies", "--target", "localhost:1"],
+        ["policy", "keygen", "--out", "{tmp}/k"],
+    ],
+)
+@pytest.mark.parametrize("option", ["--data-dir", "--database-url", "--policies-dir"])
+def test_commands_of_a_file_of_their_own_refuse_a_gateways_state_options(
+    tmp_path: Path, command: list[str], option: str
+) -> None:
+    """A citizen's wallet and a governance key are files of their own: a gateway's data directory,
+    store or policies given to their commands would have been ignored, silently; they are refused."""
+    command = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    result = veilgate(*command, option, str(tmp_path / "elsewhere"), check=False)
+    assert result.returncode == 2
+    assert result.stderr.endswith(f"veilgate: error: unrecognized arguments: {option} {tmp_path / 'elsewhere'}\n")
+    assert list(tmp_path.iterdir()) == []  # refused before a wallet or a key is written
 
 
 def test_output_to_a_reader_that_went_away_stops_quietly() -> None:
