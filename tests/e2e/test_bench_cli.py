@@ -44,6 +44,8 @@ def test_json_output_follows_the_schema() -> None:
     assert scenario["meets"] in (True, False)
     assert scenario["details"]["errors"] == 0
     assert scenario["details"]["probe"]["stored"] == scenario["details"]["records_per_push"]
+    per_record = scenario["details"]["cpu_us_per_record"]  # rounded to 0.1 µs from the push's CPU
+    assert scenario["details"]["records_per_core_second"] == pytest.approx(1e6 / per_record, rel=0.1 / per_record)
     assert "[1/1] ingest" in result.stderr  # the progress line
 
 

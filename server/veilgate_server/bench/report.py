@@ -206,30 +206,31 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
 
 
 def _sizing_lines(baseline: dict[str, Any], scenarios: Sequence[ScenarioResult]) -> list[str]:
-    """The sizing questions the benchmark answers, in a sentence each: the calls a core of server
-    CPU serves and at what tail latency, and what the audit log costs a call (the audited no-op
-    call's CPU over the bare server's)."""
+    """The sizing questions the benchmark answers, in a sentence each: the calls (or, for ingest,
+    records) a core of server CPU serves and at what tail latency, and what the audit log costs a
+    call (the audited no-op call's CPU over the bare server's)."""
     lines = []
     for s in scenarios:
-        cpu, per_core, over = (
-            s.details.get(k) for k in ("cpu_us_per_call", "calls_per_core_second", "cpu_us_over_bare")
-        )
+        cpu, over = s.details.get("cpu_us_per_call"), s.details.get("cpu_us_over_bare")
+        in_flight = s.details.get("concurrency", baseline.get("concurrency"))
         if s.name == "audited_call" and over is not None:
             bare = s.details["baseline_cpu_us_per_call"]
             lines.append(
                 f"  the audit log (the interceptors and one durable entry): {over:,.0f} µs of server CPU a call over "
                 f"a bare gRPC call ({cpu:,.0f} against {bare:,.0f} µs), and each call waits for its entry's commit"
             )
-        elif per_core is not None and s.p99_ms is not None:
+        elif s.name == "ingest" and s.details.get("records_per_core_second") and s.p99_ms is not None:
             lines.append(
-                f"  {s.name}: about {per_core:,} calls a second per core of server CPU ({cpu:,.0f} µs a call), "
-                f"p99 {s.p99_ms:.1f} ms"
+                f"  ingest: about {s.details['records_per_core_second']:,} records a second per core of server CPU "
+                f"({s.details['cpu_us_per_record']:,.1f} µs a record), p99 {s.p99_ms:.1f} ms a push of "
+                f"{s.details['records_per_push']} at {in_flight} in flight"
             )
-    if not lines:
-        return []
-    in_flight = baseline.get("concurrency")
-    calls = "call" if in_flight == 1 else "calls"
-    return ["", f"for sizing, at {in_flight} {calls} in flight:", *lines]
+        elif s.details.get("calls_per_core_second") is not None and s.p99_ms is not None:
+            lines.append(
+                f"  {s.name}: about {s.details['calls_per_core_second']:,} calls a second per core of server CPU "
+                f"({cpu:,.0f} µs a call), p99 {s.p99_ms:.1f} ms at {in_flight} in flight"
+            )
+    return ["", "for sizing:", *lines] if lines else []
 
 
 def _spread(values: Sequence[float], spec: str) -> str:

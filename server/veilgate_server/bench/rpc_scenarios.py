@@ -806,12 +806,13 @@ def bench_ingest(run: RpcRun) -> ScenarioResult:
             result = bench.load(spec)
     except VeilgateError as e:
         return _not_measured("ingest", INGEST_TARGETS, e.message, details)
-    stats = result.stats
+    stats, cpu = result.stats, result.cpu_us_per_call
     details.update(
         pushes=stats.calls,
         pushes_per_s=round(stats.qps, 1),
         errors=result.total_errors,
-        cpu_us_per_record=None if result.cpu_us_per_call is None else round(result.cpu_us_per_call / INGEST_BATCH, 1),
+        cpu_us_per_record=None if cpu is None else round(cpu / INGEST_BATCH, 1),
+        records_per_core_second=None if not cpu else round(1e6 * INGEST_BATCH / cpu),
         probe=result.probe,
     )
     if result.first_error:
