@@ -79,7 +79,7 @@ class ScenarioResult:
         return {k: v for k, v in asdict(self).items() if v is not None or k in ("meets",)}
 
 
-ROUND_FIGURES = ("qps", "p50_ms", "p99_ms", "baseline_qps", "ratio", "meets")
+_ROUND_FIGURES = ("qps", "p50_ms", "p99_ms", "baseline_qps", "ratio", "meets")
 
 
 def median_round(rounds: Sequence[ScenarioResult]) -> ScenarioResult:
@@ -97,7 +97,7 @@ def median_round(rounds: Sequence[ScenarioResult]) -> ScenarioResult:
     listed = [
         {
             "round": number,
-            **{key: getattr(result, key) for key in ROUND_FIGURES},
+            **{key: getattr(result, key) for key in _ROUND_FIGURES},
             "cpu_us_per_call": result.details.get("cpu_us_per_call"),
             "errors": result.details.get("errors"),
         }
