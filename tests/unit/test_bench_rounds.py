@@ -22,7 +22,7 @@ def _round(ratio: float | None, *, errors: int = 0, bare: float = 4000.0) -> Sce
         scenario = ScenarioResult(name="evaluate", details={"error": "the gateway did not start"}).judge(TARGET)
         scenario.meets = False
         return scenario
-    figures = {"cpu_us_per_call": 1000.0 + ratio, "errors": errors}
+    figures = {"cpu_us_per_call": 1000.0 / ratio, "p99_ratio": 2.0 / ratio, "errors": errors}
     scenario = ScenarioResult(
         name="evaluate", qps=bare * ratio, p50_ms=1 / ratio, p99_ms=3 / ratio, baseline_qps=bare, ratio=ratio
     )
@@ -41,6 +41,7 @@ def test_the_reported_round_is_the_median_and_every_figure_is_from_it(ratios: li
     figures = ("qps", "p50_ms", "p99_ms", "baseline_qps", "meets")
     assert [getattr(reported, f) for f in figures] == [getattr(chosen, f) for f in figures]
     assert reported.details["cpu_us_per_call"] == chosen.details["cpu_us_per_call"]
+    assert [r["p99_ratio"] for r in reported.details["rounds"]] == [2.0 / r for r in ratios]
     assert reported.meets == (expected >= 0.33)
     listed = reported.details["rounds"]
     assert [r["round"] for r in listed] == list(range(1, len(ratios) + 1))  # in the order run
@@ -102,7 +103,7 @@ def test_the_table_gives_each_rounds_spread_and_warns_when_the_bare_server_moved
     table = render_table(MACHINE, _rounds_baseline(steady), [scenario])
     assert "4 s measured per run (2 server processes); 3 rounds, each scenario's median round reported" in table
     assert "bare TLS 3,000–3,100 QPS, bare mTLS 2,900–3,000 QPS" in table
-    assert "  evaluate: ratio 0.150–0.200, 442–600 QPS; reported: round 1" in table
+    assert "  evaluate: ratio 0.150–0.200, 442–600 QPS, 5,000–6,667 µs of CPU a call; reported: round 1" in table
     assert "the baseline (1 server process, faster than 2; the median round, 3)" in table  # TLS: 3,050
     assert "between rounds" not in table
     assert "baseline again" not in table

@@ -253,8 +253,10 @@ def _rounds_lines(baseline: dict[str, Any], scenarios: Sequence[ScenarioResult])
         measured = [r for r in s.details.get("rounds", ()) if r.get("ratio") is not None]
         if measured:
             ratios, qps = [r["ratio"] for r in measured], [r["qps"] for r in measured]
+            cpu = [r["cpu_us_per_call"] for r in measured if r.get("cpu_us_per_call") is not None]
+            per_call = f", {_spread(cpu, ',.0f')} µs of CPU a call" if cpu else ""
             lines.append(
-                f"  {s.name}: ratio {_spread(ratios, '.3f')}, {_spread(qps, ',.0f')} QPS; "
+                f"  {s.name}: ratio {_spread(ratios, '.3f')}, {_spread(qps, ',.0f')} QPS{per_call}; "
                 f"reported: round {s.details['round']}"
             )
     if any(max(qps) > min(qps) * (1 + DRIFT_WARNING) for qps in bare.values()):

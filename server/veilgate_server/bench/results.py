@@ -98,8 +98,7 @@ def median_round(rounds: Sequence[ScenarioResult]) -> ScenarioResult:
         {
             "round": number,
             **{key: getattr(result, key) for key in _ROUND_FIGURES},
-            "cpu_us_per_call": result.details.get("cpu_us_per_call"),
-            "errors": result.details.get("errors"),
+            **{key: result.details.get(key) for key in ("cpu_us_per_call", "p99_ratio", "errors")},
         }
         for number, result in enumerate(rounds, 1)
     ]
