@@ -55,6 +55,18 @@ def test_the_table_says_how_the_rpc_load_was_run() -> None:
     assert "RPC load" not in render_table(MACHINE, {}, scenarios)  # no RPC scenario ran
 
 
+def test_the_table_names_the_gateways_store() -> None:
+    """`--rpc-store postgresql` and the SQLite default give tables of the same shape: the heading
+    says which store the gateway scenarios ran on."""
+    on_postgres = ScenarioResult(
+        name="evaluate", qps=700.0, ratio=0.1, details={"store": "PostgreSQL at 127.0.0.1:5432, a fresh schema"}
+    )
+    table = render_table(MACHINE, _baseline(None), [on_postgres])
+    assert "\nthe gateway's store: PostgreSQL at 127.0.0.1:5432, a fresh schema\n" in table
+    store_only = ScenarioResult(name="log_append", rate=15657.0)
+    assert "the gateway's store" not in render_table(MACHINE, {}, [store_only])  # no gateway scenario ran
+
+
 def test_the_table_shows_the_bare_baseline_and_the_servers_cpu_per_call() -> None:
     """What a bank sizes from: calls per second and the server CPU each takes, the bare server's
     beside the gateway's, without asking for the JSON."""

@@ -110,6 +110,13 @@ def _load_line(baseline: dict[str, Any]) -> list[str]:
     ]
 
 
+def _store_line(scenarios: Sequence[ScenarioResult]) -> list[str]:
+    """Where the gateway scenarios' gateway kept its store (``--rpc-store``), when one ran: the same
+    table from SQLite and from PostgreSQL must not read alike."""
+    store = next((s.details["store"] for s in scenarios if "store" in s.details), None)
+    return [] if store is None else [f"the gateway's store: {store}"]
+
+
 def _policy_line(scenarios: Sequence[ScenarioResult]) -> list[str]:
     """Whose catalog and policies the gateway ran under, when not the packaged ones; what evaluate
     asked, when it ran."""
@@ -165,6 +172,7 @@ def render_table(machine: dict[str, Any], baseline: dict[str, Any], scenarios: S
         f"grpcio {machine['grpcio']}, SQLite {machine['sqlite']}, PostgreSQL {machine['postgres'] or 'n/a'}; "
         f"Veilgate {machine.get('veilgate') or 'n/a'}",
         *_load_line(baseline),
+        *_store_line(scenarios),
         *_policy_line(scenarios),
         "",
         f"{'scenario':<16} {'qps/rate':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/call':>12} "
