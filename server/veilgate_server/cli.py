@@ -955,16 +955,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         policies_dir=policies_dir,
         rounds=args.rounds,
     )
-    if args.json == "-":
-        print(render_json(run.machine, run.baseline, run.scenarios))
-    else:
-        print(render_table(run.machine, run.baseline, run.scenarios))
-    if json_path is not None:
+    if json_path is not None:  # first: the measured figures are kept whatever the table makes of them
         try:
             json_path.write_text(render_json(run.machine, run.baseline, run.scenarios) + "\n")
         except OSError as e:
             raise ConfigurationError(f"cannot write the results to {args.json}: {e.strerror}") from e
         progress(f"results written to {args.json}")
+    if args.json == "-":
+        print(render_json(run.machine, run.baseline, run.scenarios))
+    else:
+        print(render_table(run.machine, run.baseline, run.scenarios))
     if plot_path is not None:
         from veilgate_server.bench.report import write_plot
         from veilgate_server.bench.rpc_scenarios import latency_sweep

@@ -9,7 +9,7 @@ JSON schema (stable; other tools read it)::
                     "target", "meets", "skipped"?, "details"}]}
 
 A run in rounds (``--rounds``) has ``baseline.rounds`` instead of ``baseline.after``, and each RPC
-scenario's ``details.rounds`` (each round's figures) and ``details.round`` (the one reported).
+scenario's ``details.each_round`` (each round's figures) and ``details.reported_round``.
 """
 
 from __future__ import annotations
@@ -258,14 +258,14 @@ def _rounds_lines(baseline: dict[str, Any], scenarios: Sequence[ScenarioResult])
         f"bare TLS {_spread(bare['tls'], ',.0f')} QPS, bare mTLS {_spread(bare['mtls'], ',.0f')} QPS",
     ]
     for s in scenarios:
-        measured = [r for r in s.details.get("rounds", ()) if r.get("ratio") is not None]
+        measured = [r for r in s.details.get("each_round", ()) if r.get("ratio") is not None]
         if measured:
             ratios, qps = [r["ratio"] for r in measured], [r["qps"] for r in measured]
             cpu = [r["cpu_us_per_call"] for r in measured if r.get("cpu_us_per_call") is not None]
             per_call = f", {_spread(cpu, ',.0f')} µs of CPU a call" if cpu else ""
             lines.append(
                 f"  {s.name}: ratio {_spread(ratios, '.3f')}, {_spread(qps, ',.0f')} QPS{per_call}; "
-                f"reported: round {s.details['round']}"
+                f"reported: round {s.details['reported_round']}"
             )
     if any(max(qps) > min(qps) * (1 + DRIFT_WARNING) for qps in bare.values()):
         lines.append(

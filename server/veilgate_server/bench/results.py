@@ -86,8 +86,8 @@ def median_round(rounds: Sequence[ScenarioResult]) -> ScenarioResult:
     """One scenario measured in several rounds, each against the bare baseline measured at the start
     of its own round, reported as its median round: the round whose ratio is the median (the lower
     of the middle two for an even count, so that a tie never flatters). Every figure reported comes
-    from that one round, so they were measured together; ``details["rounds"]`` lists each round's
-    figures in the order run, and ``details["round"]`` names the one reported.
+    from that one round, so they were measured together; ``details["each_round"]`` lists each
+    round's figures in the order run, and ``details["reported_round"]`` names the one reported.
 
     A round that could not be measured is reported instead (the first such round, meeting
     nothing); a round with failed calls makes a scenario with targets miss them, as one run with
@@ -106,7 +106,7 @@ def median_round(rounds: Sequence[ScenarioResult]) -> ScenarioResult:
     unmeasured = [n for n, r in enumerate(rounds, 1) if r.ratio is None or "error" in r.details]
     number = unmeasured[0] if unmeasured else sorted(measured)[(len(measured) - 1) // 2][1]
     chosen = rounds[number - 1]
-    reported = replace(chosen, details={**chosen.details, "round": number, "rounds": listed})
+    reported = replace(chosen, details={**chosen.details, "reported_round": number, "each_round": listed})
     if reported.meets and any(r.details.get("errors") for r in rounds):
         reported.meets = False
     return reported
