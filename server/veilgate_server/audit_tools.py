@@ -268,19 +268,24 @@ def _verify_in_pieces(
     above = Frontier()  # over the whole pieces' roots: its level v is the log's level level + v
     completed: dict[SubtreeKey, Hash] = {}
     subtrees = 0
+    differs = False
     with _piece_runner(store, workers) as (run, used):
+        # Every piece's result is taken, even after one differs: a pool stopped while it still has
+        # pieces to hand out can hang for good in its own shutdown (seen under load).
         for (start, end, inside), found in zip(jobs, run(jobs), strict=True):
-            if found is None:
-                return None
+            if differs or found is None:
+                differs = True
+                continue
             before = tuple(subtree.hash for subtree in above.edge)
             # A whole piece after a prefix ending at its level folds into their parent (see root_over).
             if any(root_over(before + found.edges[s]) != checkpoints[s].root_hash for s in inside):
-                return None
+                differs = True
+                continue
             subtrees += found.subtrees
             if end - start == piece:
                 for subtree in above.append(found.root)[1:]:
                     completed[(level + subtree.level, subtree.index)] = subtree.hash
-    if not _stored_match(store, completed):
+    if differs or not _stored_match(store, completed):
         return None
     return VerifySummary(
         entries=size,
