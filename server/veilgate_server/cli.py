@@ -1240,25 +1240,24 @@ def _add_certificate_commands(commands: Any, common: argparse.ArgumentParser, ki
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    # every command logs at INFO on -v; a citizen's wallet, a governance key and an audit export are
+    # files of their own, outside any gateway's data directory, store or policies: their commands
+    # take only this
+    standalone = argparse.ArgumentParser(add_help=False)
+    standalone.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    common = argparse.ArgumentParser(add_help=False, parents=[standalone])
     common.add_argument("--data-dir", help="state directory (env VEILGATE_DATA_DIR; default ./veilgate-data)")
     common.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql://... (env VEILGATE_DATABASE_URL)")
     common.add_argument("--policies-dir", help="catalog and policies (env VEILGATE_POLICIES_DIR; default: packaged)")
-    common.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     # bench builds its own gateways and stores: the options naming a kept one are not offered, and
     # refused by name when given (see _refuse_store_options).
-    measuring = argparse.ArgumentParser(add_help=False)
+    measuring = argparse.ArgumentParser(add_help=False, parents=[standalone])
     measuring.add_argument("--data-dir", help=argparse.SUPPRESS)
     measuring.add_argument("--database-url", help=argparse.SUPPRESS)
     measuring.add_argument(
         "--policies-dir",
         help="catalog and policies to measure, served as a signed copy (env VEILGATE_POLICIES_DIR; default: packaged)",
     )
-    measuring.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
-    # a citizen's wallet and a governance key live in files of their own, outside any gateway's
-    # data directory, store or policies: those commands take none of the three
-    standalone = argparse.ArgumentParser(add_help=False)
-    standalone.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
 
     parser = argparse.ArgumentParser(prog="veilgate", description="Veilgate privacy-preserving data gateway")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -1468,15 +1467,17 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit_export)
     p.add_argument("--out", required=True, help="directory to write entries.jsonl, checkpoint and log.vkey to")
     p = audit.add_parser(
-        "verify-export", help="check an export's entries against its signed checkpoint, without the gateway"
+        "verify-export",
+        parents=[standalone],
+        help="check an export's entries against its signed checkpoint, without the gateway",
     )
     p.set_defaults(func=cmd_audit_verify_export)
     p.add_argument("directory", help="what `veilgate audit export` wrote (entries.jsonl, checkpoint, log.vkey)")
     p.add_argument("--log-key", help="the gateway's published log verifier key to trust (default: the export's own)")
     p.add_argument("--since", help="an earlier checkpoint you kept: check that the log only grew since")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     p = audit.add_parser(
         "follow",
+        parents=[standalone],
         help="check that a gateway's log extends the checkpoint kept from the last visit, and keep the new one",
     )
     p.set_defaults(func=cmd_audit_follow)
@@ -1484,7 +1485,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", help="CA certificate (PEM) to trust for the gateway")
     p.add_argument("--log-key", required=True, help="the gateway's published log verifier key, pinned")
     p.add_argument("--checkpoint", required=True, help="the file that keeps the checkpoint between visits")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     p = audit.add_parser("verify", parents=[common], help="recompute the log and check every stored hash")
     p.set_defaults(func=cmd_audit_verify)
     p.add_argument("--log-key", help="the log verifier key to trust (default DATA_DIR/log.vkey)")

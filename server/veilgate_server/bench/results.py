@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-__all__ = ["LatencyStats", "ScenarioResult", "Target", "median_round"]
+__all__ = ["LatencyStats", "ScenarioResult", "Target", "lower_median", "median_round"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,13 @@ class ScenarioResult:
 _ROUND_FIGURES = ("qps", "p50_ms", "p99_ms", "baseline_qps", "ratio", "meets")
 
 
+def lower_median(values: Sequence[float]) -> int:
+    """The index of the median of ``values``: the lower of the middle two for an even count, the
+    first of equal values, so that a tie never flatters."""
+    ranked = sorted(range(len(values)), key=lambda i: (values[i], i))
+    return ranked[(len(values) - 1) // 2]
+
+
 def median_round(rounds: Sequence[ScenarioResult]) -> ScenarioResult:
     """One scenario measured in several rounds, each against the bare baseline measured at the start
     of its own round, reported as its median round: the round whose ratio is the median (the lower
@@ -102,9 +109,8 @@ def median_round(rounds: Sequence[ScenarioResult]) -> ScenarioResult:
         }
         for number, result in enumerate(rounds, 1)
     ]
-    measured = [(r.ratio, n) for n, r in enumerate(rounds, 1) if r.ratio is not None and "error" not in r.details]
     unmeasured = [n for n, r in enumerate(rounds, 1) if r.ratio is None or "error" in r.details]
-    number = unmeasured[0] if unmeasured else sorted(measured)[(len(measured) - 1) // 2][1]
+    number = unmeasured[0] if unmeasured else lower_median([float(r.ratio or 0) for r in rounds]) + 1
     chosen = rounds[number - 1]
     reported = replace(chosen, details={**chosen.details, "reported_round": number, "each_round": listed})
     if reported.meets and any(r.details.get("errors") for r in rounds):

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from veilgate.errors import ConfigurationError, VeilgateError
-from veilgate_server.bench.results import ScenarioResult, median_round
+from veilgate_server.bench.results import ScenarioResult, lower_median, median_round
 from veilgate_server.rpc.processes import process_count_problem, usable_cpus
 
 if TYPE_CHECKING:
@@ -214,8 +214,7 @@ def _rounds_baseline(sections: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ``round``; and every round's own section under ``rounds``."""
     baseline = {key: value for key, value in sections[0].items() if key not in ("tls", "mtls", "runs")}
     for name in ("tls", "mtls"):
-        ranked = sorted(range(len(sections)), key=lambda i: (float(sections[i][name]["qps"]), i))
-        median = ranked[(len(sections) - 1) // 2]
+        median = lower_median([float(section[name]["qps"]) for section in sections])
         baseline[name] = {**sections[median][name], "round": median + 1}
     baseline["rounds"] = list(sections)
     return baseline
